@@ -1,0 +1,81 @@
+//! The application state every handler gets: configuration, storage, token keys, the password
+//! hasher, rate limits, live-delivery hub and mailer. Cheap to clone (one `Arc`).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::mail::Mailer;
+use crate::models::{Device, User};
+use crate::password::Hasher;
+use crate::ratelimit::RateLimits;
+use crate::storage::{Storage, StorageOptions};
+
+pub struct State {
+    pub config: Config,
+    pub storage: Storage,
+    pub tokens: Tokens,
+    pub hasher: Hasher,
+    pub limits: RateLimits,
+    pub hub: Hub,
+    pub mailer: Mailer,
+}
+
+#[derive(Clone)]
+pub struct App(Arc<State>);
+
+impl Deref for App {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl App {
+    /// Opens storage in `config.data_dir` and sets everything up. The caller holds the data-dir
+    /// lock (see `server::lock_data_dir`).
+    pub fn open(config: Config) -> Result<App, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let secret =
+            crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
+                .map_err(|e| format!("JWT secret: {e}"))?;
+        let storage = Storage::open(
+            &config.data_dir.join("db"),
+            &StorageOptions {
+                cache_capacity: config.cache_mb.saturating_mul(1 << 20),
+            },
+        )
+        .map_err(|e| format!("cannot open database: {e:?}"))?;
+        let mailer = Mailer::new(
+            config.smtp_url.as_deref(),
+            &config.smtp_from,
+            config.public_url.as_deref(),
+        )?;
+        Ok(App(Arc::new(State {
+            tokens: Tokens::new(&secret, config.token_ttl, config.refresh_max_age),
+            hasher: Hasher::new(config.pbkdf2_iterations),
+            limits: RateLimits::new(!config.no_rate_limit),
+            hub: Hub::default(),
+            mailer,
+            storage,
+            config,
+        })))
+    }
+
+    /// The caller's device, checked against the `<regId>` of the path.
+    pub fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
+        let device = self.storage.device(user.id)?.ok_or(ApiError::NoDevice)?;
+        if u64::from(device.registration_id) != reg_id {
+            return Err(ApiError::DeviceChanged);
+        }
+        Ok(device)
+    }
+
+    pub fn max_body(&self) -> u64 {
+        self.config.max_body_bytes
+    }
+}

@@ -1,0 +1,186 @@
+//! Tokens: HS256 JWTs naming the user id and the user's token version, and the check every
+//! authenticated request goes through (signature, expiry, user still exists, version current).
+
+use std::io::Write;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::models::User;
+use crate::storage::Storage;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    pub username: String,
+    /// The user's token version when issued.
+    pub ver: u32,
+    pub iat: u64,
+    pub exp: u64,
+    /// When the user logged in with a password; refresh keeps it.
+    pub orig_iat: u64,
+}
+
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: u64,
+    refresh_max_age: u64,
+}
+
+impl Tokens {
+    pub fn new(secret: &[u8], ttl: u64, refresh_max_age: u64) -> Tokens {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Tokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+            refresh_max_age,
+        }
+    }
+
+    /// A token for `user`; `orig_iat` is the time of the password login it descends from.
+    pub fn issue(&self, user: &User, orig_iat: u64) -> Result<String, ApiError> {
+        let now = now_secs();
+        let claims = Claims {
+            sub: user.id.to_string(),
+            username: user.username.clone(),
+            ver: user.token_version,
+            iat: now,
+            exp: now + self.ttl,
+            orig_iat,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("token encoding: {e}")))
+    }
+
+    /// Checks signature, algorithm and expiry (not whether the user still exists).
+    pub fn decode(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
+    /// Whether a token issued after the login at `orig_iat` may still be refreshed.
+    pub fn refreshable(&self, claims: &Claims) -> bool {
+        now_secs() <= claims.orig_iat.saturating_add(self.refresh_max_age)
+    }
+}
+
+/// The user a valid token belongs to: signature and expiry good, the user still exists, and the
+/// token's version is the user's current one (password change and reset bump it).
+pub fn user_for_token(
+    tokens: &Tokens,
+    storage: &Storage,
+    token: &str,
+) -> Result<(User, Claims), ApiError> {
+    let claims = tokens.decode(token).ok_or(ApiError::NotAuthenticated)?;
+    let id: u64 = claims.sub.parse().map_err(|_| ApiError::NotAuthenticated)?;
+    match storage.user(id)? {
+        Some(user) if user.token_version == claims.ver => Ok((user, claims)),
+        _ => Err(ApiError::NotAuthenticated),
+    }
+}
+
+/// The token in an `Authorization` header value: `Bearer <jwt>` or `JWT <jwt>`, any case.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("jwt");
+    let token = token.trim();
+    (ok && !token.is_empty()).then_some(token)
+}
+
+/// The configured secret, or the one kept in the data dir (created with mode 0600 on first start).
+pub fn load_or_create_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> std::io::Result<Vec<u8>> {
+    if let Some(secret) = configured {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt_secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok(secret),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is shorter than 32 bytes",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let secret = crate::crypto::b64::encode(&rand::random::<[u8; 48]>()).into_bytes();
+    let tmp = data_dir.join("jwt_secret.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(secret)
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: 4,
+            username: "dave".into(),
+            email: String::new(),
+            password_hash: String::new(),
+            token_version: 3,
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_forgeries_fail() {
+        let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 60, 600);
+        let token = t.issue(&user(), now_secs()).unwrap();
+        let claims = t.decode(&token).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.ver), ("4", 3));
+        let other = Tokens::new(b"another secret, another secret!!", 60, 600);
+        assert!(other.decode(&token).is_none());
+        // alg: none
+        let parts: Vec<&str> = token.split('.').collect();
+        let none_header = crate::crypto::b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert!(t
+            .decode(&format!(
+                "{}.{}.",
+                none_header.trim_end_matches('='),
+                parts[1]
+            ))
+            .is_none());
+    }
+
+    #[test]
+    fn bearer_accepts_both_prefixes_in_any_case() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("jwt abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}

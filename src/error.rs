@@ -1,0 +1,199 @@
+//! The one error type every handler returns, and its JSON shape on the wire:
+//! `{"code": "<snake_case>", "message": "<text>"}` plus `errors` for `invalid_data`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
+
+/// Per-field validation messages: a list of texts, or nested fields (list items are keyed by
+/// their index).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum FieldError {
+    Messages(Vec<String>),
+    Nested(BTreeMap<String, FieldError>),
+}
+
+pub type FieldErrors = BTreeMap<String, FieldError>;
+
+#[derive(Debug)]
+pub enum ApiError {
+    MalformedJson,
+    InvalidData(FieldErrors),
+    IncorrectArguments(&'static str),
+    NotAuthenticated,
+    InvalidCredentials,
+    InvalidToken,
+    NoDevice,
+    RecipientNoDevice,
+    DeviceExists,
+    DeviceChanged,
+    NoRecipient,
+    RecipientIdentityChanged,
+    ReachedMaxPrekeys,
+    QueueFull,
+    Throttled { retry_after_secs: u64 },
+    RegistrationClosed,
+    PayloadTooLarge,
+    LengthRequired,
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    Internal(String),
+}
+
+impl ApiError {
+    /// A single-field `invalid_data` error.
+    pub fn field(name: &str, message: impl Into<String>) -> Self {
+        let mut errors = FieldErrors::new();
+        errors.insert(name.to_string(), FieldError::Messages(vec![message.into()]));
+        ApiError::InvalidData(errors)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson
+            | ApiError::InvalidData(_)
+            | ApiError::InvalidCredentials
+            | ApiError::InvalidToken
+            | ApiError::NoDevice
+            | ApiError::RecipientNoDevice
+            | ApiError::NoRecipient
+            | ApiError::ReachedMaxPrekeys => StatusCode::BAD_REQUEST,
+            ApiError::IncorrectArguments(_)
+            | ApiError::DeviceExists
+            | ApiError::DeviceChanged
+            | ApiError::RecipientIdentityChanged
+            | ApiError::RegistrationClosed => StatusCode::FORBIDDEN,
+            ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::QueueFull | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson => "malformed_json",
+            ApiError::InvalidData(_) => "invalid_data",
+            ApiError::IncorrectArguments(_) => "incorrect_arguments",
+            ApiError::NotAuthenticated => "not_authenticated",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::NoDevice | ApiError::RecipientNoDevice => "no_device",
+            ApiError::DeviceExists => "device_exists",
+            ApiError::DeviceChanged => "device_changed",
+            ApiError::NoRecipient => "no_recipient",
+            ApiError::RecipientIdentityChanged => "recipient_identity_changed",
+            ApiError::ReachedMaxPrekeys => "reached_max_prekeys",
+            ApiError::QueueFull => "queue_full",
+            ApiError::Throttled { .. } => "throttled",
+            ApiError::RegistrationClosed => "registration_closed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::LengthRequired => "length_required",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson => "The request body is not valid JSON.",
+            ApiError::InvalidData(_) => "The request data is invalid.",
+            ApiError::IncorrectArguments(what) => what,
+            ApiError::NotAuthenticated => {
+                "Authentication credentials were not provided or are invalid."
+            }
+            ApiError::InvalidCredentials => "Unable to log in with provided credentials.",
+            ApiError::InvalidToken => "The token is invalid or expired.",
+            ApiError::NoDevice => "No device registered for this user.",
+            ApiError::RecipientNoDevice => "Recipient has not yet registered a device",
+            ApiError::DeviceExists => "A device already exists for this user.",
+            ApiError::DeviceChanged => "The registration id does not match the registered device.",
+            ApiError::NoRecipient => "No user with that username exists.",
+            ApiError::RecipientIdentityChanged => {
+                "The message's registration id does not match the recipient's device."
+            }
+            ApiError::ReachedMaxPrekeys => "The upload would exceed the maximum number of prekeys.",
+            ApiError::QueueFull => "The recipient's message queue is full.",
+            ApiError::Throttled { .. } => "Too many requests; retry later.",
+            ApiError::RegistrationClosed => "Registration is closed on this server.",
+            ApiError::PayloadTooLarge => "The request body is too large.",
+            ApiError::LengthRequired => "A Content-Length header is required.",
+            ApiError::NotFound => "Not found.",
+            ApiError::MethodNotAllowed => "Method not allowed.",
+            ApiError::UnsupportedMediaType => "Unsupported media type.",
+            ApiError::Internal(_) => "Internal server error.",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a FieldErrors>,
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            log::error!("internal error: {cause}");
+        }
+        let errors = match &self {
+            ApiError::InvalidData(errors) => Some(errors),
+            _ => None,
+        };
+        let body = Body {
+            code: self.code(),
+            message: self.message(),
+            errors,
+        };
+        let mut res =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        let headers = res.headers_mut();
+        match &self {
+            ApiError::NotAuthenticated => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"api\""),
+                );
+            }
+            ApiError::Throttled { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        use crate::storage::StoreError;
+        match e {
+            StoreError::UsernameTaken => {
+                ApiError::field("username", "A user with that username already exists.")
+            }
+            StoreError::EmailTaken => {
+                ApiError::field("email", "A user with that email already exists.")
+            }
+            StoreError::DeviceExists => ApiError::DeviceExists,
+            StoreError::NoDevice => ApiError::NoDevice,
+            StoreError::TooManyPrekeys => ApiError::ReachedMaxPrekeys,
+            StoreError::QueueFull => ApiError::QueueFull,
+            StoreError::NoUser => ApiError::NotAuthenticated,
+            StoreError::Db(e) => ApiError::Internal(format!("storage: {e}")),
+            StoreError::Corrupt(e) => ApiError::Internal(format!("corrupt record: {e}")),
+        }
+    }
+}

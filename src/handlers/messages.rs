@@ -1,0 +1,91 @@
+//! Sending, fetching and deleting queued messages.
+
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+
+use super::{json, Answer};
+use crate::app::App;
+use crate::auth::now_millis;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::models::{Message, MessageOut, User};
+use crate::requests::{self, Send};
+use crate::storage::DeleteOutcome;
+
+/// POST /messages/<regId>
+pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+    let sender = app.own_device(&user, reg_id)?;
+    let value = body.json(app.max_body()).await?;
+    let req = Send::parse(&value, app.config.max_message_bytes)?;
+    let recipient = app
+        .storage
+        .user_by_name(req.recipient)?
+        .ok_or(ApiError::NoRecipient)?;
+    let device = app
+        .storage
+        .device(recipient.id)?
+        .ok_or(ApiError::RecipientNoDevice)?;
+    if u64::from(device.registration_id) != req.registration_id {
+        return Err(ApiError::RecipientIdentityChanged);
+    }
+    app.limits.send(user.id)?;
+    let message = Message {
+        id: 0,
+        sender_address: sender.address,
+        sender_registration_id: sender.registration_id,
+        content: req.message.to_string(),
+        recipient_address: device.address,
+        timestamp: now_millis(),
+    };
+    let message = app
+        .storage
+        .enqueue(recipient.id, message, app.config.max_queued_messages)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StoreError::NoDevice => ApiError::RecipientNoDevice,
+            e => e.into(),
+        })?;
+    let text: Arc<str> = serde_json::to_string(&MessageOut::from(&message))
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into();
+    app.hub.deliver(recipient.id, message.id, text.clone());
+    Ok(created_json(text))
+}
+
+fn created_json(text: Arc<str>) -> warp::reply::Response {
+    let mut res = warp::reply::Response::new(text.to_string().into());
+    *res.status_mut() = StatusCode::CREATED;
+    res.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// GET /messages/<regId>
+pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
+    app.own_device(&user, reg_id)?;
+    let limit = requests::limit(query.as_deref())?;
+    let messages = app.storage.messages(user.id, 0, limit)?;
+    let out: Vec<MessageOut> = messages.iter().map(MessageOut::from).collect();
+    json(StatusCode::OK, &out)
+}
+
+/// DELETE /messages/<regId>
+pub async fn delete(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+    app.own_device(&user, reg_id)?;
+    let value = body.json(app.max_body()).await?;
+    let ids = requests::message_ids(&value)?;
+    let outcomes = app.storage.delete_messages(user.id, &ids).await?;
+    let out: Vec<&str> = outcomes.iter().map(|o| outcome_text(*o)).collect();
+    json(StatusCode::OK, &out)
+}
+
+pub fn outcome_text(outcome: DeleteOutcome) -> &'static str {
+    match outcome {
+        DeleteOutcome::Deleted => "success",
+        DeleteOutcome::NotOwner => "not_message_owner",
+        DeleteOutcome::NotFound => "non-existant_message",
+    }
+}

@@ -1,0 +1,196 @@
+//! Accounts: registration, tokens, the caller's own account, password change and reset.
+
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
+
+use super::{json, no_content, Answer};
+use crate::app::App;
+use crate::auth::{self, now_secs};
+use crate::body::Body;
+use crate::crypto::b64;
+use crate::error::{ApiError, FieldError};
+use crate::models::{TokenOut, User, UserOut};
+use crate::requests::{self, Register};
+use crate::storage::ResetGrant;
+
+/// POST /auth/users
+pub async fn register(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
+    app.limits.anonymous(ip)?;
+    let value = body.json(app.max_body()).await?;
+    let req = Register::parse(&value)?;
+    check_password("password", req.password, req.username, req.email)?;
+    let hash = app.hasher.hash(req.password.to_string()).await;
+    let user = app
+        .storage
+        .create_user(req.username, req.email, hash)
+        .await?;
+    log::info!("user {} registered", user.id);
+    json(StatusCode::CREATED, &UserOut::from(&user))
+}
+
+/// POST /auth/jwt/create
+pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
+    app.limits.anonymous(ip)?;
+    let value = body.json(app.max_body()).await?;
+    let [username, password] = requests::strings(&value, ["username", "password"])?;
+    let user = app.storage.user_by_name(username)?;
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    if !app.hasher.verify(password.to_string(), stored).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user = user.ok_or(ApiError::InvalidCredentials)?;
+    json(
+        StatusCode::OK,
+        &TokenOut {
+            token: app.tokens.issue(&user, now_secs())?,
+        },
+    )
+}
+
+/// POST /auth/jwt/refresh
+pub async fn refresh(app: App, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let [token] = requests::strings(&value, ["token"])?;
+    let (user, claims) = auth::user_for_token(&app.tokens, &app.storage, token)
+        .map_err(|_| ApiError::InvalidToken)?;
+    if !app.tokens.refreshable(&claims) {
+        return Err(ApiError::InvalidToken);
+    }
+    json(
+        StatusCode::OK,
+        &TokenOut {
+            token: app.tokens.issue(&user, claims.orig_iat)?,
+        },
+    )
+}
+
+/// POST /auth/jwt/verify
+pub async fn verify(app: App, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let [token] = requests::strings(&value, ["token"])?;
+    auth::user_for_token(&app.tokens, &app.storage, token).map_err(|_| ApiError::InvalidToken)?;
+    json(
+        StatusCode::OK,
+        &TokenOut {
+            token: token.to_string(),
+        },
+    )
+}
+
+/// GET /auth/users/me
+pub async fn me(user: User) -> Answer {
+    json(StatusCode::OK, &UserOut::from(&user))
+}
+
+/// DELETE /auth/users/me
+pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let [current] = requests::strings(&value, ["current_password"])?;
+    check_current_password(&app, &user, current).await?;
+    app.storage.delete_user(user.id).await?;
+    app.hub.close(user.id);
+    log::info!("user {} deleted", user.id);
+    no_content()
+}
+
+/// POST /auth/password
+pub async fn change_password(app: App, user: User, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let [current, new] = requests::strings(&value, ["current_password", "new_password"])?;
+    check_current_password(&app, &user, current).await?;
+    check_password("new_password", new, &user.username, &user.email)?;
+    let hash = app.hasher.hash(new.to_string()).await;
+    app.storage.set_password(user.id, hash).await?;
+    no_content()
+}
+
+/// POST /auth/password/reset
+pub async fn reset(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
+    app.limits.anonymous(ip)?;
+    let value = body.json(app.max_body()).await?;
+    let [email] = requests::strings(&value, ["email"])?;
+    if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
+        return Err(ApiError::field("email", "Enter a valid email address."));
+    }
+    if let Some(user) = app.storage.user_by_email(email)? {
+        let token = b64::encode(&rand::random::<[u8; 32]>()).replace(['+', '/', '='], "");
+        let grant = ResetGrant {
+            user_id: user.id,
+            token_version: user.token_version,
+            expires_at: now_secs() + app.config.reset_token_ttl,
+        };
+        app.storage
+            .put_reset_token(&Sha256::digest(token.as_bytes()), &grant)
+            .await?;
+        app.mailer
+            .send_reset(&user.email, &user.username, &encode_uid(user.id), &token);
+    }
+    no_content()
+}
+
+/// POST /auth/password/reset/confirm
+pub async fn reset_confirm(app: App, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let [uid, token, new] = requests::strings(&value, ["uid", "token", "new_password"])?;
+    let user = decode_uid(uid)
+        .and_then(|id| app.storage.user(id).transpose())
+        .transpose()?
+        .ok_or_else(|| ApiError::field("uid", "Invalid user id or user doesn't exist."))?;
+    check_password("new_password", new, &user.username, &user.email)?;
+    let grant = app
+        .storage
+        .take_reset_token(&Sha256::digest(token.as_bytes()))
+        .await?;
+    let valid = grant.is_some_and(|g| {
+        g.user_id == user.id && g.token_version == user.token_version && g.expires_at > now_secs()
+    });
+    if !valid {
+        return Err(ApiError::InvalidToken);
+    }
+    let hash = app.hasher.hash(new.to_string()).await;
+    app.storage.set_password(user.id, hash).await?;
+    no_content()
+}
+
+async fn check_current_password(app: &App, user: &User, password: &str) -> Result<(), ApiError> {
+    if app
+        .hasher
+        .verify(password.to_string(), Some(user.password_hash.clone()))
+        .await
+    {
+        Ok(())
+    } else {
+        Err(ApiError::field("current_password", "Invalid password."))
+    }
+}
+
+fn check_password(
+    field: &str,
+    password: &str,
+    username: &str,
+    email: &str,
+) -> Result<(), ApiError> {
+    let reasons = crate::password::weaknesses(password, username, email);
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    let mut errors = crate::error::FieldErrors::new();
+    errors.insert(field.to_string(), FieldError::Messages(reasons));
+    Err(ApiError::InvalidData(errors))
+}
+
+/// The `uid` of a reset mail: the user id, base64url without padding (as Django does).
+fn encode_uid(id: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_string())
+}
+
+fn decode_uid(uid: &str) -> Option<u64> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(uid.trim_end_matches('='))
+        .ok()?;
+    std::str::from_utf8(&bytes).ok()?.parse().ok()
+}

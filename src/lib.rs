@@ -1,0 +1,37 @@
+//! signal-server: a self-hosted server for the Signal protocol.
+//!
+//! Map of the crate:
+//! - `config`: the command line and environment (`Config`).
+//! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
+//! - `app`: the shared state handed to every handler.
+//! - `routes`: every route, and rejections turned into JSON errors.
+//! - `handlers`: one module per resource (users, devices, keys, messages, ws).
+//! - `body`, `validate`, `requests`: reading bodies and parsing them into typed requests.
+//! - `models`: domain records and the wire shapes of responses.
+//! - `error`: `ApiError`, the one error type, and its JSON shape.
+//! - `auth`: JWTs and the token check; `password`: PBKDF2 hashing and strength rules.
+//! - `crypto`: base64, key shapes, XEdDSA verification.
+//! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail).
+//! - `storage`: sled, and only sled lives there.
+
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod handlers;
+pub mod hub;
+pub mod mail;
+pub mod models;
+pub mod password;
+pub mod ratelimit;
+pub mod requests;
+pub mod routes;
+pub mod server;
+pub mod storage;
+pub mod validate;
+
+pub use app::App;
+pub use config::Config;
+pub use server::run;

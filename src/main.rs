@@ -1,0 +1,49 @@
+//! The `signal-server` binary: configuration, logging, the data-dir lock, then `server::run`
+//! until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use signal_server::{server, App, Config};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    init_logging();
+    let _lock = server::lock_data_dir(&config.data_dir).unwrap_or_else(|e| fail(&e));
+    let listen = config.listen;
+    let app = App::open(config).unwrap_or_else(|e| fail(&e));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
+    let addr = listener.local_addr().unwrap_or(listen);
+    log::info!("listening on http://{addr}");
+    server::run(listener, app, shutdown_signal()).await;
+    log::info!("stopped");
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+fn fail(message: &str) -> ! {
+    log::error!("{message}");
+    eprintln!("signal-server: {message}");
+    std::process::exit(1);
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

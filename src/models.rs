@@ -1,0 +1,187 @@
+//! Domain records (what storage keeps, raw bytes) and the wire shapes the API answers with
+//! (camelCase, base64). Request bodies are parsed into typed values in `requests`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::b64;
+
+/// An account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    /// As registered; matched case-insensitively everywhere.
+    pub username: String,
+    /// Empty when none was given.
+    pub email: String,
+    /// `pbkdf2_sha256$<iterations>$<salt>$<hash>`.
+    pub password_hash: String,
+    /// Bumped by password change and reset: tokens carrying an older version are dead.
+    pub token_version: u32,
+}
+
+/// A one-time EC prekey.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreKey {
+    pub key_id: u32,
+    pub public_key: Vec<u8>,
+}
+
+/// A signed prekey: the EC signed prekey, or a (one-time or last-resort) Kyber prekey.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignedPreKey {
+    pub key_id: u32,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A user's one device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    /// `<username>.<deviceId>`.
+    pub address: String,
+    pub registration_id: u32,
+    pub identity_key: Vec<u8>,
+    pub signed_prekey: SignedPreKey,
+    pub last_resort_kyber: Option<SignedPreKey>,
+}
+
+/// A queued end-to-end-encrypted message; `content` is opaque to the server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub id: u64,
+    pub sender_address: String,
+    pub sender_registration_id: u32,
+    pub content: String,
+    pub recipient_address: String,
+    pub timestamp: u64,
+}
+
+/// What a prekey-bundle fetch took from the stock.
+#[derive(Debug, Default)]
+pub struct Popped {
+    pub prekey: Option<PreKey>,
+    pub kyber: Option<SignedPreKey>,
+}
+
+// ---- wire shapes ----
+
+#[derive(Serialize)]
+pub struct UserOut<'a> {
+    pub email: &'a str,
+    pub username: &'a str,
+    pub id: u64,
+}
+
+impl<'a> From<&'a User> for UserOut<'a> {
+    fn from(u: &'a User) -> Self {
+        UserOut {
+            email: &u.email,
+            username: &u.username,
+            id: u.id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenOut {
+    pub token: String,
+}
+
+#[derive(Serialize)]
+pub struct CodeOut {
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreKeyOut {
+    pub key_id: u32,
+    pub public_key: String,
+}
+
+impl From<&PreKey> for PreKeyOut {
+    fn from(k: &PreKey) -> Self {
+        PreKeyOut {
+            key_id: k.key_id,
+            public_key: b64::encode(&k.public_key),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedPreKeyOut {
+    pub key_id: u32,
+    pub public_key: String,
+    pub signature: String,
+}
+
+impl From<&SignedPreKey> for SignedPreKeyOut {
+    fn from(k: &SignedPreKey) -> Self {
+        SignedPreKeyOut {
+            key_id: k.key_id,
+            public_key: b64::encode(&k.public_key),
+            signature: b64::encode(&k.signature),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceOut<'a> {
+    pub address: &'a str,
+    pub registration_id: u32,
+    pub identity_key: String,
+    pub signed_pre_key_id: u32,
+    pub pre_key_count: u32,
+    pub kyber_pre_key_count: u32,
+    pub has_last_resort_kyber_pre_key: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreKeyCountOut {
+    pub pre_key_count: u32,
+    pub kyber_pre_key_count: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleOut<'a> {
+    pub address: &'a str,
+    pub identity_key: String,
+    pub registration_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_key: Option<PreKeyOut>,
+    pub signed_pre_key: SignedPreKeyOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kyber_pre_key: Option<SignedPreKeyOut>,
+}
+
+/// The 201 shape of a message (note `senderRegistrationID`, as in the original).
+#[derive(Serialize)]
+pub struct MessageOut<'a> {
+    pub id: u64,
+    #[serde(rename = "senderAddress")]
+    pub sender_address: &'a str,
+    #[serde(rename = "senderRegistrationID")]
+    pub sender_registration_id: u32,
+    pub content: &'a str,
+    #[serde(rename = "recipientAddress")]
+    pub recipient_address: &'a str,
+    pub timestamp: u64,
+}
+
+impl<'a> From<&'a Message> for MessageOut<'a> {
+    fn from(m: &'a Message) -> Self {
+        MessageOut {
+            id: m.id,
+            sender_address: &m.sender_address,
+            sender_registration_id: m.sender_registration_id,
+            content: &m.content,
+            recipient_address: &m.recipient_address,
+            timestamp: m.timestamp,
+        }
+    }
+}

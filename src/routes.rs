@@ -1,0 +1,406 @@
+//! Every route of the API, in one place. Each endpoint is one small function, filters in one
+//! order: path → method → app → auth → body/query → `.then(handler)`. Handler errors are replies;
+//! rejections only route (404, 405) and carry a failed authentication (401).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+use warp::filters::BoxedFilter;
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::app::App;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::handlers::{devices, keys, messages, users, ws, Answer};
+use crate::models::User;
+
+impl warp::reject::Reject for ApiError {}
+
+/// The whole API, with rejections turned into the JSON error shape.
+pub fn api(app: App) -> BoxedFilter<(Response,)> {
+    health()
+        .or(accounts(&app))
+        .unify()
+        .or(device_routes(&app))
+        .unify()
+        .or(key_routes(&app))
+        .unify()
+        .or(message_routes(&app))
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+fn reply(answer: Answer) -> Response {
+    answer.into_response()
+}
+
+fn with_app(app: &App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
+    let app = app.clone();
+    warp::any().map(move || app.clone())
+}
+
+/// The caller, from `Authorization: Bearer|JWT <token>`; 401 otherwise.
+fn auth(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
+    with_app(app)
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(|app: App, header: Option<String>| async move {
+            let token = header
+                .as_deref()
+                .and_then(crate::auth::bearer)
+                .ok_or(ApiError::NotAuthenticated);
+            token
+                .and_then(|t| crate::auth::user_for_token(&app.tokens, &app.storage, t))
+                .map(|(user, _)| user)
+                .map_err(warp::reject::custom)
+        })
+}
+
+/// The caller of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers).
+fn auth_ws(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
+    with_app(app)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(raw_query())
+        .and_then(
+            |app: App, header: Option<String>, query: Option<String>| async move {
+                let from_query = query
+                    .as_deref()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+                let token = header
+                    .as_deref()
+                    .and_then(crate::auth::bearer)
+                    .or(from_query)
+                    .ok_or(ApiError::NotAuthenticated);
+                token
+                    .and_then(|t| crate::auth::user_for_token(&app.tokens, &app.storage, t))
+                    .map(|(user, _)| user)
+                    .map_err(warp::reject::custom)
+            },
+        )
+}
+
+/// The body, read later by the handler (after the device checks) with the size limit.
+fn body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .map(Body::new)
+}
+
+fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// The client IP for per-IP limits: the peer, or `X-Forwarded-For`'s last hop when the peer is
+/// a trusted proxy.
+fn client_ip(app: &App) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+    let trusted = app.config.trusted_proxy.clone();
+    warp::addr::remote()
+        .and(
+            warp::header::optional::<String>("x-forwarded-for")
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .map(move |peer: Option<SocketAddr>, forwarded: Option<String>| {
+            let peer = peer.map(|p| p.ip());
+            match (peer, forwarded) {
+                (Some(p), Some(f)) if trusted.contains(&p) => f
+                    .rsplit(',')
+                    .next()
+                    .and_then(|ip| ip.trim().parse().ok())
+                    .or(Some(p)),
+                _ => peer,
+            }
+        })
+}
+
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// GET /health
+fn health() -> BoxedFilter<(Response,)> {
+    warp::path!("health")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::json(&Health { status: "ok" }).into_response())
+        .boxed()
+}
+
+fn accounts(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    // POST /auth/users
+    let register = warp::path!("auth" / "users")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(client_ip(a))
+        .and(body())
+        .then(users::register)
+        .map(reply);
+    // GET /auth/users/me
+    let me = warp::path!("auth" / "users" / "me")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth(a))
+        .then(users::me)
+        .map(reply);
+    // DELETE /auth/users/me
+    let delete_me = warp::path!("auth" / "users" / "me")
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(users::delete_me)
+        .map(reply);
+    // POST /auth/jwt/create
+    let login = warp::path!("auth" / "jwt" / "create")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(client_ip(a))
+        .and(body())
+        .then(users::login)
+        .map(reply);
+    // POST /auth/jwt/refresh
+    let refresh = warp::path!("auth" / "jwt" / "refresh")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(body())
+        .then(users::refresh)
+        .map(reply);
+    // POST /auth/jwt/verify
+    let verify = warp::path!("auth" / "jwt" / "verify")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(body())
+        .then(users::verify)
+        .map(reply);
+    // POST /auth/password
+    let password = warp::path!("auth" / "password")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(users::change_password)
+        .map(reply);
+    // POST /auth/password/reset
+    let reset = warp::path!("auth" / "password" / "reset")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(client_ip(a))
+        .and(body())
+        .then(users::reset)
+        .map(reply);
+    // POST /auth/password/reset/confirm
+    let confirm = warp::path!("auth" / "password" / "reset" / "confirm")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(body())
+        .then(users::reset_confirm)
+        .map(reply);
+    register
+        .or(me)
+        .unify()
+        .or(delete_me)
+        .unify()
+        .or(login)
+        .unify()
+        .or(refresh)
+        .unify()
+        .or(verify)
+        .unify()
+        .or(password)
+        .unify()
+        .or(reset)
+        .unify()
+        .or(confirm)
+        .unify()
+        .boxed()
+}
+
+/// `/device/` followed by anything (ignored, as in the original).
+fn device_path() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path("device")
+        .and(warp::path::tail())
+        .map(|_| ())
+        .untuple_one()
+}
+
+fn device_routes(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    // POST /device/<anything>
+    let create = device_path()
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(devices::create)
+        .map(reply);
+    // GET /device/<anything>
+    let show = device_path()
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(devices::show)
+        .map(reply);
+    // DELETE /device/<anything>
+    let delete = device_path()
+        .and(warp::delete())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(devices::delete)
+        .map(reply);
+    create.or(show).unify().or(delete).unify().boxed()
+}
+
+fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    // POST /prekeys/<regId>
+    let upload = warp::path!("prekeys" / u64)
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(keys::upload_prekeys)
+        .map(reply);
+    // GET /prekeys/<regId>
+    let stock = warp::path!("prekeys" / u64)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(keys::stock)
+        .map(reply);
+    // POST /kyberprekeys/<regId>
+    let kyber = warp::path!("kyberprekeys" / u64)
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(keys::upload_kyber)
+        .map(reply);
+    // POST /signedprekey/<regId>
+    let signed = warp::path!("signedprekey" / u64)
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(keys::upload_signed)
+        .map(reply);
+    // GET /prekeybundle/<username>/<regId>
+    let bundle = warp::path!("prekeybundle" / String / u64)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(keys::bundle)
+        .map(reply);
+    upload
+        .or(stock)
+        .unify()
+        .or(kyber)
+        .unify()
+        .or(signed)
+        .unify()
+        .or(bundle)
+        .unify()
+        .boxed()
+}
+
+fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    // POST /messages/<regId>
+    let send = warp::path!("messages" / u64)
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(messages::send)
+        .map(reply);
+    // GET /messages/<regId>
+    let list = warp::path!("messages" / u64)
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(raw_query())
+        .then(messages::list)
+        .map(reply);
+    // DELETE /messages/<regId>
+    let delete = warp::path!("messages" / u64)
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(messages::delete)
+        .map(reply);
+    // GET /messages/<regId>/ws
+    let live = warp::path!("messages" / u64 / "ws")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth_ws(a))
+        .and(warp::ws())
+        .then(ws::upgrade)
+        .map(reply);
+    send.or(list)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(live)
+        .unify()
+        .boxed()
+}
+
+/// Turns every rejection into the one JSON error shape.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound
+    } else if let Some(e) = rejection.find::<ApiError>() {
+        clone_auth_error(e)
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::UnsupportedMediaType
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+        || rejection.find::<warp::reject::InvalidQuery>().is_some()
+    {
+        ApiError::field("request", "A header or the query string is missing or invalid (WebSocket routes need an upgrade request).")
+    } else {
+        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+/// Rejections carry only authentication failures; rebuild the error by value.
+fn clone_auth_error(e: &ApiError) -> ApiError {
+    match e {
+        ApiError::Internal(cause) => ApiError::Internal(cause.clone()),
+        _ => ApiError::NotAuthenticated,
+    }
+}

@@ -1,0 +1,72 @@
+//! Running the app: the data-dir lock, background sweepers, and `run`, the one entry point that
+//! production and tests share.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::app::App;
+
+/// Takes an exclusive lock on the data dir, held as long as the returned file lives: a second
+/// server on the same data dir fails at once instead of corrupting it.
+pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = File::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another signal-server process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, closes live
+/// sockets, lets requests in flight finish and flushes storage.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let sweeper = tokio::spawn(sweep(app.clone()));
+    let hub_app = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        log::info!("shutting down");
+        hub_app.hub.close_all();
+    };
+    warp::serve(crate::routes::api(app.clone()))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    sweeper.abort();
+    if let Err(e) = app.storage.flush() {
+        log::error!("final flush failed: {e:?}");
+    }
+}
+
+/// Background upkeep: expired messages and reset tokens, idle rate-limit keys.
+async fn sweep(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now_ms = crate::auth::now_millis();
+        let cutoff = now_ms.saturating_sub(app.config.message_ttl.saturating_mul(1000));
+        match app.storage.sweep_expired(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("deleted {n} expired messages"),
+            Err(e) => log::error!("message sweep failed: {e:?}"),
+        }
+        if let Err(e) = app.storage.sweep_reset_tokens(now_ms / 1000) {
+            log::error!("reset token sweep failed: {e:?}");
+        }
+        app.limits.sweep();
+    }
+}

@@ -1,0 +1,146 @@
+//! Devices: one per user, created together with its first keys, removed with all of them.
+
+use sled::Transactional;
+
+use super::keys::{self, Counter};
+use super::{abort, decode, decode_tx, encode, Storage, StoreError};
+use crate::models::{Device, PreKey, SignedPreKey};
+
+/// A device's key stock, as `GET /device` and `GET /prekeys` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stock {
+    pub prekeys: u32,
+    pub kyber_prekeys: u32,
+}
+
+impl Storage {
+    pub fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
+        match self.devices.get(keys::user(user_id))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates the user's device with its first one-time keys, all or nothing.
+    pub async fn create_device(
+        &self,
+        user_id: u64,
+        device: &Device,
+        prekeys: &[PreKey],
+        kyber: &[SignedPreKey],
+    ) -> Result<(), StoreError> {
+        // Keys left behind by an interrupted delete would corrupt the counters: clear them in the
+        // same transaction that creates the device.
+        let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
+        let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
+        let record = encode(device);
+        let kyber_records: Vec<_> = kyber
+            .iter()
+            .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
+            .collect();
+        let id = keys::user(user_id);
+        (
+            &self.devices,
+            &self.prekeys,
+            &self.kyber_prekeys,
+            &self.counters,
+        )
+            .transaction(|(devices, ec, ky, counters)| {
+                if devices.get(id)?.is_some() {
+                    return abort(StoreError::DeviceExists);
+                }
+                for k in &stale_ec {
+                    ec.remove(k.as_ref())?;
+                }
+                for k in &stale_kyber {
+                    ky.remove(k.as_ref())?;
+                }
+                for k in prekeys {
+                    ec.insert(&keys::prekey(user_id, k.key_id), k.public_key.as_slice())?;
+                }
+                for (k, v) in &kyber_records {
+                    ky.insert(k, v.as_slice())?;
+                }
+                counters.insert(
+                    &keys::counter(user_id, Counter::PreKeys),
+                    &(prekeys.len() as u32).to_be_bytes(),
+                )?;
+                counters.insert(
+                    &keys::counter(user_id, Counter::KyberPreKeys),
+                    &(kyber.len() as u32).to_be_bytes(),
+                )?;
+                counters.insert(&keys::counter(user_id, Counter::Queue), &0u32.to_be_bytes())?;
+                devices.insert(&id, record.as_slice())?;
+                Ok(())
+            })?;
+        self.sync().await
+    }
+
+    /// Removes the user's device, its keys and the messages queued for it.
+    pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
+        if self.devices.remove(keys::user(user_id))?.is_none() {
+            return Err(StoreError::NoDevice);
+        }
+        self.remove_device_data(user_id)?;
+        self.sync().await
+    }
+
+    /// Removes keys, counters and queued messages of a user (after their device record is gone).
+    pub(super) fn remove_device_data(&self, user_id: u64) -> Result<(), StoreError> {
+        self.devices.remove(keys::user(user_id))?;
+        for tree in [&self.prekeys, &self.kyber_prekeys] {
+            let mut batch = sled::Batch::default();
+            for k in self.prefix_keys(tree, user_id)? {
+                batch.remove(k);
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.clear_queue(user_id)?;
+        for which in [Counter::PreKeys, Counter::KyberPreKeys, Counter::Queue] {
+            self.counters.remove(keys::counter(user_id, which))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the signed prekey of the user's device.
+    pub async fn set_signed_prekey(
+        &self,
+        user_id: u64,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError> {
+        self.update_device(user_id, |d| d.signed_prekey = key.clone())?;
+        self.sync().await
+    }
+
+    /// Applies `change` to the stored device in a transaction.
+    fn update_device(
+        &self,
+        user_id: u64,
+        change: impl Fn(&mut Device),
+    ) -> Result<Device, StoreError> {
+        let id = keys::user(user_id);
+        Ok(self.devices.transaction(|devices| {
+            let Some(v) = devices.get(id)? else {
+                return abort(StoreError::NoDevice);
+            };
+            let mut device: Device = decode_tx(&v)?;
+            change(&mut device);
+            devices.insert(&id, encode(&device))?;
+            Ok(device)
+        })?)
+    }
+
+    pub fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
+        Ok(Stock {
+            prekeys: self.counter(user_id, Counter::PreKeys)?,
+            kyber_prekeys: self.counter(user_id, Counter::KyberPreKeys)?,
+        })
+    }
+
+    fn prefix_keys(&self, tree: &sled::Tree, user_id: u64) -> Result<Vec<sled::IVec>, StoreError> {
+        tree.scan_prefix(keys::user(user_id))
+            .keys()
+            .map(|k| k.map_err(StoreError::from))
+            .collect()
+    }
+}

@@ -1,0 +1,94 @@
+//! Every key layout of every tree, in one place. Integers are big-endian so that sled's byte
+//! order is numeric order, and every prefix is fixed-width so a prefix scan never spills into a
+//! neighbouring user's keys.
+
+/// `user id (u64 BE)`: 8 bytes.
+pub fn user(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// `user id (u64 BE) ‖ key id (u32 BE)`: 12 bytes.
+pub fn prekey(user_id: u64, key_id: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&user_id.to_be_bytes());
+    k[8..].copy_from_slice(&key_id.to_be_bytes());
+    k
+}
+
+/// `user id (u64 BE) ‖ message id (u64 BE)`: 16 bytes.
+pub fn message(user_id: u64, message_id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&user_id.to_be_bytes());
+    k[8..].copy_from_slice(&message_id.to_be_bytes());
+    k
+}
+
+/// Which counter of a user: one-time EC prekeys, one-time Kyber prekeys, queued messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    PreKeys = b'p' as isize,
+    KyberPreKeys = b'k' as isize,
+    Queue = b'q' as isize,
+}
+
+/// `user id (u64 BE) ‖ counter tag (1 byte)`: 9 bytes.
+pub fn counter(user_id: u64, which: Counter) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&user_id.to_be_bytes());
+    k[8] = which as u8;
+    k
+}
+
+/// The id in the last 4 bytes of a prekey key.
+pub fn prekey_id(key: &[u8]) -> Option<u32> {
+    let tail: [u8; 4] = key.get(8..12)?.try_into().ok()?;
+    Some(u32::from_be_bytes(tail))
+}
+
+/// The id in the last 8 bytes of a message key.
+pub fn message_id(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(8..16)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+pub fn decode_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// `recipient user id (u64 BE) ‖ timestamp ms (u64 BE)`: the value of a message-index entry.
+pub fn index_value(user_id: u64, timestamp: u64) -> [u8; 16] {
+    message(user_id, timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prekey_keys_sort_numerically_within_a_user() {
+        assert!(prekey(1, 2) < prekey(1, 256));
+        assert!(prekey(1, 16_777_215) < prekey(2, 0));
+        assert_eq!(prekey_id(&prekey(7, 300)), Some(300));
+    }
+
+    #[test]
+    fn message_keys_sort_by_id_and_round_trip() {
+        assert!(message(5, 9) < message(5, 10));
+        assert!(message(5, u64::MAX) < message(6, 0));
+        assert_eq!(message_id(&message(5, 1234)), Some(1234));
+        assert!(message(5, 0).starts_with(&user(5)));
+    }
+
+    #[test]
+    fn counters_are_distinct_per_kind_and_user() {
+        assert_ne!(counter(1, Counter::PreKeys), counter(1, Counter::Queue));
+        assert_ne!(counter(1, Counter::Queue), counter(2, Counter::Queue));
+        assert_eq!(decode_u64(&user(42)), Some(42));
+        assert_eq!(decode_u32(&7u32.to_be_bytes()), Some(7));
+        assert_eq!(decode_u64(&[1, 2]), None);
+    }
+}

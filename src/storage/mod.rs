@@ -1,0 +1,212 @@
+//! Storage: the only module that knows sled. One `Clone` struct owns every tree; its methods are
+//! domain verbs taking and returning domain types.
+//!
+//! Atomicity:
+//! - Every invariant that spans trees (a username and its user record, a device and its prekey
+//!   counters, a queued message, its index entry and the queue length) is written in one sled
+//!   `transaction`.
+//! - Transactions cannot scan, so verbs that need "the lowest key" scan first and then, inside the
+//!   transaction, check that what they found is still there; a lost race aborts with `Retry` and
+//!   the verb scans again (a compare-and-swap loop). Transaction closures may run more than once,
+//!   so they have no side effects outside the transaction.
+//!
+//! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
+//! acknowledged to a client awaits `Committer::wait` before returning, which shares one
+//! `fsync` between all writers that arrived while the previous flush ran (group commit).
+
+mod commit;
+mod devices;
+pub mod keys;
+mod messages;
+mod prekeys;
+mod users;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use commit::Committer;
+pub use messages::DeleteOutcome;
+pub use users::ResetGrant;
+
+/// The on-disk layout version; bump it when a record or key layout changes.
+const SCHEMA_VERSION: u32 = 1;
+
+/// `"schema_version"` → u32 BE.
+const META: &str = "meta";
+/// user id → bincode `User`.
+const USERS: &str = "users";
+/// lower-case username → user id.
+const USERNAMES: &str = "usernames";
+/// lower-case email → user id.
+const EMAILS: &str = "emails";
+/// user id → bincode `Device`.
+const DEVICES: &str = "devices";
+/// user id ‖ key id → 33-byte public key.
+const PREKEYS: &str = "prekeys";
+/// user id ‖ key id → bincode `SignedPreKey`.
+const KYBER_PREKEYS: &str = "kyber_prekeys";
+/// user id ‖ counter tag → u32 BE (prekey stock, Kyber stock, queue length).
+const COUNTERS: &str = "counters";
+/// recipient user id ‖ message id → bincode `Message`.
+const MESSAGES: &str = "messages";
+/// message id → recipient user id ‖ timestamp: ownership on delete, and the expiry sweep.
+const MESSAGE_INDEX: &str = "message_index";
+/// sha256(reset token) → user id ‖ expiry (s) ‖ token version.
+const RESET_TOKENS: &str = "reset_tokens";
+
+#[derive(Debug)]
+pub enum StoreError {
+    UsernameTaken,
+    EmailTaken,
+    DeviceExists,
+    NoDevice,
+    NoUser,
+    TooManyPrekeys,
+    QueueFull,
+    Db(String),
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Settings of the sled database.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// sled's page cache, in bytes.
+    pub cache_capacity: u64,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    db: sled::Db,
+    users: sled::Tree,
+    usernames: sled::Tree,
+    emails: sled::Tree,
+    devices: sled::Tree,
+    prekeys: sled::Tree,
+    kyber_prekeys: sled::Tree,
+    counters: sled::Tree,
+    messages: sled::Tree,
+    message_index: sled::Tree,
+    reset_tokens: sled::Tree,
+    committer: Arc<Committer>,
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir`, checking the schema version.
+    pub fn open(dir: &Path, options: &StorageOptions) -> Result<Storage, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity)
+            .open()?;
+        let meta = db.open_tree(META)?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) if keys::decode_u32(&v) == Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "data dir has schema version {:?}, this build reads {SCHEMA_VERSION}",
+                    keys::decode_u32(&v)
+                )))
+            }
+        }
+        Ok(Storage {
+            users: db.open_tree(USERS)?,
+            usernames: db.open_tree(USERNAMES)?,
+            emails: db.open_tree(EMAILS)?,
+            devices: db.open_tree(DEVICES)?,
+            prekeys: db.open_tree(PREKEYS)?,
+            kyber_prekeys: db.open_tree(KYBER_PREKEYS)?,
+            counters: db.open_tree(COUNTERS)?,
+            messages: db.open_tree(MESSAGES)?,
+            message_index: db.open_tree(MESSAGE_INDEX)?,
+            reset_tokens: db.open_tree(RESET_TOKENS)?,
+            committer: Arc::new(Committer::start(db.clone())),
+            db,
+        })
+    }
+
+    /// Waits until everything written so far is on disk (shared with concurrent writers).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.committer.wait().await
+    }
+
+    /// Flushes synchronously; used at shutdown.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A fresh id, never handed out before, even across crashes.
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // sled's ids start at 0; keep 0 free so that no record has id 0.
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    fn counter(&self, user_id: u64, which: keys::Counter) -> Result<u32, StoreError> {
+        let v = self.counters.get(keys::counter(user_id, which))?;
+        Ok(v.and_then(|v| keys::decode_u32(&v)).unwrap_or(0))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain structs into a Vec cannot fail.
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+/// Reads a counter inside a transaction.
+fn tx_counter(tree: &sled::transaction::TransactionalTree, key: &[u8]) -> TxResult<u32> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| keys::decode_u32(&v))
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+pub(crate) fn temp() -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = Storage::open(
+        dir.path(),
+        &StorageOptions {
+            cache_capacity: 8 << 20,
+        },
+    )
+    .expect("open");
+    (dir, storage)
+}
