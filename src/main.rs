@@ -16,7 +16,12 @@ async fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
     let addr = listener.local_addr().unwrap_or(listen);
     log::info!("listening on http://{addr}");
-    server::run(listener, app, shutdown_signal()).await;
+    server::notify_systemd("READY=1");
+    server::run(listener, app, async {
+        shutdown_signal().await;
+        server::notify_systemd("STOPPING=1");
+    })
+    .await;
     log::info!("stopped");
 }
 

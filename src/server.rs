@@ -70,3 +70,26 @@ async fn sweep(app: App) {
         app.limits.sweep();
     }
 }
+
+/// Tells systemd (a `Type=notify` unit) our state, e.g. `READY=1`; does nothing elsewhere.
+pub fn notify_systemd(state: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        let addr = match path.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None => SocketAddr::from_pathname(&path),
+        };
+        let sent = UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(state.as_bytes(), &a)));
+        if let Err(e) = sent {
+            log::warn!("could not notify systemd: {e}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = state;
+}
