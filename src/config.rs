@@ -4,7 +4,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// Who may create an account.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone.
+    Open,
+    /// Only with a single-use invite token (`signal-server invites create`).
+    Invite,
+    /// Nobody (accounts are created by the operator's tools only).
+    Closed,
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -94,6 +105,10 @@ pub struct Config {
     /// Lifetime of a password-reset token, in seconds.
     #[arg(long, env = "SIGNAL_SERVER_RESET_TOKEN_TTL", default_value_t = 3600)]
     pub reset_token_ttl: u64,
+
+    /// Who may register: open, invite (a single-use invite token in the `invite` field) or closed.
+    #[arg(long, env = "SIGNAL_SERVER_REGISTRATION", value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
 
     /// Size of sled's page cache, in MiB.
     #[arg(long, env = "SIGNAL_SERVER_CACHE_MB", default_value_t = 64)]

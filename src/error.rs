@@ -191,6 +191,9 @@ impl From<crate::storage::StoreError> for ApiError {
             StoreError::NoDevice => ApiError::NoDevice,
             StoreError::TooManyPrekeys => ApiError::ReachedMaxPrekeys,
             StoreError::QueueFull => ApiError::QueueFull,
+            StoreError::InvalidInvite => {
+                ApiError::field("invite", "This invite is not valid or was already used.")
+            }
             StoreError::NoUser => ApiError::NotAuthenticated,
             StoreError::Db(e) => ApiError::Internal(format!("storage: {e}")),
             StoreError::Corrupt(e) => ApiError::Internal(format!("corrupt record: {e}")),

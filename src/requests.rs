@@ -22,6 +22,8 @@ pub struct Register<'a> {
     pub username: &'a str,
     pub password: &'a str,
     pub email: &'a str,
+    /// An invite token, for servers with `--registration invite`.
+    pub invite: Option<&'a str>,
 }
 
 impl<'a> Register<'a> {
@@ -38,11 +40,13 @@ impl<'a> Register<'a> {
         if !email.is_empty() && (email.len() > 254 || email.parse::<lettre::Address>().is_err()) {
             f.fail("email", "Enter a valid email address.");
         }
+        let invite = f.string("invite", false);
         f.finish()?;
         Ok(Register {
             username: username.unwrap_or_default(),
             password: password.unwrap_or_default(),
             email,
+            invite,
         })
     }
 }

@@ -64,7 +64,7 @@ async fn sweep(app: App) {
             Ok(n) => log::info!("deleted {n} expired messages"),
             Err(e) => log::error!("message sweep failed: {e:?}"),
         }
-        if let Err(e) = app.storage.sweep_reset_tokens(now_ms / 1000) {
+        if let Err(e) = app.storage.sweep_reset_tokens(now_ms / 1000).await {
             log::error!("reset token sweep failed: {e:?}");
         }
         app.limits.sweep();
@@ -85,7 +85,8 @@ pub fn notify_systemd(state: &str) {
             Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
             None => SocketAddr::from_pathname(&path),
         };
-        let sent = UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(state.as_bytes(), &a)));
+        let sent = UnixDatagram::unbound()
+            .and_then(|s| addr.and_then(|a| s.send_to_addr(state.as_bytes(), &a)));
         if let Err(e) = sent {
             log::warn!("could not notify systemd: {e}");
         }

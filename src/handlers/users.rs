@@ -9,6 +9,7 @@ use super::{json, no_content, Answer};
 use crate::app::App;
 use crate::auth::{self, now_secs};
 use crate::body::Body;
+use crate::config::Registration;
 use crate::crypto::b64;
 use crate::error::{ApiError, FieldError};
 use crate::models::{TokenOut, User, UserOut};
@@ -18,13 +19,31 @@ use crate::storage::ResetGrant;
 /// POST /auth/users
 pub async fn register(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     app.limits.anonymous(ip)?;
+    if app.config.registration == Registration::Closed {
+        return Err(ApiError::RegistrationClosed);
+    }
     let value = body.json(app.max_body()).await?;
     let req = Register::parse(&value)?;
+    let invite = match (app.config.registration, req.invite) {
+        (Registration::Invite, Some(token)) => Some(Sha256::digest(token.as_bytes())),
+        (Registration::Invite, None) => {
+            return Err(ApiError::field(
+                "invite",
+                "An invite is required to register here.",
+            ))
+        }
+        _ => None,
+    };
     check_password("password", req.password, req.username, req.email)?;
     let hash = app.hasher.hash(req.password.to_string()).await;
     let user = app
         .storage
-        .create_user(req.username, req.email, hash)
+        .create_user(
+            req.username,
+            req.email,
+            hash,
+            invite.as_ref().map(|h| &h[..]),
+        )
         .await?;
     log::info!("user {} registered", user.id);
     json(StatusCode::CREATED, &UserOut::from(&user))

@@ -29,6 +29,7 @@ impl Storage {
         prekeys: &[PreKey],
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
         // Keys left behind by an interrupted delete would corrupt the counters: clear them in the
         // same transaction that creates the device.
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
@@ -78,6 +79,7 @@ impl Storage {
 
     /// Removes the user's device, its keys and the messages queued for it.
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
         if self.devices.remove(keys::user(user_id))?.is_none() {
             return Err(StoreError::NoDevice);
         }
@@ -108,6 +110,7 @@ impl Storage {
         user_id: u64,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
         self.update_device(user_id, |d| d.signed_prekey = key.clone())?;
         self.sync().await
     }

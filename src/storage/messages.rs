@@ -23,6 +23,7 @@ impl Storage {
         mut message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
+        let _writing = self.writing().await;
         message.id = self.next_id()?;
         let key = keys::message(recipient, message.id);
         let index_key = message.id.to_be_bytes();
@@ -74,6 +75,7 @@ impl Storage {
         recipient: u64,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
+        let _writing = self.writing().await;
         let mut outcomes = Vec::with_capacity(ids.len());
         let mut any = false;
         for &id in ids {
@@ -128,6 +130,7 @@ impl Storage {
     /// Deletes messages queued before `cutoff_ms`. Ids grow with time, so the sweep walks the
     /// index from the oldest id and stops at the first message that is young enough.
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let _writing = self.writing().await;
         let mut removed = 0;
         for entry in self.message_index.iter() {
             let (k, v) = entry?;

@@ -14,6 +14,7 @@
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
 //! `fsync` between all writers that arrived while the previous flush ran (group commit).
 
+mod backup;
 mod commit;
 mod devices;
 pub mod keys;
@@ -28,7 +29,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+pub use backup::BackupSummary;
 use commit::Committer;
+pub use devices::Stock;
 pub use messages::DeleteOutcome;
 pub use users::ResetGrant;
 
@@ -57,6 +60,8 @@ const MESSAGES: &str = "messages";
 const MESSAGE_INDEX: &str = "message_index";
 /// sha256(reset token) → user id ‖ expiry (s) ‖ token version.
 const RESET_TOKENS: &str = "reset_tokens";
+/// sha256(invite token) → creation time (s, u64 BE).
+const INVITES: &str = "invites";
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -67,6 +72,7 @@ pub enum StoreError {
     NoUser,
     TooManyPrekeys,
     QueueFull,
+    InvalidInvite,
     Db(String),
     Corrupt(String),
 }
@@ -112,7 +118,14 @@ pub struct Storage {
     messages: sled::Tree,
     message_index: sled::Tree,
     reset_tokens: sled::Tree,
+    invites: sled::Tree,
+    meta: sled::Tree,
     committer: Arc<Committer>,
+    /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
+    /// same instant. Async, so a backup never blocks a runtime thread.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Added to sled's id generator: after an import, new ids start above every imported one.
+    id_offset: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Storage {
@@ -136,6 +149,10 @@ impl Storage {
                 )))
             }
         }
+        let id_offset = meta
+            .get("id_offset")?
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(0);
         Ok(Storage {
             users: db.open_tree(USERS)?,
             usernames: db.open_tree(USERNAMES)?,
@@ -147,6 +164,10 @@ impl Storage {
             messages: db.open_tree(MESSAGES)?,
             message_index: db.open_tree(MESSAGE_INDEX)?,
             reset_tokens: db.open_tree(RESET_TOKENS)?,
+            invites: db.open_tree(INVITES)?,
+            meta,
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            id_offset: Arc::new(id_offset.into()),
             committer: Arc::new(Committer::start(db.clone())),
             db,
         })
@@ -166,7 +187,12 @@ impl Storage {
     /// A fresh id, never handed out before, even across crashes.
     fn next_id(&self) -> Result<u64, StoreError> {
         // sled's ids start at 0; keep 0 free so that no record has id 0.
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.db.generate_id()? + 1 + self.id_offset.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Held by every write verb (shared), so a backup (exclusive) sees one instant.
+    async fn writing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     fn counter(&self, user_id: u64, which: keys::Counter) -> Result<u32, StoreError> {

@@ -16,6 +16,7 @@ impl Storage {
         new: &[PreKey],
         cap: u32,
     ) -> Result<u32, StoreError> {
+        let _writing = self.writing().await;
         let records: Vec<_> = new
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), k.public_key.clone()))
@@ -40,6 +41,7 @@ impl Storage {
         last_resort: Option<&SignedPreKey>,
         cap: u32,
     ) -> Result<u32, StoreError> {
+        let _writing = self.writing().await;
         let records: Vec<_> = new
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
@@ -96,6 +98,7 @@ impl Storage {
     /// once ever, and returns once the removal is on disk. The last-resort Kyber key is not taken
     /// here (it lives in the device record).
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+        let _writing = self.writing().await;
         let ec_counter = keys::counter(user_id, Counter::PreKeys);
         let ky_counter = keys::counter(user_id, Counter::KyberPreKeys);
         loop {

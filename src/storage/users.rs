@@ -15,13 +15,16 @@ pub struct ResetGrant {
 }
 
 impl Storage {
-    /// Creates a user; usernames and non-empty emails are unique case-insensitively.
+    /// Creates a user; usernames and non-empty emails are unique case-insensitively. With
+    /// `invite` (the hash of an invite token), the invite is used up in the same transaction.
     pub async fn create_user(
         &self,
         username: &str,
         email: &str,
         password_hash: String,
+        invite: Option<&[u8]>,
     ) -> Result<User, StoreError> {
+        let _writing = self.writing().await;
         let user = User {
             id: self.next_id()?,
             username: username.to_string(),
@@ -33,20 +36,27 @@ impl Storage {
         let email_key = email.to_lowercase();
         let id = keys::user(user.id);
         let record = encode(&user);
-        (&self.users, &self.usernames, &self.emails).transaction(|(users, names, emails)| {
-            if names.get(name_key.as_bytes())?.is_some() {
-                return abort(StoreError::UsernameTaken);
-            }
-            if !email_key.is_empty() {
-                if emails.get(email_key.as_bytes())?.is_some() {
-                    return abort(StoreError::EmailTaken);
+        (&self.users, &self.usernames, &self.emails, &self.invites).transaction(
+            |(users, names, emails, invites)| {
+                if names.get(name_key.as_bytes())?.is_some() {
+                    return abort(StoreError::UsernameTaken);
                 }
-                emails.insert(email_key.as_bytes(), &id)?;
-            }
-            names.insert(name_key.as_bytes(), &id)?;
-            users.insert(&id, record.as_slice())?;
-            Ok(())
-        })?;
+                if let Some(invite) = invite {
+                    if invites.remove(invite)?.is_none() {
+                        return abort(StoreError::InvalidInvite);
+                    }
+                }
+                if !email_key.is_empty() {
+                    if emails.get(email_key.as_bytes())?.is_some() {
+                        return abort(StoreError::EmailTaken);
+                    }
+                    emails.insert(email_key.as_bytes(), &id)?;
+                }
+                names.insert(name_key.as_bytes(), &id)?;
+                users.insert(&id, record.as_slice())?;
+                Ok(())
+            },
+        )?;
         self.sync().await?;
         Ok(user)
     }
@@ -85,6 +95,7 @@ impl Storage {
         user_id: u64,
         password_hash: String,
     ) -> Result<User, StoreError> {
+        let _writing = self.writing().await;
         let key = keys::user(user_id);
         let user = self.users.transaction(|users| {
             let Some(v) = users.get(key)? else {
@@ -104,6 +115,7 @@ impl Storage {
     /// stay. The account record goes first, in one transaction with its indexes, so the user and
     /// their tokens are gone even if the clean-up after it is interrupted.
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
         let key = keys::user(user_id);
         (&self.users, &self.usernames, &self.emails).transaction(|(users, names, emails)| {
             let Some(v) = users.remove(&key)? else {
@@ -126,6 +138,7 @@ impl Storage {
         token_hash: &[u8],
         grant: &ResetGrant,
     ) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
         let mut value = Vec::with_capacity(20);
         value.extend_from_slice(&grant.user_id.to_be_bytes());
         value.extend_from_slice(&grant.expires_at.to_be_bytes());
@@ -139,6 +152,7 @@ impl Storage {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<ResetGrant>, StoreError> {
+        let _writing = self.writing().await;
         let Some(v) = self.reset_tokens.remove(token_hash)? else {
             return Ok(None);
         };
@@ -156,7 +170,8 @@ impl Storage {
     }
 
     /// Drops expired reset grants; run by the background sweeper.
-    pub fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
+    pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
+        let _writing = self.writing().await;
         let mut removed = 0;
         for entry in self.reset_tokens.iter() {
             let (k, v) = entry?;
@@ -176,6 +191,21 @@ impl Storage {
         Ok(removed)
     }
 
+    /// Stores an invite under the hash of its token.
+    pub async fn create_invite(
+        &self,
+        token_hash: &[u8],
+        created_at: u64,
+    ) -> Result<(), StoreError> {
+        let _writing = self.writing().await;
+        self.invites.insert(token_hash, &created_at.to_be_bytes())?;
+        self.sync().await
+    }
+
+    pub fn invite_count(&self) -> usize {
+        self.invites.len()
+    }
+
     /// Every user, in id order (admin listing).
     pub fn users(&self) -> impl Iterator<Item = Result<User, StoreError>> + '_ {
         self.users.iter().map(|entry| {
@@ -193,13 +223,16 @@ mod tests {
     #[tokio::test]
     async fn usernames_and_emails_are_unique_case_insensitively() {
         let (_dir, s) = super::super::temp();
-        let a = s.create_user("Alice", "a@x.org", "h".into()).await.unwrap();
+        let a = s
+            .create_user("Alice", "a@x.org", "h".into(), None)
+            .await
+            .unwrap();
         assert!(matches!(
-            s.create_user("alice", "", "h".into()).await,
+            s.create_user("alice", "", "h".into(), None).await,
             Err(StoreError::UsernameTaken)
         ));
         assert!(matches!(
-            s.create_user("bob", "A@X.org", "h".into()).await,
+            s.create_user("bob", "A@X.org", "h".into(), None).await,
             Err(StoreError::EmailTaken)
         ));
         assert_eq!(s.user_by_name("ALICE").unwrap().unwrap().id, a.id);
@@ -212,11 +245,31 @@ mod tests {
     #[tokio::test]
     async fn deleted_usernames_can_be_registered_again_with_a_new_id() {
         let (_dir, s) = super::super::temp();
-        let a = s.create_user("carol", "c@x.org", "h".into()).await.unwrap();
+        let a = s
+            .create_user("carol", "c@x.org", "h".into(), None)
+            .await
+            .unwrap();
         s.delete_user(a.id).await.unwrap();
         assert!(s.user(a.id).unwrap().is_none());
-        let b = s.create_user("Carol", "c@x.org", "h".into()).await.unwrap();
+        let b = s
+            .create_user("Carol", "c@x.org", "h".into(), None)
+            .await
+            .unwrap();
         assert_ne!(a.id, b.id);
+    }
+
+    #[tokio::test]
+    async fn an_invite_registers_one_user_only() {
+        let (_dir, s) = super::super::temp();
+        s.create_invite(b"inv", 1).await.unwrap();
+        s.create_user("one", "", "h".into(), Some(b"inv"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_user("two", "", "h".into(), Some(b"inv")).await,
+            Err(StoreError::InvalidInvite)
+        ));
+        assert!(s.user_by_name("two").unwrap().is_none());
     }
 
     #[tokio::test]

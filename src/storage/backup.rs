@@ -1,0 +1,531 @@
+//! Backup and restore in a portable format: JSON lines, one record per line, binary values in
+//! base64. A backup is taken while the server runs and sees every tree at one instant (writers are
+//! held at the gate while the records are read); derived data (indexes, counters) is not written
+//! but rebuilt on restore, so the format does not depend on this version's key layouts.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, Counter};
+use super::{decode, encode, Storage, StoreError};
+use crate::crypto::b64;
+use crate::models::{Device, Message, SignedPreKey, User};
+
+pub const FORMAT: &str = "signal-server-backup";
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyRecord {
+    key_id: u32,
+    public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+}
+
+/// One line of a backup.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Record {
+    #[serde(rename_all = "camelCase")]
+    Header {
+        format: String,
+        version: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    User {
+        id: u64,
+        username: String,
+        email: String,
+        password_hash: String,
+        token_version: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    Device {
+        user: u64,
+        address: String,
+        registration_id: u32,
+        identity_key: String,
+        signed_pre_key: KeyRecord,
+        last_resort_kyber_pre_key: Option<KeyRecord>,
+    },
+    PreKey {
+        user: u64,
+        key: KeyRecord,
+    },
+    KyberPreKey {
+        user: u64,
+        key: KeyRecord,
+    },
+    #[serde(rename_all = "camelCase")]
+    Message {
+        recipient: u64,
+        id: u64,
+        sender_address: String,
+        sender_registration_id: u32,
+        content: String,
+        recipient_address: String,
+        timestamp: u64,
+    },
+    Invite {
+        hash: String,
+        created: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    ResetToken {
+        hash: String,
+        user: u64,
+        expires: u64,
+        version: u32,
+    },
+    /// Counts of what came before, checked on restore: a cut-off file is refused.
+    End {
+        records: u64,
+    },
+}
+
+/// What a backup or restore carried.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupSummary {
+    pub users: u64,
+    pub devices: u64,
+    pub prekeys: u64,
+    pub kyber_prekeys: u64,
+    pub messages: u64,
+    pub invites: u64,
+    pub reset_tokens: u64,
+}
+
+fn key_out(k: &SignedPreKey) -> KeyRecord {
+    KeyRecord {
+        key_id: k.key_id,
+        public_key: b64::encode(&k.public_key),
+        signature: Some(b64::encode(&k.signature)),
+    }
+}
+
+fn key_in(k: KeyRecord) -> Result<SignedPreKey, StoreError> {
+    let bad = || StoreError::Corrupt(format!("key {} in backup", k.key_id));
+    Ok(SignedPreKey {
+        key_id: k.key_id,
+        public_key: b64::decode(&k.public_key).ok_or_else(bad)?,
+        signature: k
+            .signature
+            .as_deref()
+            .map(b64::decode)
+            .unwrap_or(Some(Vec::new()))
+            .ok_or_else(bad)?,
+    })
+}
+
+fn put(out: &mut dyn Write, records: &mut u64, r: &Record) -> Result<(), StoreError> {
+    let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    writeln!(out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
+    *records += 1;
+    Ok(())
+}
+
+fn user_of(key: &[u8]) -> u64 {
+    keys::decode_u64(key).unwrap_or(0)
+}
+
+impl Storage {
+    /// Writes every record to `out`. Writers wait while the trees are read.
+    pub async fn backup(&self, out: &mut dyn Write) -> Result<BackupSummary, StoreError> {
+        let _exclusive = self.gate.write().await;
+        let mut sum = BackupSummary::default();
+        let mut records = 0u64;
+        put(
+            out,
+            &mut records,
+            &Record::Header {
+                format: FORMAT.into(),
+                version: VERSION,
+            },
+        )?;
+        for entry in self.users.iter() {
+            let u: User = decode(&entry?.1)?;
+            put(
+                out,
+                &mut records,
+                &Record::User {
+                    id: u.id,
+                    username: u.username,
+                    email: u.email,
+                    password_hash: u.password_hash,
+                    token_version: u.token_version,
+                },
+            )?;
+            sum.users += 1;
+        }
+        for entry in self.devices.iter() {
+            let (k, v) = entry?;
+            let d: Device = decode(&v)?;
+            put(
+                out,
+                &mut records,
+                &Record::Device {
+                    user: user_of(&k),
+                    address: d.address,
+                    registration_id: d.registration_id,
+                    identity_key: b64::encode(&d.identity_key),
+                    signed_pre_key: key_out(&d.signed_prekey),
+                    last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+                },
+            )?;
+            sum.devices += 1;
+        }
+        for entry in self.prekeys.iter() {
+            let (k, v) = entry?;
+            let key = KeyRecord {
+                key_id: keys::prekey_id(&k).unwrap_or(0),
+                public_key: b64::encode(&v),
+                signature: None,
+            };
+            put(
+                out,
+                &mut records,
+                &Record::PreKey {
+                    user: user_of(&k),
+                    key,
+                },
+            )?;
+            sum.prekeys += 1;
+        }
+        for entry in self.kyber_prekeys.iter() {
+            let (k, v) = entry?;
+            let key: SignedPreKey = decode(&v)?;
+            put(
+                out,
+                &mut records,
+                &Record::KyberPreKey {
+                    user: user_of(&k),
+                    key: key_out(&key),
+                },
+            )?;
+            sum.kyber_prekeys += 1;
+        }
+        for entry in self.messages.iter() {
+            let (k, v) = entry?;
+            let m: Message = decode(&v)?;
+            put(
+                out,
+                &mut records,
+                &Record::Message {
+                    recipient: user_of(&k),
+                    id: m.id,
+                    sender_address: m.sender_address,
+                    sender_registration_id: m.sender_registration_id,
+                    content: m.content,
+                    recipient_address: m.recipient_address,
+                    timestamp: m.timestamp,
+                },
+            )?;
+            sum.messages += 1;
+        }
+        for entry in self.invites.iter() {
+            let (k, v) = entry?;
+            put(
+                out,
+                &mut records,
+                &Record::Invite {
+                    hash: b64::encode(&k),
+                    created: keys::decode_u64(&v).unwrap_or(0),
+                },
+            )?;
+            sum.invites += 1;
+        }
+        for entry in self.reset_tokens.iter() {
+            let (k, v) = entry?;
+            let field =
+                |r: std::ops::Range<usize>| v.get(r).and_then(keys::decode_u64).unwrap_or(0);
+            let version = v.get(16..20).and_then(keys::decode_u32).unwrap_or(0);
+            put(
+                out,
+                &mut records,
+                &Record::ResetToken {
+                    hash: b64::encode(&k),
+                    user: field(0..8),
+                    expires: field(8..16),
+                    version,
+                },
+            )?;
+            sum.reset_tokens += 1;
+        }
+        let total = records;
+        put(out, &mut records, &Record::End { records: total })?;
+        Ok(sum)
+    }
+
+    /// Loads a backup into this (empty) database, rebuilding indexes and counters, so that new
+    /// ids start above every restored one. Refuses a non-empty database and a cut-off file.
+    pub async fn restore(&self, input: &mut dyn BufRead) -> Result<BackupSummary, StoreError> {
+        let _exclusive = self.gate.write().await;
+        if !self.users.is_empty() || !self.messages.is_empty() || !self.devices.is_empty() {
+            return Err(StoreError::Corrupt(
+                "restore needs an empty data dir".into(),
+            ));
+        }
+        let mut sum = BackupSummary::default();
+        let (mut records, mut max_id, mut ended) = (0u64, 0u64, false);
+        for (n, line) in input.lines().enumerate() {
+            let line = line.map_err(|e| StoreError::Db(format!("reading backup: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_str(&line)
+                .map_err(|e| StoreError::Corrupt(format!("line {}: {e}", n + 1)))?;
+            if ended {
+                return Err(StoreError::Corrupt(
+                    "records after the end of the backup".into(),
+                ));
+            }
+            match record {
+                Record::Header { format, version } => {
+                    if format != FORMAT || version > VERSION {
+                        return Err(StoreError::Corrupt(format!(
+                            "not a backup this version reads: {format} v{version}"
+                        )));
+                    }
+                }
+                Record::End { records: expected } => {
+                    if expected != records {
+                        return Err(StoreError::Corrupt(format!(
+                            "backup has {records} records, its end says {expected}"
+                        )));
+                    }
+                    ended = true;
+                }
+                other => {
+                    max_id = max_id.max(self.restore_record(other, &mut sum)?);
+                }
+            }
+            records += 1;
+        }
+        if !ended {
+            return Err(StoreError::Corrupt(
+                "the backup is cut off (no end record)".into(),
+            ));
+        }
+        self.meta.insert("id_offset", &(max_id + 1).to_be_bytes())?;
+        self.id_offset
+            .store(max_id + 1, std::sync::atomic::Ordering::Relaxed);
+        self.db.flush()?;
+        Ok(sum)
+    }
+
+    /// Writes one record and its derived entries; returns the largest id it carries.
+    fn restore_record(&self, record: Record, sum: &mut BackupSummary) -> Result<u64, StoreError> {
+        let bump = |which: Counter, user: u64| -> Result<(), StoreError> {
+            let key = keys::counter(user, which);
+            let n = self
+                .counters
+                .get(key)?
+                .and_then(|v| keys::decode_u32(&v))
+                .unwrap_or(0);
+            self.counters.insert(key, &(n + 1).to_be_bytes())?;
+            Ok(())
+        };
+        match record {
+            Record::User {
+                id,
+                username,
+                email,
+                password_hash,
+                token_version,
+            } => {
+                self.usernames
+                    .insert(username.to_lowercase().as_bytes(), &keys::user(id))?;
+                if !email.is_empty() {
+                    self.emails
+                        .insert(email.to_lowercase().as_bytes(), &keys::user(id))?;
+                }
+                let user = User {
+                    id,
+                    username,
+                    email,
+                    password_hash,
+                    token_version,
+                };
+                self.users.insert(keys::user(id), encode(&user))?;
+                sum.users += 1;
+                Ok(id)
+            }
+            Record::Device {
+                user,
+                address,
+                registration_id,
+                identity_key,
+                signed_pre_key,
+                last_resort_kyber_pre_key,
+            } => {
+                let device = Device {
+                    address,
+                    registration_id,
+                    identity_key: b64::decode(&identity_key)
+                        .ok_or_else(|| StoreError::Corrupt("identity key".into()))?,
+                    signed_prekey: key_in(signed_pre_key)?,
+                    last_resort_kyber: last_resort_kyber_pre_key.map(key_in).transpose()?,
+                };
+                self.devices.insert(keys::user(user), encode(&device))?;
+                for which in [Counter::PreKeys, Counter::KyberPreKeys, Counter::Queue] {
+                    let key = keys::counter(user, which);
+                    if self.counters.get(key)?.is_none() {
+                        self.counters.insert(key, &0u32.to_be_bytes())?;
+                    }
+                }
+                sum.devices += 1;
+                Ok(user)
+            }
+            Record::PreKey { user, key } => {
+                let key = key_in(key)?;
+                self.prekeys
+                    .insert(keys::prekey(user, key.key_id), key.public_key)?;
+                bump(Counter::PreKeys, user)?;
+                sum.prekeys += 1;
+                Ok(user)
+            }
+            Record::KyberPreKey { user, key } => {
+                let key = key_in(key)?;
+                self.kyber_prekeys
+                    .insert(keys::prekey(user, key.key_id), encode(&key))?;
+                bump(Counter::KyberPreKeys, user)?;
+                sum.kyber_prekeys += 1;
+                Ok(user)
+            }
+            Record::Message {
+                recipient,
+                id,
+                sender_address,
+                sender_registration_id,
+                content,
+                recipient_address,
+                timestamp,
+            } => {
+                let m = Message {
+                    id,
+                    sender_address,
+                    sender_registration_id,
+                    content,
+                    recipient_address,
+                    timestamp,
+                };
+                self.messages
+                    .insert(keys::message(recipient, id), encode(&m))?;
+                self.message_index
+                    .insert(id.to_be_bytes(), &keys::index_value(recipient, timestamp))?;
+                bump(Counter::Queue, recipient)?;
+                sum.messages += 1;
+                Ok(id.max(recipient))
+            }
+            Record::Invite { hash, created } => {
+                let hash =
+                    b64::decode(&hash).ok_or_else(|| StoreError::Corrupt("invite".into()))?;
+                self.invites.insert(hash, &created.to_be_bytes())?;
+                sum.invites += 1;
+                Ok(0)
+            }
+            Record::ResetToken {
+                hash,
+                user,
+                expires,
+                version,
+            } => {
+                let hash =
+                    b64::decode(&hash).ok_or_else(|| StoreError::Corrupt("reset token".into()))?;
+                let mut value = Vec::with_capacity(20);
+                value.extend_from_slice(&user.to_be_bytes());
+                value.extend_from_slice(&expires.to_be_bytes());
+                value.extend_from_slice(&version.to_be_bytes());
+                self.reset_tokens.insert(hash, value)?;
+                sum.reset_tokens += 1;
+                Ok(user)
+            }
+            Record::Header { .. } | Record::End { .. } => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::PreKey;
+
+    #[tokio::test]
+    async fn a_restored_backup_backs_up_to_the_same_records_and_ids_continue_above() {
+        let (_dir, a) = super::super::temp();
+        let u = a
+            .create_user("Alice", "a@x.org", "hash".into(), None)
+            .await
+            .unwrap();
+        let spk = SignedPreKey {
+            key_id: 1,
+            public_key: vec![5; 33],
+            signature: vec![1; 64],
+        };
+        let device = Device {
+            address: "Alice.1".into(),
+            registration_id: 9,
+            identity_key: vec![5; 33],
+            signed_prekey: spk.clone(),
+            last_resort_kyber: Some(spk.clone()),
+        };
+        let pks: Vec<PreKey> = (1..=3)
+            .map(|i| PreKey {
+                key_id: i,
+                public_key: vec![5; 33],
+            })
+            .collect();
+        a.create_device(u.id, &device, &pks, std::slice::from_ref(&spk))
+            .await
+            .unwrap();
+        let m = Message {
+            id: 0,
+            sender_address: "Alice.1".into(),
+            sender_registration_id: 9,
+            content: "{}".into(),
+            recipient_address: "Alice.1".into(),
+            timestamp: 5,
+        };
+        let m = a.enqueue(u.id, m, 10).await.unwrap();
+        a.pop_prekeys(u.id).await.unwrap();
+        let mut first = Vec::new();
+        let sum = a.backup(&mut first).await.unwrap();
+        assert_eq!(
+            (
+                sum.users,
+                sum.devices,
+                sum.prekeys,
+                sum.kyber_prekeys,
+                sum.messages
+            ),
+            (1, 1, 2, 0, 1)
+        );
+
+        let (_dir2, b) = super::super::temp();
+        assert_eq!(b.restore(&mut first.as_slice()).await.unwrap(), sum);
+        let mut second = Vec::new();
+        b.backup(&mut second).await.unwrap();
+        assert_eq!(
+            String::from_utf8(first).unwrap(),
+            String::from_utf8(second).unwrap()
+        );
+        assert_eq!(b.stock(u.id).unwrap().prekeys, 2);
+        assert_eq!(b.user_by_name("alice").unwrap().unwrap().id, u.id);
+        let later = b.create_user("bob", "", "h".into(), None).await.unwrap();
+        assert!(later.id > m.id);
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_backup_is_refused() {
+        let (_dir, a) = super::super::temp();
+        a.create_user("x", "", "h".into(), None).await.unwrap();
+        let mut out = Vec::new();
+        a.backup(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        let (_dir2, b) = super::super::temp();
+        assert!(b.restore(&mut cut.as_bytes()).await.is_err());
+    }
+}
