@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 /// Who may create an account.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,60 @@ pub struct Config {
     /// Size of sled's page cache, in MiB.
     #[arg(long, env = "SIGNAL_SERVER_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+
+    /// Address for `GET /metrics` (Prometheus text format); off when not given.
+    #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// An operator command instead of running the server. Commands reach a running server
+    /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the
+    /// data dir themselves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Manage accounts.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Create single-use invite tokens (for --registration invite).
+    Invites {
+        /// How many tokens to create.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Counts of users, devices, queued messages, prekey stock and live connections.
+    Stats,
+    /// Write a consistent backup (portable JSON lines) while the server runs.
+    #[command(visible_alias = "export")]
+    Backup {
+        /// Output file (`-` for standard output).
+        file: PathBuf,
+    },
+    /// Load a backup into an empty data dir (server stopped).
+    #[command(visible_alias = "import")]
+    Restore {
+        /// Input file (`-` for standard input).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum UsersCommand {
+    /// List every account: id, username, email, device address, queued messages.
+    List,
+    /// Delete an account with its device, keys and queued messages.
+    Delete { username: String },
+    /// Set a new password, read from standard input; revokes the user's tokens.
+    SetPassword {
+        username: String,
+        #[arg(skip)]
+        #[serde(default)]
+        password: String,
+    },
+    /// Print a single-use password-reset uid and token to hand to the user.
+    ResetToken { username: String },
 }
 
 impl Config {

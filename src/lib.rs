@@ -1,7 +1,8 @@
 //! signal-server: a self-hosted server for the Signal protocol.
 //!
 //! Map of the crate:
-//! - `config`: the command line and environment (`Config`).
+//! - `config`: the command line and environment (`Config`, operator `Command`s).
+//! - `admin`: operator commands, over the admin socket of a running server or in-process.
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
 //! - `app`: the shared state handed to every handler.
 //! - `routes`: every route, and rejections turned into JSON errors.
@@ -14,6 +15,7 @@
 //! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail).
 //! - `storage`: sled, and only sled lives there.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;

@@ -6,8 +6,14 @@ use signal_server::{server, App, Config};
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
+    let mut config = Config::parse();
     init_logging();
+    if let Some(command) = config.command.take() {
+        if let Err(e) = signal_server::admin::run_cli(config, command).await {
+            fail(&e);
+        }
+        return;
+    }
     let _lock = server::lock_data_dir(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
     let app = App::open(config).unwrap_or_else(|e| fail(&e));
@@ -30,7 +36,6 @@ fn init_logging() {
 }
 
 fn fail(message: &str) -> ! {
-    log::error!("{message}");
     eprintln!("signal-server: {message}");
     std::process::exit(1);
 }

@@ -35,6 +35,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sweeper = tokio::spawn(sweep(app.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        app.clone(),
+        app.config.data_dir.join(crate::admin::SOCKET),
+    ));
     let hub_app = app.clone();
     let shutdown = async move {
         shutdown.await;
@@ -47,6 +51,8 @@ pub async fn run(
         .run()
         .await;
     sweeper.abort();
+    admin.abort();
+    let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
     if let Err(e) = app.storage.flush() {
         log::error!("final flush failed: {e:?}");
     }

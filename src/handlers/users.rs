@@ -134,19 +134,25 @@ pub async fn reset(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
         return Err(ApiError::field("email", "Enter a valid email address."));
     }
     if let Some(user) = app.storage.user_by_email(email)? {
-        let token = b64::encode(&rand::random::<[u8; 32]>()).replace(['+', '/', '='], "");
-        let grant = ResetGrant {
-            user_id: user.id,
-            token_version: user.token_version,
-            expires_at: now_secs() + app.config.reset_token_ttl,
-        };
-        app.storage
-            .put_reset_token(&Sha256::digest(token.as_bytes()), &grant)
-            .await?;
+        let (uid, token) = issue_reset_token(&app, &user).await?;
         app.mailer
-            .send_reset(&user.email, &user.username, &encode_uid(user.id), &token);
+            .send_reset(&user.email, &user.username, &uid, &token);
     }
     no_content()
+}
+
+/// A single-use reset token for `user`, stored only as its hash: `(uid, token)`.
+pub async fn issue_reset_token(app: &App, user: &User) -> Result<(String, String), ApiError> {
+    let token = b64::encode(&rand::random::<[u8; 32]>()).replace(['+', '/', '='], "");
+    let grant = ResetGrant {
+        user_id: user.id,
+        token_version: user.token_version,
+        expires_at: now_secs() + app.config.reset_token_ttl,
+    };
+    app.storage
+        .put_reset_token(&Sha256::digest(token.as_bytes()), &grant)
+        .await?;
+    Ok((encode_uid(user.id), token))
 }
 
 /// POST /auth/password/reset/confirm
@@ -185,7 +191,7 @@ async fn check_current_password(app: &App, user: &User, password: &str) -> Resul
     }
 }
 
-fn check_password(
+pub fn check_password(
     field: &str,
     password: &str,
     username: &str,

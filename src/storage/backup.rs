@@ -132,7 +132,7 @@ fn user_of(key: &[u8]) -> u64 {
 
 impl Storage {
     /// Writes every record to `out`. Writers wait while the trees are read.
-    pub async fn backup(&self, out: &mut dyn Write) -> Result<BackupSummary, StoreError> {
+    pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;
         let mut sum = BackupSummary::default();
         let mut records = 0u64;
@@ -260,7 +260,10 @@ impl Storage {
 
     /// Loads a backup into this (empty) database, rebuilding indexes and counters, so that new
     /// ids start above every restored one. Refuses a non-empty database and a cut-off file.
-    pub async fn restore(&self, input: &mut dyn BufRead) -> Result<BackupSummary, StoreError> {
+    pub async fn restore(
+        &self,
+        input: &mut (dyn BufRead + Send),
+    ) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;
         if !self.users.is_empty() || !self.messages.is_empty() || !self.devices.is_empty() {
             return Err(StoreError::Corrupt(

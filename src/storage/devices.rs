@@ -147,3 +147,37 @@ impl Storage {
             .collect()
     }
 }
+
+/// Totals over the whole database, for `signal-server stats` and `/metrics`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub users: u64,
+    pub devices: u64,
+    pub queued_messages: u64,
+    pub prekeys: u64,
+    pub kyber_prekeys: u64,
+    pub invites: u64,
+}
+
+impl Storage {
+    /// Sums the per-device counters (one short scan of the counters tree; not for request paths).
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        let mut t = Totals {
+            users: self.users.len() as u64,
+            devices: self.devices.len() as u64,
+            invites: self.invites.len() as u64,
+            ..Totals::default()
+        };
+        for entry in self.counters.iter() {
+            let (k, v) = entry?;
+            let n = u64::from(keys::decode_u32(&v).unwrap_or(0));
+            match k.get(8) {
+                Some(&tag) if tag == Counter::PreKeys as u8 => t.prekeys += n,
+                Some(&tag) if tag == Counter::KyberPreKeys as u8 => t.kyber_prekeys += n,
+                Some(&tag) if tag == Counter::Queue as u8 => t.queued_messages += n,
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+}

@@ -31,7 +31,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use backup::BackupSummary;
 use commit::Committer;
-pub use devices::Stock;
+pub use devices::{Stock, Totals};
 pub use messages::DeleteOutcome;
 pub use users::ResetGrant;
 

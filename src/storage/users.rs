@@ -202,10 +202,6 @@ impl Storage {
         self.sync().await
     }
 
-    pub fn invite_count(&self) -> usize {
-        self.invites.len()
-    }
-
     /// Every user, in id order (admin listing).
     pub fn users(&self) -> impl Iterator<Item = Result<User, StoreError>> + '_ {
         self.users.iter().map(|entry| {
