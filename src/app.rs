@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::mail::Mailer;
+use crate::metrics::Metrics;
 use crate::models::{Device, User};
 use crate::password::Hasher;
 use crate::ratelimit::RateLimits;
@@ -22,6 +23,7 @@ pub struct State {
     pub limits: RateLimits,
     pub hub: Hub,
     pub mailer: Mailer,
+    pub metrics: Metrics,
 }
 
 #[derive(Clone)]
@@ -61,6 +63,7 @@ impl App {
             limits: RateLimits::new(!config.no_rate_limit),
             hub: Hub::default(),
             mailer,
+            metrics: Metrics::default(),
             storage,
             config,
         })))

@@ -12,7 +12,8 @@
 //! - `error`: `ApiError`, the one error type, and its JSON shape.
 //! - `auth`: JWTs and the token check; `password`: PBKDF2 hashing and strength rules.
 //! - `crypto`: base64, key shapes, XEdDSA verification.
-//! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail).
+//! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
+//!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod handlers;
 pub mod hub;
 pub mod mail;
+pub mod metrics;
 pub mod models;
 pub mod password;
 pub mod ratelimit;

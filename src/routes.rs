@@ -30,6 +30,35 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .unify()
         .recover(recover)
         .unify()
+        .with(observe(&app))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// Counts every answer for `/metrics`.
+fn observe(app: &App) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone + Send> {
+    let app = app.clone();
+    warp::log::custom(move |info| {
+        app.metrics.observe(
+            info.method().as_str(),
+            info.path(),
+            info.status().as_u16(),
+            info.elapsed(),
+        );
+    })
+}
+
+/// GET /metrics, on the metrics address only.
+pub fn metrics(app: App) -> BoxedFilter<(Response,)> {
+    warp::path!("metrics")
+        .and(warp::get())
+        .map(move || {
+            let text = app.metrics.render(&app);
+            warp::http::Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(text.into())
+                .unwrap_or_default()
+        })
         .boxed()
 }
 

@@ -35,6 +35,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sweeper = tokio::spawn(sweep(app.clone()));
+    let metrics = match app.config.metrics_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                log::info!(
+                    "metrics on http://{}/metrics",
+                    listener.local_addr().unwrap_or(addr)
+                );
+                Some(tokio::spawn(serve_metrics(listener, app.clone())))
+            }
+            Err(e) => {
+                log::error!("cannot listen for metrics on {addr}: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let admin = tokio::spawn(crate::admin::serve(
         app.clone(),
         app.config.data_dir.join(crate::admin::SOCKET),
@@ -52,10 +68,21 @@ pub async fn run(
         .await;
     sweeper.abort();
     admin.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
     if let Err(e) = app.storage.flush() {
         log::error!("final flush failed: {e:?}");
     }
+}
+
+/// Serves `GET /metrics` on its own listener.
+pub async fn serve_metrics(listener: TcpListener, app: App) {
+    warp::serve(crate::routes::metrics(app))
+        .incoming(listener)
+        .run()
+        .await;
 }
 
 /// Background upkeep: expired messages and reset tokens, idle rate-limit keys.
