@@ -319,7 +319,7 @@ fn parse_address(address: &str) -> Option<(String, u32)> {
 }
 
 /// `POST /prekeys`: a bare list or `{"preKeys": [...]}`.
-pub fn prekey_upload(value: &Value, max: usize) -> Result<Vec<PreKey>, ApiError> {
+pub fn prekey_upload(value: &Value) -> Result<Vec<PreKey>, ApiError> {
     let items = match value {
         Value::Object(obj) if obj.contains_key("preKeys") => validate::list(&obj["preKeys"])
             .map_err(|_| ApiError::field("preKeys", "Expected a non-empty list of prekeys."))?,
@@ -327,7 +327,11 @@ pub fn prekey_upload(value: &Value, max: usize) -> Result<Vec<PreKey>, ApiError>
     };
     let obj = serde_json::Map::new();
     let mut f = Fields::new(&obj);
-    let keys = key_list(&mut f, "preKeys", items, max, prekey, |k| k.key_id);
+    // Over the per-device cap is `reached_max_prekeys` (checked by storage); here only the
+    // per-upload limit applies.
+    let keys = key_list(&mut f, "preKeys", items, MAX_UPLOAD_ITEMS, prekey, |k| {
+        k.key_id
+    });
     f.finish()?;
     Ok(keys)
 }
@@ -336,7 +340,6 @@ pub fn prekey_upload(value: &Value, max: usize) -> Result<Vec<PreKey>, ApiError>
 pub fn kyber_upload(
     value: &Value,
     identity: &[u8],
-    max: usize,
 ) -> Result<(Vec<SignedPreKey>, Option<SignedPreKey>), ApiError> {
     let mut f = Fields::new(validate::object(value)?);
     let keys = match optional_list(&mut f, "kyberPreKeys") {
@@ -344,7 +347,7 @@ pub fn kyber_upload(
             &mut f,
             "kyberPreKeys",
             items,
-            max,
+            MAX_UPLOAD_ITEMS,
             |v| signed_prekey(v, KeyKind::Kyber, Some(identity)),
             |k| k.key_id,
         ),
@@ -412,13 +415,12 @@ impl<'a> Send<'a> {
 }
 
 fn inner_registration_id(message: &str) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        #[serde(rename = "registrationId")]
-        registration_id: Value,
-    }
-    let inner: Inner = serde_json::from_str(message).ok()?;
-    inner.registration_id.as_u64()
+    // An object, not an array: serde would read `[22]` into a struct too.
+    serde_json::from_str::<Value>(message)
+        .ok()?
+        .as_object()?
+        .get("registrationId")?
+        .as_u64()
 }
 
 /// `DELETE /messages`: a bare list of 1..=1000 integer ids.

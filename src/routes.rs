@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 
 use warp::filters::BoxedFilter;
+use warp::http::HeaderValue;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
@@ -73,41 +74,47 @@ fn with_app(app: &App) -> impl Filter<Extract = (App,), Error = Infallible> + Cl
 
 /// The caller, from `Authorization: Bearer|JWT <token>`; 401 otherwise.
 fn auth(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
-    with_app(app)
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(|app: App, header: Option<String>| async move {
-            let token = header
-                .as_deref()
-                .and_then(crate::auth::bearer)
-                .ok_or(ApiError::NotAuthenticated);
-            token
-                .and_then(|t| crate::auth::user_for_token(&app.tokens, &app.storage, t))
-                .map(|(user, _)| user)
-                .map_err(warp::reject::custom)
-        })
+    with_app(app).and(authorization()).and_then(
+        |app: App, header: Option<HeaderValue>| async move {
+            caller(&app, header.as_ref(), None).map_err(warp::reject::custom)
+        },
+    )
 }
 
 /// The caller of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers).
 fn auth_ws(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
     with_app(app)
-        .and(warp::header::optional::<String>("authorization"))
+        .and(authorization())
         .and(raw_query())
         .and_then(
-            |app: App, header: Option<String>, query: Option<String>| async move {
+            |app: App, header: Option<HeaderValue>, query: Option<String>| async move {
                 let from_query = query
                     .as_deref()
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-                let token = header
-                    .as_deref()
-                    .and_then(crate::auth::bearer)
-                    .or(from_query)
-                    .ok_or(ApiError::NotAuthenticated);
-                token
-                    .and_then(|t| crate::auth::user_for_token(&app.tokens, &app.storage, t))
-                    .map(|(user, _)| user)
-                    .map_err(warp::reject::custom)
+                caller(&app, header.as_ref(), from_query).map_err(warp::reject::custom)
             },
         )
+}
+
+/// Checks the token of a request; a header that is not text counts as a bad token.
+fn caller(
+    app: &App,
+    header: Option<&HeaderValue>,
+    fallback: Option<&str>,
+) -> Result<User, ApiError> {
+    let from_header = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::auth::bearer);
+    let token = from_header.or(fallback).ok_or(ApiError::NotAuthenticated)?;
+    crate::auth::user_for_token(&app.tokens, &app.storage, token).map(|(user, _)| user)
+}
+
+/// The raw `Authorization` header, if any (a value that is not text counts as a bad token, 401).
+fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("authorization")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// The body, read later by the handler (after the device checks) with the size limit.

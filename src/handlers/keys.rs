@@ -13,7 +13,7 @@ use crate::requests;
 pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> Answer {
     app.own_device(&user, reg_id)?;
     let value = body.json(app.max_body()).await?;
-    let keys = requests::prekey_upload(&value, app.config.max_prekeys as usize)?;
+    let keys = requests::prekey_upload(&value)?;
     app.storage
         .add_prekeys(user.id, &keys, app.config.max_prekeys)
         .await?;
@@ -30,11 +30,7 @@ pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> An
 pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answer {
     let device = app.own_device(&user, reg_id)?;
     let value = body.json(app.max_body()).await?;
-    let (keys, last_resort) = requests::kyber_upload(
-        &value,
-        &device.identity_key,
-        app.config.max_prekeys as usize,
-    )?;
+    let (keys, last_resort) = requests::kyber_upload(&value, &device.identity_key)?;
     app.storage
         .add_kyber_prekeys(user.id, &keys, last_resort.as_ref(), app.config.max_prekeys)
         .await?;
