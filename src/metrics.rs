@@ -42,7 +42,7 @@ struct Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(&'static str, String, u16), u64>>,
+    requests: Mutex<HashMap<(&'static str, &'static str, u16), u64>>,
     latency: Mutex<HashMap<&'static str, Histogram>>,
 }
 
@@ -65,12 +65,20 @@ pub fn route_of(path: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// A method as a static label (anything unusual counts as "other").
+fn method_label(method: &str) -> &'static str {
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
 impl Metrics {
     pub fn observe(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
         let route = route_of(path);
         if let Ok(mut requests) = self.requests.lock() {
             *requests
-                .entry((route, method.to_string(), status))
+                .entry((route, method_label(method), status))
                 .or_default() += 1;
         }
         if let Ok(mut latency) = self.latency.lock() {
