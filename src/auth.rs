@@ -54,7 +54,7 @@ impl Tokens {
             username: user.username.clone(),
             ver: user.token_version,
             iat: now,
-            exp: now + self.ttl,
+            exp: now.saturating_add(self.ttl),
             orig_iat,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

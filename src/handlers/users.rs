@@ -147,7 +147,7 @@ pub async fn issue_reset_token(app: &App, user: &User) -> Result<(String, String
     let grant = ResetGrant {
         user_id: user.id,
         token_version: user.token_version,
-        expires_at: now_secs() + app.config.reset_token_ttl,
+        expires_at: now_secs().saturating_add(app.config.reset_token_ttl),
     };
     app.storage
         .put_reset_token(&Sha256::digest(token.as_bytes()), &grant)
