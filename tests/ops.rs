@@ -1242,7 +1242,7 @@ fn parse_prometheus(text: &str) -> Exposition {
             continue;
         }
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .unwrap_or_else(|| panic!("no value in {line:?}"));
         let name = &line[..name_end];
         assert!(valid_metric_name(name), "bad metric name in {line:?}");
