@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum Registration {
     /// Anyone.
     Open,
-    /// Only with a single-use invite token (`signal-server invites create`).
+    /// Only with a single-use invite token (`signal-server invites --count N`).
     Invite,
     /// Nobody (accounts are created by the operator's tools only).
     Closed,

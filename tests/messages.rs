@@ -903,6 +903,29 @@ async fn ws_upgrade_with_missing_or_bad_token_is_refused_with_401() {
 }
 
 #[tokio::test]
+async fn ws_route_without_an_upgrade_is_400_not_500() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    // What a proxy that does not pass upgrades sends: `Connection: close`, or keep-alive.
+    for connection in ["close", "keep-alive"] {
+        let res = s
+            .http
+            .get(s.url("/messages/11/ws"))
+            .bearer_auth(&alice.token)
+            .header("connection", connection)
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "Connection: {connection}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_data");
+    }
+}
+
+#[tokio::test]
 async fn ws_upgrade_with_wrong_reg_id_is_403_and_without_device_400() {
     let s = TestServer::start().await;
     let alice = s.user_with_device("alice", 11, 0, 0).await;
