@@ -425,7 +425,9 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.find::<warp::reject::InvalidHeader>().is_some()
         || rejection.find::<warp::reject::MissingHeader>().is_some()
         || rejection.find::<warp::reject::InvalidQuery>().is_some()
-        || rejection.find::<warp::ws::MissingConnectionUpgrade>().is_some()
+        || rejection
+            .find::<warp::ws::MissingConnectionUpgrade>()
+            .is_some()
     {
         ApiError::field("request", "A header or the query string is missing or invalid (WebSocket routes need an upgrade request).")
     } else {
