@@ -1010,6 +1010,46 @@ async fn ws_delivers_a_new_message_live() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_delivers_every_message_live_when_senders_race() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let mut ws = ws_open(&s, &bob).await;
+    assert!(backlog(&mut ws).await.is_empty());
+    let mut senders = Vec::new();
+    for n in 0..4u32 {
+        let sender = s
+            .user_with_device(&format!("sender{n}"), 100 + n, 0, 0)
+            .await;
+        let (s, bob_name) = (s.clone(), bob.username.clone());
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                let body = json!({"recipient": bob_name, "message": message_text(22, &format!("{n}-{i}"))});
+                let (status, m) = s.post(&format!("/messages/{}", 100 + n), &sender.token, body).await;
+                assert_eq!(status, 201, "{m}");
+                ids.push(m["id"].as_u64().unwrap());
+            }
+            ids
+        }));
+    }
+    let mut sent = std::collections::BTreeSet::new();
+    for t in senders {
+        sent.extend(t.await.unwrap());
+    }
+    // Concurrent sends finish in any order; every one must still arrive live.
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < sent.len() {
+        let frame = next_json(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert!(
+            got.insert(frame["message"]["id"].as_u64().unwrap()),
+            "delivered twice: {frame}"
+        );
+    }
+    assert_eq!(got, sent);
+}
+
 #[tokio::test]
 async fn ws_ack_deletes_the_acknowledged_messages() {
     let s = TestServer::start().await;

@@ -1,6 +1,7 @@
 //! Live delivery over WebSocket: the backlog oldest first, `queue_empty`, then new messages as
 //! they are queued. Only an ack (or a DELETE) removes a message.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -43,11 +44,14 @@ fn message_frame(json: &str) -> Frame {
 }
 
 async fn session(app: App, user_id: u64, socket: WebSocket) {
-    // Register before reading the backlog so that nothing queued in between is missed; the id
-    // check below drops what the backlog already sent.
+    // Register before reading the backlog so that nothing queued in between is missed. A
+    // message queued meanwhile may come both in the backlog and as a push: the pushes of ids the
+    // backlog already sent are dropped. Pushes may arrive out of id order (concurrent senders
+    // finish in any order), so only those exact ids are dropped, never "everything below".
     let (conn, mut pushes) = app.hub.register(user_id);
     let (mut tx, mut rx) = socket.split();
     let mut last_sent = 0u64;
+    let mut sent_in_backlog: HashSet<u64> = HashSet::new();
     let backlog = async {
         loop {
             let page = app
@@ -80,11 +84,11 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
     loop {
         tokio::select! {
             push = pushes.recv() => match push {
-                Some(Push::Message(id, json)) if id > last_sent => {
-                    last_sent = id;
-                    if tx.send(message_frame(&json)).await.is_err() { break; }
+                Some(Push::Message(id, json)) => {
+                    if !sent_in_backlog.remove(&id) && tx.send(message_frame(&json)).await.is_err() {
+                        break;
+                    }
                 }
-                Some(Push::Message(..)) => {}
                 Some(Push::Close) | None => break,
             },
             frame = rx.next() => match frame {
