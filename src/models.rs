@@ -1,4 +1,5 @@
-//! Domain records (what storage keeps, raw bytes) and the wire shapes the API answers with
+//! Domain records (what storage keeps, raw bytes; `serde_bytes` makes bincode copy byte strings
+//! in one go rather than element by element) and the wire shapes the API answers with
 //! (camelCase, base64). Request bodies are parsed into typed values in `requests`.
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ pub struct User {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PreKey {
     pub key_id: u32,
+    #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
 }
 
@@ -30,7 +32,9 @@ pub struct PreKey {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SignedPreKey {
     pub key_id: u32,
+    #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -40,6 +44,7 @@ pub struct Device {
     /// `<username>.<deviceId>`.
     pub address: String,
     pub registration_id: u32,
+    #[serde(with = "serde_bytes")]
     pub identity_key: Vec<u8>,
     pub signed_prekey: SignedPreKey,
     pub last_resort_kyber: Option<SignedPreKey>,

@@ -1,13 +1,13 @@
 //! Backup and restore in a portable format: JSON lines, one record per line, binary values in
 //! base64. A backup is taken while the server runs and sees every tree at one instant (writers are
-//! held at the gate while the records are read); derived data (indexes, counters) is not written
+//! held at the gate while the records are read); derived data (indexes, counts) is not written
 //! but rebuilt on restore, so the format does not depend on this version's key layouts.
 
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{self, Counter};
+use super::keys;
 use super::{decode, encode, Storage, StoreError};
 use crate::crypto::b64;
 use crate::models::{Device, Message, SignedPreKey, User};
@@ -258,7 +258,7 @@ impl Storage {
         Ok(sum)
     }
 
-    /// Loads a backup into this (empty) database, rebuilding indexes and counters, so that new
+    /// Loads a backup into this (empty) database, rebuilding the indexes, so that new
     /// ids start above every restored one. Refuses a non-empty database and a cut-off file.
     pub async fn restore(
         &self,
@@ -320,16 +320,6 @@ impl Storage {
 
     /// Writes one record and its derived entries; returns the largest id it carries.
     fn restore_record(&self, record: Record, sum: &mut BackupSummary) -> Result<u64, StoreError> {
-        let bump = |which: Counter, user: u64| -> Result<(), StoreError> {
-            let key = keys::counter(user, which);
-            let n = self
-                .counters
-                .get(key)?
-                .and_then(|v| keys::decode_u32(&v))
-                .unwrap_or(0);
-            self.counters.insert(key, &(n + 1).to_be_bytes())?;
-            Ok(())
-        };
         match record {
             Record::User {
                 id,
@@ -372,12 +362,6 @@ impl Storage {
                     last_resort_kyber: last_resort_kyber_pre_key.map(key_in).transpose()?,
                 };
                 self.devices.insert(keys::user(user), encode(&device))?;
-                for which in [Counter::PreKeys, Counter::KyberPreKeys, Counter::Queue] {
-                    let key = keys::counter(user, which);
-                    if self.counters.get(key)?.is_none() {
-                        self.counters.insert(key, &0u32.to_be_bytes())?;
-                    }
-                }
                 sum.devices += 1;
                 Ok(user)
             }
@@ -385,7 +369,6 @@ impl Storage {
                 let key = key_in(key)?;
                 self.prekeys
                     .insert(keys::prekey(user, key.key_id), key.public_key)?;
-                bump(Counter::PreKeys, user)?;
                 sum.prekeys += 1;
                 Ok(user)
             }
@@ -393,7 +376,6 @@ impl Storage {
                 let key = key_in(key)?;
                 self.kyber_prekeys
                     .insert(keys::prekey(user, key.key_id), encode(&key))?;
-                bump(Counter::KyberPreKeys, user)?;
                 sum.kyber_prekeys += 1;
                 Ok(user)
             }
@@ -418,7 +400,6 @@ impl Storage {
                     .insert(keys::message(recipient, id), encode(&m))?;
                 self.message_index
                     .insert(id.to_be_bytes(), &keys::index_value(recipient, timestamp))?;
-                bump(Counter::Queue, recipient)?;
                 sum.messages += 1;
                 Ok(id.max(recipient))
             }

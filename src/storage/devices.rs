@@ -2,7 +2,7 @@
 
 use sled::Transactional;
 
-use super::keys::{self, Counter};
+use super::keys;
 use super::{abort, decode, decode_tx, encode, Storage, StoreError};
 use crate::models::{Device, PreKey, SignedPreKey};
 
@@ -30,8 +30,9 @@ impl Storage {
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
         let _writing = self.writing().await;
-        // Keys left behind by an interrupted delete would corrupt the counters: clear them in the
-        // same transaction that creates the device.
+        // Keys and messages left behind by an interrupted delete (or a send racing a delete) must
+        // not come back with the new device: clear them in the same step.
+        self.clear_queue(user_id)?;
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
         let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
         let record = encode(device);
@@ -40,40 +41,25 @@ impl Storage {
             .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
             .collect();
         let id = keys::user(user_id);
-        (
-            &self.devices,
-            &self.prekeys,
-            &self.kyber_prekeys,
-            &self.counters,
-        )
-            .transaction(|(devices, ec, ky, counters)| {
-                if devices.get(id)?.is_some() {
-                    return abort(StoreError::DeviceExists);
-                }
-                for k in &stale_ec {
-                    ec.remove(k.as_ref())?;
-                }
-                for k in &stale_kyber {
-                    ky.remove(k.as_ref())?;
-                }
-                for k in prekeys {
-                    ec.insert(&keys::prekey(user_id, k.key_id), k.public_key.as_slice())?;
-                }
-                for (k, v) in &kyber_records {
-                    ky.insert(k, v.as_slice())?;
-                }
-                counters.insert(
-                    &keys::counter(user_id, Counter::PreKeys),
-                    &(prekeys.len() as u32).to_be_bytes(),
-                )?;
-                counters.insert(
-                    &keys::counter(user_id, Counter::KyberPreKeys),
-                    &(kyber.len() as u32).to_be_bytes(),
-                )?;
-                counters.insert(&keys::counter(user_id, Counter::Queue), &0u32.to_be_bytes())?;
-                devices.insert(&id, record.as_slice())?;
-                Ok(())
-            })?;
+        (&self.devices, &self.prekeys, &self.kyber_prekeys).transaction(|(devices, ec, ky)| {
+            if devices.get(id)?.is_some() {
+                return abort(StoreError::DeviceExists);
+            }
+            for k in &stale_ec {
+                ec.remove(k.as_ref())?;
+            }
+            for k in &stale_kyber {
+                ky.remove(k.as_ref())?;
+            }
+            for k in prekeys {
+                ec.insert(&keys::prekey(user_id, k.key_id), k.public_key.as_slice())?;
+            }
+            for (k, v) in &kyber_records {
+                ky.insert(k, v.as_slice())?;
+            }
+            devices.insert(&id, record.as_slice())?;
+            Ok(())
+        })?;
         self.sync().await
     }
 
@@ -87,7 +73,7 @@ impl Storage {
         self.sync().await
     }
 
-    /// Removes keys, counters and queued messages of a user (after their device record is gone).
+    /// Removes keys and queued messages of a user (after their device record is gone).
     pub(super) fn remove_device_data(&self, user_id: u64) -> Result<(), StoreError> {
         self.devices.remove(keys::user(user_id))?;
         for tree in [&self.prekeys, &self.kyber_prekeys] {
@@ -98,9 +84,6 @@ impl Storage {
             tree.apply_batch(batch)?;
         }
         self.clear_queue(user_id)?;
-        for which in [Counter::PreKeys, Counter::KyberPreKeys, Counter::Queue] {
-            self.counters.remove(keys::counter(user_id, which))?;
-        }
         Ok(())
     }
 
@@ -116,7 +99,7 @@ impl Storage {
     }
 
     /// Applies `change` to the stored device in a transaction.
-    fn update_device(
+    pub(super) fn update_device(
         &self,
         user_id: u64,
         change: impl Fn(&mut Device),
@@ -134,9 +117,10 @@ impl Storage {
     }
 
     pub fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
+        let (prekeys, kyber_prekeys) = self.prekey_counts(user_id)?;
         Ok(Stock {
-            prekeys: self.counter(user_id, Counter::PreKeys)?,
-            kyber_prekeys: self.counter(user_id, Counter::KyberPreKeys)?,
+            prekeys,
+            kyber_prekeys,
         })
     }
 
@@ -160,24 +144,15 @@ pub struct Totals {
 }
 
 impl Storage {
-    /// Sums the per-device counters (one short scan of the counters tree; not for request paths).
+    /// Totals over the whole database (counts every tree; for operators, not request paths).
     pub fn totals(&self) -> Result<Totals, StoreError> {
-        let mut t = Totals {
+        Ok(Totals {
             users: self.users.len() as u64,
             devices: self.devices.len() as u64,
             invites: self.invites.len() as u64,
-            ..Totals::default()
-        };
-        for entry in self.counters.iter() {
-            let (k, v) = entry?;
-            let n = u64::from(keys::decode_u32(&v).unwrap_or(0));
-            match k.get(8) {
-                Some(&tag) if tag == Counter::PreKeys as u8 => t.prekeys += n,
-                Some(&tag) if tag == Counter::KyberPreKeys as u8 => t.kyber_prekeys += n,
-                Some(&tag) if tag == Counter::Queue as u8 => t.queued_messages += n,
-                _ => {}
-            }
-        }
-        Ok(t)
+            prekeys: self.prekeys.len() as u64,
+            kyber_prekeys: self.kyber_prekeys.len() as u64,
+            queued_messages: self.messages.len() as u64,
+        })
     }
 }

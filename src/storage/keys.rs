@@ -23,22 +23,6 @@ pub fn message(user_id: u64, message_id: u64) -> [u8; 16] {
     k
 }
 
-/// Which counter of a user: one-time EC prekeys, one-time Kyber prekeys, queued messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    PreKeys = b'p' as isize,
-    KyberPreKeys = b'k' as isize,
-    Queue = b'q' as isize,
-}
-
-/// `user id (u64 BE) ‖ counter tag (1 byte)`: 9 bytes.
-pub fn counter(user_id: u64, which: Counter) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[..8].copy_from_slice(&user_id.to_be_bytes());
-    k[8] = which as u8;
-    k
-}
-
 /// The id in the last 4 bytes of a prekey key.
 pub fn prekey_id(key: &[u8]) -> Option<u32> {
     let tail: [u8; 4] = key.get(8..12)?.try_into().ok()?;
@@ -84,9 +68,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_are_distinct_per_kind_and_user() {
-        assert_ne!(counter(1, Counter::PreKeys), counter(1, Counter::Queue));
-        assert_ne!(counter(1, Counter::Queue), counter(2, Counter::Queue));
+    fn integers_decode_from_their_big_endian_bytes() {
         assert_eq!(decode_u64(&user(42)), Some(42));
         assert_eq!(decode_u32(&7u32.to_be_bytes()), Some(7));
         assert_eq!(decode_u64(&[1, 2]), None);

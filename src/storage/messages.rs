@@ -1,9 +1,8 @@
 //! Message queues: one per recipient, in id order (ids only grow, so that is arrival order).
 
-use sled::Transactional;
+use std::collections::HashMap;
 
-use super::keys::{self, Counter};
-use super::{abort, decode, encode, tx_counter, Storage, StoreError};
+use super::{decode, encode, keys, Storage, StoreError};
 use crate::models::Message;
 
 /// What deleting one message id did.
@@ -24,33 +23,66 @@ impl Storage {
         cap: u32,
     ) -> Result<Message, StoreError> {
         let _writing = self.writing().await;
-        message.id = self.next_id()?;
-        let key = keys::message(recipient, message.id);
-        let index_key = message.id.to_be_bytes();
-        let index_value = keys::index_value(recipient, message.timestamp);
-        let counter_key = keys::counter(recipient, Counter::Queue);
-        let record = encode(&message);
-        (
-            &self.messages,
-            &self.message_index,
-            &self.counters,
-            &self.devices,
-        )
-            .transaction(|(messages, index, counters, devices)| {
-                if devices.get(keys::user(recipient))?.is_none() {
-                    return abort(StoreError::NoDevice);
-                }
-                let len = tx_counter(counters, &counter_key)?;
-                if len >= cap {
-                    return abort(StoreError::QueueFull);
-                }
-                messages.insert(&key, record.as_slice())?;
-                index.insert(&index_key, &index_value)?;
-                counters.insert(&counter_key, &(len + 1).to_be_bytes())?;
-                Ok(())
-            })?;
+        self.reserve_slot(recipient, cap)?;
+        let written = (|| {
+            if self.devices.get(keys::user(recipient))?.is_none() {
+                return Err(StoreError::NoDevice);
+            }
+            message.id = self.next_id()?;
+            // Index first: a crash between the two leaves an index entry without a message,
+            // which reads as "no such message", never a message that cannot be deleted.
+            self.message_index.insert(
+                message.id.to_be_bytes(),
+                &keys::index_value(recipient, message.timestamp),
+            )?;
+            self.messages
+                .insert(keys::message(recipient, message.id), encode(&message))?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            self.adjust_queue_len(recipient, -1);
+            return Err(e);
+        }
         self.sync().await?;
         Ok(message)
+    }
+
+    /// Takes one place in the recipient's queue, or fails with `QueueFull`.
+    fn reserve_slot(&self, recipient: u64, cap: u32) -> Result<(), StoreError> {
+        let mut lens = self.lock_lens();
+        let len = match lens.get(&recipient) {
+            Some(len) => *len,
+            None => self.count_queue(recipient)?,
+        };
+        if len >= cap {
+            lens.insert(recipient, len);
+            return Err(StoreError::QueueFull);
+        }
+        lens.insert(recipient, len + 1);
+        Ok(())
+    }
+
+    fn adjust_queue_len(&self, recipient: u64, delta: i64) {
+        let mut lens = self.lock_lens();
+        if let Some(len) = lens.get_mut(&recipient) {
+            *len = (i64::from(*len) + delta).max(0) as u32;
+        }
+    }
+
+    fn lock_lens(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        self.queue_lens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a queue from the tree (once per recipient after a start).
+    fn count_queue(&self, recipient: u64) -> Result<u32, StoreError> {
+        let mut n = 0;
+        for k in self.messages.scan_prefix(keys::user(recipient)).keys() {
+            k?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The oldest `limit` queued messages of `recipient` with an id above `after`.
@@ -77,53 +109,47 @@ impl Storage {
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         let _writing = self.writing().await;
         let mut outcomes = Vec::with_capacity(ids.len());
-        let mut any = false;
         for &id in ids {
-            let outcome = match self.message_index.get(id.to_be_bytes())? {
-                None => DeleteOutcome::NotFound,
-                Some(v) if keys::decode_u64(&v) != Some(recipient) => DeleteOutcome::NotOwner,
-                Some(_) => self.remove_message(recipient, id)?,
-            };
-            any |= outcome == DeleteOutcome::Deleted;
-            outcomes.push(outcome);
+            outcomes.push(self.remove_message(recipient, id)?);
         }
-        if any {
+        if outcomes.contains(&DeleteOutcome::Deleted) {
             self.sync().await?;
         }
         Ok(outcomes)
     }
 
+    /// Removes one message of `recipient`; tells apart another user's message and none at all.
     fn remove_message(&self, recipient: u64, id: u64) -> Result<DeleteOutcome, StoreError> {
-        let key = keys::message(recipient, id);
-        let counter_key = keys::counter(recipient, Counter::Queue);
-        Ok(
-            (&self.messages, &self.message_index, &self.counters).transaction(
-                |(messages, index, counters)| {
-                    index.remove(&id.to_be_bytes())?;
-                    if messages.remove(&key)?.is_none() {
-                        return Ok(DeleteOutcome::NotFound);
-                    }
-                    let len = tx_counter(counters, &counter_key)?;
-                    counters.insert(&counter_key, &len.saturating_sub(1).to_be_bytes())?;
-                    Ok(DeleteOutcome::Deleted)
-                },
-            )?,
-        )
+        if self
+            .messages
+            .remove(keys::message(recipient, id))?
+            .is_some()
+        {
+            self.message_index.remove(id.to_be_bytes())?;
+            self.adjust_queue_len(recipient, -1);
+            return Ok(DeleteOutcome::Deleted);
+        }
+        match self.message_index.get(id.to_be_bytes())? {
+            Some(v) if keys::decode_u64(&v) != Some(recipient) => Ok(DeleteOutcome::NotOwner),
+            Some(_) => {
+                // An index entry whose message is gone (a crash between the two writes).
+                self.message_index.remove(id.to_be_bytes())?;
+                Ok(DeleteOutcome::NotFound)
+            }
+            None => Ok(DeleteOutcome::NotFound),
+        }
     }
 
     /// Removes every message queued for `recipient`.
     pub(super) fn clear_queue(&self, recipient: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut index_batch = sled::Batch::default();
         for k in self.messages.scan_prefix(keys::user(recipient)).keys() {
             let k = k?;
             if let Some(id) = keys::message_id(&k) {
-                index_batch.remove(&id.to_be_bytes());
+                self.message_index.remove(id.to_be_bytes())?;
             }
-            batch.remove(k);
+            self.messages.remove(k)?;
         }
-        self.messages.apply_batch(batch)?;
-        self.message_index.apply_batch(index_batch)?;
+        self.lock_lens().remove(&recipient);
         Ok(())
     }
 
@@ -152,7 +178,10 @@ impl Storage {
     }
 
     pub fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
-        self.counter(recipient, Counter::Queue)
+        if let Some(len) = self.lock_lens().get(&recipient) {
+            return Ok(*len);
+        }
+        self.count_queue(recipient)
     }
 }
 

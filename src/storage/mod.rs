@@ -2,13 +2,17 @@
 //! domain verbs taking and returning domain types.
 //!
 //! Atomicity:
-//! - Every invariant that spans trees (a username and its user record, a device and its prekey
-//!   counters, a queued message, its index entry and the queue length) is written in one sled
-//!   `transaction`.
-//! - Transactions cannot scan, so verbs that need "the lowest key" scan first and then, inside the
-//!   transaction, check that what they found is still there; a lost race aborts with `Retry` and
-//!   the verb scans again (a compare-and-swap loop). Transaction closures may run more than once,
-//!   so they have no side effects outside the transaction.
+//! - Invariants that span trees on rare paths (a username and its user record, a device with its
+//!   first keys) are written in one sled `transaction`. Transaction closures may run more than
+//!   once, so they have no side effects outside the transaction.
+//! - Hot paths avoid transactions: every sled transaction (and `apply_batch`) takes one global
+//!   lock, which serialised all writers. A prekey pop is a compare-and-swap loop: scan for the
+//!   lowest key, remove it only if it is still there, else scan again; a key is handed out by the
+//!   one taker whose remove succeeded. A message is written index entry first, then the message,
+//!   so a crash in between leaves at most an index entry without a message (read as "no such
+//!   message" and cleaned up), never a message that cannot be found or deleted.
+//! - Counts: prekey stock is counted from the tree (at most the cap per device); queue lengths
+//!   are kept in memory, counted from the tree on first use after a start.
 //!
 //! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
@@ -22,6 +26,7 @@ mod messages;
 mod prekeys;
 mod users;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -52,8 +57,6 @@ const DEVICES: &str = "devices";
 const PREKEYS: &str = "prekeys";
 /// user id ‖ key id → bincode `SignedPreKey`.
 const KYBER_PREKEYS: &str = "kyber_prekeys";
-/// user id ‖ counter tag → u32 BE (prekey stock, Kyber stock, queue length).
-const COUNTERS: &str = "counters";
 /// recipient user id ‖ message id → bincode `Message`.
 const MESSAGES: &str = "messages";
 /// message id → recipient user id ‖ timestamp: ownership on delete, and the expiry sweep.
@@ -114,7 +117,6 @@ pub struct Storage {
     devices: sled::Tree,
     prekeys: sled::Tree,
     kyber_prekeys: sled::Tree,
-    counters: sled::Tree,
     messages: sled::Tree,
     message_index: sled::Tree,
     reset_tokens: sled::Tree,
@@ -124,6 +126,11 @@ pub struct Storage {
     /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
     /// same instant. Async, so a backup never blocks a runtime thread.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Queue length per recipient, counted from the tree on first use after start and kept
+    /// up to date by enqueue and delete: the cap check needs no scan and no transaction.
+    queue_lens: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
+    /// Serialises key uploads per user (striped), so that two uploads cannot both pass the cap.
+    upload_locks: Arc<Vec<std::sync::Mutex<()>>>,
     /// Added to sled's id generator: after an import, new ids start above every imported one.
     id_offset: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -160,13 +167,14 @@ impl Storage {
             devices: db.open_tree(DEVICES)?,
             prekeys: db.open_tree(PREKEYS)?,
             kyber_prekeys: db.open_tree(KYBER_PREKEYS)?,
-            counters: db.open_tree(COUNTERS)?,
             messages: db.open_tree(MESSAGES)?,
             message_index: db.open_tree(MESSAGE_INDEX)?,
             reset_tokens: db.open_tree(RESET_TOKENS)?,
             invites: db.open_tree(INVITES)?,
             meta,
             gate: Arc::new(tokio::sync::RwLock::new(())),
+            queue_lens: Arc::default(),
+            upload_locks: Arc::new((0..64).map(|_| std::sync::Mutex::new(())).collect()),
             id_offset: Arc::new(id_offset.into()),
             committer: Arc::new(Committer::start(db.clone())),
             db,
@@ -194,11 +202,6 @@ impl Storage {
     async fn writing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().await
     }
-
-    fn counter(&self, user_id: u64, which: keys::Counter) -> Result<u32, StoreError> {
-        let v = self.counters.get(keys::counter(user_id, which))?;
-        Ok(v.and_then(|v| keys::decode_u32(&v)).unwrap_or(0))
-    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -214,14 +217,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 
 fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
     decode(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
-/// Reads a counter inside a transaction.
-fn tx_counter(tree: &sled::transaction::TransactionalTree, key: &[u8]) -> TxResult<u32> {
-    Ok(tree
-        .get(key)?
-        .and_then(|v| keys::decode_u32(&v))
-        .unwrap_or(0))
 }
 
 #[cfg(test)]

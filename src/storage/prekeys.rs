@@ -1,11 +1,7 @@
 //! One-time prekeys: uploads under a per-device cap, and the pop that hands each key out once.
 
-use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
-
-use super::keys::{self, Counter};
-use super::{abort, decode, decode_tx, encode, tx_counter, Storage, StoreError};
-use crate::models::{Device, Popped, PreKey, SignedPreKey};
+use super::{decode, encode, keys, Storage, StoreError};
+use crate::models::{Popped, PreKey, SignedPreKey};
 
 impl Storage {
     /// Stores one-time EC prekeys (a stored keyId is replaced). Fails with `TooManyPrekeys`,
@@ -21,19 +17,12 @@ impl Storage {
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), k.public_key.clone()))
             .collect();
-        let count = self.add_keys(
-            user_id,
-            &self.prekeys,
-            Counter::PreKeys,
-            &records,
-            cap,
-            None,
-        )?;
+        let count = self.add_keys(user_id, &self.prekeys, &records, cap, None)?;
         self.sync().await?;
         Ok(count)
     }
 
-    /// Stores one-time Kyber prekeys and/or replaces the last-resort Kyber prekey, all or nothing.
+    /// Stores one-time Kyber prekeys and/or replaces the last-resort Kyber prekey.
     pub async fn add_kyber_prekeys(
         &self,
         user_id: u64,
@@ -46,52 +35,46 @@ impl Storage {
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
             .collect();
-        let count = self.add_keys(
-            user_id,
-            &self.kyber_prekeys,
-            Counter::KyberPreKeys,
-            &records,
-            cap,
-            last_resort,
-        )?;
+        let count = self.add_keys(user_id, &self.kyber_prekeys, &records, cap, last_resort)?;
         self.sync().await?;
         Ok(count)
     }
 
+    /// Checks the cap and writes the keys in one batch; uploads of one user are serialised by a
+    /// striped lock (pops only lower the stock, so they need not wait).
     fn add_keys(
         &self,
         user_id: u64,
         tree: &sled::Tree,
-        which: Counter,
         records: &[([u8; 12], Vec<u8>)],
         cap: u32,
         last_resort: Option<&SignedPreKey>,
     ) -> Result<u32, StoreError> {
-        let id = keys::user(user_id);
-        let counter_key = keys::counter(user_id, which);
-        Ok(
-            (&self.devices, tree, &self.counters).transaction(|(devices, keys_tx, counters)| {
-                let Some(device) = devices.get(id)? else {
-                    return abort(StoreError::NoDevice);
-                };
-                let mut count = tx_counter(counters, &counter_key)?;
-                for (k, v) in records {
-                    if keys_tx.insert(k, v.as_slice())?.is_none() {
-                        count += 1;
-                    }
-                }
-                if count > cap {
-                    return abort(StoreError::TooManyPrekeys);
-                }
-                counters.insert(&counter_key, &count.to_be_bytes())?;
-                if let Some(key) = last_resort {
-                    let mut device: Device = decode_tx(&device)?;
-                    device.last_resort_kyber = Some(key.clone());
-                    devices.insert(&id, encode(&device))?;
-                }
-                Ok(count)
-            })?,
-        )
+        let stripe = &self.upload_locks[(user_id % self.upload_locks.len() as u64) as usize];
+        let _upload = stripe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.devices.get(keys::user(user_id))?.is_none() {
+            return Err(StoreError::NoDevice);
+        }
+        let mut count = count_prefix(tree, user_id)?;
+        for (k, _) in records {
+            if !tree.contains_key(k)? {
+                count += 1;
+            }
+        }
+        if count > cap {
+            return Err(StoreError::TooManyPrekeys);
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in records {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        tree.apply_batch(batch)?;
+        if let Some(key) = last_resort {
+            self.update_device(user_id, |d| d.last_resort_kyber = Some(key.clone()))?;
+        }
+        Ok(count)
     }
 
     /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at most
@@ -99,72 +82,52 @@ impl Storage {
     /// here (it lives in the device record).
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
         let _writing = self.writing().await;
-        let ec_counter = keys::counter(user_id, Counter::PreKeys);
-        let ky_counter = keys::counter(user_id, Counter::KyberPreKeys);
-        loop {
-            let ec = self
-                .prekeys
-                .scan_prefix(keys::user(user_id))
-                .next()
-                .transpose()?;
-            let ky = self
-                .kyber_prekeys
-                .scan_prefix(keys::user(user_id))
-                .next()
-                .transpose()?;
-            if ec.is_none() && ky.is_none() {
-                return Ok(Popped::default());
-            }
-            let result = (&self.prekeys, &self.kyber_prekeys, &self.counters).transaction(
-                |(ec_tx, ky_tx, counters)| {
-                    let mut popped = Popped::default();
-                    if let Some((k, _)) = &ec {
-                        let Some(v) = ec_tx.remove(k)? else {
-                            return Err(ConflictableTransactionError::Abort(None));
-                        };
-                        let key_id = keys::prekey_id(k).unwrap_or_default();
-                        popped.prekey = Some(PreKey {
-                            key_id,
-                            public_key: v.to_vec(),
-                        });
-                        decrement(counters, &ec_counter)?;
-                    }
-                    if let Some((k, _)) = &ky {
-                        let Some(v) = ky_tx.remove(k)? else {
-                            return Err(ConflictableTransactionError::Abort(None));
-                        };
-                        let key: SignedPreKey =
-                            decode(&v).map_err(|e| ConflictableTransactionError::Abort(Some(e)))?;
-                        popped.kyber = Some(key);
-                        decrement(counters, &ky_counter)?;
-                    }
-                    Ok(popped)
-                },
-            );
-            match result {
-                Ok(popped) => {
-                    self.sync().await?;
-                    return Ok(popped);
-                }
-                // Another taker removed the key we scanned: scan again.
-                Err(sled::transaction::TransactionError::Abort(None)) => continue,
-                Err(sled::transaction::TransactionError::Abort(Some(e))) => return Err(e),
-                Err(sled::transaction::TransactionError::Storage(e)) => return Err(e.into()),
-            }
+        let ec = pop_lowest(&self.prekeys, user_id)?;
+        let kyber = pop_lowest(&self.kyber_prekeys, user_id)?;
+        let popped = Popped {
+            prekey: ec.map(|(id, v)| PreKey {
+                key_id: id,
+                public_key: v.to_vec(),
+            }),
+            kyber: kyber.map(|(_, v)| decode::<SignedPreKey>(&v)).transpose()?,
+        };
+        if popped.prekey.is_some() || popped.kyber.is_some() {
+            self.sync().await?;
         }
+        Ok(popped)
+    }
+
+    /// One-time prekeys in stock for a user: `(EC, Kyber)`.
+    pub(super) fn prekey_counts(&self, user_id: u64) -> Result<(u32, u32), StoreError> {
+        Ok((
+            count_prefix(&self.prekeys, user_id)?,
+            count_prefix(&self.kyber_prekeys, user_id)?,
+        ))
     }
 }
 
-fn decrement(
-    counters: &sled::transaction::TransactionalTree,
-    key: &[u8],
-) -> Result<(), ConflictableTransactionError<Option<StoreError>>> {
-    let count = counters
-        .get(key)?
-        .and_then(|v| keys::decode_u32(&v))
-        .unwrap_or(0);
-    counters.insert(key, &count.saturating_sub(1).to_be_bytes())?;
-    Ok(())
+/// Removes and returns the lowest key of `user_id` in `tree`: a compare-and-swap loop, so that
+/// of several concurrent takers exactly one gets each key.
+fn pop_lowest(tree: &sled::Tree, user_id: u64) -> Result<Option<(u32, sled::IVec)>, StoreError> {
+    loop {
+        let Some((k, v)) = tree.scan_prefix(keys::user(user_id)).next().transpose()? else {
+            return Ok(None);
+        };
+        if tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+            return Ok(Some((keys::prekey_id(&k).unwrap_or_default(), v)));
+        }
+        // Another taker removed (or an upload replaced) that key first: look again.
+    }
+}
+
+/// Keys of one user in a prefix-keyed tree (bounded by the per-device cap).
+fn count_prefix(tree: &sled::Tree, user_id: u64) -> Result<u32, StoreError> {
+    let mut n = 0;
+    for k in tree.scan_prefix(keys::user(user_id)).keys() {
+        k?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
