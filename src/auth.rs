@@ -1,8 +1,10 @@
 //! Tokens: HS256 JWTs naming the user id and the user's token version, and the check every
 //! authenticated request goes through (signature, expiry, user still exists, version current).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -24,12 +26,66 @@ pub struct Claims {
     pub orig_iat: u64,
 }
 
+/// What a checked token says (kept in the cache of checked tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verified {
+    pub user_id: u64,
+    pub ver: u32,
+    pub exp: u64,
+    pub orig_iat: u64,
+}
+
+/// Checked tokens, so that a client's next request with the same token skips the base64, JSON
+/// and HMAC work (a sixth of a request's CPU). Keyed by the whole token text, so a token that
+/// differs in any byte is checked in full; expiry is checked on every hit; revocation is checked
+/// on every request against the user's token version, cached or not. Sharded to keep lock
+/// contention low; a full shard is simply emptied.
+struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
+}
+
+const CACHE_SHARDS: usize = 16;
+const CACHE_SHARD_ENTRIES: usize = 4096;
+
+impl TokenCache {
+    fn new() -> TokenCache {
+        TokenCache {
+            shards: (0..CACHE_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        // The signature's last bytes are as good as random: no hashing needed to pick a shard.
+        let pick = token
+            .bytes()
+            .rev()
+            .take(4)
+            .fold(0usize, |a, b| a * 31 + usize::from(b));
+        self.shards[pick % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.shard(token).get(token).copied()
+    }
+
+    fn put(&self, token: &str, verified: Verified) {
+        let mut shard = self.shard(token);
+        if shard.len() >= CACHE_SHARD_ENTRIES {
+            shard.clear();
+        }
+        shard.insert(token.into(), verified);
+    }
+}
+
 pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     ttl: u64,
     refresh_max_age: u64,
+    checked: TokenCache,
 }
 
 impl Tokens {
@@ -43,6 +99,7 @@ impl Tokens {
             validation,
             ttl,
             refresh_max_age,
+            checked: TokenCache::new(),
         }
     }
 
@@ -68,9 +125,25 @@ impl Tokens {
             .map(|data| data.claims)
     }
 
-    /// Whether a token issued after the login at `orig_iat` may still be refreshed.
-    pub fn refreshable(&self, claims: &Claims) -> bool {
-        now_secs() <= claims.orig_iat.saturating_add(self.refresh_max_age)
+    /// Signature, algorithm and expiry checked, through the cache of checked tokens.
+    pub fn verify(&self, token: &str) -> Option<Verified> {
+        if let Some(v) = self.checked.get(token) {
+            return (now_secs() < v.exp).then_some(v);
+        }
+        let claims = self.decode(token)?;
+        let verified = Verified {
+            user_id: claims.sub.parse().ok()?,
+            ver: claims.ver,
+            exp: claims.exp,
+            orig_iat: claims.orig_iat,
+        };
+        self.checked.put(token, verified);
+        Some(verified)
+    }
+
+    /// Whether a token descending from the login at `orig_iat` may still be refreshed.
+    pub fn refreshable(&self, verified: &Verified) -> bool {
+        now_secs() <= verified.orig_iat.saturating_add(self.refresh_max_age)
     }
 }
 
@@ -80,11 +153,10 @@ pub fn user_for_token(
     tokens: &Tokens,
     storage: &Storage,
     token: &str,
-) -> Result<(User, Claims), ApiError> {
-    let claims = tokens.decode(token).ok_or(ApiError::NotAuthenticated)?;
-    let id: u64 = claims.sub.parse().map_err(|_| ApiError::NotAuthenticated)?;
-    match storage.user(id)? {
-        Some(user) if user.token_version == claims.ver => Ok((user, claims)),
+) -> Result<(User, Verified), ApiError> {
+    let verified = tokens.verify(token).ok_or(ApiError::NotAuthenticated)?;
+    match storage.user(verified.user_id)? {
+        Some(user) if user.token_version == verified.ver => Ok((user, verified)),
         _ => Err(ApiError::NotAuthenticated),
     }
 }
@@ -162,6 +234,14 @@ mod tests {
         let token = t.issue(&user(), now_secs()).unwrap();
         let claims = t.decode(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.ver), ("4", 3));
+        // The cached answer is the same as the full check, and a changed token is not served.
+        let v = t.verify(&token).unwrap();
+        assert_eq!(t.verify(&token), Some(v));
+        assert_eq!((v.user_id, v.ver), (4, 3));
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(t.verify(&forged).is_none());
         let other = Tokens::new(b"another secret, another secret!!", 60, 600);
         assert!(other.decode(&token).is_none());
         // alg: none

@@ -2,9 +2,9 @@
 //! gauges read at scrape time (queued messages, prekey stock, accounts, live connections). Served
 //! on their own address (`--metrics-listen`), never on the public API.
 
-use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::app::App;
@@ -32,66 +32,92 @@ const ROUTES: &[&str] = &[
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+/// Statuses counted one by one; anything else is counted under its class (`2xx`, `4xx`, ...).
+const STATUSES: [u16; 16] = [
+    101, 200, 201, 204, 400, 401, 403, 404, 405, 411, 413, 415, 429, 500, 503, 0,
+];
+const ROUTE_SLOTS: usize = ROUTES.len() + 1;
+const STATUS_SLOTS: usize = STATUSES.len() + 5;
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Lock-free counters (a fixed table of atomics), so counting costs no lock on the request path.
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    buckets: Vec<AtomicU64>,
+    counts: Vec<AtomicU64>,
+    sum_nanos: Vec<AtomicU64>,
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    requests: Mutex<HashMap<(&'static str, &'static str, u16), u64>>,
-    latency: Mutex<HashMap<&'static str, Histogram>>,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let atomics = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Metrics {
+            requests: atomics(ROUTE_SLOTS * METHODS.len() * STATUS_SLOTS),
+            buckets: atomics(ROUTE_SLOTS * BUCKETS.len()),
+            counts: atomics(ROUTE_SLOTS),
+            sum_nanos: atomics(ROUTE_SLOTS),
+        }
+    }
 }
 
 /// The route template a path belongs to, so that labels stay few (no ids, no usernames).
 pub fn route_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    ROUTES
-        .iter()
-        .find(|template| {
-            let t: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-            if t.last() == Some(&"*") {
-                return segments.first() == t.first();
-            }
-            t.len() == segments.len()
-                && t.iter()
-                    .zip(&segments)
-                    .all(|(t, s)| t.starts_with(':') || t == s)
-        })
-        .copied()
-        .unwrap_or("other")
+    ROUTES.get(route_index(path)).copied().unwrap_or("other")
 }
 
-/// A method as a static label (anything unusual counts as "other").
-fn method_label(method: &str) -> &'static str {
-    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-        .into_iter()
-        .find(|m| *m == method)
-        .unwrap_or("other")
+/// Index into `ROUTES` (`ROUTES.len()` for "other"), without allocating.
+fn route_index(path: &str) -> usize {
+    ROUTES
+        .iter()
+        .position(|template| {
+            let mut segments = path.split('/').filter(|s| !s.is_empty());
+            let mut parts = template.split('/').filter(|s| !s.is_empty());
+            loop {
+                match (parts.next(), segments.next()) {
+                    (Some("*"), _) => return true,
+                    (Some(t), Some(s)) if t.starts_with(':') || t == s => {}
+                    (None, None) => return true,
+                    _ => return false,
+                }
+            }
+        })
+        .unwrap_or(ROUTES.len())
+}
+
+fn status_slot(status: u16) -> usize {
+    match STATUSES[..STATUSES.len() - 1]
+        .iter()
+        .position(|s| *s == status)
+    {
+        Some(i) => i,
+        None => STATUSES.len() + usize::from((status / 100).clamp(1, 5)) - 1,
+    }
+}
+
+fn status_label(slot: usize) -> String {
+    match STATUSES.get(slot) {
+        Some(s) if *s != 0 => s.to_string(),
+        _ => format!("{}xx", slot + 1 - STATUSES.len()),
+    }
 }
 
 impl Metrics {
     pub fn observe(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let route = route_of(path);
-        if let Ok(mut requests) = self.requests.lock() {
-            *requests
-                .entry((route, method_label(method), status))
-                .or_default() += 1;
+        let route = route_index(path);
+        let method = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
+        let slot = (route * METHODS.len() + method) * STATUS_SLOTS + status_slot(status);
+        self.requests[slot].fetch_add(1, Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(b) = BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[route * BUCKETS.len() + b].fetch_add(1, Relaxed);
         }
-        if let Ok(mut latency) = self.latency.lock() {
-            let h = latency.entry(route).or_default();
-            let secs = elapsed.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.buckets[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        }
+        self.counts[route].fetch_add(1, Relaxed);
+        self.sum_nanos[route].fetch_add(elapsed.as_nanos() as u64, Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -101,36 +127,44 @@ impl Metrics {
             "# HELP signal_server_http_requests_total HTTP requests by route, method and status.\n",
         );
         out.push_str("# TYPE signal_server_http_requests_total counter\n");
-        if let Ok(requests) = self.requests.lock() {
-            let mut rows: Vec<_> = requests.iter().collect();
-            rows.sort();
-            for ((route, method, status), n) in rows {
-                let _ = writeln!(out, "signal_server_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}");
+        let label = |i: usize| ROUTES.get(i).copied().unwrap_or("other");
+        for route in 0..ROUTE_SLOTS {
+            for (m, method) in METHODS.iter().enumerate() {
+                for status in 0..STATUS_SLOTS {
+                    let n = self.requests[(route * METHODS.len() + m) * STATUS_SLOTS + status]
+                        .load(Relaxed);
+                    if n > 0 {
+                        let (route, status) = (label(route), status_label(status));
+                        let _ = writeln!(out, "signal_server_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}");
+                    }
+                }
             }
         }
         out.push_str(
             "# HELP signal_server_http_request_duration_seconds Time to answer, by route.\n",
         );
         out.push_str("# TYPE signal_server_http_request_duration_seconds histogram\n");
-        if let Ok(latency) = self.latency.lock() {
-            let mut rows: Vec<_> = latency.iter().collect();
-            rows.sort_by_key(|(route, _)| **route);
-            for (route, h) in rows {
-                for (bound, n) in BUCKETS.iter().zip(h.buckets) {
-                    let _ = writeln!(out, "signal_server_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
-                }
-                let _ = writeln!(out, "signal_server_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(
-                    out,
-                    "signal_server_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "signal_server_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count
-                );
+        for route in 0..ROUTE_SLOTS {
+            let count = self.counts[route].load(Relaxed);
+            if count == 0 {
+                continue;
             }
+            let name = label(route);
+            let mut cumulative = 0;
+            for (b, bound) in BUCKETS.iter().enumerate() {
+                cumulative += self.buckets[route * BUCKETS.len() + b].load(Relaxed);
+                let _ = writeln!(out, "signal_server_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let sum = self.sum_nanos[route].load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "signal_server_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "signal_server_http_request_duration_seconds_sum{{route=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "signal_server_http_request_duration_seconds_count{{route=\"{name}\"}} {count}"
+            );
         }
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = write!(
@@ -186,5 +220,15 @@ mod tests {
         assert_eq!(route_of("/device/5/x"), "/device/*");
         assert_eq!(route_of("/auth/users/me"), "/auth/users/me");
         assert_eq!(route_of("/nope"), "other");
+        assert_eq!(route_of("/messages"), "other");
+        assert_eq!(route_of("/messages/1/ws/x"), "other");
+    }
+
+    #[test]
+    fn unusual_statuses_are_counted_by_class() {
+        assert_eq!(status_label(status_slot(201)), "201");
+        assert_eq!(status_label(status_slot(418)), "4xx");
+        assert_eq!(status_label(status_slot(302)), "3xx");
+        assert_eq!(status_label(status_slot(502)), "5xx");
     }
 }
