@@ -69,20 +69,37 @@ pub fn route_of(path: &str) -> &'static str {
 
 /// Index into `ROUTES` (`ROUTES.len()` for "other"), without allocating.
 fn route_index(path: &str) -> usize {
+    let mut seg = [""; 5];
+    let mut n = 0;
+    for s in path.split('/').filter(|s| !s.is_empty()) {
+        if n == seg.len() {
+            return ROUTES.len();
+        }
+        seg[n] = s;
+        n += 1;
+    }
+    let template = match &seg[..n] {
+        ["health"] => "/health",
+        ["auth", "users"] => "/auth/users",
+        ["auth", "users", "me"] => "/auth/users/me",
+        ["auth", "jwt", "create"] => "/auth/jwt/create",
+        ["auth", "jwt", "refresh"] => "/auth/jwt/refresh",
+        ["auth", "jwt", "verify"] => "/auth/jwt/verify",
+        ["auth", "password"] => "/auth/password",
+        ["auth", "password", "reset"] => "/auth/password/reset",
+        ["auth", "password", "reset", "confirm"] => "/auth/password/reset/confirm",
+        ["device", ..] => "/device/*",
+        ["prekeys", _] => "/prekeys/:regId",
+        ["kyberprekeys", _] => "/kyberprekeys/:regId",
+        ["signedprekey", _] => "/signedprekey/:regId",
+        ["prekeybundle", _, _] => "/prekeybundle/:username/:regId",
+        ["messages", _] => "/messages/:regId",
+        ["messages", _, "ws"] => "/messages/:regId/ws",
+        _ => return ROUTES.len(),
+    };
     ROUTES
         .iter()
-        .position(|template| {
-            let mut segments = path.split('/').filter(|s| !s.is_empty());
-            let mut parts = template.split('/').filter(|s| !s.is_empty());
-            loop {
-                match (parts.next(), segments.next()) {
-                    (Some("*"), _) => return true,
-                    (Some(t), Some(s)) if t.starts_with(':') || t == s => {}
-                    (None, None) => return true,
-                    _ => return false,
-                }
-            }
-        })
+        .position(|t| *t == template)
         .unwrap_or(ROUTES.len())
 }
 
