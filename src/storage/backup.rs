@@ -418,11 +418,8 @@ impl Storage {
             } => {
                 let hash =
                     b64::decode(&hash).ok_or_else(|| StoreError::Corrupt("reset token".into()))?;
-                let mut value = Vec::with_capacity(20);
-                value.extend_from_slice(&user.to_be_bytes());
-                value.extend_from_slice(&expires.to_be_bytes());
-                value.extend_from_slice(&version.to_be_bytes());
-                self.reset_tokens.insert(hash, value)?;
+                self.reset_tokens
+                    .insert(hash, &keys::reset_grant(user, expires, version))?;
                 sum.reset_tokens += 1;
                 Ok(user)
             }

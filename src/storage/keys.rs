@@ -48,6 +48,15 @@ pub fn index_value(user_id: u64, timestamp: u64) -> [u8; 16] {
     message(user_id, timestamp)
 }
 
+/// `user id (u64 BE) ‖ expiry s (u64 BE) ‖ token version (u32 BE)`: a reset grant's value.
+pub fn reset_grant(user_id: u64, expires_at: u64, token_version: u32) -> [u8; 20] {
+    let mut v = [0u8; 20];
+    v[..8].copy_from_slice(&user_id.to_be_bytes());
+    v[8..16].copy_from_slice(&expires_at.to_be_bytes());
+    v[16..].copy_from_slice(&token_version.to_be_bytes());
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,11 +139,8 @@ impl Storage {
         grant: &ResetGrant,
     ) -> Result<(), StoreError> {
         let _writing = self.writing().await;
-        let mut value = Vec::with_capacity(20);
-        value.extend_from_slice(&grant.user_id.to_be_bytes());
-        value.extend_from_slice(&grant.expires_at.to_be_bytes());
-        value.extend_from_slice(&grant.token_version.to_be_bytes());
-        self.reset_tokens.insert(token_hash, value)?;
+        let value = keys::reset_grant(grant.user_id, grant.expires_at, grant.token_version);
+        self.reset_tokens.insert(token_hash, &value)?;
         self.sync().await
     }
 
