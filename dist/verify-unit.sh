@@ -3,7 +3,8 @@
 # binary (verify insists that the executable exists).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="$PWD/target/debug/signal-server"
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+bin="$target_dir/debug/signal-server"
 [ -x "$bin" ] || cargo build --quiet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
