@@ -362,22 +362,9 @@ impl Client {
         for id in ids {
             keys.push(self.new_pre_key(id).await?);
         }
-        let body = json!({ "preKeys": keys });
         let path = format!("/prekeys/{}", self.registration_id);
-        let v = self
-            .api
-            .expect(
-                StatusCode::OK,
-                "POST",
-                &path,
-                Some(&self.token),
-                Some(&body),
-            )
-            .await?;
-        if v["code"] != "prekeys_stored" {
-            return fail(format!("POST {path}: {v}"));
-        }
-        Ok(())
+        self.upload(&path, json!({ "preKeys": keys }), "prekeys_stored")
+            .await
     }
 
     /// Tops up one-time Kyber prekeys: `POST /kyberprekeys/<regId>`.
@@ -389,19 +376,22 @@ impl Client {
         for id in ids {
             keys.push(self.new_kyber_pre_key(id).await?);
         }
-        let body = json!({ "kyberPreKeys": keys });
         let path = format!("/kyberprekeys/{}", self.registration_id);
+        self.upload(
+            &path,
+            json!({ "kyberPreKeys": keys }),
+            "kyber_prekeys_stored",
+        )
+        .await
+    }
+
+    /// A key upload that must answer 200 with `code`.
+    async fn upload(&self, path: &str, body: serde_json::Value, code: &str) -> Result<()> {
         let v = self
             .api
-            .expect(
-                StatusCode::OK,
-                "POST",
-                &path,
-                Some(&self.token),
-                Some(&body),
-            )
+            .expect(StatusCode::OK, "POST", path, Some(&self.token), Some(&body))
             .await?;
-        if v["code"] != "kyber_prekeys_stored" {
+        if v["code"] != code {
             return fail(format!("POST {path}: {v}"));
         }
         Ok(())
