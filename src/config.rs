@@ -169,18 +169,3 @@ pub enum UsersCommand {
     /// Print a single-use password-reset uid and token to hand to the user.
     ResetToken { username: String },
 }
-
-impl Config {
-    /// A configuration from arguments only (no environment), for tests and tools.
-    pub fn for_tests(data_dir: &std::path::Path) -> Config {
-        let mut c = Config::parse_from([
-            "signal-server",
-            "--pbkdf2-iterations",
-            "1000",
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        c.data_dir = data_dir.to_path_buf();
-        c
-    }
-}
