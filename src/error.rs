@@ -18,7 +18,7 @@ pub enum FieldError {
 
 pub type FieldErrors = BTreeMap<String, FieldError>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     MalformedJson,
     InvalidData(FieldErrors),

@@ -410,7 +410,7 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::NotFound
     } else if let Some(e) = rejection.find::<ApiError>() {
-        clone_auth_error(e)
+        e.clone()
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -434,12 +434,4 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
-}
-
-/// Rejections carry only authentication failures; rebuild the error by value.
-fn clone_auth_error(e: &ApiError) -> ApiError {
-    match e {
-        ApiError::Internal(cause) => ApiError::Internal(cause.clone()),
-        _ => ApiError::NotAuthenticated,
-    }
 }
