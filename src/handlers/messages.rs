@@ -46,15 +46,15 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
             crate::storage::StoreError::NoDevice => ApiError::RecipientNoDevice,
             e => e.into(),
         })?;
-    let text: Arc<str> = serde_json::to_string(&MessageOut::from(&message))
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .into();
-    app.hub.deliver(recipient.id, message.id, text.clone());
+    let text = serde_json::to_string(&MessageOut::from(&message))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    app.hub
+        .deliver(recipient.id, message.id, Arc::from(text.as_str()));
     Ok(created_json(text))
 }
 
-fn created_json(text: Arc<str>) -> warp::reply::Response {
-    let mut res = warp::reply::Response::new(text.to_string().into());
+fn created_json(text: String) -> warp::reply::Response {
+    let mut res = warp::reply::Response::new(text.into());
     *res.status_mut() = StatusCode::CREATED;
     res.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,
