@@ -66,16 +66,15 @@ impl Storage {
     /// Removes the user's device, its keys and the messages queued for it.
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         let _writing = self.writing().await;
-        if self.devices.remove(keys::user(user_id))?.is_none() {
+        if !self.remove_device_data(user_id)? {
             return Err(StoreError::NoDevice);
         }
-        self.remove_device_data(user_id)?;
         self.sync().await
     }
 
-    /// Removes keys and queued messages of a user (after their device record is gone).
-    pub(super) fn remove_device_data(&self, user_id: u64) -> Result<(), StoreError> {
-        self.devices.remove(keys::user(user_id))?;
+    /// Removes a user's device record, keys and queued messages; tells whether a device existed.
+    pub(super) fn remove_device_data(&self, user_id: u64) -> Result<bool, StoreError> {
+        let existed = self.devices.remove(keys::user(user_id))?.is_some();
         for tree in [&self.prekeys, &self.kyber_prekeys] {
             let mut batch = sled::Batch::default();
             for k in self.prefix_keys(tree, user_id)? {
@@ -84,7 +83,7 @@ impl Storage {
             tree.apply_batch(batch)?;
         }
         self.clear_queue(user_id)?;
-        Ok(())
+        Ok(existed)
     }
 
     /// Replaces the signed prekey of the user's device.
