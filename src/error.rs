@@ -41,6 +41,8 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     UnsupportedMediaType,
+    /// The server cannot serve the request now (storage failing, overloaded); retry later.
+    Unavailable,
     Internal(String),
 }
 
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -131,6 +135,7 @@ impl ApiError {
             ApiError::NotFound => "Not found.",
             ApiError::MethodNotAllowed => "Method not allowed.",
             ApiError::UnsupportedMediaType => "Unsupported media type.",
+            ApiError::Unavailable => "The server is temporarily unavailable; retry later.",
             ApiError::Internal(_) => "Internal server error.",
         }
     }
