@@ -34,7 +34,9 @@ pub enum ApiError {
     RecipientIdentityChanged,
     ReachedMaxPrekeys,
     QueueFull,
-    Throttled { retry_after_secs: u64 },
+    Throttled {
+        retry_after_secs: u64,
+    },
     RegistrationClosed,
     PayloadTooLarge,
     LengthRequired,
@@ -108,7 +110,7 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> &'static str {
+    pub fn message(&self) -> &'static str {
         match self {
             ApiError::MalformedJson => "The request body is not valid JSON.",
             ApiError::InvalidData(_) => "The request data is invalid.",

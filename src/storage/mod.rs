@@ -80,6 +80,36 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Plain sentences for operators (the admin commands and the binary print these).
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::UsernameTaken => write!(f, "a user with that username already exists"),
+            StoreError::EmailTaken => write!(f, "a user with that email already exists"),
+            StoreError::DeviceExists => write!(f, "the user has a device already"),
+            StoreError::NoDevice => write!(f, "the user has no device"),
+            StoreError::NoUser => write!(f, "no such user"),
+            StoreError::TooManyPrekeys => write!(f, "the device has the most prekeys allowed"),
+            StoreError::QueueFull => write!(f, "the device's message queue is full"),
+            StoreError::InvalidInvite => write!(f, "the invite is not valid or was used already"),
+            StoreError::Db(e) => write!(
+                f,
+                "the database failed ({e}); check free disk space and that the data dir \
+                 belongs to the user running signal-server"
+            ),
+            StoreError::Corrupt(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Whether `dir` holds a sled database (the server creates one on its first start): operator
+/// commands refuse a dir without one instead of creating an empty database there.
+pub fn holds_database(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file()
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Db(e.to_string())
@@ -151,8 +181,9 @@ impl Storage {
             Some(v) if keys::decode_u32(&v) == Some(SCHEMA_VERSION) => {}
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
-                    "data dir has schema version {:?}, this build reads {SCHEMA_VERSION}",
-                    keys::decode_u32(&v)
+                    "the data dir has database layout version {}, this build reads version \
+                     {SCHEMA_VERSION}; run the signal-server version that wrote it",
+                    keys::decode_u32(&v).map_or("(unreadable)".into(), |v| v.to_string())
                 )))
             }
         }
