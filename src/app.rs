@@ -40,8 +40,7 @@ impl App {
     /// Opens storage in `config.data_dir` and sets everything up. The caller holds the data-dir
     /// lock (see `server::lock_data_dir`).
     pub fn open(config: Config) -> Result<App, String> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        crate::datadir::prepare(&config.data_dir)?;
         let secret =
             crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
                 .map_err(|e| format!("JWT secret: {e}"))?;
@@ -51,7 +50,7 @@ impl App {
                 cache_capacity: config.cache_mb.saturating_mul(1 << 20),
             },
         )
-        .map_err(|e| format!("cannot open database: {e:?}"))?;
+        .map_err(|e| format!("cannot open the database: {e}"))?;
         let mailer = Mailer::new(
             config.smtp_url.as_deref(),
             &config.smtp_from,

@@ -4,6 +4,7 @@
 //! - `config`: the command line and environment (`Config`, operator `Command`s).
 //! - `admin`: operator commands, over the admin socket of a running server or in-process.
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
+//! - `datadir`: the data dir's modes, the database check and owner switch of operator commands.
 //! - `app`: the shared state handed to every handler.
 //! - `routes`: every route, and rejections turned into JSON errors.
 //! - `handlers`: one module per resource (users, devices, keys, messages, ws).
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod crypto;
+pub mod datadir;
 pub mod error;
 pub mod handlers;
 pub mod hub;

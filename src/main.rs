@@ -6,6 +6,7 @@ use signal_server::{server, App, Config};
 
 #[tokio::main]
 async fn main() {
+    signal_server::datadir::private_umask();
     let mut config = Config::parse();
     init_logging();
     if let Some(command) = config.command.take() {
@@ -14,6 +15,7 @@ async fn main() {
         }
         return;
     }
+    log::info!("signal-server {} starting", env!("CARGO_PKG_VERSION"));
     let _lock = server::lock_data_dir(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
     let app = App::open(config).unwrap_or_else(|e| fail(&e));

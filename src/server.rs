@@ -13,10 +13,18 @@ use crate::app::App;
 /// Takes an exclusive lock on the data dir, held as long as the returned file lives: a second
 /// server on the same data dir fails at once instead of corrupting it.
 pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    crate::datadir::prepare(dir)?;
     let path = dir.join("LOCK");
-    let file = File::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|e| {
+        format!(
+            "cannot open {}: {e}; the data dir must belong to the user running signal-server",
+            path.display()
+        )
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(
@@ -73,7 +81,7 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
     if let Err(e) = app.storage.flush() {
-        log::error!("final flush failed: {e:?}");
+        log::error!("final flush failed: {e}");
     }
 }
 
@@ -95,10 +103,10 @@ async fn sweep(app: App) {
         match app.storage.sweep_expired(cutoff).await {
             Ok(0) => {}
             Ok(n) => log::info!("deleted {n} expired messages"),
-            Err(e) => log::error!("message sweep failed: {e:?}"),
+            Err(e) => log::error!("message sweep failed: {e}"),
         }
         if let Err(e) = app.storage.sweep_reset_tokens(now_ms / 1000).await {
-            log::error!("reset token sweep failed: {e:?}");
+            log::error!("reset token sweep failed: {e}");
         }
         app.limits.sweep();
     }

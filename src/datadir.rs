@@ -1,0 +1,113 @@
+//! The data dir on disk: created private (0700), tightened when an older version or a loose
+//! umask left it readable by others, and, for operator commands, checked to hold a database and
+//! entered as its owner so that a command run as root leaves no root-owned files behind.
+
+use std::path::{Path, PathBuf};
+
+/// Creates `dir` (mode 0700) if missing; an existing dir that others may read is made 0700,
+/// because it holds password hashes and queued messages.
+pub fn prepare(dir: &Path) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create the data dir {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("cannot read the data dir {}: {e}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make the data dir {} private: {e}", dir.display()))?;
+            log::warn!(
+                "data dir {} was readable by other users (mode {:o}); made it 0700",
+                dir.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a data dir without a signal-server database: a mistyped `--data-dir` must not
+/// silently get an empty database.
+pub fn require_database(dir: &Path) -> Result<(), String> {
+    if crate::storage::holds_database(&dir.join("db")) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} holds no signal-server database. Check --data-dir (the server's own, e.g. \
+         /var/lib/signal-server); a database is created only by starting the server.",
+        dir.display()
+    ))
+}
+
+/// When running as root on a data dir that belongs to another user (the service's), becomes
+/// that user for good, so that every file the command creates stays the service's. Enters the
+/// dir first (a `DynamicUser=` unit's dir sits under `/var/lib/private`, 0700 root) and answers
+/// the path to use from then on. Elsewhere answers `dir` unchanged.
+pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(dir.to_path_buf());
+        }
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| format!("cannot read the data dir {}: {e}", dir.display()))?;
+        if meta.uid() == 0 {
+            return Ok(dir.to_path_buf());
+        }
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("cannot enter the data dir {}: {e}", dir.display()))?;
+        switch_user(meta.uid(), meta.gid()).map_err(|e| {
+            format!(
+                "cannot switch to uid {} (the owner of {}): {e}; run the command as that user",
+                meta.uid(),
+                dir.display()
+            )
+        })?;
+        eprintln!(
+            "running as uid {} gid {}, the owner of {}",
+            meta.uid(),
+            meta.gid(),
+            dir.display()
+        );
+        Ok(PathBuf::from("."))
+    }
+    #[cfg(not(unix))]
+    Ok(dir.to_path_buf())
+}
+
+/// Drops root for `uid`/`gid` in every thread (glibc applies set*id process-wide), groups first
+/// because afterwards we may no longer change them.
+#[cfg(unix)]
+fn switch_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on integers; a null list with length 0 clears the groups.
+    let ok = unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The process umask for the binary: whatever the caller's umask, everything the server writes
+/// (database, JWT secret, backups, admin socket) is for its owner only.
+pub fn private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask cannot fail and only affects files created afterwards.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
