@@ -34,12 +34,9 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         Command::Users(UsersCommand::List) => {
             w(out, "id\tusername\temail\tdevice\tqueued".into());
             for user in app.storage.users() {
-                let user = user.map_err(|e| format!("{e:?}"))?;
-                let device = app.storage.device(user.id).map_err(|e| format!("{e:?}"))?;
-                let queued = app
-                    .storage
-                    .queue_len(user.id)
-                    .map_err(|e| format!("{e:?}"))?;
+                let user = user.map_err(|e| e.to_string())?;
+                let device = app.storage.device(user.id).map_err(|e| e.to_string())?;
+                let queued = app.storage.queue_len(user.id).map_err(|e| e.to_string())?;
                 let address = device.map_or_else(|| "-".to_string(), |d| d.address);
                 w(
                     out,
@@ -55,7 +52,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             app.storage
                 .delete_user(user.id)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| e.to_string())?;
             app.hub.close(user.id);
             w(
                 out,
@@ -75,13 +72,24 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             app.storage
                 .set_password(user.id, hash)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| e.to_string())?;
             w(
                 out,
                 format!(
                     "password of {} set; their older tokens are revoked",
                     user.username
                 ),
+            );
+        }
+        Command::Users(UsersCommand::Create {
+            username,
+            email,
+            password,
+        }) => {
+            let user = create_user(app, &username, &email, password).await?;
+            w(
+                out,
+                format!("created user {} (id {})", user.username, user.id),
             );
         }
         Command::Users(UsersCommand::ResetToken { username }) => {
@@ -98,20 +106,17 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 app.storage
                     .create_invite(&Sha256::digest(token.as_bytes()), crate::auth::now_secs())
                     .await
-                    .map_err(|e| format!("{e:?}"))?;
+                    .map_err(|e| e.to_string())?;
                 w(out, token);
             }
         }
         Command::Stats => {
-            let t = app.storage.totals().map_err(|e| format!("{e:?}"))?;
+            let t = app.storage.totals().map_err(|e| e.to_string())?;
             w(out, format!("users\t{}\ndevices\t{}\nqueued_messages\t{}\nprekeys\t{}\nkyber_prekeys\t{}\ninvites\t{}\nwebsocket_connections\t{}",
                 t.users, t.devices, t.queued_messages, t.prekeys, t.kyber_prekeys, t.invites, app.hub.connections()));
         }
         Command::Backup { .. } => {
-            app.storage
-                .backup(out)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+            app.storage.backup(out).await.map_err(|e| e.to_string())?;
         }
         Command::Restore { .. } => return Err("restore runs only with the server stopped".into()),
     }
@@ -121,14 +126,54 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
 fn find(app: &App, username: &str) -> Result<crate::models::User, String> {
     app.storage
         .user_by_name(username)
-        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no user named {username}"))
 }
 
+/// An account made by the operator: the checks of `POST /auth/users` (username rules, email,
+/// password strength, unique name and email), whatever `--registration` says.
+async fn create_user(
+    app: &App,
+    username: &str,
+    email: &str,
+    password: String,
+) -> Result<crate::models::User, String> {
+    let value = serde_json::json!({"username": username, "email": email, "password": password});
+    let req = crate::requests::Register::parse(&value).map_err(api_text)?;
+    crate::handlers::users::check_password("password", req.password, req.username, req.email)
+        .map_err(api_text)?;
+    let hash = app.hasher.hash(password.clone()).await;
+    let user = app
+        .storage
+        .create_user(req.username, req.email, hash, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!("user {} created by the operator", user.id);
+    Ok(user)
+}
+
+/// An API error as a sentence: the per-field messages of `invalid_data`, else the message.
 fn api_text(e: ApiError) -> String {
     match e {
-        ApiError::InvalidData(errors) => serde_json::to_string(&errors).unwrap_or_default(),
-        other => other.code().to_string(),
+        ApiError::InvalidData(errors) => {
+            let mut parts = Vec::new();
+            flatten(&errors, "", &mut parts);
+            parts.join(" ")
+        }
+        other => other.message().to_string(),
+    }
+}
+
+fn flatten(errors: &crate::error::FieldErrors, prefix: &str, parts: &mut Vec<String>) {
+    for (field, error) in errors {
+        match error {
+            crate::error::FieldError::Messages(texts) => {
+                parts.push(format!("{prefix}{field}: {}", texts.join(" ")))
+            }
+            crate::error::FieldError::Nested(inner) => {
+                flatten(inner, &format!("{prefix}{field}."), parts)
+            }
+        }
     }
 }
 
@@ -194,6 +239,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Users(UsersCommand::Delete { .. }) => "users delete",
         Command::Users(UsersCommand::SetPassword { .. }) => "users set-password",
         Command::Users(UsersCommand::ResetToken { .. }) => "users reset-token",
+        Command::Users(UsersCommand::Create { .. }) => "users create",
         Command::Invites { .. } => "invites",
         Command::Stats => "stats",
         Command::Backup { .. } => "backup",
@@ -203,9 +249,22 @@ fn command_name(c: &Command) -> &'static str {
 
 /// The command line side: through the socket of a running server, or in-process.
 pub async fn run_cli(config: Config, mut command: Command) -> Result<(), String> {
-    if let Command::Users(UsersCommand::SetPassword { password, .. }) = &mut command {
-        *password = read_password()?;
-    }
+    prepare_files(&mut command)?;
+    let generated = match &mut command {
+        Command::Users(UsersCommand::SetPassword { password, .. }) => {
+            *password = read_password()?;
+            false
+        }
+        Command::Users(UsersCommand::Create { password, .. }) => {
+            *password = read_new_password()?;
+            let generate = password.is_empty();
+            if generate {
+                *password = generate_password();
+            }
+            generate
+        }
+        _ => false,
+    };
     let socket = config.data_dir.join(SOCKET);
     let output: Vec<u8> = match (&command, std::os::unix::net::UnixStream::connect(&socket)) {
         (Command::Restore { .. }, Ok(_)) => {
@@ -215,11 +274,40 @@ pub async fn run_cli(config: Config, mut command: Command) -> Result<(), String>
         (_, Err(_)) => in_process(config, &command).await?,
     };
     match &command {
-        Command::Backup { file } => write_output(file, &output),
+        Command::Backup { file, .. } => write_output(file, &output),
+        Command::Users(UsersCommand::Create { password, .. }) if generated => {
+            let shown = format!("password: {password}\n(shown only this once)\n");
+            std::io::stdout()
+                .write_all(&[output, shown.into_bytes()].concat())
+                .map_err(|e| e.to_string())
+        }
         _ => std::io::stdout()
             .write_all(&output)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Files named on the command line are taken relative to where the operator stands (an
+/// offline command may enter the data dir later), and a backup never replaces a file unless
+/// told to: checked before any work, so a refused command changes nothing.
+fn prepare_files(command: &mut Command) -> Result<(), String> {
+    let file = match command {
+        Command::Backup { file, force } => {
+            if !*force && file != Path::new("-") && file.exists() {
+                return Err(format!(
+                    "{} exists already; choose another file name, or add --force to replace it",
+                    file.display()
+                ));
+            }
+            file
+        }
+        Command::Restore { file } => file,
+        _ => return Ok(()),
+    };
+    if file != Path::new("-") {
+        *file = std::path::absolute(&*file).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 fn through_socket(
@@ -245,7 +333,14 @@ fn through_socket(
         .collect())
 }
 
-async fn in_process(config: Config, command: &Command) -> Result<Vec<u8>, String> {
+async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, String> {
+    // Only the server creates a database; restore is the one command that fills a new one.
+    if !matches!(command, Command::Restore { .. }) {
+        crate::datadir::require_database(&config.data_dir)?;
+    }
+    if config.data_dir.exists() {
+        config.data_dir = crate::datadir::become_owner(&config.data_dir)?;
+    }
     let _lock = crate::server::lock_data_dir(&config.data_dir)
         .map_err(|e| format!("{e} (and its admin socket does not answer)"))?;
     let app = App::open(config)?;
@@ -266,8 +361,23 @@ async fn in_process(config: Config, command: &Command) -> Result<Vec<u8>, String
         }
         other => execute(&app, other.clone(), &mut out).await?,
     }
-    app.storage.flush().map_err(|e| format!("{e:?}"))?;
+    app.storage.flush().map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// The password of a new account: a line on standard input, or empty (generate one) when
+/// standard input is a terminal or has nothing.
+fn read_new_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        return Ok(String::new());
+    }
+    read_password()
+}
+
+/// 144 random bits: passes every strength rule and is typed once, then changed by its user.
+fn generate_password() -> String {
+    crate::crypto::b64::encode(&rand::random::<[u8; 18]>()).replace(['+', '/', '='], "x")
 }
 
 fn read_password() -> Result<String, String> {
@@ -292,8 +402,15 @@ fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
         return std::io::stdout().write_all(data).map_err(|e| e.to_string());
     }
     let tmp = file.with_extension("partial");
+    // A leftover temp file would keep its old owner and mode: start from a new one.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot replace {}: {e}", tmp.display()))
+        }
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     // A backup holds password hashes and tokens' hashes: readable by its owner only.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);

@@ -26,11 +26,18 @@ pub enum Registration {
 )]
 pub struct Config {
     /// Directory for the database, the generated JWT secret and the lock file.
-    #[arg(long, env = "SIGNAL_SERVER_DATA_DIR", default_value = "./data")]
+    /// Accepted before or after an operator command.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "SIGNAL_SERVER_LISTEN", default_value = "127.0.0.1:8000")]
+    /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port).
+    #[arg(long, env = "SIGNAL_SERVER_LISTEN", default_value = "127.0.0.1:8000",
+          value_parser = socket_addr)]
     pub listen: SocketAddr,
 
     /// PBKDF2-SHA256 iterations for new password hashes (stored hashes keep their own count).
@@ -99,8 +106,8 @@ pub struct Config {
     )]
     pub smtp_from: String,
 
-    /// Public base URL of this server, for links in mail.
-    #[arg(long, env = "SIGNAL_SERVER_PUBLIC_URL")]
+    /// Public base URL of this server (http:// or https://), for links in mail.
+    #[arg(long, env = "SIGNAL_SERVER_PUBLIC_URL", value_parser = public_url)]
     pub public_url: Option<String>,
 
     /// Lifetime of a password-reset token, in seconds.
@@ -115,8 +122,9 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
 
-    /// Address for `GET /metrics` (Prometheus text format); off when not given.
-    #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN")]
+    /// Address for `GET /metrics` (Prometheus text format), IP:PORT or HOST:PORT; off when not
+    /// given.
+    #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN", value_parser = socket_addr)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// An operator command instead of running the server. Commands reach a running server
@@ -144,6 +152,10 @@ pub enum Command {
     Backup {
         /// Output file (`-` for standard output).
         file: PathBuf,
+        /// Replace FILE if it exists already.
+        #[arg(long)]
+        #[serde(default)]
+        force: bool,
     },
     /// Load a backup into an empty data dir (server stopped).
     #[command(visible_alias = "import")]
@@ -168,4 +180,40 @@ pub enum UsersCommand {
     },
     /// Print a single-use password-reset uid and token to hand to the user.
     ResetToken { username: String },
+    /// Create an account (works with --registration closed). The password is read from standard
+    /// input; with nothing on standard input one is generated and printed once.
+    Create {
+        username: String,
+        /// The account's email address (optional, unique).
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(skip)]
+        #[serde(default)]
+        password: String,
+    },
+}
+
+/// `--listen` and `--metrics-listen`: an IP:PORT, or a HOST:PORT resolved once at start (the
+/// first address the resolver gives, e.g. `localhost:8005`).
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:8000 ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("the host name in {text} resolves to no address"))
+}
+
+/// `--public-url`: an absolute http(s) URL with a host, so that links in mail work.
+fn public_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && !text.contains(char::is_whitespace) => Ok(text.to_string()),
+        _ => Err("expected an absolute URL such as https://signal.example.org".into()),
+    }
 }
