@@ -6,7 +6,7 @@
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
 //! - `datadir`: the data dir's modes, the database check and owner switch of operator commands.
 //! - `app`: the shared state handed to every handler.
-//! - `routes`: every route, and rejections turned into JSON errors.
+//! - `routes`: every route, and rejections turned into JSON errors; `access`: the access log.
 //! - `handlers`: one module per resource (users, devices, keys, messages, ws).
 //! - `body`, `validate`, `requests`: reading bodies and parsing them into typed requests.
 //! - `models`: domain records and the wire shapes of responses.
@@ -17,6 +17,7 @@
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;

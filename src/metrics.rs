@@ -26,6 +26,7 @@ const ROUTES: &[&str] = &[
     "/prekeybundle/:username/:regId",
     "/messages/:regId",
     "/messages/:regId/ws",
+    "/",
 ];
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -95,6 +96,7 @@ fn route_index(path: &str) -> usize {
         ["prekeybundle", _, _] => "/prekeybundle/:username/:regId",
         ["messages", _] => "/messages/:regId",
         ["messages", _, "ws"] => "/messages/:regId/ws",
+        [] => "/",
         _ => return ROUTES.len(),
     };
     ROUTES
@@ -217,6 +219,13 @@ impl Metrics {
             "Open WebSocket connections.",
             app.hub.connections() as u64,
         );
+        let _ = write!(
+            out,
+            "# HELP signal_server_build_info The running version.\n\
+             # TYPE signal_server_build_info gauge\n\
+             signal_server_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
         out
     }
 }
@@ -237,6 +246,7 @@ mod tests {
         assert_eq!(route_of("/device/5/x"), "/device/*");
         assert_eq!(route_of("/auth/users/me"), "/auth/users/me");
         assert_eq!(route_of("/nope"), "other");
+        assert_eq!(route_of("/"), "/");
         assert_eq!(route_of("/messages"), "other");
         assert_eq!(route_of("/messages/1/ws/x"), "other");
     }

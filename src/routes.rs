@@ -36,7 +36,7 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Counts every answer for `/metrics`.
+/// Counts every answer for `/metrics` and writes the access log line.
 fn observe(app: &App) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone + Send> {
     let app = app.clone();
     warp::log::custom(move |info| {
@@ -46,6 +46,7 @@ fn observe(app: &App) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone + S
             info.status().as_u16(),
             info.elapsed(),
         );
+        crate::access::log(&info, &app.config.trusted_proxy);
     })
 }
 
@@ -142,16 +143,25 @@ fn client_ip(app: &App) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infa
                 .unify(),
         )
         .map(move |peer: Option<SocketAddr>, forwarded: Option<String>| {
-            let peer = peer.map(|p| p.ip());
-            match (peer, forwarded) {
-                (Some(p), Some(f)) if trusted.contains(&p) => f
-                    .rsplit(',')
-                    .next()
-                    .and_then(|ip| ip.trim().parse().ok())
-                    .or(Some(p)),
-                _ => peer,
-            }
+            client_of(&trusted, peer, forwarded.as_deref())
         })
+}
+
+/// The peer, or `X-Forwarded-For`'s last hop when the peer is one of the `trusted` proxies.
+pub fn client_of(
+    trusted: &[IpAddr],
+    peer: Option<SocketAddr>,
+    forwarded: Option<&str>,
+) -> Option<IpAddr> {
+    let peer = peer.map(|p| p.ip());
+    match (peer, forwarded) {
+        (Some(p), Some(f)) if trusted.contains(&p) => f
+            .rsplit(',')
+            .next()
+            .and_then(|ip| ip.trim().parse().ok())
+            .or(Some(p)),
+        _ => peer,
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -159,13 +169,37 @@ struct Health {
     status: &'static str,
 }
 
-/// GET /health
+/// GET /health, HEAD /health (health checkers often send HEAD), GET /
 fn health() -> BoxedFilter<(Response,)> {
-    warp::path!("health")
+    let get = warp::path!("health")
         .and(warp::path::end())
         .and(warp::get())
-        .map(|| warp::reply::json(&Health { status: "ok" }).into_response())
-        .boxed()
+        .map(|| warp::reply::json(&Health { status: "ok" }).into_response());
+    let head = warp::path!("health")
+        .and(warp::path::end())
+        .and(warp::head())
+        .map(|| warp::http::StatusCode::OK.into_response());
+    get.or(head).unify().or(root()).unify().boxed()
+}
+
+#[derive(serde::Serialize)]
+struct About {
+    name: &'static str,
+    version: &'static str,
+    docs: &'static str,
+}
+
+/// GET /: what answers here, for someone who opens the server's URL in a browser.
+fn root() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end().and(warp::get()).map(|| {
+        warp::reply::json(&About {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            // Where the API is described in the source of this version (no public site yet).
+            docs: "docs/API.md",
+        })
+        .into_response()
+    })
 }
 
 fn accounts(app: &App) -> BoxedFilter<(Response,)> {
