@@ -527,7 +527,7 @@ fn listen_takes_a_host_name_and_public_url_is_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_head_health_and_an_access_line_per_request_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
     let (status, body) = server.call("GET", "/", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let about: Value = serde_json::from_str(&body).unwrap();
@@ -565,6 +565,14 @@ async fn root_head_health_and_an_access_line_per_request_without_secrets() {
     let (status, _) = server.call("GET", "/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // The version and the `/` route in /metrics.
+    let metrics = scrape(&server).await;
+    let version = env!("CARGO_PKG_VERSION");
+    let build_info = format!("signal_server_build_info{{version=\"{version}\"}} 1");
+    assert!(metrics.lines().any(|l| l == build_info), "{metrics}");
+    let root = r#"signal_server_http_requests_total{route="/",method="GET",status="200"} 1"#;
+    assert!(metrics.lines().any(|l| l == root), "{metrics}");
+
     let logs = server.stop();
     assert!(
         logs.contains(&format!(
@@ -599,4 +607,19 @@ async fn root_head_health_and_an_access_line_per_request_without_secrets() {
     ] {
         assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
     }
+}
+
+/// The metrics text, from the address the server logs (`metrics on http://…/metrics`).
+async fn scrape(server: &Server) -> String {
+    let deadline = Instant::now() + BOUND;
+    let url = loop {
+        let logs = server.logs();
+        if let Some(rest) = logs.split("metrics on http://").nth(1) {
+            break format!("http://{}", rest.split_whitespace().next().unwrap());
+        }
+        assert!(Instant::now() < deadline, "no metrics address:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let res = reqwest::Client::new().get(url).timeout(BOUND).send().await;
+    res.expect("scrape").text().await.expect("metrics text")
 }
