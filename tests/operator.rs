@@ -365,16 +365,17 @@ fn data_dir_is_accepted_after_the_subcommand() {
     }
 }
 
-#[test]
-fn operator_errors_are_plain_sentences() {
-    let dir = data_dir();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_errors_are_plain_sentences() {
+    let dir = tempfile::tempdir().unwrap();
     let d = path(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let dora = json!({"username": "dora", "password": PASSWORD});
+    let (status, _) = server.call("POST", "/auth/users", Some(dora)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop();
     let err = run_err(&["--data-dir", d, "users", "delete", "nobody"], None);
     assert_plain(&err);
-    run_ok(
-        &["--data-dir", d, "users", "create", "dora"],
-        Some(&format!("{PASSWORD}\n")),
-    );
     // A weak password: the rule, said as a sentence (was a JSON object).
     let err = run_err(
         &["--data-dir", d, "users", "set-password", "dora"],
@@ -469,13 +470,21 @@ fn offline_command_as_root_keeps_files_owned_by_the_data_dir_owner() {
     let dir = data_dir();
     let nobody = 65534;
     chown_all(dir.path(), nobody);
+    let d = path(dir.path());
+    run_ok(&["--data-dir", d, "stats"], None);
+    assert_owned_by(dir.path(), nobody);
+    let password = format!("{PASSWORD}\n");
     run_ok(
-        &["--data-dir", path(dir.path()), "users", "create", "grace"],
-        Some(&format!("{PASSWORD}\n")),
+        &["--data-dir", d, "users", "create", "grace"],
+        Some(&password),
     );
-    for f in files_under(dir.path()) {
+    assert_owned_by(dir.path(), nobody);
+}
+
+fn assert_owned_by(dir: &Path, owner: u32) {
+    for f in files_under(dir) {
         let uid = std::fs::metadata(&f).unwrap().uid();
-        assert_eq!(uid, nobody, "{} belongs to uid {uid}", f.display());
+        assert_eq!(uid, owner, "{} belongs to uid {uid}", f.display());
     }
 }
 
