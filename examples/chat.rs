@@ -17,7 +17,7 @@
 //!
 //! ```sh
 //! cargo run --release -- --data-dir ./data          # terminal 1
-//! cargo run --example chat --features interop       # terminal 2
+//! cargo run --release --example chat --features interop   # terminal 2 (needs protoc)
 //! ```
 //!
 //! The server URL is `http://127.0.0.1:8000`, or `SIGNAL_SERVER_URL`, or the first argument.

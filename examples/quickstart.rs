@@ -4,11 +4,11 @@
 //!
 //! ```sh
 //! cargo run --release -- --data-dir ./data
-//! cargo run --example quickstart
+//! cargo run --release --example quickstart
 //! ```
 //!
 //! The server URL is `http://127.0.0.1:8000`; set `SIGNAL_SERVER_URL` or pass it as the first
-//! argument to use another (`cargo run --example quickstart -- http://127.0.0.1:9000`).
+//! argument to use another (`cargo run --release --example quickstart -- http://127.0.0.1:9000`).
 //!
 //! What it does: registers two users (alice_… and bob_…, random suffixes so it can run again),
 //! logs both in, gives each a device with real public keys, lets alice fetch bob's prekey bundle,
@@ -20,7 +20,7 @@
 //! "ciphertext" sent below is just base64 of a plain string, and the Kyber keys are random bytes
 //! of the right size. The server cannot tell the difference, because it never decrypts anything.
 //! For a real Signal session (PQXDH + Double Ratchet with libsignal) see `examples/chat.rs`:
-//! `cargo run --example chat --features interop`.
+//! `cargo run --release --example chat --features interop`.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -390,6 +390,6 @@ async fn run() -> Result<(), Error> {
     check(queue == json!([]), "empty queue after delete")?;
 
     println!("\nDone: {alice} and {bob} stay on the server. For real end-to-end encryption run");
-    println!("`cargo run --example chat --features interop`.");
+    println!("`cargo run --release --example chat --features interop`.");
     Ok(())
 }

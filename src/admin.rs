@@ -414,9 +414,13 @@ fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
     // A backup holds password hashes and tokens' hashes: readable by its owner only.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut f = options.open(&tmp).map_err(|e| {
+        format!(
+            "cannot write {}: {e}; choose a directory this user can write to, or write to \
+             standard output (`backup - > FILE`)",
+            tmp.display()
+        )
+    })?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
