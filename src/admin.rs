@@ -396,6 +396,14 @@ fn open_input(file: &Path) -> Result<Box<dyn BufRead + Send>, String> {
     Ok(Box::new(BufReader::new(f)))
 }
 
+fn unwritable(path: &Path, e: std::io::Error) -> String {
+    format!(
+        "cannot write {}: {e}; choose a directory this user can write to, or write to standard \
+         output (`backup - > FILE`)",
+        path.display()
+    )
+}
+
 /// Writes a backup atomically: a temp file beside it, synced, then renamed.
 fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
     if file == Path::new("-") {
@@ -404,9 +412,7 @@ fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
     let tmp = file.with_extension("partial");
     // A leftover temp file would keep its old owner and mode: start from a new one.
     match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("cannot replace {}: {e}", tmp.display()))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(unwritable(&tmp, e)),
         _ => {}
     }
     let mut options = std::fs::OpenOptions::new();
@@ -414,13 +420,7 @@ fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
     // A backup holds password hashes and tokens' hashes: readable by its owner only.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp).map_err(|e| {
-        format!(
-            "cannot write {}: {e}; choose a directory this user can write to, or write to \
-             standard output (`backup - > FILE`)",
-            tmp.display()
-        )
-    })?;
+    let mut f = options.open(&tmp).map_err(|e| unwritable(&tmp, e))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;

@@ -1,6 +1,6 @@
 //! The data dir on disk: created private (0700), tightened when an older version or a loose
 //! umask left it readable by others, and, for operator commands, checked to hold a database and
-//! entered as its owner so that a command run as root leaves no root-owned files behind.
+//! opened as its owner so that a command run as root leaves no root-owned files behind.
 
 use std::path::{Path, PathBuf};
 
@@ -48,9 +48,10 @@ pub fn require_database(dir: &Path) -> Result<(), String> {
 }
 
 /// When running as root on a data dir that belongs to another user (the service's), becomes
-/// that user for good, so that every file the command creates stays the service's. Enters the
-/// dir first (a `DynamicUser=` unit's dir sits under `/var/lib/private`, 0700 root) and answers
-/// the path to use from then on. Elsewhere answers `dir` unchanged.
+/// that user for good, so that every file the command creates stays the service's. Answers the
+/// path to use from then on: on Linux the dir is opened first and reached through
+/// `/proc/self/fd/N`, because a `DynamicUser=` unit's dir sits under `/var/lib/private` (0700
+/// root), which its owner cannot traverse. Elsewhere, and when not root, answers `dir`.
 pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
     #[cfg(unix)]
     {
@@ -64,8 +65,7 @@ pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
         if meta.uid() == 0 {
             return Ok(dir.to_path_buf());
         }
-        std::env::set_current_dir(dir)
-            .map_err(|e| format!("cannot enter the data dir {}: {e}", dir.display()))?;
+        let path = held_open(dir)?;
         switch_user(meta.uid(), meta.gid()).map_err(|e| {
             format!(
                 "cannot switch to uid {} (the owner of {}): {e}; run the command as that user",
@@ -79,9 +79,25 @@ pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
             meta.gid(),
             dir.display()
         );
-        Ok(PathBuf::from("."))
+        Ok(path)
     }
     #[cfg(not(unix))]
+    Ok(dir.to_path_buf())
+}
+
+/// A path to `dir` that works whoever we become: its descriptor, open for the rest of the
+/// process, under `/proc/self/fd` (which needs no search permission on `dir`'s parents).
+#[cfg(target_os = "linux")]
+fn held_open(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::fd::IntoRawFd;
+    let fd = std::fs::File::open(dir)
+        .map_err(|e| format!("cannot open the data dir {}: {e}", dir.display()))?
+        .into_raw_fd();
+    Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn held_open(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 

@@ -467,18 +467,31 @@ fn offline_command_as_root_keeps_files_owned_by_the_data_dir_owner() {
         eprintln!("skipped: needs root");
         return;
     }
-    let dir = data_dir();
+    // As under a `DynamicUser=` unit: the dir inside a parent only root may enter
+    // (/var/lib/private, 0700), reached through a symlink (/var/lib/signal-server).
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = private.path().join("signal-server");
+    Server::start(&dir, &[]).stop();
     let nobody = 65534;
-    chown_all(dir.path(), nobody);
-    let d = path(dir.path());
+    chown_all(&dir, nobody);
+    let link = tempfile::tempdir().unwrap();
+    let linked = link.path().join("signal-server");
+    std::os::unix::fs::symlink(&dir, &linked).unwrap();
+    let d = path(&linked);
     run_ok(&["--data-dir", d, "stats"], None);
-    assert_owned_by(dir.path(), nobody);
+    assert_owned_by(&dir, nobody);
     let password = format!("{PASSWORD}\n");
     run_ok(
         &["--data-dir", d, "users", "create", "grace"],
         Some(&password),
     );
-    assert_owned_by(dir.path(), nobody);
+    assert_owned_by(&dir, nobody);
+    // A file it cannot write as that user: the error says what to do instead.
+    let target = private.path().join("b.jsonl");
+    let err = run_err(&["--data-dir", d, "backup", path(&target)], None);
+    assert_plain(&err);
+    assert!(err.contains("backup - > FILE"), "{err}");
 }
 
 fn assert_owned_by(dir: &Path, owner: u32) {
