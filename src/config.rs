@@ -181,7 +181,7 @@ pub enum UsersCommand {
     /// Print a single-use password-reset uid and token to hand to the user.
     ResetToken { username: String },
     /// Create an account (works with --registration closed). The password is read from standard
-    /// input; with nothing on standard input one is generated and printed once.
+    /// input; when that is a terminal or empty, one is generated and printed once.
     Create {
         username: String,
         /// The account's email address (optional, unique).
