@@ -34,7 +34,9 @@ pub enum ApiError {
     RecipientIdentityChanged,
     ReachedMaxPrekeys,
     QueueFull,
-    Throttled { retry_after_secs: u64 },
+    Throttled {
+        retry_after_secs: u64,
+    },
     RegistrationClosed,
     PayloadTooLarge,
     LengthRequired,

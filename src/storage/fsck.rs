@@ -46,21 +46,44 @@ impl Storage {
         };
         let trees: [(&sled::Tree, Shape); 11] = [
             (&self.meta, shape(super::META, None, true, |_| true)),
-            (&self.users, shape(super::USERS, Some(8), true, decodes::<User>)),
-            (&self.usernames, shape(super::USERNAMES, None, true, id_value)),
+            (
+                &self.users,
+                shape(super::USERS, Some(8), true, decodes::<User>),
+            ),
+            (
+                &self.usernames,
+                shape(super::USERNAMES, None, true, id_value),
+            ),
             (&self.emails, shape(super::EMAILS, None, true, id_value)),
-            (&self.devices, shape(super::DEVICES, Some(8), true, decodes::<Device>)),
-            (&self.prekeys, shape(super::PREKEYS, Some(12), true, |v| v.len() == 33)),
+            (
+                &self.devices,
+                shape(super::DEVICES, Some(8), true, decodes::<Device>),
+            ),
+            (
+                &self.prekeys,
+                shape(super::PREKEYS, Some(12), true, |v| v.len() == 33),
+            ),
             (
                 &self.kyber_prekeys,
-                shape(super::KYBER_PREKEYS, Some(12), true, decodes::<SignedPreKey>),
+                shape(
+                    super::KYBER_PREKEYS,
+                    Some(12),
+                    true,
+                    decodes::<SignedPreKey>,
+                ),
             ),
-            (&self.messages, shape(super::MESSAGES, Some(16), true, decodes::<Message>)),
+            (
+                &self.messages,
+                shape(super::MESSAGES, Some(16), true, decodes::<Message>),
+            ),
             (
                 &self.message_index,
                 shape(super::MESSAGE_INDEX, Some(8), true, |v| v.len() == 16),
             ),
-            (&self.reset_tokens, shape(super::RESET_TOKENS, None, false, |v| v.len() == 20)),
+            (
+                &self.reset_tokens,
+                shape(super::RESET_TOKENS, None, false, |v| v.len() == 20),
+            ),
             (&self.invites, shape(super::INVITES, None, false, id_value)),
         ];
         let mut report = FsckReport {

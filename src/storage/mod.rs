@@ -41,8 +41,8 @@ pub use backup::BackupSummary;
 use commit::Committer;
 pub use devices::Stock;
 pub use fsck::FsckReport;
-pub use totals::Totals;
 pub use messages::DeleteOutcome;
+pub use totals::Totals;
 pub use users::ResetGrant;
 
 /// The on-disk layout version; bump it when a record or key layout changes.

@@ -69,9 +69,8 @@ impl Storage {
     pub fn totals(&self) -> Result<Totals, StoreError> {
         match self.counters.counted.get() {
             Some(Ok(())) => {
-                let get = |which: Count| {
-                    self.counters.counts[which as usize].load(Relaxed).max(0) as u64
-                };
+                let get =
+                    |which: Count| self.counters.counts[which as usize].load(Relaxed).max(0) as u64;
                 Ok(Totals {
                     users: get(Count::Users),
                     devices: get(Count::Devices),
@@ -92,7 +91,11 @@ impl Storage {
             (Count::Devices, &self.devices, super::DEVICES),
             (Count::QueuedMessages, &self.messages, super::MESSAGES),
             (Count::Prekeys, &self.prekeys, super::PREKEYS),
-            (Count::KyberPrekeys, &self.kyber_prekeys, super::KYBER_PREKEYS),
+            (
+                Count::KyberPrekeys,
+                &self.kyber_prekeys,
+                super::KYBER_PREKEYS,
+            ),
             (Count::Invites, &self.invites, super::INVITES),
         ];
         for (which, tree, name) in trees {
