@@ -119,3 +119,87 @@ fn count_tree(tree: &sled::Tree) -> Result<i64, sled::Error> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Device, Message, PreKey, SignedPreKey};
+
+    fn device() -> Device {
+        let spk = SignedPreKey {
+            key_id: 1,
+            public_key: vec![5; 33],
+            signature: vec![0; 64],
+        };
+        Device {
+            address: "a.1".into(),
+            registration_id: 7,
+            identity_key: vec![5; 33],
+            signed_prekey: spk,
+            last_resort_kyber: None,
+        }
+    }
+
+    fn ec(ids: std::ops::Range<u32>) -> Vec<PreKey> {
+        ids.map(|key_id| PreKey {
+            key_id,
+            public_key: vec![5; 33],
+        })
+        .collect()
+    }
+
+    fn message() -> Message {
+        Message {
+            id: 0,
+            sender_address: "s.1".into(),
+            sender_registration_id: 3,
+            content: "x".into(),
+            recipient_address: "r.1".into(),
+            timestamp: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn kept_totals_match_a_recount_after_every_kind_of_write() {
+        let (_dir, s) = super::super::temp();
+        s.count_totals().await.unwrap();
+        s.create_invite(b"inv", 1).await.unwrap();
+        s.create_invite(b"inv2", 1).await.unwrap();
+        let a = s
+            .create_user("a", "", "h".into(), Some(b"inv"))
+            .await
+            .unwrap();
+        let b = s.create_user("b", "", "h".into(), None).await.unwrap();
+        let c = s.create_user("c", "", "h".into(), None).await.unwrap();
+        for u in [a.id, b.id, c.id] {
+            s.create_device(u, &device(), &ec(0..5), &[]).await.unwrap();
+        }
+        assert!(s
+            .create_device(a.id, &device(), &ec(0..9), &[])
+            .await
+            .is_err());
+        s.add_prekeys(a.id, &ec(3..8), 100).await.unwrap();
+        s.pop_prekeys(b.id).await.unwrap();
+        let m = s.enqueue(a.id, message(), 10).await.unwrap();
+        for _ in 0..3 {
+            s.enqueue(b.id, message(), 10).await.unwrap();
+            s.enqueue(c.id, message(), 10).await.unwrap();
+        }
+        s.delete_messages(a.id, &[m.id, 12345]).await.unwrap();
+        s.delete_device(b.id).await.unwrap();
+        s.delete_user(c.id).await.unwrap();
+
+        let kept = s.totals().unwrap();
+        s.count_trees().unwrap();
+        assert_eq!(kept, s.totals().unwrap());
+        let want = Totals {
+            users: 2,
+            devices: 1,
+            queued_messages: 0,
+            prekeys: 8,
+            kyber_prekeys: 0,
+            invites: 1,
+        };
+        assert_eq!(kept, want);
+    }
+}
