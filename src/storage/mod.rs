@@ -17,7 +17,9 @@
 //!
 //! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
-//! `fsync` between all writers that arrived while the previous flush ran (group commit).
+//! `fsync` between all writers that arrived while the previous flush ran (group commit). A
+//! flush that fails or stalls fails storage for good: writes are refused from then on and the
+//! binary exits for its supervisor to restart it (fail-stop, see `commit`).
 
 mod backup;
 mod commit;
