@@ -111,6 +111,11 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             }
         }
         Command::Stats => {
+            // Counted once per process (at once in a running server), then kept by the verbs.
+            app.storage
+                .count_totals()
+                .await
+                .map_err(|e| e.to_string())?;
             let t = app.storage.totals().map_err(|e| e.to_string())?;
             w(out, format!("users\t{}\ndevices\t{}\nqueued_messages\t{}\nprekeys\t{}\nkyber_prekeys\t{}\ninvites\t{}\nwebsocket_connections\t{}",
                 t.users, t.devices, t.queued_messages, t.prekeys, t.kyber_prekeys, t.invites, app.hub.connections()));
@@ -119,7 +124,26 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             app.storage.backup(out).await.map_err(|e| e.to_string())?;
         }
         Command::Restore { .. } => return Err("restore runs only with the server stopped".into()),
+        Command::Fsck => fsck(app, out).await?,
     }
+    Ok(())
+}
+
+/// Reads every record; the report goes to `out` when all is well, and is the error otherwise
+/// (so that the command exits non-zero and prints it).
+async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<(), String> {
+    let storage = app.storage.clone();
+    let report = tokio::task::spawn_blocking(move || storage.fsck())
+        .await
+        .map_err(|e| format!("fsck stopped: {e}"))?;
+    let text = report.lines.join("\n");
+    if report.damaged {
+        return Err(format!(
+            "the database is damaged:\n{text}\n(see \"When things go wrong\" in docs/SELF_HOSTING.md)"
+        ));
+    }
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
     Ok(())
 }
 
@@ -244,6 +268,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Stats => "stats",
         Command::Backup { .. } => "backup",
         Command::Restore { .. } => "restore",
+        Command::Fsck => "fsck",
     }
 }
 

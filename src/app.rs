@@ -48,6 +48,7 @@ impl App {
             &config.data_dir.join("db"),
             &StorageOptions {
                 cache_capacity: config.cache_mb.saturating_mul(1 << 20),
+                flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
             },
         )
         .map_err(|e| format!("cannot open the database: {e}"))?;

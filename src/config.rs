@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN", value_parser = socket_addr)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Seconds a write may wait for its flush to disk; longer counts as a failed disk: the
+    /// server answers 503 and exits non-zero (for its supervisor to restart it).
+    #[arg(long, env = "SIGNAL_SERVER_FLUSH_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub flush_timeout: u64,
+
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the
     /// data dir themselves.
@@ -163,6 +169,8 @@ pub enum Command {
         /// Input file (`-` for standard input).
         file: PathBuf,
     },
+    /// Read every record of the database and report what is damaged; exits non-zero if any.
+    Fsck,
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ async fn main() {
     let _lock = server::lock_data_dir(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
     let app = App::open(config).unwrap_or_else(|e| fail(&e));
+    server::exit_on_storage_failure(&app);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));

@@ -1,6 +1,8 @@
 //! Prometheus metrics: requests by route, method and status, a latency histogram per route, and
 //! gauges read at scrape time (queued messages, prekey stock, accounts, live connections). Served
-//! on their own address (`--metrics-listen`), never on the public API.
+//! on their own address (`--metrics-listen`), never on the public API. The totals are the ones
+//! storage keeps up to date (a scrape never scans the database); a database too damaged to count
+//! leaves them out.
 
 use std::fmt::Write;
 use std::sync::atomic::AtomicU64;

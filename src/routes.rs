@@ -20,7 +20,7 @@ impl warp::reject::Reject for ApiError {}
 
 /// The whole API, with rejections turned into the JSON error shape.
 pub fn api(app: App) -> BoxedFilter<(Response,)> {
-    health()
+    health(&app)
         .or(accounts(&app))
         .unify()
         .or(device_routes(&app))
@@ -54,7 +54,10 @@ fn observe(app: &App) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone + S
 pub fn metrics(app: App) -> BoxedFilter<(Response,)> {
     warp::path!("metrics")
         .and(warp::get())
-        .map(move || {
+        .and(with_app(&app))
+        .then(|app: App| async move {
+            // Totals are counted once per process; a damaged database leaves them out.
+            let _ = app.storage.count_totals().await;
             let text = app.metrics.render(&app);
             warp::http::Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
@@ -169,16 +172,31 @@ struct Health {
     status: &'static str,
 }
 
-/// GET /health, HEAD /health (health checkers often send HEAD), GET /
-fn health() -> BoxedFilter<(Response,)> {
+/// GET /health, HEAD /health (health checkers often send HEAD), GET /. Health is 503
+/// `unavailable` once storage has failed (the process is about to exit).
+fn health(app: &App) -> BoxedFilter<(Response,)> {
     let get = warp::path!("health")
         .and(warp::path::end())
         .and(warp::get())
-        .map(|| warp::reply::json(&Health { status: "ok" }).into_response());
+        .and(with_app(app))
+        .map(|app: App| match app.storage.failure() {
+            None => warp::reply::json(&Health { status: "ok" }).into_response(),
+            Some(_) => warp::reply::with_status(
+                warp::reply::json(&Health {
+                    status: "unavailable",
+                }),
+                warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response(),
+        });
     let head = warp::path!("health")
         .and(warp::path::end())
         .and(warp::head())
-        .map(|| warp::http::StatusCode::OK.into_response());
+        .and(with_app(app))
+        .map(|app: App| match app.storage.failure() {
+            None => warp::http::StatusCode::OK.into_response(),
+            Some(_) => warp::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        });
     get.or(head).unify().or(root()).unify().boxed()
 }
 

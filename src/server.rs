@@ -43,6 +43,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sweeper = tokio::spawn(sweep(app.clone()));
+    // Totals for `stats` and `/metrics` are counted once, now, rather than on a first request.
+    let counter = app.clone();
+    tokio::spawn(async move { counter.storage.count_totals().await });
     let metrics = match app.config.metrics_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(listener) => {
@@ -82,6 +85,29 @@ pub async fn run(
     let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
     if let Err(e) = app.storage.flush() {
         log::error!("final flush failed: {e}");
+    }
+}
+
+/// Exits the process with status 1 shortly after storage fails. A graceful stop could hang
+/// (requests in flight may be blocked in sled, and its final flush may never return), and
+/// sled's recovery at the next start keeps everything a flush confirmed, so exiting loses
+/// nothing acknowledged. Runs on a thread of its own so that it works with every runtime
+/// thread blocked; the short grace lets the 503s already decided reach their clients.
+pub fn exit_on_storage_failure(app: &App) {
+    let storage = app.storage.clone();
+    let watch = move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let reason = runtime.block_on(storage.failed());
+        log::error!("exiting with status 1 after a storage failure: {reason}");
+        notify_systemd("STATUS=storage failed; exiting");
+        std::thread::sleep(Duration::from_secs(1));
+        std::process::exit(1)
+    };
+    let spawned = std::thread::Builder::new()
+        .name("fail-stop".into())
+        .spawn(move || -> std::io::Result<()> { watch() });
+    if let Err(e) = spawned {
+        log::error!("cannot watch storage for failures: {e}");
     }
 }
 

@@ -3,6 +3,7 @@
 use sled::Transactional;
 
 use super::keys;
+use super::totals::Count;
 use super::{abort, decode, decode_tx, encode, Storage, StoreError};
 use crate::models::{Device, PreKey, SignedPreKey};
 
@@ -29,9 +30,33 @@ impl Storage {
         prekeys: &[PreKey],
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
+        {
+            // Serialised with other creates and uploads of this user, so that the check below
+            // still holds when the clean-up after it runs.
+            let _user = self.user_lock(user_id);
+            self.create_device_locked(user_id, device, prekeys, kyber)?;
+        }
+        self.sync().await
+    }
+
+    /// `create_device` under the user's lock: checks first, then clears and writes.
+    fn create_device_locked(
+        &self,
+        user_id: u64,
+        device: &Device,
+        prekeys: &[PreKey],
+        kyber: &[SignedPreKey],
+    ) -> Result<(), StoreError> {
+        let id = keys::user(user_id);
+        // A refused create changes nothing: check before the clean-up below, which is not part
+        // of the transaction (a transaction cannot scan).
+        if self.devices.contains_key(id)? {
+            return Err(StoreError::DeviceExists);
+        }
         // Keys and messages left behind by an interrupted delete (or a send racing a delete) must
-        // not come back with the new device: clear them in the same step.
+        // not come back with the new device. With no device, nothing else can be queued for this
+        // user meanwhile (a send checks for the device).
         self.clear_queue(user_id)?;
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
         let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
@@ -40,32 +65,38 @@ impl Storage {
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
             .collect();
-        let id = keys::user(user_id);
-        (&self.devices, &self.prekeys, &self.kyber_prekeys).transaction(|(devices, ec, ky)| {
+        let tx = (&self.devices, &self.prekeys, &self.kyber_prekeys);
+        // The change in key stock, counted from what the transaction really removed and added.
+        let (ec_delta, kyber_delta) = tx.transaction(|(devices, ec, ky)| {
             if devices.get(id)?.is_some() {
                 return abort(StoreError::DeviceExists);
             }
+            let (mut ec_delta, mut kyber_delta) = (0i64, 0i64);
             for k in &stale_ec {
-                ec.remove(k.as_ref())?;
+                ec_delta -= i64::from(ec.remove(k.as_ref())?.is_some());
             }
             for k in &stale_kyber {
-                ky.remove(k.as_ref())?;
+                kyber_delta -= i64::from(ky.remove(k.as_ref())?.is_some());
             }
             for k in prekeys {
-                ec.insert(&keys::prekey(user_id, k.key_id), k.public_key.as_slice())?;
+                let key = keys::prekey(user_id, k.key_id);
+                ec_delta += i64::from(ec.insert(&key, k.public_key.as_slice())?.is_none());
             }
             for (k, v) in &kyber_records {
-                ky.insert(k, v.as_slice())?;
+                kyber_delta += i64::from(ky.insert(k, v.as_slice())?.is_none());
             }
             devices.insert(&id, record.as_slice())?;
-            Ok(())
+            Ok((ec_delta, kyber_delta))
         })?;
-        self.sync().await
+        self.count(Count::Devices, 1);
+        self.count(Count::Prekeys, ec_delta);
+        self.count(Count::KyberPrekeys, kyber_delta);
+        Ok(())
     }
 
     /// Removes the user's device, its keys and the messages queued for it.
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         if !self.remove_device_data(user_id)? {
             return Err(StoreError::NoDevice);
         }
@@ -75,12 +106,20 @@ impl Storage {
     /// Removes a user's device record, keys and queued messages; tells whether a device existed.
     pub(super) fn remove_device_data(&self, user_id: u64) -> Result<bool, StoreError> {
         let existed = self.devices.remove(keys::user(user_id))?.is_some();
-        for tree in [&self.prekeys, &self.kyber_prekeys] {
-            let mut batch = sled::Batch::default();
+        if existed {
+            self.count(Count::Devices, -1);
+        }
+        // Key by key, counting what `remove` returned: a pop racing this removal must not be
+        // subtracted twice.
+        for (tree, which) in [
+            (&self.prekeys, Count::Prekeys),
+            (&self.kyber_prekeys, Count::KyberPrekeys),
+        ] {
             for k in self.prefix_keys(tree, user_id)? {
-                batch.remove(k);
+                if tree.remove(k)?.is_some() {
+                    self.count(which, -1);
+                }
             }
-            tree.apply_batch(batch)?;
         }
         self.clear_queue(user_id)?;
         Ok(existed)
@@ -92,7 +131,7 @@ impl Storage {
         user_id: u64,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         self.update_device(user_id, |d| d.signed_prekey = key.clone())?;
         self.sync().await
     }
@@ -128,30 +167,5 @@ impl Storage {
             .keys()
             .map(|k| k.map_err(StoreError::from))
             .collect()
-    }
-}
-
-/// Totals over the whole database, for `signal-server stats` and `/metrics`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub users: u64,
-    pub devices: u64,
-    pub queued_messages: u64,
-    pub prekeys: u64,
-    pub kyber_prekeys: u64,
-    pub invites: u64,
-}
-
-impl Storage {
-    /// Totals over the whole database (counts every tree; for operators, not request paths).
-    pub fn totals(&self) -> Result<Totals, StoreError> {
-        Ok(Totals {
-            users: self.users.len() as u64,
-            devices: self.devices.len() as u64,
-            invites: self.invites.len() as u64,
-            prekeys: self.prekeys.len() as u64,
-            kyber_prekeys: self.kyber_prekeys.len() as u64,
-            queued_messages: self.messages.len() as u64,
-        })
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::totals::Count;
 use super::{decode, encode, keys, Storage, StoreError};
 use crate::models::Message;
 
@@ -22,7 +23,7 @@ impl Storage {
         mut message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         self.reserve_slot(recipient, cap)?;
         let written = (|| {
             if self.devices.get(keys::user(recipient))?.is_none() {
@@ -37,6 +38,7 @@ impl Storage {
             )?;
             self.messages
                 .insert(keys::message(recipient, message.id), encode(&message))?;
+            self.count(Count::QueuedMessages, 1);
             Ok(())
         })();
         if let Err(e) = written {
@@ -107,7 +109,7 @@ impl Storage {
         recipient: u64,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let mut outcomes = Vec::with_capacity(ids.len());
         for &id in ids {
             outcomes.push(self.remove_message(recipient, id)?);
@@ -127,6 +129,7 @@ impl Storage {
         {
             self.message_index.remove(id.to_be_bytes())?;
             self.adjust_queue_len(recipient, -1);
+            self.count(Count::QueuedMessages, -1);
             return Ok(DeleteOutcome::Deleted);
         }
         match self.message_index.get(id.to_be_bytes())? {
@@ -147,7 +150,9 @@ impl Storage {
             if let Some(id) = keys::message_id(&k) {
                 self.message_index.remove(id.to_be_bytes())?;
             }
-            self.messages.remove(k)?;
+            if self.messages.remove(k)?.is_some() {
+                self.count(Count::QueuedMessages, -1);
+            }
         }
         self.lock_lens().remove(&recipient);
         Ok(())
@@ -156,7 +161,7 @@ impl Storage {
     /// Deletes messages queued before `cutoff_ms`. Ids grow with time, so the sweep walks the
     /// index from the oldest id and stops at the first message that is young enough.
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let mut removed = 0;
         for entry in self.message_index.iter() {
             let (k, v) = entry?;

@@ -12,18 +12,23 @@
 //!   so a crash in between leaves at most an index entry without a message (read as "no such
 //!   message" and cleaned up), never a message that cannot be found or deleted.
 //! - Counts: prekey stock is counted from the tree (at most the cap per device); queue lengths
-//!   are kept in memory, counted from the tree on first use after a start.
+//!   are kept in memory, counted from the tree on first use after a start; totals over the
+//!   whole database are counted once per process and then kept by the verbs (`totals`).
 //!
 //! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
-//! `fsync` between all writers that arrived while the previous flush ran (group commit).
+//! `fsync` between all writers that arrived while the previous flush ran (group commit). A
+//! flush that fails or stalls fails storage for good: writes are refused from then on and the
+//! binary exits for its supervisor to restart it (fail-stop, see `commit`).
 
 mod backup;
 mod commit;
 mod devices;
+mod fsck;
 pub mod keys;
 mod messages;
 mod prekeys;
+mod totals;
 mod users;
 
 use std::collections::HashMap;
@@ -36,8 +41,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use backup::BackupSummary;
 use commit::Committer;
-pub use devices::{Stock, Totals};
+pub use devices::Stock;
+pub use fsck::FsckReport;
 pub use messages::DeleteOutcome;
+pub use totals::Totals;
 pub use users::ResetGrant;
 
 /// The on-disk layout version; bump it when a record or key layout changes.
@@ -78,6 +85,8 @@ pub enum StoreError {
     InvalidInvite,
     Db(String),
     Corrupt(String),
+    /// Storage has failed (an I/O error or a stalled flush); nothing was acknowledged.
+    Unavailable(String),
 }
 
 /// Plain sentences for operators (the admin commands and the binary print these).
@@ -98,6 +107,10 @@ impl std::fmt::Display for StoreError {
                  belongs to the user running signal-server"
             ),
             StoreError::Corrupt(e) => write!(f, "{e}"),
+            StoreError::Unavailable(e) => write!(
+                f,
+                "storage has failed ({e}); check free disk space, then restart signal-server"
+            ),
         }
     }
 }
@@ -112,7 +125,12 @@ pub fn holds_database(dir: &Path) -> bool {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Db(e.to_string())
+        match e {
+            // The disk failed us (full, gone): the caller may retry once the server is back.
+            sled::Error::Io(e) => StoreError::Unavailable(format!("I/O error: {e}")),
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            e => StoreError::Db(e.to_string()),
+        }
     }
 }
 
@@ -136,6 +154,8 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
 pub struct StorageOptions {
     /// sled's page cache, in bytes.
     pub cache_capacity: u64,
+    /// Longest a write waits for its flush before storage counts as failed.
+    pub flush_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -159,10 +179,13 @@ pub struct Storage {
     /// Queue length per recipient, counted from the tree on first use after start and kept
     /// up to date by enqueue and delete: the cap check needs no scan and no transaction.
     queue_lens: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
-    /// Serialises key uploads per user (striped), so that two uploads cannot both pass the cap.
+    /// Serialises key uploads and device creation per user (striped), so that two uploads
+    /// cannot both pass the cap and a refused create cannot clean up after an accepted one.
     upload_locks: Arc<Vec<std::sync::Mutex<()>>>,
     /// Added to sled's id generator: after an import, new ids start above every imported one.
     id_offset: Arc<std::sync::atomic::AtomicU64>,
+    /// Totals for `stats` and `/metrics`, kept by the write verbs (see `totals`).
+    counters: Arc<totals::Counters>,
 }
 
 impl Storage {
@@ -207,7 +230,8 @@ impl Storage {
             queue_lens: Arc::default(),
             upload_locks: Arc::new((0..64).map(|_| std::sync::Mutex::new(())).collect()),
             id_offset: Arc::new(id_offset.into()),
-            committer: Arc::new(Committer::start(db.clone())),
+            counters: Arc::default(),
+            committer: Arc::new(Committer::start(db.clone(), options.flush_timeout)),
             db,
         })
     }
@@ -217,10 +241,22 @@ impl Storage {
         self.committer.wait().await
     }
 
-    /// Flushes synchronously; used at shutdown.
+    /// Flushes synchronously; used at shutdown. Not after a failure: that flush could block
+    /// forever, and sled's recovery keeps everything an earlier flush confirmed.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.committer.check()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Why storage failed (an I/O error or a stalled flush), if it did; for `/health`.
+    pub fn failure(&self) -> Option<String> {
+        self.committer.health().failure()
+    }
+
+    /// Resolves with the reason once storage has failed (the binary then exits non-zero).
+    pub async fn failed(&self) -> String {
+        self.committer.health().failed().await
     }
 
     /// A fresh id, never handed out before, even across crashes.
@@ -229,9 +265,19 @@ impl Storage {
         Ok(self.db.generate_id()? + 1 + self.id_offset.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Held by every write verb (shared), so a backup (exclusive) sees one instant.
-    async fn writing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().await
+    /// The per-user lock (striped) of uploads and device creation; never held across an await.
+    fn user_lock(&self, user_id: u64) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = &self.upload_locks[(user_id % self.upload_locks.len() as u64) as usize];
+        stripe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by every write verb (shared), so a backup (exclusive) sees one instant. Refuses at
+    /// once when storage has failed, before anything is written.
+    async fn writing(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, StoreError> {
+        self.committer.check()?;
+        Ok(self.gate.read().await)
     }
 }
 
@@ -257,6 +303,7 @@ pub(crate) fn temp() -> (tempfile::TempDir, Storage) {
         dir.path(),
         &StorageOptions {
             cache_capacity: 8 << 20,
+            flush_timeout: std::time::Duration::from_secs(30),
         },
     )
     .expect("open");

@@ -1,5 +1,6 @@
 //! One-time prekeys: uploads under a per-device cap, and the pop that hands each key out once.
 
+use super::totals::Count;
 use super::{decode, encode, keys, Storage, StoreError};
 use crate::models::{Popped, PreKey, SignedPreKey};
 
@@ -12,12 +13,13 @@ impl Storage {
         new: &[PreKey],
         cap: u32,
     ) -> Result<u32, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let records: Vec<_> = new
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), k.public_key.clone()))
             .collect();
-        let count = self.add_keys(user_id, &self.prekeys, &records, cap, None)?;
+        let tree = (&self.prekeys, Count::Prekeys);
+        let count = self.add_keys(user_id, tree, &records, cap, None)?;
         self.sync().await?;
         Ok(count)
     }
@@ -30,12 +32,13 @@ impl Storage {
         last_resort: Option<&SignedPreKey>,
         cap: u32,
     ) -> Result<u32, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let records: Vec<_> = new
             .iter()
             .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
             .collect();
-        let count = self.add_keys(user_id, &self.kyber_prekeys, &records, cap, last_resort)?;
+        let tree = (&self.kyber_prekeys, Count::KyberPrekeys);
+        let count = self.add_keys(user_id, tree, &records, cap, last_resort)?;
         self.sync().await?;
         Ok(count)
     }
@@ -45,19 +48,17 @@ impl Storage {
     fn add_keys(
         &self,
         user_id: u64,
-        tree: &sled::Tree,
+        (tree, which): (&sled::Tree, Count),
         records: &[([u8; 12], Vec<u8>)],
         cap: u32,
         last_resort: Option<&SignedPreKey>,
     ) -> Result<u32, StoreError> {
-        let stripe = &self.upload_locks[(user_id % self.upload_locks.len() as u64) as usize];
-        let _upload = stripe
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _upload = self.user_lock(user_id);
         if self.devices.get(keys::user(user_id))?.is_none() {
             return Err(StoreError::NoDevice);
         }
-        let mut count = count_prefix(tree, user_id)?;
+        let before = count_prefix(tree, user_id)?;
+        let mut count = before;
         for (k, _) in records {
             if !tree.contains_key(k)? {
                 count += 1;
@@ -71,6 +72,9 @@ impl Storage {
             batch.insert(k.as_slice(), v.as_slice());
         }
         tree.apply_batch(batch)?;
+        // Exact unless a pop takes a key this upload replaces in the same instant (the total
+        // is then one low until the next start); pops do not wait for uploads.
+        self.count(which, i64::from(count) - i64::from(before));
         if let Some(key) = last_resort {
             self.update_device(user_id, |d| d.last_resort_kyber = Some(key.clone()))?;
         }
@@ -81,9 +85,11 @@ impl Storage {
     /// once ever, and returns once the removal is on disk. The last-resort Kyber key is not taken
     /// here (it lives in the device record).
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let ec = pop_lowest(&self.prekeys, user_id)?;
+        self.count(Count::Prekeys, -i64::from(ec.is_some()));
         let kyber = pop_lowest(&self.kyber_prekeys, user_id)?;
+        self.count(Count::KyberPrekeys, -i64::from(kyber.is_some()));
         let popped = Popped {
             prekey: ec.map(|(id, v)| PreKey {
                 key_id: id,

@@ -2,6 +2,7 @@
 
 use sled::Transactional;
 
+use super::totals::Count;
 use super::{abort, decode, decode_tx, encode, keys, Storage, StoreError};
 use crate::models::User;
 
@@ -24,7 +25,7 @@ impl Storage {
         password_hash: String,
         invite: Option<&[u8]>,
     ) -> Result<User, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let user = User {
             id: self.next_id()?,
             username: username.to_string(),
@@ -57,6 +58,8 @@ impl Storage {
                 Ok(())
             },
         )?;
+        self.count(Count::Users, 1);
+        self.count(Count::Invites, -i64::from(invite.is_some()));
         self.sync().await?;
         Ok(user)
     }
@@ -95,7 +98,7 @@ impl Storage {
         user_id: u64,
         password_hash: String,
     ) -> Result<User, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let key = keys::user(user_id);
         let user = self.users.transaction(|users| {
             let Some(v) = users.get(key)? else {
@@ -115,7 +118,7 @@ impl Storage {
     /// stay. The account record goes first, in one transaction with its indexes, so the user and
     /// their tokens are gone even if the clean-up after it is interrupted.
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let key = keys::user(user_id);
         (&self.users, &self.usernames, &self.emails).transaction(|(users, names, emails)| {
             let Some(v) = users.remove(&key)? else {
@@ -128,6 +131,7 @@ impl Storage {
             }
             Ok(())
         })?;
+        self.count(Count::Users, -1);
         self.remove_device_data(user_id)?;
         self.sync().await
     }
@@ -138,7 +142,7 @@ impl Storage {
         token_hash: &[u8],
         grant: &ResetGrant,
     ) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let value = keys::reset_grant(grant.user_id, grant.expires_at, grant.token_version);
         self.reset_tokens.insert(token_hash, &value)?;
         self.sync().await
@@ -149,7 +153,7 @@ impl Storage {
         &self,
         token_hash: &[u8],
     ) -> Result<Option<ResetGrant>, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let Some(v) = self.reset_tokens.remove(token_hash)? else {
             return Ok(None);
         };
@@ -168,7 +172,7 @@ impl Storage {
 
     /// Drops expired reset grants; run by the background sweeper.
     pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
-        let _writing = self.writing().await;
+        let _writing = self.writing().await?;
         let mut removed = 0;
         for entry in self.reset_tokens.iter() {
             let (k, v) = entry?;
@@ -194,8 +198,14 @@ impl Storage {
         token_hash: &[u8],
         created_at: u64,
     ) -> Result<(), StoreError> {
-        let _writing = self.writing().await;
-        self.invites.insert(token_hash, &created_at.to_be_bytes())?;
+        let _writing = self.writing().await?;
+        if self
+            .invites
+            .insert(token_hash, &created_at.to_be_bytes())?
+            .is_none()
+        {
+            self.count(Count::Invites, 1);
+        }
         self.sync().await
     }
 

@@ -1,0 +1,166 @@
+//! `signal-server fsck`: reads every record of every tree and reports what cannot be read or
+//! decoded. sled's iterator repeats a read error forever, so a tree is read up to its first
+//! unreadable page and reported from there; the other trees are still read.
+
+use std::fmt::Write;
+
+use serde::de::DeserializeOwned;
+
+use super::{decode, keys, Storage};
+use crate::models::{Device, Message, SignedPreKey, User};
+
+/// Bad records reported one by one per tree; beyond this they are only counted.
+const SHOWN: usize = 10;
+
+/// What `fsck` found: one line per tree, and whether anything is damaged.
+pub struct FsckReport {
+    pub lines: Vec<String>,
+    pub damaged: bool,
+}
+
+/// How a tree's records must look: key length, and a check of the value.
+struct Shape {
+    name: &'static str,
+    key_len: Option<usize>,
+    /// Whether keys may be shown (not for hashes of tokens).
+    show_keys: bool,
+    value_ok: fn(&[u8]) -> bool,
+}
+
+fn decodes<T: DeserializeOwned>(v: &[u8]) -> bool {
+    decode::<T>(v).is_ok()
+}
+
+fn id_value(v: &[u8]) -> bool {
+    v.len() == 8
+}
+
+impl Storage {
+    /// Reads every record of every tree (a full scan: for operators, never a request path).
+    pub fn fsck(&self) -> FsckReport {
+        let shape = |name, key_len, show_keys, value_ok| Shape {
+            name,
+            key_len,
+            show_keys,
+            value_ok,
+        };
+        let trees: [(&sled::Tree, Shape); 11] = [
+            (&self.meta, shape(super::META, None, true, |_| true)),
+            (
+                &self.users,
+                shape(super::USERS, Some(8), true, decodes::<User>),
+            ),
+            (
+                &self.usernames,
+                shape(super::USERNAMES, None, true, id_value),
+            ),
+            (&self.emails, shape(super::EMAILS, None, true, id_value)),
+            (
+                &self.devices,
+                shape(super::DEVICES, Some(8), true, decodes::<Device>),
+            ),
+            (
+                &self.prekeys,
+                shape(super::PREKEYS, Some(12), true, |v| v.len() == 33),
+            ),
+            (
+                &self.kyber_prekeys,
+                shape(
+                    super::KYBER_PREKEYS,
+                    Some(12),
+                    true,
+                    decodes::<SignedPreKey>,
+                ),
+            ),
+            (
+                &self.messages,
+                shape(super::MESSAGES, Some(16), true, decodes::<Message>),
+            ),
+            (
+                &self.message_index,
+                shape(super::MESSAGE_INDEX, Some(8), true, |v| v.len() == 16),
+            ),
+            (
+                &self.reset_tokens,
+                shape(super::RESET_TOKENS, None, false, |v| v.len() == 20),
+            ),
+            (&self.invites, shape(super::INVITES, None, false, id_value)),
+        ];
+        let mut report = FsckReport {
+            lines: Vec::new(),
+            damaged: false,
+        };
+        for (tree, shape) in trees {
+            let (line, damaged) = check_tree(tree, &shape);
+            report.lines.push(line);
+            report.damaged |= damaged;
+        }
+        report
+    }
+}
+
+/// One tree: its line of the report, and whether it is damaged.
+fn check_tree(tree: &sled::Tree, shape: &Shape) -> (String, bool) {
+    let (mut ok, mut bad) = (0u64, Vec::new());
+    let mut last_good: Option<sled::IVec> = None;
+    for entry in tree.iter() {
+        let (k, v) = match entry {
+            Ok(kv) => kv,
+            Err(e) => {
+                let after = match &last_good {
+                    Some(k) => format!("after key {}", show(shape, k)),
+                    None => "at its start".into(),
+                };
+                let mut line = format!(
+                    "{}\tDAMAGED: unreadable {after} ({e}); {ok} records read before it",
+                    shape.name
+                );
+                list_bad(&mut line, shape, &bad);
+                return (line, true);
+            }
+        };
+        if shape.key_len.is_some_and(|n| n != k.len()) || !(shape.value_ok)(&v) {
+            bad.push(k.clone());
+        } else {
+            ok += 1;
+        }
+        last_good = Some(k);
+    }
+    if bad.is_empty() {
+        return (format!("{}\tok, {ok} records", shape.name), false);
+    }
+    let mut line = format!("{}\tDAMAGED: {ok} records ok", shape.name);
+    list_bad(&mut line, shape, &bad);
+    (line, true)
+}
+
+fn list_bad(line: &mut String, shape: &Shape, bad: &[sled::IVec]) {
+    if bad.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = bad.iter().take(SHOWN).map(|k| show(shape, k)).collect();
+    let _ = write!(line, ", {} undecodable: {}", bad.len(), shown.join(" "));
+    if bad.len() > SHOWN {
+        line.push_str(" ...");
+    }
+}
+
+/// A key as the operator can look it up: ids as numbers, names as text, hashes not at all.
+fn show(shape: &Shape, key: &[u8]) -> String {
+    if !shape.show_keys {
+        return format!("<{} bytes>", key.len());
+    }
+    match shape.key_len {
+        Some(8) => keys::decode_u64(key).map_or_else(|| hex(key), |id| id.to_string()),
+        Some(_) => {
+            let user = keys::decode_u64(key).unwrap_or_default();
+            let rest = key.get(8..).map(hex).unwrap_or_default();
+            format!("{user}/{rest}")
+        }
+        None => String::from_utf8(key.to_vec()).unwrap_or_else(|_| hex(key)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

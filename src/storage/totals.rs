@@ -1,0 +1,205 @@
+//! Totals over the whole database for `signal-server stats` and `/metrics`, without a scan per
+//! request: every tree is counted once per process (writers held off meanwhile, so no write is
+//! counted twice or missed), then the write verbs keep the counts up to date.
+//!
+//! The count stops at the first record it cannot read: sled's iterator returns the same error
+//! forever, so counting past it (as `Tree::len` does) would spin. A damaged database then has
+//! no totals until it is repaired, and says so (`signal-server fsck` names the damage).
+
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use super::{Storage, StoreError};
+
+/// What the write verbs count.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Count {
+    Users,
+    Devices,
+    QueuedMessages,
+    Prekeys,
+    KyberPrekeys,
+    Invites,
+}
+
+/// Totals over the whole database.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub users: u64,
+    pub devices: u64,
+    pub queued_messages: u64,
+    pub prekeys: u64,
+    pub kyber_prekeys: u64,
+    pub invites: u64,
+}
+
+/// The counts, and whether (and how) the first count ended.
+#[derive(Default)]
+pub(super) struct Counters {
+    counts: [AtomicI64; 6],
+    counted: tokio::sync::OnceCell<Result<(), String>>,
+}
+
+impl Storage {
+    /// Adds `delta` to a total; called by a write verb, while it holds the write gate, once its
+    /// write has succeeded.
+    pub(super) fn count(&self, which: Count, delta: i64) {
+        if delta != 0 {
+            self.counters.counts[which as usize].fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// Counts every tree, the first time it is called in this process; later calls return the
+    /// first one's outcome at once. Writers wait while it runs.
+    pub async fn count_totals(&self) -> Result<(), StoreError> {
+        let outcome = self
+            .counters
+            .counted
+            .get_or_init(|| async {
+                let _exclusive = self.gate.write().await;
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.count_trees())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the count stopped: {e}")))
+            })
+            .await;
+        outcome.clone().map_err(StoreError::Corrupt)
+    }
+
+    /// The totals, once `count_totals` has run; an error if it has not, or met damage.
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        match self.counters.counted.get() {
+            Some(Ok(())) => {
+                let get =
+                    |which: Count| self.counters.counts[which as usize].load(Relaxed).max(0) as u64;
+                Ok(Totals {
+                    users: get(Count::Users),
+                    devices: get(Count::Devices),
+                    queued_messages: get(Count::QueuedMessages),
+                    prekeys: get(Count::Prekeys),
+                    kyber_prekeys: get(Count::KyberPrekeys),
+                    invites: get(Count::Invites),
+                })
+            }
+            Some(Err(e)) => Err(StoreError::Corrupt(e.clone())),
+            None => Err(StoreError::Db("the totals are still being counted".into())),
+        }
+    }
+
+    fn count_trees(&self) -> Result<(), String> {
+        let trees = [
+            (Count::Users, &self.users, super::USERS),
+            (Count::Devices, &self.devices, super::DEVICES),
+            (Count::QueuedMessages, &self.messages, super::MESSAGES),
+            (Count::Prekeys, &self.prekeys, super::PREKEYS),
+            (
+                Count::KyberPrekeys,
+                &self.kyber_prekeys,
+                super::KYBER_PREKEYS,
+            ),
+            (Count::Invites, &self.invites, super::INVITES),
+        ];
+        for (which, tree, name) in trees {
+            let n = count_tree(tree).map_err(|e| {
+                let why = format!("tree {name} cannot be read ({e}); run `signal-server fsck`");
+                log::error!("counting the database: {why}");
+                why
+            })?;
+            self.counters.counts[which as usize].store(n, Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Keys in `tree`, stopping at the first read error.
+fn count_tree(tree: &sled::Tree) -> Result<i64, sled::Error> {
+    let mut n = 0;
+    for key in tree.iter().keys() {
+        key?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Device, Message, PreKey, SignedPreKey};
+
+    fn device() -> Device {
+        let spk = SignedPreKey {
+            key_id: 1,
+            public_key: vec![5; 33],
+            signature: vec![0; 64],
+        };
+        Device {
+            address: "a.1".into(),
+            registration_id: 7,
+            identity_key: vec![5; 33],
+            signed_prekey: spk,
+            last_resort_kyber: None,
+        }
+    }
+
+    fn ec(ids: std::ops::Range<u32>) -> Vec<PreKey> {
+        ids.map(|key_id| PreKey {
+            key_id,
+            public_key: vec![5; 33],
+        })
+        .collect()
+    }
+
+    fn message() -> Message {
+        Message {
+            id: 0,
+            sender_address: "s.1".into(),
+            sender_registration_id: 3,
+            content: "x".into(),
+            recipient_address: "r.1".into(),
+            timestamp: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn kept_totals_match_a_recount_after_every_kind_of_write() {
+        let (_dir, s) = super::super::temp();
+        s.count_totals().await.unwrap();
+        s.create_invite(b"inv", 1).await.unwrap();
+        s.create_invite(b"inv2", 1).await.unwrap();
+        let a = s
+            .create_user("a", "", "h".into(), Some(b"inv"))
+            .await
+            .unwrap();
+        let b = s.create_user("b", "", "h".into(), None).await.unwrap();
+        let c = s.create_user("c", "", "h".into(), None).await.unwrap();
+        for u in [a.id, b.id, c.id] {
+            s.create_device(u, &device(), &ec(0..5), &[]).await.unwrap();
+        }
+        assert!(s
+            .create_device(a.id, &device(), &ec(0..9), &[])
+            .await
+            .is_err());
+        s.add_prekeys(a.id, &ec(3..8), 100).await.unwrap();
+        s.pop_prekeys(b.id).await.unwrap();
+        let m = s.enqueue(a.id, message(), 10).await.unwrap();
+        for _ in 0..3 {
+            s.enqueue(b.id, message(), 10).await.unwrap();
+            s.enqueue(c.id, message(), 10).await.unwrap();
+        }
+        s.delete_messages(a.id, &[m.id, 12345]).await.unwrap();
+        s.delete_device(b.id).await.unwrap();
+        s.delete_user(c.id).await.unwrap();
+
+        let kept = s.totals().unwrap();
+        s.count_trees().unwrap();
+        assert_eq!(kept, s.totals().unwrap());
+        let want = Totals {
+            users: 2,
+            devices: 1,
+            queued_messages: 0,
+            prekeys: 8,
+            kyber_prekeys: 0,
+            invites: 1,
+        };
+        assert_eq!(kept, want);
+    }
+}
