@@ -4,6 +4,7 @@
 //! - `config`: the command line and environment (`Config`, operator `Command`s).
 //! - `admin`: operator commands, over the admin socket of a running server or in-process.
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
+//! - `net`: the accept loop: connection cap, header-read and idle timeouts, shutdown deadline.
 //! - `app`: the shared state handed to every handler.
 //! - `routes`: every route, and rejections turned into JSON errors.
 //! - `handlers`: one module per resource (users, devices, keys, messages, ws).
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod mail;
 pub mod metrics;
 pub mod models;
+pub mod net;
 pub mod password;
 pub mod ratelimit;
 pub mod requests;

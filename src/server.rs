@@ -28,7 +28,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, closes live
-/// sockets, lets requests in flight finish and flushes storage.
+/// sockets, lets requests in flight finish (up to `--shutdown-timeout`) and flushes storage.
 pub async fn run(
     listener: TcpListener,
     app: App,
@@ -61,11 +61,8 @@ pub async fn run(
         log::info!("shutting down");
         hub_app.hub.close_all();
     };
-    warp::serve(crate::routes::api(app.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let limits = crate::net::Limits::from_config(&app.config);
+    crate::net::serve(listener, crate::routes::api(app.clone()), limits, shutdown).await;
     sweeper.abort();
     admin.abort();
     if let Some(m) = metrics {
