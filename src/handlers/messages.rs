@@ -63,11 +63,15 @@ fn created_json(text: String) -> warp::reply::Response {
     res
 }
 
+/// Stored bytes one GET /messages page may hold (at least one message): ten connections that
+/// ask for a page and never read it must not pin gigabytes.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 /// GET /messages/<regId>
 pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
     app.own_device(&user, reg_id)?;
     let limit = requests::limit(query.as_deref())?;
-    let messages = app.storage.messages(user.id, 0, limit)?;
+    let messages = app.storage.messages_page(user.id, 0, limit, PAGE_BYTES)?;
     let out: Vec<MessageOut> = messages.iter().map(MessageOut::from).collect();
     json(StatusCode::OK, &out)
 }
