@@ -1,7 +1,5 @@
 //! Sending, fetching and deleting queued messages.
 
-use std::sync::Arc;
-
 use warp::http::StatusCode;
 
 use super::{json, Answer};
@@ -48,8 +46,7 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
         })?;
     let text = serde_json::to_string(&MessageOut::from(&message))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.hub
-        .deliver(recipient.id, message.id, Arc::from(text.as_str()));
+    app.hub.deliver(recipient.id, message.id);
     Ok(created_json(text))
 }
 
