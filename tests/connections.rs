@@ -369,3 +369,101 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_deadline() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// Registers `name` on the binary at `base`, logs in and creates a device with real keys.
+async fn binary_user(http: &reqwest::Client, base: &str, name: &str, reg_id: u32) -> TestUser {
+    let creds = json!({"username": name, "password": common::PASSWORD});
+    let res = http
+        .post(format!("{base}/auth/users"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let res = http
+        .post(format!("{base}/auth/jwt/create"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let user = TestUser {
+        username: name.to_string(),
+        id,
+        token,
+        reg_id,
+        identity: signal_server::crypto::KeyPair::generate(),
+    };
+    let res = http
+        .post(format!("{base}/device/{reg_id}"))
+        .bearer_auth(&user.token)
+        .json(&user.device_body(1, 0, 0, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    user
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base) = spawn_binary(dir.path(), 1024, &[]);
+    let http = reqwest::Client::new();
+    let alice = binary_user(&http, &base, "alice", 1).await;
+    let bob = binary_user(&http, &base, "bob", 2).await;
+    let body = "x".repeat(LARGE);
+    let mut sends = futures_util::stream::iter(0..200)
+        .map(|_| {
+            let content = message_text(bob.reg_id, &body);
+            http.post(format!("{base}/messages/1"))
+                .bearer_auth(&alice.token)
+                .json(&json!({"recipient": "bob", "message": content}))
+                .send()
+        })
+        .buffer_unordered(8);
+    while let Some(res) = sends.next().await {
+        assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+    }
+    let pid = server.0.id();
+    let before = rss(pid);
+    // Ten clients ask for bob's 12 MB queue and never read the answer.
+    let request = format!(
+        "GET /messages/2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        bob.token
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // Let the server read the queue and write what the sockets take; then it can only wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss(pid);
+    eprintln!("server RSS before {before} B, with 10 stalled readers {after} B");
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 50 << 20,
+        "10 stalled GET /messages readers grew the server by {} MB",
+        grown >> 20
+    );
+    drop(stalled);
+}
