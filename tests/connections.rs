@@ -467,3 +467,54 @@ async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory(
     );
     drop(stalled);
 }
+
+/// Sends `GET /health` on `stream` and waits (up to `wait`) for the start of an answer.
+async fn health_on(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match timeout(wait, stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn beyond_max_connections_new_ones_wait_while_open_ones_are_served() {
+    let s = TestServer::start_with(&[
+        "--max-connections",
+        "2",
+        "--idle-timeout",
+        "600",
+        "--header-read-timeout",
+        "600",
+    ])
+    .await;
+    let mut a = TcpStream::connect(addr(&s)).await.unwrap();
+    let mut b = TcpStream::connect(addr(&s)).await.unwrap();
+    assert!(health_on(&mut a, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    assert!(health_on(&mut b, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    assert_eq!(
+        health_on(&mut c, Duration::from_secs(1)).await,
+        None,
+        "a third connection was served at a cap of 2"
+    );
+    // The open ones are still served while the third waits.
+    assert!(health_on(&mut b, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    drop(a);
+    let mut buf = [0u8; 1024];
+    let n = timeout(BOUND, c.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
