@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use warp::reply::Reply;
 use warp::ws::{Message as Frame, WebSocket, Ws};
@@ -94,13 +94,12 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         closed,
     } = app.hub.register(user_id);
     let (tx, mut rx) = socket.split();
-    let idle = Duration::from_secs(app.config.idle_timeout.max(1));
     let mut out = Outbox {
         tx,
         closed,
-        timeout: idle,
+        timeout: Duration::from_secs(app.config.idle_timeout.max(1)),
     };
-    let mut sent_in_backlog = match send_backlog(&app, user_id, &mut out).await {
+    let sent_in_backlog = match send_backlog(&app, user_id, &mut out).await {
         Ok(sent) => sent,
         Err(e) => {
             log::debug!("websocket of user {user_id} ended during backlog: {e}");
@@ -109,39 +108,57 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
             return;
         }
     };
+    live(
+        &app,
+        user_id,
+        &mut out,
+        &mut pushes,
+        &mut rx,
+        sent_in_backlog,
+    )
+    .await;
+    app.hub.unregister(user_id, conn);
+    out.close().await;
+}
+
+/// After the backlog: pushes, client frames (acks) and pings, until either side ends it.
+async fn live(
+    app: &App,
+    user_id: u64,
+    out: &mut Outbox,
+    pushes: &mut mpsc::Receiver<u64>,
+    rx: &mut SplitStream<WebSocket>,
+    mut sent_in_backlog: HashSet<u64>,
+) {
     // Pings keep the connection from counting as idle while no message comes.
-    let mut ping = tokio::time::interval(PING_EVERY.min(idle / 2));
+    let mut ping = tokio::time::interval(PING_EVERY.min(out.timeout / 2));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            _ = out.closed.changed() => break,
-            push = pushes.recv() => match push {
-                Some(id) => {
-                    if let Err(e) = push_message(&app, user_id, id, &mut sent_in_backlog, &mut out).await {
-                        log::debug!("websocket of user {user_id} ended: {e}");
-                        break;
-                    }
+            _ = out.closed.changed() => return,
+            push = pushes.recv() => {
+                let Some(id) = push else { return };
+                if let Err(e) = push_message(app, user_id, id, &mut sent_in_backlog, out).await {
+                    log::debug!("websocket of user {user_id} ended: {e}");
+                    return;
                 }
-                None => break,
             },
             frame = rx.next() => match frame {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
-                    if frame.is_close() { break; }
+                    if frame.is_close() { return; }
                     if let Ok(text) = frame.to_str() {
-                        handle_client_frame(&app, user_id, text).await;
+                        handle_client_frame(app, user_id, text).await;
                     }
                 }
-                Some(Err(_)) | None => break,
+                Some(Err(_)) | None => return,
             },
             _ = ping.tick() => {
-                if last_heard.elapsed() > IDLE_LIMIT { break; }
-                if out.send(Frame::ping(Vec::new())).await.is_err() { break; }
+                if last_heard.elapsed() > IDLE_LIMIT { return; }
+                if out.send(Frame::ping(Vec::new())).await.is_err() { return; }
             }
         }
     }
-    app.hub.unregister(user_id, conn);
-    out.close().await;
 }
 
 /// Sends the queue oldest first, then `queue_empty`; answers the ids it sent.
