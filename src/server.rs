@@ -74,13 +74,19 @@ pub async fn run(
     }
 }
 
-/// Serves `GET /metrics` on its own listener.
+/// Serves `GET /metrics` on its own listener, with the API's timeouts and a small cap of its own:
+/// file descriptors are shared, so idle scrapers must not use up the API's.
 pub async fn serve_metrics(listener: TcpListener, app: App) {
-    warp::serve(crate::routes::metrics(app))
-        .incoming(listener)
-        .run()
-        .await;
+    let limits = crate::net::Limits {
+        max_connections: METRICS_CONNECTIONS,
+        ..crate::net::Limits::from_config(&app.config)
+    };
+    let api = crate::routes::metrics(app);
+    crate::net::serve(listener, api, limits, std::future::pending()).await;
 }
+
+/// Open connections the metrics address allows (a scraper or two).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Background upkeep: expired messages and reset tokens, idle rate-limit keys.
 async fn sweep(app: App) {
