@@ -62,6 +62,7 @@ pub async fn run(
         hub_app.hub.close_all();
     };
     let limits = crate::net::Limits::from_config(&app.config);
+    log::info!("at most {} open connections", limits.max_connections);
     crate::net::serve(listener, crate::routes::api(app.clone()), limits, shutdown).await;
     sweeper.abort();
     admin.abort();
