@@ -119,8 +119,8 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Seconds a client has to send a complete request head, counted from when the connection
-    /// opens or its previous response was sent (so also how long a kept-alive connection may wait).
+    /// Seconds a client has to send a complete request head, counted from its first byte on a new
+    /// connection or from the previous response (so also how long a kept-alive connection may wait).
     #[arg(long, env = "SIGNAL_SERVER_HEADER_READ_TIMEOUT", default_value_t = 20)]
     pub header_read_timeout: u64,
 
