@@ -132,6 +132,24 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_FLUSH_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_timeout: u64,
+    /// Seconds a client has to send a complete request head, counted from its first byte on a new
+    /// connection or from the previous response (so also how long a kept-alive connection may wait).
+    #[arg(long, env = "SIGNAL_SERVER_HEADER_READ_TIMEOUT", default_value_t = 20)]
+    pub header_read_timeout: u64,
+
+    /// Seconds a connection may go without a byte moving either way (a stalled body, a response
+    /// or WebSocket frame the client does not read) before it is closed.
+    #[arg(long, env = "SIGNAL_SERVER_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Cap on open client connections (WebSockets included); 0 fits it under the open-file
+    /// limit. Beyond it new connections wait until one closes.
+    #[arg(long, env = "SIGNAL_SERVER_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds a shutdown waits for requests in flight before dropping their connections.
+    #[arg(long, env = "SIGNAL_SERVER_SHUTDOWN_TIMEOUT", default_value_t = 20)]
+    pub shutdown_timeout: u64,
 
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the

@@ -135,11 +135,19 @@ fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> +
         .unify()
 }
 
-/// The client IP for per-IP limits: the peer, or `X-Forwarded-For`'s last hop when the peer is
-/// a trusted proxy.
-fn client_ip(app: &App) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+/// The TCP peer's address, as the accept loop (`net::serve`) recorded it.
+pub fn peer_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<crate::net::Peer>()
+        .map(|peer: Option<crate::net::Peer>| peer.map(|p| p.0))
+}
+
+/// The client IP for per-IP limits (and logs): the peer, or `X-Forwarded-For`'s last hop when the
+/// peer is a trusted proxy.
+pub fn client_ip(
+    app: &App,
+) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
     let trusted = app.config.trusted_proxy.clone();
-    warp::addr::remote()
+    peer_addr()
         .and(
             warp::header::optional::<String>("x-forwarded-for")
                 .or(warp::any().map(|| None))

@@ -36,7 +36,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, closes live
-/// sockets, lets requests in flight finish and flushes storage.
+/// sockets, lets requests in flight finish (up to `--shutdown-timeout`) and flushes storage.
 pub async fn run(
     listener: TcpListener,
     app: App,
@@ -72,11 +72,9 @@ pub async fn run(
         log::info!("shutting down");
         hub_app.hub.close_all();
     };
-    warp::serve(crate::routes::api(app.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let limits = crate::net::Limits::from_config(&app.config);
+    log::info!("at most {} open connections", limits.max_connections);
+    crate::net::serve(listener, crate::routes::api(app.clone()), limits, shutdown).await;
     sweeper.abort();
     admin.abort();
     if let Some(m) = metrics {
@@ -111,13 +109,19 @@ pub fn exit_on_storage_failure(app: &App) {
     }
 }
 
-/// Serves `GET /metrics` on its own listener.
+/// Serves `GET /metrics` on its own listener, with the API's timeouts and a small cap of its own:
+/// file descriptors are shared, so idle scrapers must not use up the API's.
 pub async fn serve_metrics(listener: TcpListener, app: App) {
-    warp::serve(crate::routes::metrics(app))
-        .incoming(listener)
-        .run()
-        .await;
+    let limits = crate::net::Limits {
+        max_connections: METRICS_CONNECTIONS,
+        ..crate::net::Limits::from_config(&app.config)
+    };
+    let api = crate::routes::metrics(app);
+    crate::net::serve(listener, api, limits, std::future::pending()).await;
 }
+
+/// Open connections the metrics address allows (a scraper or two).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Background upkeep: expired messages and reset tokens, idle rate-limit keys.
 async fn sweep(app: App) {

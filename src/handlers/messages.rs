@@ -1,7 +1,5 @@
 //! Sending, fetching and deleting queued messages.
 
-use std::sync::Arc;
-
 use warp::http::StatusCode;
 
 use super::{json, Answer};
@@ -48,8 +46,7 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
         })?;
     let text = serde_json::to_string(&MessageOut::from(&message))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.hub
-        .deliver(recipient.id, message.id, Arc::from(text.as_str()));
+    app.hub.deliver(recipient.id, message.id);
     Ok(created_json(text))
 }
 
@@ -63,11 +60,15 @@ fn created_json(text: String) -> warp::reply::Response {
     res
 }
 
+/// Stored bytes one GET /messages page may hold (at least one message): ten connections that
+/// ask for a page and never read it must not pin gigabytes.
+pub const PAGE_BYTES: usize = 1 << 20;
+
 /// GET /messages/<regId>
 pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
     app.own_device(&user, reg_id)?;
     let limit = requests::limit(query.as_deref())?;
-    let messages = app.storage.messages(user.id, 0, limit)?;
+    let messages = app.storage.messages_page(user.id, 0, limit, PAGE_BYTES)?;
     let out: Vec<MessageOut> = messages.iter().map(MessageOut::from).collect();
     json(StatusCode::OK, &out)
 }

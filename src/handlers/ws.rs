@@ -4,21 +4,25 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use warp::reply::Reply;
 use warp::ws::{Message as Frame, WebSocket, Ws};
 
 use super::Answer;
 use crate::app::App;
-use crate::hub::Push;
-use crate::models::{MessageOut, User};
+use crate::hub::Registration;
+use crate::models::{Message, MessageOut, User};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client silent for this long (no pong, no frame) is gone.
 const IDLE_LIMIT: Duration = Duration::from_secs(75);
 const BACKLOG_PAGE: usize = 500;
+/// Stored bytes of one backlog page: a client that stops reading holds at most this much.
+const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>/ws
 pub async fn upgrade(reg_id: u64, app: App, user: User, ws: Ws) -> Answer {
@@ -43,73 +47,164 @@ fn message_frame(json: &str) -> Frame {
     Frame::text(format!(r#"{{"type":"message","message":{json}}}"#))
 }
 
-async fn session(app: App, user_id: u64, socket: WebSocket) {
-    // Register before reading the backlog so that nothing queued in between is missed. A
-    // message queued meanwhile may come both in the backlog and as a push: the pushes of ids the
-    // backlog already sent are dropped. Pushes may arrive out of id order (concurrent senders
-    // finish in any order), so only those exact ids are dropped, never "everything below".
-    let (conn, mut pushes) = app.hub.register(user_id);
-    let (mut tx, mut rx) = socket.split();
-    let mut last_sent = 0u64;
-    let mut sent_in_backlog: HashSet<u64> = HashSet::new();
-    let backlog = async {
-        loop {
-            let page = app
-                .storage
-                .messages(user_id, last_sent, BACKLOG_PAGE)
-                .map_err(|e| format!("{e:?}"))?;
-            if page.is_empty() {
-                break;
-            }
-            for m in &page {
-                let json =
-                    serde_json::to_string(&MessageOut::from(m)).map_err(|e| e.to_string())?;
-                tx.send(message_frame(&json))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                last_sent = m.id;
-            }
+fn message_frame_of(m: &Message) -> Result<Frame, String> {
+    let json = serde_json::to_string(&MessageOut::from(m)).map_err(|e| e.to_string())?;
+    Ok(message_frame(&json))
+}
+
+/// The sending half of a session: every frame either reaches the socket within the idle timeout
+/// or ends the session, and a close from the hub (a newer connection, shutdown) ends it at once,
+/// even while a slow client keeps a frame waiting.
+struct Outbox {
+    tx: SplitSink<WebSocket, Frame>,
+    closed: watch::Receiver<()>,
+    timeout: Duration,
+}
+
+impl Outbox {
+    async fn send(&mut self, frame: Frame) -> Result<(), String> {
+        tokio::select! {
+            biased;
+            _ = self.closed.changed() => Err("closed by the server".into()),
+            sent = tokio::time::timeout(self.timeout, self.tx.send(frame)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("client not reading".into()),
+            },
         }
-        tx.send(Frame::text(r#"{"type":"queue_empty"}"#))
-            .await
-            .map_err(|e| e.to_string())
-    };
-    if let Err(e) = backlog.await {
-        log::debug!("websocket of user {user_id} ended during backlog: {e}");
-        app.hub.unregister(user_id, conn);
-        return;
     }
-    let mut ping = tokio::time::interval(PING_EVERY);
+
+    /// A close frame, if the client takes it in time.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(self.timeout, async {
+            let _ = self.tx.send(Frame::close()).await;
+            let _ = self.tx.close().await;
+        })
+        .await;
+    }
+}
+
+async fn session(app: App, user_id: u64, socket: WebSocket) {
+    // Declared first so it drops last: the socket counts as open until it is gone.
+    let _open = app.hub.open_socket();
+    // Register before reading the backlog so that nothing queued in between is missed.
+    let Registration {
+        conn,
+        mut pushes,
+        closed,
+    } = app.hub.register(user_id);
+    let (tx, mut rx) = socket.split();
+    let mut out = Outbox {
+        tx,
+        closed,
+        timeout: Duration::from_secs(app.config.idle_timeout.max(1)),
+    };
+    let sent_in_backlog = match send_backlog(&app, user_id, &mut out).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            log::debug!("websocket of user {user_id} ended during backlog: {e}");
+            app.hub.unregister(user_id, conn);
+            out.close().await;
+            return;
+        }
+    };
+    live(
+        &app,
+        user_id,
+        &mut out,
+        &mut pushes,
+        &mut rx,
+        sent_in_backlog,
+    )
+    .await;
+    app.hub.unregister(user_id, conn);
+    out.close().await;
+}
+
+/// After the backlog: pushes, client frames (acks) and pings, until either side ends it.
+async fn live(
+    app: &App,
+    user_id: u64,
+    out: &mut Outbox,
+    pushes: &mut mpsc::Receiver<u64>,
+    rx: &mut SplitStream<WebSocket>,
+    mut sent_in_backlog: HashSet<u64>,
+) {
+    // Pings keep the connection from counting as idle while no message comes.
+    let mut ping = tokio::time::interval(PING_EVERY.min(out.timeout / 2));
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            push = pushes.recv() => match push {
-                Some(Push::Message(id, json)) => {
-                    if !sent_in_backlog.remove(&id) && tx.send(message_frame(&json)).await.is_err() {
-                        break;
-                    }
+            _ = out.closed.changed() => return,
+            push = pushes.recv() => {
+                let Some(id) = push else { return };
+                if let Err(e) = push_message(app, user_id, id, &mut sent_in_backlog, out).await {
+                    log::debug!("websocket of user {user_id} ended: {e}");
+                    return;
                 }
-                Some(Push::Close) | None => break,
             },
             frame = rx.next() => match frame {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
-                    if frame.is_close() { break; }
+                    if frame.is_close() { return; }
                     if let Ok(text) = frame.to_str() {
-                        handle_client_frame(&app, user_id, text).await;
+                        handle_client_frame(app, user_id, text).await;
                     }
                 }
-                Some(Err(_)) | None => break,
+                Some(Err(_)) | None => return,
             },
             _ = ping.tick() => {
-                if last_heard.elapsed() > IDLE_LIMIT { break; }
-                if tx.send(Frame::ping(Vec::new())).await.is_err() { break; }
+                if last_heard.elapsed() > IDLE_LIMIT { return; }
+                if out.send(Frame::ping(Vec::new())).await.is_err() { return; }
             }
         }
     }
-    app.hub.unregister(user_id, conn);
-    let _ = tx.send(Frame::close()).await;
-    let _ = tx.close().await;
+}
+
+/// Sends the queue oldest first, then `queue_empty`; answers the ids it sent.
+async fn send_backlog(app: &App, user_id: u64, out: &mut Outbox) -> Result<HashSet<u64>, String> {
+    let mut sent = HashSet::new();
+    let mut last_sent = 0u64;
+    loop {
+        let page = app
+            .storage
+            .messages_page(user_id, last_sent, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
+            .map_err(|e| format!("{e:?}"))?;
+        if page.is_empty() {
+            break;
+        }
+        for m in &page {
+            out.send(message_frame_of(m)?).await?;
+            sent.insert(m.id);
+            last_sent = m.id;
+        }
+    }
+    out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await?;
+    Ok(sent)
+}
+
+/// Sends a message queued since the session registered, unless the backlog sent it already (a
+/// message queued while the backlog was read comes both ways). Pushes may arrive out of id order
+/// (concurrent senders finish in any order), so only those exact ids are skipped, never
+/// "everything below". A message acknowledged meanwhile is skipped too.
+async fn push_message(
+    app: &App,
+    user_id: u64,
+    id: u64,
+    sent_in_backlog: &mut HashSet<u64>,
+    out: &mut Outbox,
+) -> Result<(), String> {
+    if sent_in_backlog.remove(&id) {
+        return Ok(());
+    }
+    match app
+        .storage
+        .message(user_id, id)
+        .map_err(|e| format!("{e:?}"))?
+    {
+        Some(m) => out.send(message_frame_of(&m)?).await,
+        None => Ok(()),
+    }
 }
 
 /// `{"type": "ack", "ids": [...]}` deletes the caller's own messages; anything else is ignored.

@@ -94,13 +94,40 @@ impl Storage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        self.messages_page(recipient, after, limit, usize::MAX)
+    }
+
+    /// Like `messages`, but the page also ends before the message that would take its stored
+    /// size over `max_bytes` (it always holds at least one message), so that one page of large
+    /// messages is not held in memory whole.
+    pub fn messages_page(
+        &self,
+        recipient: u64,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, StoreError> {
         let start = keys::message(recipient, after.saturating_add(1));
         let end = keys::message(recipient, u64::MAX);
-        self.messages
-            .range(start..=end)
-            .take(limit)
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        for entry in self.messages.range(start..=end).take(limit) {
+            let (_, value) = entry?;
+            bytes = bytes.saturating_add(value.len());
+            if bytes > max_bytes && !page.is_empty() {
+                break;
+            }
+            page.push(decode(&value)?);
+        }
+        Ok(page)
+    }
+
+    /// One queued message of `recipient`, if it is still there.
+    pub fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+        match self.messages.get(keys::message(recipient, id))? {
+            Some(value) => Ok(Some(decode(&value)?)),
+            None => Ok(None),
+        }
     }
 
     /// Deletes the given messages of `recipient`, reporting per id; durable when it returns.
@@ -239,6 +266,21 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(s.messages(1, a.id, 10).unwrap(), vec![b]);
+    }
+
+    #[tokio::test]
+    async fn a_page_stops_at_its_byte_budget_but_holds_at_least_one_message() {
+        let (_dir, s) = super::super::temp();
+        with_device(&s, 1).await;
+        for _ in 0..5 {
+            s.enqueue(1, msg(&"x".repeat(1000), 1), 10).await.unwrap();
+        }
+        assert_eq!(s.messages_page(1, 0, 10, 2500).unwrap().len(), 2);
+        assert_eq!(s.messages_page(1, 0, 10, 10).unwrap().len(), 1);
+        assert_eq!(s.messages_page(1, 0, 3, usize::MAX).unwrap().len(), 3);
+        let first = &s.messages(1, 0, 1).unwrap()[0];
+        assert_eq!(s.message(1, first.id).unwrap().as_ref(), Some(first));
+        assert_eq!(s.message(2, first.id).unwrap(), None);
     }
 
     #[tokio::test]

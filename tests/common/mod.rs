@@ -506,3 +506,44 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections (tests/connections.rs): a raw WebSocket to the caller's own live route, and the
+// server's count of open sockets.
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `user`'s live socket (`/messages/<regId>/ws`), token in the header.
+pub async fn ws_open(s: &TestServer, user: &TestUser) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s
+        .ws_url(&format!("/messages/{}/ws", user.reg_id))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", user.token).parse().expect("header"),
+    );
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("WebSocket handshake timed out")
+    .expect("WebSocket upgrade");
+    ws
+}
+
+/// Waits (bounded) until the server counts `want` open WebSockets; panics otherwise.
+pub async fn wait_for_open_sockets(s: &TestServer, want: usize, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while s.app.hub.connections() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server counts {} open WebSockets, not {want}, after {bound:?}",
+            s.app.hub.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

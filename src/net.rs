@@ -1,0 +1,211 @@
+//! The accept loop of the API: our own instead of `warp::serve`, because warp's exposes no
+//! timeouts and no connection cap. Each connection is served by hyper with a header-read timeout,
+//! over an [`idle::IdleStream`] (closed when nothing moves for the idle timeout) that holds one
+//! permit of the connection cap until the socket is gone, WebSockets included. At the cap the loop
+//! stops accepting (new connections wait in the kernel's backlog) instead of failing `accept`, so
+//! the connections already open keep being served. Shutdown is graceful up to a deadline, after
+//! which the remaining connections are dropped.
+
+pub mod idle;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::config::Config;
+
+/// File descriptors kept free for the database, the admin and metrics sockets and logging.
+const RESERVED_FDS: u64 = 64;
+
+/// The TCP peer of a request, put into its extensions by the accept loop (warp's own
+/// `warp::addr::remote` only works under `warp::serve`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The connection limits, from the configuration and the open-file limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub max_connections: usize,
+    pub shutdown: Duration,
+}
+
+impl Limits {
+    /// Raises the soft open-file limit to the hard one, then fits the connection cap under it.
+    pub fn from_config(config: &Config) -> Limits {
+        let fds = raise_fd_limit();
+        let fit = if fds > 2 * RESERVED_FDS {
+            fds - RESERVED_FDS
+        } else {
+            fds / 2
+        };
+        let fit = usize::try_from(fit.max(1)).unwrap_or(usize::MAX);
+        let max_connections = match config.max_connections {
+            0 => fit,
+            n if n > fit => {
+                log::warn!(
+                    "--max-connections {n} is above what {fds} open files allow; using {fit}"
+                );
+                fit
+            }
+            n => n,
+        };
+        Limits {
+            header_read: Duration::from_secs(config.header_read_timeout.max(1)),
+            idle: Duration::from_secs(config.idle_timeout.max(1)),
+            max_connections,
+            shutdown: Duration::from_secs(config.shutdown_timeout),
+        }
+    }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (a refusal, e.g. under a system-call
+/// filter, is fine) and answers the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Serves `api` on `listener` until `shutdown` resolves; then stops accepting, lets the open
+/// connections finish for at most `limits.shutdown` and drops the rest.
+pub async fn serve(
+    listener: TcpListener,
+    api: BoxedFilter<(Response,)>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &permits) => accepted,
+        };
+        let Some((stream, peer, permit)) = accepted else {
+            continue;
+        };
+        let conn = Conn {
+            api: api.clone(),
+            limits,
+            watcher: graceful.watcher(),
+        };
+        tasks.spawn(conn.serve(stream, peer, permit));
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "connections still open after {}s of shutdown; dropping them",
+            limits.shutdown.as_secs()
+        );
+    }
+    tasks.shutdown().await;
+}
+
+/// Waits for a free place under the cap, then for a connection.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, peer)) => Some((stream, peer, permit)),
+        Err(e) => {
+            // Out of file descriptors or a connection reset before we took it: wait a little
+            // rather than spin; connections already open are served meanwhile.
+            log::warn!("accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            None
+        }
+    }
+}
+
+/// What serving one connection needs.
+struct Conn {
+    api: BoxedFilter<(Response,)>,
+    limits: Limits,
+    watcher: Watcher,
+}
+
+impl Conn {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(idle::IdleStream::new(stream, self.limits.idle, permit));
+        let service = TowerToHyperService::new(WithPeer {
+            inner: warp::service(self.api),
+            peer: Peer(peer),
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read);
+        let conn = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            log::debug!("connection from {peer} ended: {e}");
+        }
+    }
+}
+
+/// Puts the [`Peer`] into every request's extensions before warp sees it.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: Peer,
+}
+
+impl<S, B> tower_service::Service<warp::http::Request<B>> for WithPeer<S>
+where
+    S: tower_service::Service<warp::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: warp::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
+    }
+}

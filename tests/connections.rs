@@ -1,0 +1,520 @@
+//! Connections under stress: WebSocket delivery exactly once while the backlog races new sends,
+//! clients that stop reading, byte-bounded GET /messages pages, idle and slow-header
+//! connections, the connection cap, and the shutdown deadline.
+//!
+//! In-process tests use the real server (`common::TestServer`); the cap and SIGTERM tests run the
+//! built binary, the cap one under a low open-file limit. No assertion is on timing: each waits
+//! for an outcome with a generous bound and fails only if it never comes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{message_text, ws_open, TestServer, TestUser, Ws};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// Upper bound for anything the server should do "soon"; never a timing check.
+const BOUND: Duration = Duration::from_secs(30);
+/// Content of a large message: about 60 KB, under the default 64 KiB limit.
+const LARGE: usize = 60_000;
+
+/// Queues `n` messages of about `size` bytes from `from` to `to`, eight senders at a time.
+async fn send_many(s: &TestServer, from: &TestUser, to: &TestUser, n: usize, size: usize) {
+    let body = "x".repeat(size);
+    let path = format!("/messages/{}", from.reg_id);
+    let mut pending = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let content = message_text(to.reg_id, &body);
+            s.post(
+                &path,
+                &from.token,
+                json!({"recipient": to.username, "message": content}),
+            )
+        })
+        .buffer_unordered(8);
+    while let Some((status, res)) = pending.next().await {
+        assert_eq!(status, StatusCode::CREATED, "send: {res}");
+    }
+}
+
+/// The next text frame as JSON (pings skipped); `None` once the socket ends or is closed.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    loop {
+        let frame = timeout(BOUND, ws.next())
+            .await
+            .expect("no frame from the server in time");
+        match frame {
+            Some(Ok(Frame::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+            Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(other)) => panic!("unexpected frame: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+#[tokio::test]
+async fn ws_delivers_each_message_once_when_sends_race_a_large_backlog() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 1, 0, 0).await;
+    let bob = s.user_with_device("bob", 2, 0, 0).await;
+    // A backlog far larger than the socket buffers: the server is still sending it while the
+    // senders below queue more, so those come both in the backlog and as pushes.
+    send_many(&s, &alice, &bob, 300, LARGE).await;
+    let mut ws = ws_open(&s, &bob).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_many(&s, &alice, &bob, 40, 100).await;
+
+    let mut seen = HashSet::new();
+    let mut duplicates = Vec::new();
+    let mut queue_empty = false;
+    while seen.len() < 340 || !queue_empty {
+        let frame = next_json(&mut ws).await.expect("socket ended early");
+        match frame["type"].as_str() {
+            Some("queue_empty") => queue_empty = true,
+            Some("message") => {
+                let id = frame["message"]["id"].as_u64().unwrap();
+                if !seen.insert(id) {
+                    duplicates.push(id);
+                }
+            }
+            _ => panic!("unexpected frame: {frame}"),
+        }
+    }
+    // Anything still on its way would be a duplicate.
+    while let Ok(frame) = timeout(Duration::from_secs(1), next_json(&mut ws)).await {
+        match frame {
+            Some(f) if f["type"] == "message" => {
+                duplicates.push(f["message"]["id"].as_u64().unwrap())
+            }
+            Some(f) => panic!("unexpected frame: {f}"),
+            None => break,
+        }
+    }
+    assert!(duplicates.is_empty(), "ids delivered twice: {duplicates:?}");
+}
+
+#[tokio::test]
+async fn ws_client_that_stops_reading_is_closed_and_no_longer_counted() {
+    let s = TestServer::start_with(&["--no-rate-limit", "--idle-timeout", "2"]).await;
+    let alice = s.user_with_device("alice", 1, 0, 0).await;
+    let bob = s.user_with_device("bob", 2, 0, 0).await;
+    let mut ws = ws_open(&s, &bob).await;
+    assert_eq!(next_json(&mut ws).await.unwrap()["type"], "queue_empty");
+    assert_eq!(s.app.hub.connections(), 1);
+    // bob reads nothing more; far more than the socket buffers hold is pushed at him.
+    send_many(&s, &alice, &bob, 300, LARGE).await;
+    common::wait_for_open_sockets(&s, 0, BOUND).await;
+    // The messages stay queued for the next connection.
+    let (status, page) = s.get("/messages/2?limit=1", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_newer_connection_closes_one_stuck_in_its_backlog() {
+    let s = TestServer::start_with(&["--no-rate-limit", "--idle-timeout", "600"]).await;
+    let alice = s.user_with_device("alice", 1, 0, 0).await;
+    let bob = s.user_with_device("bob", 2, 0, 0).await;
+    send_many(&s, &alice, &bob, 300, LARGE).await;
+    let mut stuck = ws_open(&s, &bob).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut newer = ws_open(&s, &bob).await;
+    // The stuck one ends without its backlog finished: no `queue_empty` before the close.
+    while let Some(frame) = next_json(&mut stuck).await {
+        assert_eq!(
+            frame["type"], "message",
+            "the older socket went on to {frame}"
+        );
+    }
+    let mut count = 0;
+    while let Some(frame) = next_json(&mut newer).await {
+        if frame["type"] == "queue_empty" {
+            break;
+        }
+        count += 1;
+    }
+    assert_eq!(count, 300);
+    common::wait_for_open_sockets(&s, 1, BOUND).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /messages
+
+#[tokio::test]
+async fn get_messages_pages_are_bounded_by_bytes_and_stay_oldest_first() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 1, 0, 0).await;
+    let bob = s.user_with_device("bob", 2, 0, 0).await;
+    send_many(&s, &alice, &bob, 40, LARGE).await;
+    let (status, page) = s.get("/messages/2", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    let first: Vec<u64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    // 40 messages of 60 KB are 2.4 MB; a page holds about 1 MiB of them.
+    assert!(
+        (1..40).contains(&first.len()),
+        "a page of {} large messages",
+        first.len()
+    );
+    assert!(first.windows(2).all(|w| w[0] < w[1]), "not oldest first");
+    let (status, _) = s.delete("/messages/2", &bob.token, json!(first)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, next) = s.get("/messages/2", &bob.token).await;
+    let next_first = next[0]["id"].as_u64().unwrap();
+    assert!(next_first > *first.last().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle and slow connections (raw TCP)
+
+/// Reads until the server closes the connection; panics if it is still open after `BOUND`.
+async fn expect_closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("the server kept the connection open for {BOUND:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+fn addr(s: &TestServer) -> String {
+    s.base.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let s = TestServer::start_with(&["--idle-timeout", "1", "--header-read-timeout", "600"]).await;
+    let mut stream = TcpStream::connect(addr(&s)).await.unwrap();
+    expect_closed_by_server(&mut stream).await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_closed_after_the_header_read_timeout() {
+    let s = TestServer::start_with(&["--idle-timeout", "600", "--header-read-timeout", "1"]).await;
+    let mut stream = TcpStream::connect(addr(&s)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = timeout(BOUND, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    expect_closed_by_server(&mut stream).await;
+}
+
+#[tokio::test]
+async fn a_request_head_sent_byte_by_byte_is_cut_at_the_header_read_timeout() {
+    let s = TestServer::start_with(&["--idle-timeout", "600", "--header-read-timeout", "2"]).await;
+    let mut stream = TcpStream::connect(addr(&s)).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let mut buf = [0u8; 1024];
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a trickled header was still being read after {BOUND:?}"
+        );
+        if stream.write_all(b"X").await.is_err() {
+            return;
+        }
+        match timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary: connection cap under a low open-file limit, SIGTERM deadline
+
+/// The binary, started through `sh` with `ulimit -n <fds>` and the given flags; answers the
+/// child and its base URL once it logs `listening on http://`.
+fn spawn_binary(dir: &std::path::Path, fds: u32, flags: &[&str]) -> (KillOnDrop, String) {
+    let script = format!("ulimit -n {fds} && exec \"$0\" \"$@\"",);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_signal-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--pbkdf2-iterations",
+            "1000",
+            "--no-rate-limit",
+        ])
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .env("RUST_LOG_STYLE", "never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn"));
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let addr = rx.recv_timeout(BOUND).expect("no `listening on` line");
+    (child, format!("http://{addr}"))
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn health_answers_while_more_idle_sockets_are_open_than_the_fd_limit_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, base) = spawn_binary(
+        dir.path(),
+        128,
+        &["--idle-timeout", "2", "--header-read-timeout", "2"],
+    );
+    let target = base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(&target).await.expect("connect"));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("/health did not answer");
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, base) = spawn_binary(
+        dir.path(),
+        1024,
+        &[
+            "--shutdown-timeout",
+            "1",
+            "--header-read-timeout",
+            "600",
+            "--idle-timeout",
+            "600",
+        ],
+    );
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /auth/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running {BOUND:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Registers `name` on the binary at `base`, logs in and creates a device with real keys.
+async fn binary_user(http: &reqwest::Client, base: &str, name: &str, reg_id: u32) -> TestUser {
+    let creds = json!({"username": name, "password": common::PASSWORD});
+    let res = http
+        .post(format!("{base}/auth/users"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let res = http
+        .post(format!("{base}/auth/jwt/create"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    let token = res.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let user = TestUser {
+        username: name.to_string(),
+        id,
+        token,
+        reg_id,
+        identity: signal_server::crypto::KeyPair::generate(),
+    };
+    let res = http
+        .post(format!("{base}/device/{reg_id}"))
+        .bearer_auth(&user.token)
+        .json(&user.device_body(1, 0, 0, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    user
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base) = spawn_binary(dir.path(), 1024, &[]);
+    let http = reqwest::Client::new();
+    let alice = binary_user(&http, &base, "alice", 1).await;
+    let bob = binary_user(&http, &base, "bob", 2).await;
+    let body = "x".repeat(LARGE);
+    let mut sends = futures_util::stream::iter(0..300)
+        .map(|_| {
+            let content = message_text(bob.reg_id, &body);
+            http.post(format!("{base}/messages/1"))
+                .bearer_auth(&alice.token)
+                .json(&json!({"recipient": "bob", "message": content}))
+                .send()
+        })
+        .buffer_unordered(8);
+    while let Some(res) = sends.next().await {
+        assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+    }
+    let pid = server.0.id();
+    let before = rss(pid);
+    // Ten clients ask for bob's 18 MB queue and never read the answer.
+    let request = format!(
+        "GET /messages/2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        bob.token
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // Let the server read the queue and write what the sockets take; then it can only wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss(pid);
+    eprintln!("server RSS before {before} B, with 10 stalled readers {after} B");
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 30 << 20,
+        "10 stalled GET /messages readers grew the server by {} MB",
+        grown >> 20
+    );
+    drop(stalled);
+}
+
+/// Sends `GET /health` on `stream` and waits (up to `wait`) for the start of an answer.
+async fn health_on(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match timeout(wait, stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn beyond_max_connections_new_ones_wait_while_open_ones_are_served() {
+    let s = TestServer::start_with(&[
+        "--max-connections",
+        "2",
+        "--idle-timeout",
+        "600",
+        "--header-read-timeout",
+        "600",
+    ])
+    .await;
+    let mut a = TcpStream::connect(addr(&s)).await.unwrap();
+    let mut b = TcpStream::connect(addr(&s)).await.unwrap();
+    assert!(health_on(&mut a, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    assert!(health_on(&mut b, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    assert_eq!(
+        health_on(&mut c, Duration::from_secs(1)).await,
+        None,
+        "a third connection was served at a cap of 2"
+    );
+    // The open ones are still served while the third waits.
+    assert!(health_on(&mut b, BOUND)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    drop(a);
+    let mut buf = [0u8; 1024];
+    let n = timeout(BOUND, c.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
