@@ -71,7 +71,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 &user.email,
             )
             .map_err(api_text)?;
-            let hash = app.hasher.hash(password).await;
+            let hash = app.hasher.hash(password).await.map_err(api_text)?;
             app.storage
                 .set_password(user.id, hash)
                 .await

@@ -13,6 +13,7 @@ use crate::config::Registration;
 use crate::crypto::b64;
 use crate::error::{ApiError, FieldError};
 use crate::models::{TokenOut, User, UserOut};
+use crate::password::AccountClaim;
 use crate::requests::{self, Register};
 use crate::storage::ResetGrant;
 
@@ -35,7 +36,7 @@ pub async fn register(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
         _ => None,
     };
     check_password("password", req.password, req.username, req.email)?;
-    let hash = app.hasher.hash(req.password.to_string()).await;
+    let hash = app.hasher.hash(req.password.to_string()).await?;
     let user = app
         .storage
         .create_user(
@@ -56,7 +57,7 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     let [username, password] = requests::strings(&value, ["username", "password"])?;
     let user = app.storage.user_by_name(username)?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.hasher.verify(password.to_string(), stored).await {
+    if !app.hasher.verify(password.to_string(), stored).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -107,7 +108,7 @@ pub async fn me(user: User) -> Answer {
 pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [current] = requests::strings(&value, ["current_password"])?;
-    check_current_password(&app, &user, current).await?;
+    let _claim = check_current_password(&app, &user, current).await?;
     app.storage.delete_user(user.id).await?;
     app.hub.close(user.id);
     log::info!("user {} deleted", user.id);
@@ -118,9 +119,10 @@ pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
 pub async fn change_password(app: App, user: User, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [current, new] = requests::strings(&value, ["current_password", "new_password"])?;
-    check_current_password(&app, &user, current).await?;
+    // The claim stays held through the new hash: one account, one hash in flight.
+    let _claim = check_current_password(&app, &user, current).await?;
     check_password("new_password", new, &user.username, &user.email)?;
-    let hash = app.hasher.hash(new.to_string()).await;
+    let hash = app.hasher.hash(new.to_string()).await?;
     app.storage.set_password(user.id, hash).await?;
     no_content()
 }
@@ -174,18 +176,24 @@ pub async fn reset_confirm(app: App, body: Body) -> Answer {
     if !valid {
         return Err(ApiError::InvalidToken);
     }
-    let hash = app.hasher.hash(new.to_string()).await;
+    let hash = app.hasher.hash(new.to_string()).await?;
     app.storage.set_password(user.id, hash).await?;
     no_content()
 }
 
-async fn check_current_password(app: &App, user: &User, password: &str) -> Result<(), ApiError> {
-    if app
-        .hasher
-        .verify(password.to_string(), Some(user.password_hash.clone()))
-        .await
-    {
-        Ok(())
+/// Checks the caller's `current_password`: one check in flight per account and a per-account
+/// budget, both before the hash, so a flood of guesses is refused without being hashed. The
+/// returned claim keeps the account's slot until the caller is done hashing.
+async fn check_current_password(
+    app: &App,
+    user: &User,
+    password: &str,
+) -> Result<AccountClaim, ApiError> {
+    let claim = app.hasher.claim(user.id)?;
+    app.limits.password_check(user.id)?;
+    let stored = Some(user.password_hash.clone());
+    if app.hasher.verify(password.to_string(), stored).await? {
+        Ok(claim)
     } else {
         Err(ApiError::field("current_password", "Invalid password."))
     }
