@@ -158,27 +158,41 @@ pub async fn issue_reset_token(app: &App, user: &User) -> Result<(String, String
 }
 
 /// POST /auth/password/reset/confirm
-pub async fn reset_confirm(app: App, body: Body) -> Answer {
+///
+/// Nothing about the account is looked at before the token checks out, and every bad
+/// uid/token answers the same `invalid_token`, so the route tells a guesser nothing (not the
+/// email through the strength rules, not which uids exist).
+pub async fn reset_confirm(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
+    app.limits.anonymous(ip)?;
     let value = body.json(app.max_body()).await?;
     let [uid, token, new] = requests::strings(&value, ["uid", "token", "new_password"])?;
-    let user = decode_uid(uid)
-        .and_then(|id| app.storage.user(id).transpose())
-        .transpose()?
-        .ok_or_else(|| ApiError::field("uid", "Invalid user id or user doesn't exist."))?;
+    let token_hash = Sha256::digest(token.as_bytes());
+    let (user, grant) = reset_grantee(&app, uid, &token_hash)?;
     check_password("new_password", new, &user.username, &user.email)?;
-    let grant = app
-        .storage
-        .take_reset_token(&Sha256::digest(token.as_bytes()))
-        .await?;
-    let valid = grant.is_some_and(|g| {
-        g.user_id == user.id && g.token_version == user.token_version && g.expires_at > now_secs()
-    });
-    if !valid {
+    let hash = app.hasher.hash(new.to_string()).await?;
+    // The token is taken only now, so a refused password or a full hashing queue leaves it
+    // usable; taking it is atomic, so of two concurrent confirms only one sets a password.
+    if app.storage.take_reset_token(&token_hash).await? != Some(grant) {
         return Err(ApiError::InvalidToken);
     }
-    let hash = app.hasher.hash(new.to_string()).await?;
     app.storage.set_password(user.id, hash).await?;
     no_content()
+}
+
+/// The user a reset token was issued to, and its grant, if the token exists, names the user of
+/// `uid`, has not expired and predates no password change. Looks without taking the token.
+fn reset_grantee(app: &App, uid: &str, token_hash: &[u8]) -> Result<(User, ResetGrant), ApiError> {
+    let grant = app
+        .storage
+        .reset_grant(token_hash)?
+        .filter(|g| decode_uid(uid) == Some(g.user_id) && g.expires_at > now_secs())
+        .ok_or(ApiError::InvalidToken)?;
+    let user = app
+        .storage
+        .user(grant.user_id)?
+        .filter(|u| u.token_version == grant.token_version)
+        .ok_or(ApiError::InvalidToken)?;
+    Ok((user, grant))
 }
 
 /// Checks the caller's `current_password`: one check in flight per account and a per-account
