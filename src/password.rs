@@ -243,6 +243,46 @@ mod tests {
         assert!(!verify_hash("x", "garbage"));
     }
 
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_at_once_and_cancelled_waiters_leave_it() {
+        let h = Hasher::new(1);
+        let cores = h.permits.available_permits() as u32;
+        let busy = h.permits.clone().acquire_many_owned(cores).await.unwrap();
+        let waiters: Vec<_> = (0..h.max_waiting)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash("x".into()).await })
+            })
+            .collect();
+        while h.waiting.load(Ordering::SeqCst) < h.max_waiting {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            h.verify("x".into(), None).await,
+            Err(ApiError::Unavailable)
+        ));
+        // A waiter whose request goes away gives its place back.
+        waiters[0].abort();
+        while h.waiting.load(Ordering::SeqCst) == h.max_waiting {
+            tokio::task::yield_now().await;
+        }
+        drop(busy);
+        for w in waiters.into_iter().skip(1) {
+            assert!(w.await.unwrap().is_ok());
+        }
+        assert_eq!(h.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_account_has_one_claim_at_a_time() {
+        let h = Hasher::new(1);
+        let claim = h.claim(7).unwrap();
+        assert!(matches!(h.claim(7), Err(ApiError::Throttled { .. })));
+        h.claim(8).unwrap();
+        drop(claim);
+        h.claim(7).unwrap();
+    }
+
     #[test]
     fn weak_passwords_are_refused_with_reasons() {
         assert!(!weaknesses("short", "bob", "").is_empty());
