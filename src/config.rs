@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Password hashes (logins, registrations, password changes) that may wait for a core while
+    /// every core is hashing; beyond it they are refused with 503. Default: 8 per core.
+    #[arg(long, env = "SIGNAL_SERVER_HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
+
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the
     /// data dir themselves.

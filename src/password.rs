@@ -14,9 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::crypto::b64;
 use crate::error::ApiError;
 
-/// Hashes that may wait for a core per core, while every core is hashing. Beyond that a request
-/// is refused at once (503) instead of making every login wait behind a flood: at 600,000
-/// iterations (~0.16 s a hash) a full queue is about 1.3 s of work.
+/// Hashes that may wait for a core per core, while every core is hashing, unless
+/// `--hash-queue` says otherwise. Beyond that a request is refused at once (503) instead of
+/// making every login wait behind a flood: at 600,000 iterations (~0.16 s a hash) a full queue
+/// is about 1.3 s of work.
 const WAITING_PER_CORE: usize = 8;
 
 /// The longest a hash waits for a core before it is refused (503), for when hashes are slower
@@ -36,13 +37,15 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    pub fn new(iterations: u32) -> Hasher {
+    /// A hasher for new hashes of `iterations` rounds, with at most `max_waiting` hashes
+    /// waiting for a core (`WAITING_PER_CORE` per core when not given).
+    pub fn new(iterations: u32, max_waiting: Option<usize>) -> Hasher {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Hasher {
             iterations,
             permits: Arc::new(Semaphore::new(cores)),
             waiting: Arc::default(),
-            max_waiting: cores * WAITING_PER_CORE,
+            max_waiting: max_waiting.unwrap_or(cores * WAITING_PER_CORE),
             busy_accounts: Arc::default(),
         }
     }
@@ -245,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_hashing_queue_refuses_at_once_and_cancelled_waiters_leave_it() {
-        let h = Hasher::new(1);
+        let h = Hasher::new(1, Some(3));
         let cores = h.permits.available_permits() as u32;
         let busy = h.permits.clone().acquire_many_owned(cores).await.unwrap();
         let waiters: Vec<_> = (0..h.max_waiting)
@@ -275,7 +278,7 @@ mod tests {
 
     #[test]
     fn an_account_has_one_claim_at_a_time() {
-        let h = Hasher::new(1);
+        let h = Hasher::new(1, None);
         let claim = h.claim(7).unwrap();
         assert!(matches!(h.claim(7), Err(ApiError::Throttled { .. })));
         h.claim(8).unwrap();

@@ -156,11 +156,18 @@ async fn an_account_has_one_password_check_in_flight_at_a_time() {
 #[tokio::test]
 async fn a_login_flood_beyond_the_hashing_queue_is_refused_with_503() {
     // Slow hashes (logins of unknown users hash at the configured count) and no rate limits,
-    // so only the queue bound can refuse. The server allows one hash per core and 8 waiting
-    // per core; the flood is larger than that and arrives long before the first hash ends.
-    let s = server_hashing(200_000, &["--no-rate-limit", "--listen", "127.0.0.1:0"]).await;
+    // so only the queue bound can refuse. The server runs one hash per core and lets 2 wait;
+    // the flood is larger than that and arrives long before the first hash ends.
+    let flags = [
+        "--no-rate-limit",
+        "--hash-queue",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let s = server_hashing(400_000, &flags).await;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let flood = cores * 9 + 12;
+    let flood = cores * 2 + 16;
     let answers = futures_util::future::join_all((0..flood).map(|i| {
         let body = json!({"username": format!("nobody{i}"), "password": "Wrong-Password-77"});
         send(&s, "POST", "/auth/jwt/create", None, body)
