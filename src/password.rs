@@ -14,10 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::crypto::b64;
 use crate::error::ApiError;
 
-/// Hashes that may wait for a core per core, while every core is hashing, unless
-/// `--hash-queue` says otherwise. Beyond that a request is refused at once (503) instead of
-/// making every login wait behind a flood: at 600,000 iterations (~0.16 s a hash) a full queue
-/// is about 1.3 s of work.
+/// How many hashes may wait, per core, while every core is hashing (unless `--hash-queue` says
+/// otherwise). Beyond that a request is refused at once (503) instead of making every login wait
+/// behind a flood: at 600,000 iterations (~0.16 s a hash) a full queue is about 1.3 s of work.
 const WAITING_PER_CORE: usize = 8;
 
 /// The longest a hash waits for a core before it is refused (503), for when hashes are slower
