@@ -68,7 +68,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 &user.email,
             )
             .map_err(api_text)?;
-            let hash = app.hasher.hash(password).await;
+            let hash = app.hasher.hash(password).await.map_err(api_text)?;
             app.storage
                 .set_password(user.id, hash)
                 .await
@@ -166,7 +166,7 @@ async fn create_user(
     let req = crate::requests::Register::parse(&value).map_err(api_text)?;
     crate::handlers::users::check_password("password", req.password, req.username, req.email)
         .map_err(api_text)?;
-    let hash = app.hasher.hash(password.clone()).await;
+    let hash = app.hasher.hash(password.clone()).await.map_err(api_text)?;
     let user = app
         .storage
         .create_user(req.username, req.email, hash, None)

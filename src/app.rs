@@ -59,7 +59,7 @@ impl App {
         )?;
         Ok(App(Arc::new(State {
             tokens: Tokens::new(&secret, config.token_ttl, config.refresh_max_age),
-            hasher: Hasher::new(config.pbkdf2_iterations),
+            hasher: Hasher::new(config.pbkdf2_iterations, config.hash_queue),
             limits: RateLimits::new(!config.no_rate_limit),
             hub: Hub::default(),
             mailer,

@@ -150,6 +150,10 @@ pub struct Config {
     /// Seconds a shutdown waits for requests in flight before dropping their connections.
     #[arg(long, env = "SIGNAL_SERVER_SHUTDOWN_TIMEOUT", default_value_t = 20)]
     pub shutdown_timeout: u64,
+    /// Password hashes (logins, registrations, password changes) that may wait for a core while
+    /// every core is hashing; beyond it they are refused with 503. Default: 8 per core.
+    #[arg(long, env = "SIGNAL_SERVER_HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
 
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the

@@ -143,6 +143,9 @@ impl ApiError {
     }
 }
 
+/// The `Retry-After` of a 503 `unavailable`, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
@@ -177,6 +180,10 @@ impl Reply for ApiError {
             }
             ApiError::Throttled { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            // Overload and storage faults pass; a client should come back soon, not hammer.
+            ApiError::Unavailable => {
+                headers.insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.into());
             }
             _ => {}
         }

@@ -1,43 +1,65 @@
 //! Password hashing (PBKDF2-SHA256 in Django's format, so the iteration count travels with the
 //! hash) and the strength rules applied at registration, change and reset.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pbkdf2::pbkdf2_hmac;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::b64;
+use crate::error::ApiError;
+
+/// How many hashes may wait, per core, while every core is hashing (unless `--hash-queue` says
+/// otherwise). Beyond that a request is refused at once (503) instead of making every login wait
+/// behind a flood: at 600,000 iterations (~0.16 s a hash) a full queue is about 1.3 s of work.
+const WAITING_PER_CORE: usize = 8;
+
+/// The longest a hash waits for a core before it is refused (503), for when hashes are slower
+/// than expected (a loaded machine, a high iteration count).
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs PBKDF2 off the async threads, at most one hash per core at a time, so that a login storm
-/// queues up instead of starving every other request of CPU.
+/// queues up instead of starving every other request of CPU. The queue is bounded in length and
+/// in wait, and one account has at most one password check in flight (see `claim`).
 #[derive(Clone)]
 pub struct Hasher {
     iterations: u32,
     permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    busy_accounts: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Hasher {
-    pub fn new(iterations: u32) -> Hasher {
+    /// A hasher for new hashes of `iterations` rounds, with at most `max_waiting` hashes
+    /// waiting for a core (`WAITING_PER_CORE` per core when not given).
+    pub fn new(iterations: u32, max_waiting: Option<usize>) -> Hasher {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Hasher {
             iterations,
             permits: Arc::new(Semaphore::new(cores)),
+            waiting: Arc::default(),
+            max_waiting: max_waiting.unwrap_or(cores * WAITING_PER_CORE),
+            busy_accounts: Arc::default(),
         }
     }
 
-    /// Hashes a new password with the configured iteration count.
-    pub async fn hash(&self, password: String) -> String {
+    /// Hashes a new password with the configured iteration count. 503 `unavailable` when the
+    /// hashing queue is full.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
         let iterations = self.iterations;
         self.blocking(move || hash_with(&password, &rand::random::<[u8; 16]>(), iterations))
             .await
-            .unwrap_or_default()
     }
 
     /// Checks `password` against `stored`; with no stored hash (unknown user) it spends the same
-    /// work on a dummy hash and answers false.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> bool {
+    /// work on a dummy hash and answers false. 503 `unavailable` when the hashing queue is full.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
         let iterations = self.iterations;
         self.blocking(move || match stored {
             Some(stored) => verify_hash(&password, &stored),
@@ -47,16 +69,84 @@ impl Hasher {
             }
         })
         .await
-        .unwrap_or(false)
+    }
+
+    /// Marks `account` as having a password check in flight until the claim is dropped. A second
+    /// concurrent claim is refused (429, retry in a second), so one account never holds more
+    /// than one core or one place in the queue, however many requests it sends at once.
+    pub fn claim(&self, account: u64) -> Result<AccountClaim, ApiError> {
+        let mut busy = lock(&self.busy_accounts);
+        if !busy.insert(account) {
+            return Err(ApiError::Throttled {
+                retry_after_secs: 1,
+            });
+        }
+        Ok(AccountClaim {
+            account,
+            busy: self.busy_accounts.clone(),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        let _permit = self.permits.acquire().await.ok()?;
-        tokio::task::spawn_blocking(work).await.ok()
+    ) -> Result<T, ApiError> {
+        let permit = self.permit().await?;
+        // The permit moves into the blocking task: a client that disconnects drops this future,
+        // but the hash it started still holds its core until it ends.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("password hashing task: {e}")))
     }
+
+    /// A core to hash on: at once if one is free, else after a bounded wait in a bounded queue.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            log::debug!("password hashing queue full; request refused");
+            return Err(ApiError::Unavailable);
+        }
+        let _waiting = Waiting(&self.waiting);
+        match tokio::time::timeout(MAX_WAIT, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                log::debug!("no core free for password hashing in time; request refused");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+}
+
+/// One account's password check in flight (see `Hasher::claim`); released on drop.
+pub struct AccountClaim {
+    account: u64,
+    busy: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl Drop for AccountClaim {
+    fn drop(&mut self) {
+        lock(&self.busy).remove(&self.account);
+    }
+}
+
+/// A place in the hashing queue, given back on drop (also when the request is cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The set stays consistent even if a holder panicked, so a poisoned lock is still usable.
+fn lock(set: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn hash_with(password: &str, salt: &[u8], iterations: u32) -> String {
@@ -153,6 +243,46 @@ mod tests {
         assert!(verify_hash("correct horse", &h));
         assert!(!verify_hash("correct horsf", &h));
         assert!(!verify_hash("x", "garbage"));
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_at_once_and_cancelled_waiters_leave_it() {
+        let h = Hasher::new(1, Some(3));
+        let cores = h.permits.available_permits() as u32;
+        let busy = h.permits.clone().acquire_many_owned(cores).await.unwrap();
+        let waiters: Vec<_> = (0..h.max_waiting)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash("x".into()).await })
+            })
+            .collect();
+        while h.waiting.load(Ordering::SeqCst) < h.max_waiting {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            h.verify("x".into(), None).await,
+            Err(ApiError::Unavailable)
+        ));
+        // A waiter whose request goes away gives its place back.
+        waiters[0].abort();
+        while h.waiting.load(Ordering::SeqCst) == h.max_waiting {
+            tokio::task::yield_now().await;
+        }
+        drop(busy);
+        for w in waiters.into_iter().skip(1) {
+            assert!(w.await.unwrap().is_ok());
+        }
+        assert_eq!(h.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_account_has_one_claim_at_a_time() {
+        let h = Hasher::new(1, None);
+        let claim = h.claim(7).unwrap();
+        assert!(matches!(h.claim(7), Err(ApiError::Throttled { .. })));
+        h.claim(8).unwrap();
+        drop(claim);
+        h.claim(7).unwrap();
     }
 
     #[test]

@@ -47,11 +47,13 @@ pub struct RateLimits {
     bundle_target: Limit<u64>,
     send: Limit<u64>,
     anonymous: Limit<IpAddr>,
+    password_check: Limit<u64>,
 }
 
 impl RateLimits {
     /// The defaults of the API: bundles per requester and target 10 then 1/min, per target 100
-    /// then 30/min; sends 200 then 20/s per sender; anonymous routes 20 then 1 per 6 s per IP.
+    /// then 30/min; sends 200 then 20/s per sender; anonymous routes 20 then 1 per 6 s per IP;
+    /// `current_password` checks 5 then 1/min per account.
     pub fn new(enabled: bool) -> RateLimits {
         RateLimits {
             enabled,
@@ -59,6 +61,7 @@ impl RateLimits {
             bundle_target: Limit::new(100, Duration::from_secs(2)),
             send: Limit::new(200, Duration::from_millis(50)),
             anonymous: Limit::new(20, Duration::from_secs(6)),
+            password_check: Limit::new(5, Duration::from_secs(60)),
         }
     }
 
@@ -85,12 +88,22 @@ impl RateLimits {
         }
     }
 
+    /// A `current_password` check by `account` (password change, account deletion). Charged
+    /// before the hash, right or wrong, so a burst of guesses is refused without costing one.
+    pub fn password_check(&self, account: u64) -> Result<(), ApiError> {
+        if self.enabled {
+            self.password_check.check(&account)?;
+        }
+        Ok(())
+    }
+
     /// Forgets keys whose budget is full again, so memory stays bounded.
     pub fn sweep(&self) {
         self.bundle_pair.sweep();
         self.bundle_target.sweep();
         self.send.sweep();
         self.anonymous.sweep();
+        self.password_check.sweep();
     }
 }
 
@@ -110,6 +123,19 @@ mod tests {
         }
         // Another requester still has its own budget.
         limits.bundle(3, 2).unwrap();
+    }
+
+    #[test]
+    fn password_checks_are_limited_per_account() {
+        let limits = RateLimits::new(true);
+        for _ in 0..5 {
+            limits.password_check(7).unwrap();
+        }
+        assert!(matches!(
+            limits.password_check(7),
+            Err(ApiError::Throttled { .. })
+        ));
+        limits.password_check(8).unwrap();
     }
 
     #[test]

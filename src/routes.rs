@@ -303,6 +303,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
+        .and(client_ip(a))
         .and(body())
         .then(users::reset_confirm)
         .map(reply);

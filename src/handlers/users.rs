@@ -13,6 +13,7 @@ use crate::config::Registration;
 use crate::crypto::b64;
 use crate::error::{ApiError, FieldError};
 use crate::models::{TokenOut, User, UserOut};
+use crate::password::AccountClaim;
 use crate::requests::{self, Register};
 use crate::storage::ResetGrant;
 
@@ -35,7 +36,7 @@ pub async fn register(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
         _ => None,
     };
     check_password("password", req.password, req.username, req.email)?;
-    let hash = app.hasher.hash(req.password.to_string()).await;
+    let hash = app.hasher.hash(req.password.to_string()).await?;
     let user = app
         .storage
         .create_user(
@@ -56,7 +57,7 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     let [username, password] = requests::strings(&value, ["username", "password"])?;
     let user = app.storage.user_by_name(username)?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.hasher.verify(password.to_string(), stored).await {
+    if !app.hasher.verify(password.to_string(), stored).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
@@ -107,7 +108,7 @@ pub async fn me(user: User) -> Answer {
 pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [current] = requests::strings(&value, ["current_password"])?;
-    check_current_password(&app, &user, current).await?;
+    let _claim = check_current_password(&app, &user, current).await?;
     app.storage.delete_user(user.id).await?;
     app.hub.close(user.id);
     log::info!("user {} deleted", user.id);
@@ -118,9 +119,10 @@ pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
 pub async fn change_password(app: App, user: User, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [current, new] = requests::strings(&value, ["current_password", "new_password"])?;
-    check_current_password(&app, &user, current).await?;
+    // The claim stays held through the new hash: one account, one hash in flight.
+    let _claim = check_current_password(&app, &user, current).await?;
     check_password("new_password", new, &user.username, &user.email)?;
-    let hash = app.hasher.hash(new.to_string()).await;
+    let hash = app.hasher.hash(new.to_string()).await?;
     app.storage.set_password(user.id, hash).await?;
     no_content()
 }
@@ -156,36 +158,56 @@ pub async fn issue_reset_token(app: &App, user: &User) -> Result<(String, String
 }
 
 /// POST /auth/password/reset/confirm
-pub async fn reset_confirm(app: App, body: Body) -> Answer {
+///
+/// Nothing about the account is looked at before the token checks out, and every bad
+/// uid/token answers the same `invalid_token`, so the route tells a guesser nothing (not the
+/// email through the strength rules, not which uids exist).
+pub async fn reset_confirm(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
+    app.limits.anonymous(ip)?;
     let value = body.json(app.max_body()).await?;
     let [uid, token, new] = requests::strings(&value, ["uid", "token", "new_password"])?;
-    let user = decode_uid(uid)
-        .and_then(|id| app.storage.user(id).transpose())
-        .transpose()?
-        .ok_or_else(|| ApiError::field("uid", "Invalid user id or user doesn't exist."))?;
+    let token_hash = Sha256::digest(token.as_bytes());
+    let (user, grant) = reset_grantee(&app, uid, &token_hash)?;
     check_password("new_password", new, &user.username, &user.email)?;
-    let grant = app
-        .storage
-        .take_reset_token(&Sha256::digest(token.as_bytes()))
-        .await?;
-    let valid = grant.is_some_and(|g| {
-        g.user_id == user.id && g.token_version == user.token_version && g.expires_at > now_secs()
-    });
-    if !valid {
+    let hash = app.hasher.hash(new.to_string()).await?;
+    // The token is taken only now, so a refused password or a full hashing queue leaves it
+    // usable; taking it is atomic, so of two concurrent confirms only one sets a password.
+    if app.storage.take_reset_token(&token_hash).await? != Some(grant) {
         return Err(ApiError::InvalidToken);
     }
-    let hash = app.hasher.hash(new.to_string()).await;
     app.storage.set_password(user.id, hash).await?;
     no_content()
 }
 
-async fn check_current_password(app: &App, user: &User, password: &str) -> Result<(), ApiError> {
-    if app
-        .hasher
-        .verify(password.to_string(), Some(user.password_hash.clone()))
-        .await
-    {
-        Ok(())
+/// The user a reset token was issued to, and its grant, if the token exists, names the user of
+/// `uid`, has not expired and predates no password change. Looks without taking the token.
+fn reset_grantee(app: &App, uid: &str, token_hash: &[u8]) -> Result<(User, ResetGrant), ApiError> {
+    let grant = app
+        .storage
+        .reset_grant(token_hash)?
+        .filter(|g| decode_uid(uid) == Some(g.user_id) && g.expires_at > now_secs())
+        .ok_or(ApiError::InvalidToken)?;
+    let user = app
+        .storage
+        .user(grant.user_id)?
+        .filter(|u| u.token_version == grant.token_version)
+        .ok_or(ApiError::InvalidToken)?;
+    Ok((user, grant))
+}
+
+/// Checks the caller's `current_password`: one check in flight per account and a per-account
+/// budget, both before the hash, so a flood of guesses is refused without being hashed. The
+/// returned claim keeps the account's slot until the caller is done hashing.
+async fn check_current_password(
+    app: &App,
+    user: &User,
+    password: &str,
+) -> Result<AccountClaim, ApiError> {
+    let claim = app.hasher.claim(user.id)?;
+    app.limits.password_check(user.id)?;
+    let stored = Some(user.password_hash.clone());
+    if app.hasher.verify(password.to_string(), stored).await? {
+        Ok(claim)
     } else {
         Err(ApiError::field("current_password", "Invalid password."))
     }

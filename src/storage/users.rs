@@ -158,16 +158,16 @@ impl Storage {
             return Ok(None);
         };
         self.sync().await?;
-        let grant = (|| {
-            Some(ResetGrant {
-                user_id: keys::decode_u64(v.get(0..8)?)?,
-                expires_at: keys::decode_u64(v.get(8..16)?)?,
-                token_version: keys::decode_u32(v.get(16..20)?)?,
-            })
-        })();
-        grant
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt("reset grant".into()))
+        decode_grant(&v).map(Some)
+    }
+
+    /// The grant for a token hash, left in place: lets a reset be checked in full before the
+    /// token is taken, so a refused new password does not use the token up.
+    pub fn reset_grant(&self, token_hash: &[u8]) -> Result<Option<ResetGrant>, StoreError> {
+        match self.reset_tokens.get(token_hash)? {
+            Some(v) => decode_grant(&v).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Drops expired reset grants; run by the background sweeper.
@@ -217,6 +217,18 @@ impl Storage {
                 .and_then(|(_, v)| decode(&v))
         })
     }
+}
+
+/// A stored reset grant: user id ‖ expiry ‖ token version (see `keys::reset_grant`).
+fn decode_grant(v: &[u8]) -> Result<ResetGrant, StoreError> {
+    (|| {
+        Some(ResetGrant {
+            user_id: keys::decode_u64(v.get(0..8)?)?,
+            expires_at: keys::decode_u64(v.get(8..16)?)?,
+            token_version: keys::decode_u32(v.get(16..20)?)?,
+        })
+    })()
+    .ok_or_else(|| StoreError::Corrupt("reset grant".into()))
 }
 
 #[cfg(test)]
@@ -284,6 +296,7 @@ mod tests {
             expires_at: 100,
         };
         s.put_reset_token(b"hash", &grant).await.unwrap();
+        assert_eq!(s.reset_grant(b"hash").unwrap(), Some(grant.clone()));
         assert_eq!(s.take_reset_token(b"hash").await.unwrap(), Some(grant));
         assert_eq!(s.take_reset_token(b"hash").await.unwrap(), None);
     }
