@@ -15,6 +15,7 @@
 //! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
+//! - `route_table`: every route template with its methods (metrics labels, CORS preflights).
 
 pub mod admin;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod models;
 pub mod password;
 pub mod ratelimit;
 pub mod requests;
+pub mod route_table;
 pub mod routes;
 pub mod server;
 pub mod storage;
