@@ -119,6 +119,17 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Origin whose web pages may call the API from a browser, as scheme://host[:port]
+    /// (repeatable); `*` allows any origin, `none` turns CORS off.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_origin: Vec<String>,
+
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the
     /// data dir themselves.

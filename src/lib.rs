@@ -15,13 +15,15 @@
 //! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
-//! - `route_table`: every route template with its methods (metrics labels, CORS preflights).
+//! - `route_table`: every route template with its methods (metrics labels, CORS preflights);
+//!   `cors`: which browser origins may call the API, and the headers that tell them.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod crypto;
 pub mod error;
 pub mod handlers;
