@@ -348,6 +348,18 @@ mod tests {
     }
 
     #[test]
+    fn server_faults_carry_the_headers_too() {
+        let origin = HeaderValue::from_static("https://app.example");
+        for error in [ApiError::Internal("cause".into()), ApiError::Unavailable] {
+            let res = Cors::Any.decorate(Some(&origin), error.into_response());
+            assert!(res.status().is_server_error());
+            assert_eq!(res.headers()["access-control-allow-origin"], "*");
+            assert_eq!(res.headers()["access-control-expose-headers"], EXPOSED);
+            assert_eq!(res.headers()["vary"], "origin");
+        }
+    }
+
+    #[test]
     fn websocket_origin_same_host_is_allowed_even_with_cors_off() {
         let off = Cors::Off;
         let v = HeaderValue::from_static;

@@ -1,6 +1,7 @@
 //! Every route of the API, in one place. Each endpoint is one small function, filters in one
 //! order: path → method → app → auth → body/query → `.then(handler)`. Handler errors are replies;
-//! rejections only route (404, 405) and carry a failed authentication (401).
+//! rejections only route (404, 405) and carry a failed authentication (401) or a WebSocket
+//! origin refused by `cors` (403).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
