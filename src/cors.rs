@@ -258,18 +258,19 @@ pub fn preflight(app: &App) -> impl Filter<Extract = (Response,), Error = Reject
         })
 }
 
-/// The request's `Origin` header, if any.
+/// The request's `Origin` header, if any. An absent header costs no rejection (this runs on
+/// every request); one that is not visible ASCII counts as absent (no browser sends such).
 pub fn request_origin() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone
 {
-    warp::header::value("origin")
-        .map(Some)
+    warp::header::optional::<HeaderValue>("origin")
         .or(warp::any().map(|| None))
         .unify()
 }
 
 /// Adds the CORS headers to the final answer (see `Cors::decorate`).
-pub fn decorate(res: Response, origin: Option<HeaderValue>, app: App) -> Response {
-    app.cors.decorate(origin.as_ref(), res)
+pub fn decorate<R: Reply>(app: &App) -> impl Fn(R, Option<HeaderValue>) -> Response + Clone {
+    let app = app.clone();
+    move |reply, origin| app.cors.decorate(origin.as_ref(), reply.into_response())
 }
 
 /// Refuses a WebSocket upgrade from a browser page of an origin that is not allowed: 403

@@ -34,11 +34,9 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .unify()
         .recover(recover)
         .unify()
-        .and(crate::cors::request_origin())
-        .and(with_app(&app))
-        .map(crate::cors::decorate)
         .with(observe(&app))
-        .map(Reply::into_response)
+        .and(crate::cors::request_origin())
+        .map(crate::cors::decorate(&app))
         .boxed()
 }
 
