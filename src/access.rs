@@ -6,27 +6,31 @@
 //! `POST /auth/jwt/create 400 12.3ms from 203.0.113.7`.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 pub const TARGET: &str = "signal_server::access";
 
-/// Logs one answered request; the client is the peer, or the forwarded client behind a trusted
+/// What the access log and the metrics see of one answered request.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+/// Logs one answered request; `client` is the peer, or the forwarded client behind a trusted
 /// proxy (as the per-IP limits see it).
-pub fn log(info: &warp::log::Info<'_>, trusted: &[IpAddr]) {
+pub fn log(request: &Request<'_>, client: Option<IpAddr>) {
     if !log::log_enabled!(target: TARGET, log::Level::Info) {
         return;
     }
-    let forwarded = info
-        .request_headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = crate::routes::client_of(trusted, info.remote_addr(), forwarded);
     let client = client.map_or_else(|| "-".to_string(), |ip| ip.to_string());
     log::info!(
         target: TARGET,
         "{} {} {} {:.1}ms from {client}",
-        info.method(),
-        crate::metrics::route_of(info.path()),
-        info.status().as_u16(),
-        info.elapsed().as_secs_f64() * 1000.0
+        request.method,
+        crate::metrics::route_of(request.path),
+        request.status,
+        request.elapsed.as_secs_f64() * 1000.0
     );
 }

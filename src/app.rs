@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::mail::Mailer;
@@ -24,6 +25,7 @@ pub struct State {
     pub hub: Hub,
     pub mailer: Mailer,
     pub metrics: Metrics,
+    pub cors: Cors,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,7 @@ impl App {
             &config.smtp_from,
             config.public_url.as_deref(),
         )?;
+        let cors = Cors::new(&config.cors_origin)?;
         Ok(App(Arc::new(State {
             tokens: Tokens::new(&secret, config.token_ttl, config.refresh_max_age),
             hasher: Hasher::new(config.pbkdf2_iterations, config.hash_queue),
@@ -64,6 +67,7 @@ impl App {
             hub: Hub::default(),
             mailer,
             metrics: Metrics::default(),
+            cors,
             storage,
             config,
         })))

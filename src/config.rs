@@ -154,6 +154,16 @@ pub struct Config {
     /// every core is hashing; beyond it they are refused with 503. Default: 8 per core.
     #[arg(long, env = "SIGNAL_SERVER_HASH_QUEUE")]
     pub hash_queue: Option<usize>,
+    /// Origin whose web pages may call the API from a browser, as scheme://host[:port]
+    /// (repeatable); `*` allows any origin, `none` turns CORS off.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_origin: Vec<String>,
 
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the

@@ -45,6 +45,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// The server cannot serve the request now (storage failing, overloaded); retry later.
     Unavailable,
+    /// A browser page of an origin outside `--cors-origin` tried to open a WebSocket.
+    OriginNotAllowed,
     Internal(String),
 }
 
@@ -70,7 +72,8 @@ impl ApiError {
             | ApiError::DeviceExists
             | ApiError::DeviceChanged
             | ApiError::RecipientIdentityChanged
-            | ApiError::RegistrationClosed => StatusCode::FORBIDDEN,
+            | ApiError::RegistrationClosed
+            | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable => "unavailable",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -138,6 +142,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method not allowed.",
             ApiError::UnsupportedMediaType => "Unsupported media type.",
             ApiError::Unavailable => "The server is temporarily unavailable; retry later.",
+            ApiError::OriginNotAllowed => "Pages of this origin may not use this server.",
             ApiError::Internal(_) => "Internal server error.",
         }
     }

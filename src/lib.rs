@@ -17,6 +17,8 @@
 //! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
+//! - `route_table`: every route template with its methods (metrics labels, CORS preflights);
+//!   `cors`: which browser origins may call the API, and the headers that tell them.
 
 pub mod access;
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod crypto;
 pub mod datadir;
 pub mod error;
@@ -36,6 +39,7 @@ pub mod net;
 pub mod password;
 pub mod ratelimit;
 pub mod requests;
+pub mod route_table;
 pub mod routes;
 pub mod server;
 pub mod storage;

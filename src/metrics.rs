@@ -10,26 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::app::App;
-
-const ROUTES: &[&str] = &[
-    "/health",
-    "/auth/users",
-    "/auth/users/me",
-    "/auth/jwt/create",
-    "/auth/jwt/refresh",
-    "/auth/jwt/verify",
-    "/auth/password",
-    "/auth/password/reset",
-    "/auth/password/reset/confirm",
-    "/device/*",
-    "/prekeys/:regId",
-    "/kyberprekeys/:regId",
-    "/signedprekey/:regId",
-    "/prekeybundle/:username/:regId",
-    "/messages/:regId",
-    "/messages/:regId/ws",
-    "/",
-];
+use crate::route_table::{self, ROUTES};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -67,44 +48,9 @@ impl Default for Metrics {
 
 /// The route template a path belongs to, so that labels stay few (no ids, no usernames).
 pub fn route_of(path: &str) -> &'static str {
-    ROUTES.get(route_index(path)).copied().unwrap_or("other")
-}
-
-/// Index into `ROUTES` (`ROUTES.len()` for "other"), without allocating.
-fn route_index(path: &str) -> usize {
-    let mut seg = [""; 5];
-    let mut n = 0;
-    for s in path.split('/').filter(|s| !s.is_empty()) {
-        if n == seg.len() {
-            return ROUTES.len();
-        }
-        seg[n] = s;
-        n += 1;
-    }
-    let template = match &seg[..n] {
-        ["health"] => "/health",
-        ["auth", "users"] => "/auth/users",
-        ["auth", "users", "me"] => "/auth/users/me",
-        ["auth", "jwt", "create"] => "/auth/jwt/create",
-        ["auth", "jwt", "refresh"] => "/auth/jwt/refresh",
-        ["auth", "jwt", "verify"] => "/auth/jwt/verify",
-        ["auth", "password"] => "/auth/password",
-        ["auth", "password", "reset"] => "/auth/password/reset",
-        ["auth", "password", "reset", "confirm"] => "/auth/password/reset/confirm",
-        ["device", ..] => "/device/*",
-        ["prekeys", _] => "/prekeys/:regId",
-        ["kyberprekeys", _] => "/kyberprekeys/:regId",
-        ["signedprekey", _] => "/signedprekey/:regId",
-        ["prekeybundle", _, _] => "/prekeybundle/:username/:regId",
-        ["messages", _] => "/messages/:regId",
-        ["messages", _, "ws"] => "/messages/:regId/ws",
-        [] => "/",
-        _ => return ROUTES.len(),
-    };
     ROUTES
-        .iter()
-        .position(|t| *t == template)
-        .unwrap_or(ROUTES.len())
+        .get(route_table::index(path))
+        .map_or("other", |r| r.template)
 }
 
 fn status_slot(status: u16) -> usize {
@@ -126,7 +72,7 @@ fn status_label(slot: usize) -> String {
 
 impl Metrics {
     pub fn observe(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let route = route_index(path);
+        let route = route_table::index(path);
         let method = METHODS
             .iter()
             .position(|m| *m == method)
@@ -148,7 +94,7 @@ impl Metrics {
             "# HELP signal_server_http_requests_total HTTP requests by route, method and status.\n",
         );
         out.push_str("# TYPE signal_server_http_requests_total counter\n");
-        let label = |i: usize| ROUTES.get(i).copied().unwrap_or("other");
+        let label = |i: usize| ROUTES.get(i).map_or("other", |r| r.template);
         for route in 0..ROUTE_SLOTS {
             for (m, method) in METHODS.iter().enumerate() {
                 for status in 0..STATUS_SLOTS {

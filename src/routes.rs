@@ -1,6 +1,7 @@
 //! Every route of the API, in one place. Each endpoint is one small function, filters in one
 //! order: path → method → app → auth → body/query → `.then(handler)`. Handler errors are replies;
-//! rejections only route (404, 405) and carry a failed authentication (401).
+//! rejections only route (404, 405) and carry a failed authentication (401) or a WebSocket
+//! origin refused by `cors` (403).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +21,7 @@ impl warp::reject::Reject for ApiError {}
 
 /// The whole API, with rejections turned into the JSON error shape.
 pub fn api(app: App) -> BoxedFilter<(Response,)> {
-    health(&app)
+    let api = health(&app)
         .or(accounts(&app))
         .unify()
         .or(device_routes(&app))
@@ -29,25 +30,54 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .unify()
         .or(message_routes(&app))
         .unify()
-        .recover(recover)
+        .or(crate::cors::preflight(&app))
         .unify()
-        .with(observe(&app))
-        .map(Reply::into_response)
+        .recover(recover)
+        .unify();
+    observed(&app, api)
+        .and(crate::cors::request_origin())
+        .map(crate::cors::decorate(&app))
         .boxed()
 }
 
-/// Counts every answer for `/metrics` and writes the access log line.
-fn observe(app: &App) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone + Send> {
+/// Counts every answer of `inner` for `/metrics` and writes its access log line. Not
+/// `warp::log`: its `Info::remote_addr` only knows warp's own server, and ours is `net`.
+fn observed(
+    app: &App,
+    inner: impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let app = app.clone();
-    warp::log::custom(move |info| {
-        app.metrics.observe(
-            info.method().as_str(),
-            info.path(),
-            info.status().as_u16(),
-            info.elapsed(),
-        );
-        crate::access::log(&info, &app.config.trusted_proxy);
-    })
+    warp::any()
+        .map(std::time::Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(peer_addr())
+        .and(forwarded_for())
+        .and(inner)
+        .map(
+            move |start: std::time::Instant,
+                  method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  peer: Option<SocketAddr>,
+                  forwarded: Option<String>,
+                  res: Response| {
+                let request = crate::access::Request {
+                    method: method.as_str(),
+                    path: path.as_str(),
+                    status: res.status().as_u16(),
+                    elapsed: start.elapsed(),
+                };
+                app.metrics.observe(
+                    request.method,
+                    request.path,
+                    request.status,
+                    request.elapsed,
+                );
+                let client = client_of(&app.config.trusted_proxy, peer, forwarded.as_deref());
+                crate::access::log(&request, client);
+                res
+            },
+        )
 }
 
 /// GET /metrics, on the metrics address only.
@@ -147,15 +177,18 @@ pub fn client_ip(
     app: &App,
 ) -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
     let trusted = app.config.trusted_proxy.clone();
-    peer_addr()
-        .and(
-            warp::header::optional::<String>("x-forwarded-for")
-                .or(warp::any().map(|| None))
-                .unify(),
-        )
-        .map(move |peer: Option<SocketAddr>, forwarded: Option<String>| {
+    peer_addr().and(forwarded_for()).map(
+        move |peer: Option<SocketAddr>, forwarded: Option<String>| {
             client_of(&trusted, peer, forwarded.as_deref())
-        })
+        },
+    )
+}
+
+/// The `X-Forwarded-For` header, if any and text (only believed from a trusted proxy).
+fn forwarded_for() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("x-forwarded-for")
+        .or(warp::any().map(|| None))
+        .unify()
 }
 
 /// The peer, or `X-Forwarded-For`'s last hop when the peer is one of the `trusted` proxies.
@@ -452,6 +485,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
     let live = warp::path!("messages" / u64 / "ws")
         .and(warp::path::end())
         .and(warp::get())
+        .and(crate::cors::websocket_origin(a))
         .and(with_app(a))
         .and(auth_ws(a))
         .and(warp::ws())

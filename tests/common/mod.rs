@@ -547,3 +547,34 @@ pub async fn wait_for_open_sockets(s: &TestServer, want: usize, bound: Duration)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Browsers (CORS)
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a WebSocket on `path` with the given `Origin` (none: like a non-browser client);
+/// answers the handshake's HTTP status (101 when upgraded) and the JSON body of a refusal.
+pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16, Value) {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let mut req = s.ws_url(path).into_client_request().expect("request");
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("origin header"));
+    }
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(req),
+    );
+    match handshake.await.expect("WebSocket handshake timed out") {
+        Ok((_socket, res)) => (res.status().as_u16(), Value::Null),
+        Err(Error::Http(res)) => {
+            let body = res
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (res.status().as_u16(), body)
+        }
+        Err(e) => panic!("WebSocket handshake failed: {e:?}"),
+    }
+}
