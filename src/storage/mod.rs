@@ -24,6 +24,8 @@ mod devices;
 pub mod keys;
 mod messages;
 mod prekeys;
+mod restore;
+mod restore_rules;
 mod users;
 
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ pub use backup::BackupSummary;
 use commit::Committer;
 pub use devices::{Stock, Totals};
 pub use messages::DeleteOutcome;
+pub use restore::{restore_dir, RestoreLimits, ID_CEILING};
 pub use users::ResetGrant;
 
 /// The on-disk layout version; bump it when a record or key layout changes.

@@ -281,3 +281,24 @@ pub fn kyber_prekeys(identity: &KeyPair, ids: impl IntoIterator<Item = u32>) -> 
 pub fn message_text(registration_id: u32, body: &str) -> String {
     json!({"registrationId": registration_id, "type": 1, "body": body}).to_string()
 }
+
+// ---- backup and restore ----
+
+impl TestServer {
+    /// A server (fast hashing, no rate limits) on an existing data dir, e.g. a restored one.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        let args = [
+            "signal-server",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--pbkdf2-iterations",
+            "1000",
+            "--no-rate-limit",
+        ]
+        .map(str::to_string);
+        let config = <Config as clap::Parser>::parse_from(args);
+        TestServer::start_config(config, dir).await
+    }
+}
