@@ -37,20 +37,22 @@ struct Run {
 
 type Feed = Box<dyn FnOnce(ChildStdin) -> u64 + Send>;
 
-/// `signal-server --data-dir DIR restore FILE [flags]`, with a clean environment; with `feed`,
-/// FILE is `-` and `feed` writes standard input (answering how many bytes it got in).
-fn restore(dir: &Path, file: &str, flags: &[&str], feed: Option<Feed>) -> (Run, u64) {
+/// `signal-server --data-dir DIR restore FILE`, without any inherited `SIGNAL_SERVER_*`.
+fn restore_command(dir: &Path, file: &str) -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SIGNAL_SERVER_") {
             cmd.env_remove(key);
         }
     }
-    cmd.arg("--data-dir")
-        .arg(dir)
-        .args(flags)
-        .arg("restore")
-        .arg(file);
+    cmd.arg("--data-dir").arg(dir).arg("restore").arg(file);
+    cmd
+}
+
+/// Runs a restore to its end (bounded); with `feed`, FILE is `-` and `feed` writes standard
+/// input (answering how many bytes it got in).
+fn restore(dir: &Path, file: &str, feed: Option<Feed>) -> (Run, u64) {
+    let mut cmd = restore_command(dir, file);
     cmd.stdin(if feed.is_some() {
         Stdio::piped()
     } else {
@@ -111,13 +113,13 @@ fn vm_hwm_kb(pid: u32) -> u64 {
 }
 
 /// Restores a backup file; answers the run.
-fn restore_file(dir: &Path, file: &Path, flags: &[&str]) -> Run {
-    restore(dir, &file.display().to_string(), flags, None).0
+fn restore_file(dir: &Path, file: &Path) -> Run {
+    restore(dir, &file.display().to_string(), None).0
 }
 
 /// A restore that must be refused, cleanly (no panic), naming `why`, and leave no database.
-fn assert_refused(dir: &Path, file: &Path, flags: &[&str], why: &str) {
-    let run = restore_file(dir, file, flags);
+fn assert_refused(dir: &Path, file: &Path, why: &str) {
+    let run = restore_file(dir, file);
     assert!(
         !run.success,
         "restore accepted a backup with {why}: {run:?}"
@@ -241,12 +243,12 @@ async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_resto
         renumber(&mut crafted, alice, id);
         let file = write_backup(work.path(), &format!("{name}.jsonl"), &crafted);
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_refused(dir.path(), &file, &[], &format!("user id {id}"));
+        assert_refused(dir.path(), &file, &format!("user id {id}"));
     }
     let mut crafted = records.clone();
     first_of(&mut crafted, "message")["id"] = json!(0);
     let file = write_backup(work.path(), "zero.jsonl", &crafted);
-    assert_refused(work.path(), &file, &[], "message id 0");
+    assert_refused(work.path(), &file, "message id 0");
 
     // The largest id allowed restores; the next registration gets an id above it, and the
     // restored user keeps her account and her queue.
@@ -255,7 +257,7 @@ async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_resto
     renumber(&mut crafted, alice, top);
     let file = write_backup(work.path(), "top.jsonl", &crafted);
     let dir = tempfile::tempdir().expect("tempdir");
-    summary(&restore_file(dir.path(), &file, &[]));
+    summary(&restore_file(dir.path(), &file));
     let s = TestServer::start_in(dir).await;
     let carol = s.user("carol").await;
     assert!(carol.id > top, "new id {} is not above {top}", carol.id);
@@ -299,8 +301,8 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind_and_a_retry_works()
     );
     let bad = write_backup(work.path(), "bad.jsonl", &bad);
     let dir = tempfile::tempdir().expect("tempdir");
-    assert_refused(dir.path(), &bad, &[], "a bad line after 3,000 users");
-    let run = restore_file(dir.path(), &bad, &[]);
+    assert_refused(dir.path(), &bad, "a bad line after 3,000 users");
+    let run = restore_file(dir.path(), &bad);
     assert!(
         run.stderr.contains("line 3002"),
         "the error does not name the bad line: {}",
@@ -308,10 +310,7 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind_and_a_retry_works()
     );
 
     let good = write_backup(work.path(), "good.jsonl", &good);
-    assert_eq!(
-        summary(&restore_file(dir.path(), &good, &[]))["users"],
-        3000
-    );
+    assert_eq!(summary(&restore_file(dir.path(), &good))["users"], 3000);
     let s = TestServer::start_in(dir).await;
     s.login("user3000", PASSWORD).await;
     s.stop().await;
@@ -326,10 +325,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let building = dir.path().join("db.restoring");
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["restore", "-"])
+    let mut child = restore_command(dir.path(), "-")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -356,7 +352,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
 
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_backup(work.path(), "real.jsonl", &records);
-    assert_eq!(summary(&restore_file(dir.path(), &file, &[]))["users"], 2);
+    assert_eq!(summary(&restore_file(dir.path(), &file))["users"], 2);
     assert!(!building.exists(), "the next restore left db.restoring");
     let s = TestServer::start_in(dir).await;
     let leftover = s.app.storage.user_by_name("user1").expect("lookup");
@@ -386,14 +382,14 @@ async fn usernames_and_emails_differing_only_in_case_are_refused() {
         + 1;
     crafted.insert(at, twin.clone());
     let file = write_backup(work.path(), "name.jsonl", &crafted);
-    assert_refused(work.path(), &file, &[], "usernames alice and ALICE");
+    assert_refused(work.path(), &file, "usernames alice and ALICE");
 
     crafted.remove(at);
     twin["username"] = json!("alice2");
     twin["email"] = json!("alice@EXAMPLE.org");
     crafted.insert(at, twin);
     let file = write_backup(work.path(), "email.jsonl", &crafted);
-    assert_refused(work.path(), &file, &[], "emails differing only in case");
+    assert_refused(work.path(), &file, "emails differing only in case");
 }
 
 #[tokio::test]
@@ -417,7 +413,7 @@ async fn a_line_over_the_limit_is_refused_without_being_read_whole() {
         let _ = stdin.write_all(b"\",\"email\":\"\",\"passwordHash\":\"x\",\"tokenVersion\":0}\n");
         fed
     });
-    let (run, fed) = restore(dir.path(), "-", &[], Some(feed));
+    let (run, fed) = restore(dir.path(), "-", Some(feed));
     assert!(!run.success, "a 100 MB line was accepted: {}", run.stdout);
     assert!(
         run.stderr.contains("line 2") && run.stderr.contains("longer than"),
@@ -553,14 +549,14 @@ async fn records_that_break_the_api_rules_are_refused() {
         let mut crafted = records.clone();
         (case.edit)(&mut crafted);
         let file = write_backup(work.path(), &format!("case{n}.jsonl"), &crafted);
-        assert_refused(work.path(), &file, &[], case.why);
+        assert_refused(work.path(), &file, case.why);
     }
     // The end record's count is checked.
     let mut lines: Vec<String> = records.iter().map(Value::to_string).collect();
     lines.push(json!({"type": "end", "records": records.len() + 1}).to_string());
     let file = write_lines(work.path(), "count.jsonl", &lines);
-    assert_refused(work.path(), &file, &[], "a wrong end count");
+    assert_refused(work.path(), &file, "a wrong end count");
     // The unedited backup restores (the cases above fail for their edit alone).
     let file = write_backup(work.path(), "real.jsonl", &records);
-    summary(&restore_file(work.path(), &file, &[]));
+    summary(&restore_file(work.path(), &file));
 }
