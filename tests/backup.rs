@@ -142,6 +142,27 @@ fn assert_no_database(dir: &Path) {
     }
 }
 
+/// Waits (bounded) until sled's lock on `file` is free: tasks of a stopped in-process server
+/// drop their database handles shortly after `stop()`.
+async fn wait_until_closed(file: &Path) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file);
+        if f.is_ok_and(|f| f.try_lock().is_ok()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is still open",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn summary(run: &Run) -> Value {
     assert!(run.success, "restore failed: {run:?}");
     run.stdout
@@ -313,6 +334,20 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind_and_a_retry_works()
     assert_eq!(summary(&restore_file(dir.path(), &good))["users"], 3000);
     let s = TestServer::start_in(dir).await;
     s.login("user3000", PASSWORD).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_without_records_is_replaced_by_the_restored_one() {
+    let records = real_records().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = write_backup(work.path(), "real.jsonl", &records);
+    // A server that started once and was never used leaves a database with no records.
+    let dir = TestServer::start().await.stop().await;
+    wait_until_closed(&dir.path().join("db").join("db")).await;
+    assert_eq!(summary(&restore_file(dir.path(), &file))["users"], 2);
+    let s = TestServer::start_in(dir).await;
+    s.login("alice", PASSWORD).await;
     s.stop().await;
 }
 
@@ -520,6 +555,18 @@ fn cases() -> Vec<Case> {
         Case {
             why: "a password hash that is not one",
             edit: |r| first_of(r, "user")["passwordHash"] = json!("plain"),
+        },
+        Case {
+            why: "a password hash of 4294967295 iterations",
+            edit: |r| {
+                let user = first_of(r, "user");
+                let hash = user["passwordHash"].as_str().expect("hash").to_string();
+                let parts: Vec<&str> = hash.split('$').collect();
+                user["passwordHash"] = json!(format!(
+                    "pbkdf2_sha256$4294967295${}${}",
+                    parts[2], parts[3]
+                ));
+            },
         },
         Case {
             why: "101 one-time prekeys for one device",

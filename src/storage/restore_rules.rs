@@ -14,6 +14,9 @@ use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
 
 /// The length of an invite's or reset token's hash (SHA-256).
 const TOKEN_HASH_LEN: usize = 32;
+/// Most PBKDF2 iterations of a restored password hash: a login runs them all, so a crafted
+/// count near 2^32 would hold a hashing slot for hours. 16 times today's default.
+const MAX_HASH_ITERATIONS: u32 = 10_000_000;
 
 /// The state of a restore between records.
 pub(super) struct Restoring<'a> {
@@ -169,7 +172,10 @@ impl<'a> Restoring<'a> {
             return bad(format!("user {id}: email: {e}"));
         }
         if !is_password_hash(&user.password_hash) {
-            return bad(format!("user {id}: not a pbkdf2_sha256 password hash"));
+            return bad(format!(
+                "user {id}: not a pbkdf2_sha256 password hash of 1 to {MAX_HASH_ITERATIONS} \
+                 iterations"
+            ));
         }
         let key = keys::user(id);
         let name = user.username.to_lowercase();
@@ -438,7 +444,7 @@ fn token_hash(what: &str, text: &str) -> Result<Vec<u8>, StoreError> {
 fn is_password_hash(text: &str) -> bool {
     let parts: Vec<&str> = text.split('$').collect();
     matches!(parts.as_slice(), ["pbkdf2_sha256", iterations, salt, hash]
-        if iterations.parse::<u32>().is_ok_and(|n| n >= 1)
+        if iterations.parse::<u32>().is_ok_and(|n| (1..=MAX_HASH_ITERATIONS).contains(&n))
             && !salt.is_empty()
             && b64::decode(hash).is_some_and(|h| h.len() == 32))
 }
