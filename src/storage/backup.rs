@@ -24,32 +24,49 @@ pub(super) struct KeyRecord {
     pub signature: Option<String>,
 }
 
-/// One line of a backup.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UserRecord {
+    pub id: u64,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub token_version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DeviceRecord {
+    pub user: u64,
+    pub address: String,
+    pub registration_id: u32,
+    pub identity_key: String,
+    pub signed_pre_key: KeyRecord,
+    pub last_resort_kyber_pre_key: Option<KeyRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MessageRecord {
+    pub recipient: u64,
+    pub id: u64,
+    pub sender_address: String,
+    pub sender_registration_id: u32,
+    pub content: String,
+    pub recipient_address: String,
+    pub timestamp: u64,
+}
+
+/// One line of a backup: `{"type": "<variant>", ...its fields}`.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub(super) enum Record {
-    #[serde(rename_all = "camelCase")]
     Header {
         format: String,
         version: u32,
     },
-    #[serde(rename_all = "camelCase")]
-    User {
-        id: u64,
-        username: String,
-        email: String,
-        password_hash: String,
-        token_version: u32,
-    },
-    #[serde(rename_all = "camelCase")]
-    Device {
-        user: u64,
-        address: String,
-        registration_id: u32,
-        identity_key: String,
-        signed_pre_key: KeyRecord,
-        last_resort_kyber_pre_key: Option<KeyRecord>,
-    },
+    User(UserRecord),
+    Device(DeviceRecord),
     PreKey {
         user: u64,
         key: KeyRecord,
@@ -58,21 +75,11 @@ pub(super) enum Record {
         user: u64,
         key: KeyRecord,
     },
-    #[serde(rename_all = "camelCase")]
-    Message {
-        recipient: u64,
-        id: u64,
-        sender_address: String,
-        sender_registration_id: u32,
-        content: String,
-        recipient_address: String,
-        timestamp: u64,
-    },
+    Message(MessageRecord),
     Invite {
         hash: String,
         created: u64,
     },
-    #[serde(rename_all = "camelCase")]
     ResetToken {
         hash: String,
         user: u64,
@@ -135,13 +142,13 @@ impl Storage {
             put(
                 out,
                 &mut records,
-                &Record::User {
+                &Record::User(UserRecord {
                     id: u.id,
                     username: u.username,
                     email: u.email,
                     password_hash: u.password_hash,
                     token_version: u.token_version,
-                },
+                }),
             )?;
             sum.users += 1;
         }
@@ -154,14 +161,14 @@ impl Storage {
             put(
                 out,
                 &mut records,
-                &Record::Device {
+                &Record::Device(DeviceRecord {
                     user: user_of(&k),
                     address: d.address,
                     registration_id: d.registration_id,
                     identity_key: b64::encode(&d.identity_key),
                     signed_pre_key: key_out(&d.signed_prekey),
                     last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-                },
+                }),
             )?;
             sum.devices += 1;
         }
@@ -210,7 +217,7 @@ impl Storage {
             put(
                 out,
                 &mut records,
-                &Record::Message {
+                &Record::Message(MessageRecord {
                     recipient: user_of(&k),
                     id: m.id,
                     sender_address: m.sender_address,
@@ -218,7 +225,7 @@ impl Storage {
                     content: m.content,
                     recipient_address: m.recipient_address,
                     timestamp: m.timestamp,
-                },
+                }),
             )?;
             sum.messages += 1;
         }

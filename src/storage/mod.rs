@@ -25,6 +25,7 @@ pub mod keys;
 mod messages;
 mod prekeys;
 mod restore;
+mod restore_checks;
 mod restore_rules;
 mod users;
 
