@@ -445,7 +445,10 @@ async fn a_line_over_the_limit_is_refused_without_being_read_whole() {
             }
             fed += chunk.len() as u64;
         }
-        let _ = stdin.write_all(b"\",\"email\":\"\",\"passwordHash\":\"x\",\"tokenVersion\":0}\n");
+        // The rest of the user record (a restore without a line limit accepts it) and the end.
+        let end = "\",\"email\":\"\",\"passwordHash\":\"x\",\"tokenVersion\":0}\n\
+                   {\"type\":\"end\",\"records\":2}\n";
+        let _ = stdin.write_all(end.as_bytes());
         fed
     });
     let (run, fed) = restore(dir.path(), "-", Some(feed));
