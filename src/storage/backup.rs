@@ -112,11 +112,19 @@ fn key_out(k: &SignedPreKey) -> KeyRecord {
     }
 }
 
-fn put(out: &mut dyn Write, records: &mut u64, r: &Record) -> Result<(), StoreError> {
-    let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    writeln!(out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
-    *records += 1;
-    Ok(())
+/// Writes records, one a line, counting them for the end record.
+struct Writer<'a> {
+    out: &'a mut (dyn Write + Send),
+    records: u64,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, r: &Record) -> Result<(), StoreError> {
+        let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        writeln!(self.out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
+        self.records += 1;
+        Ok(())
+    }
 }
 
 fn user_of(key: &[u8]) -> u64 {
@@ -127,51 +135,64 @@ impl Storage {
     /// Writes every record to `out`. Writers wait while the trees are read.
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;
-        let mut sum = BackupSummary::default();
-        let mut records = 0u64;
-        put(
-            out,
-            &mut records,
-            &Record::Header {
-                format: FORMAT.into(),
-                version: VERSION,
-            },
-        )?;
+        let mut w = Writer { out, records: 0 };
+        w.put(&Record::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+        })?;
+        let sum = BackupSummary {
+            users: self.back_up_users(&mut w)?,
+            devices: self.back_up_devices(&mut w)?,
+            prekeys: self.back_up_prekeys(&mut w)?,
+            kyber_prekeys: self.back_up_kyber_prekeys(&mut w)?,
+            messages: self.back_up_messages(&mut w)?,
+            invites: self.back_up_invites(&mut w)?,
+            reset_tokens: self.back_up_reset_tokens(&mut w)?,
+        };
+        let records = w.records;
+        w.put(&Record::End { records })?;
+        Ok(sum)
+    }
+
+    fn back_up_users(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.users.iter() {
             let u: User = decode(&entry?.1)?;
-            put(
-                out,
-                &mut records,
-                &Record::User(UserRecord {
-                    id: u.id,
-                    username: u.username,
-                    email: u.email,
-                    password_hash: u.password_hash,
-                    token_version: u.token_version,
-                }),
-            )?;
-            sum.users += 1;
+            w.put(&Record::User(UserRecord {
+                id: u.id,
+                username: u.username,
+                email: u.email,
+                password_hash: u.password_hash,
+                token_version: u.token_version,
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_devices(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.devices.iter() {
             let (k, v) = entry?;
             if !self.kept(user_of(&k), false)? {
                 continue;
             }
             let d: Device = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::Device(DeviceRecord {
-                    user: user_of(&k),
-                    address: d.address,
-                    registration_id: d.registration_id,
-                    identity_key: b64::encode(&d.identity_key),
-                    signed_pre_key: key_out(&d.signed_prekey),
-                    last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-                }),
-            )?;
-            sum.devices += 1;
+            w.put(&Record::Device(DeviceRecord {
+                user: user_of(&k),
+                address: d.address,
+                registration_id: d.registration_id,
+                identity_key: b64::encode(&d.identity_key),
+                signed_pre_key: key_out(&d.signed_prekey),
+                last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.prekeys.iter() {
             let (k, v) = entry?;
             if !self.kept(user_of(&k), true)? {
@@ -182,88 +203,85 @@ impl Storage {
                 public_key: b64::encode(&v),
                 signature: None,
             };
-            put(
-                out,
-                &mut records,
-                &Record::PreKey {
-                    user: user_of(&k),
-                    key,
-                },
-            )?;
-            sum.prekeys += 1;
+            w.put(&Record::PreKey {
+                user: user_of(&k),
+                key,
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_kyber_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.kyber_prekeys.iter() {
             let (k, v) = entry?;
             if !self.kept(user_of(&k), true)? {
                 continue;
             }
             let key: SignedPreKey = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::KyberPreKey {
-                    user: user_of(&k),
-                    key: key_out(&key),
-                },
-            )?;
-            sum.kyber_prekeys += 1;
+            w.put(&Record::KyberPreKey {
+                user: user_of(&k),
+                key: key_out(&key),
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_messages(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.messages.iter() {
             let (k, v) = entry?;
             if !self.kept(user_of(&k), true)? {
                 continue;
             }
             let m: Message = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::Message(MessageRecord {
-                    recipient: user_of(&k),
-                    id: m.id,
-                    sender_address: m.sender_address,
-                    sender_registration_id: m.sender_registration_id,
-                    content: m.content,
-                    recipient_address: m.recipient_address,
-                    timestamp: m.timestamp,
-                }),
-            )?;
-            sum.messages += 1;
+            w.put(&Record::Message(MessageRecord {
+                recipient: user_of(&k),
+                id: m.id,
+                sender_address: m.sender_address,
+                sender_registration_id: m.sender_registration_id,
+                content: m.content,
+                recipient_address: m.recipient_address,
+                timestamp: m.timestamp,
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_invites(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.invites.iter() {
             let (k, v) = entry?;
-            put(
-                out,
-                &mut records,
-                &Record::Invite {
-                    hash: b64::encode(&k),
-                    created: keys::decode_u64(&v).unwrap_or(0),
-                },
-            )?;
-            sum.invites += 1;
+            w.put(&Record::Invite {
+                hash: b64::encode(&k),
+                created: keys::decode_u64(&v).unwrap_or(0),
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_reset_tokens(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.reset_tokens.iter() {
             let (k, v) = entry?;
             let field =
                 |r: std::ops::Range<usize>| v.get(r).and_then(keys::decode_u64).unwrap_or(0);
-            let version = v.get(16..20).and_then(keys::decode_u32).unwrap_or(0);
             if !self.kept(field(0..8), false)? {
                 continue;
             }
-            put(
-                out,
-                &mut records,
-                &Record::ResetToken {
-                    hash: b64::encode(&k),
-                    user: field(0..8),
-                    expires: field(8..16),
-                    version,
-                },
-            )?;
-            sum.reset_tokens += 1;
+            w.put(&Record::ResetToken {
+                hash: b64::encode(&k),
+                user: field(0..8),
+                expires: field(8..16),
+                version: v.get(16..20).and_then(keys::decode_u32).unwrap_or(0),
+            })?;
+            n += 1;
         }
-        let total = records;
-        put(out, &mut records, &Record::End { records: total })?;
-        Ok(sum)
+        Ok(n)
     }
 
     /// Whether records of `user` belong in a backup. Left out: what an interrupted delete left
