@@ -1,7 +1,9 @@
 //! Backup and restore in a portable format: JSON lines, one record per line, binary values in
 //! base64. A backup is taken while the server runs and sees every tree at one instant (writers are
 //! held at the gate while the records are read); derived data (indexes, counts) is not written
-//! but rebuilt on restore, so the format does not depend on this version's key layouts.
+//! but rebuilt on restore, so the format does not depend on this version's key layouts. This
+//! module holds the format and the writer; `restore` reads it back, all or nothing, checking each
+//! record (`restore_checks`, `restore_rules`).
 
 use std::io::Write;
 
