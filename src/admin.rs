@@ -368,26 +368,41 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, St
     }
     let _lock = crate::server::lock_data_dir(&config.data_dir)
         .map_err(|e| format!("{e} (and its admin socket does not answer)"))?;
+    if let Command::Restore { file } = command {
+        return restore(&config, file).await;
+    }
     let app = App::open(config)?;
     let mut out = Vec::new();
-    match command {
-        Command::Restore { file } => {
-            let mut input = open_input(file)?;
-            let sum = app
-                .storage
-                .restore(&mut input)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            out = format!(
-                "restored {}\n",
-                serde_json::to_string(&sum).unwrap_or_default()
-            )
-            .into_bytes();
-        }
-        other => execute(&app, other.clone(), &mut out).await?,
-    }
+    execute(&app, command.clone(), &mut out).await?;
     app.storage.flush().map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// Restores a backup into the stopped data dir (whose lock the caller holds), all or nothing,
+/// with the limits of the server's flags. Nothing else of the data dir is written: the server
+/// creates its JWT secret on first start.
+async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>, String> {
+    let mut input = open_input(file)?;
+    let limits = crate::storage::RestoreLimits {
+        max_message_bytes: config.max_message_bytes,
+        max_prekeys: config.max_prekeys,
+        max_queued_messages: config.max_queued_messages,
+    };
+    let options = crate::storage::StorageOptions {
+        cache_capacity: config.cache_mb.saturating_mul(1 << 20),
+        flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
+    };
+    let db = config.data_dir.join("db");
+    let sum = crate::storage::restore_dir(&db, &mut input, &limits, &options)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StoreError::Corrupt(why) => {
+                format!("restore refused, the data dir is unchanged: {why}")
+            }
+            other => format!("restore failed, the data dir is unchanged: {other}"),
+        })?;
+    let sum = serde_json::to_string(&sum).unwrap_or_default();
+    Ok(format!("restored {sum}\n").into_bytes())
 }
 
 /// The password of a new account: a line on standard input, or empty (generate one) when

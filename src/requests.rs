@@ -37,8 +37,8 @@ impl<'a> Register<'a> {
         }
         let password = f.string("password", true);
         let email = f.string("email", false).unwrap_or("");
-        if !email.is_empty() && (email.len() > 254 || email.parse::<lettre::Address>().is_err()) {
-            f.fail("email", "Enter a valid email address.");
+        if let Err(e) = check_email(email) {
+            f.fail("email", e);
         }
         let invite = f.string("invite", false);
         f.finish()?;
@@ -63,6 +63,14 @@ pub fn check_username(name: &str) -> Result<(), &'static str> {
         .all(|b| b.is_ascii_alphanumeric() || b"@.+-_".contains(&b))
     {
         return Err("Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.");
+    }
+    Ok(())
+}
+
+/// An email is optional (empty), else at most 254 bytes and a valid address.
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if !email.is_empty() && (email.len() > 254 || email.parse::<lettre::Address>().is_err()) {
+        return Err("Enter a valid email address.");
     }
     Ok(())
 }
@@ -98,20 +106,12 @@ pub enum KeyKind {
 
 fn key_field(f: &mut Fields, name: &str, kind: KeyKind) -> Option<Vec<u8>> {
     let text = f.string(name, true)?;
-    let (len, type_byte, what) = match kind {
-        KeyKind::Ec => (
-            crypto::EC_KEY_LEN,
-            crypto::EC_KEY_TYPE,
-            "a 33-byte Curve25519 public key",
-        ),
-        KeyKind::Kyber => (
-            crypto::KYBER_KEY_LEN,
-            crypto::KYBER_KEY_TYPE,
-            "a 1569-byte Kyber public key",
-        ),
+    let (type_byte, what) = match kind {
+        KeyKind::Ec => (crypto::EC_KEY_TYPE, "a 33-byte Curve25519 public key"),
+        KeyKind::Kyber => (crypto::KYBER_KEY_TYPE, "a 1569-byte Kyber public key"),
     };
     match b64::decode(text) {
-        Some(bytes) if bytes.len() == len && bytes[0] == type_byte => Some(bytes),
+        Some(bytes) if has_key_shape(&bytes, kind) => Some(bytes),
         Some(_) => {
             f.fail(
                 name,
@@ -124,6 +124,15 @@ fn key_field(f: &mut Fields, name: &str, kind: KeyKind) -> Option<Vec<u8>> {
             None
         }
     }
+}
+
+/// Whether `bytes` is a serialized public key of `kind`: its length and type byte.
+pub fn has_key_shape(bytes: &[u8], kind: KeyKind) -> bool {
+    let (len, type_byte) = match kind {
+        KeyKind::Ec => (crypto::EC_KEY_LEN, crypto::EC_KEY_TYPE),
+        KeyKind::Kyber => (crypto::KYBER_KEY_LEN, crypto::KYBER_KEY_TYPE),
+    };
+    bytes.len() == len && bytes.first() == Some(&type_byte)
 }
 
 /// A `{keyId, publicKey, signature}`, the signature checked against `identity` when known.
@@ -311,7 +320,7 @@ fn nested<T>(
 }
 
 /// `<username>.<deviceId>` → (username, deviceId in 1..=127).
-fn parse_address(address: &str) -> Option<(String, u32)> {
+pub fn parse_address(address: &str) -> Option<(String, u32)> {
     let (name, device) = address.rsplit_once('.')?;
     let device: u32 = device.parse().ok().filter(|d| (1..=127).contains(d))?;
     check_username(name).ok()?;
@@ -414,7 +423,8 @@ impl<'a> Send<'a> {
     }
 }
 
-fn inner_registration_id(message: &str) -> Option<u64> {
+/// The integer `registrationId` of a message's JSON text, which must be an object.
+pub fn inner_registration_id(message: &str) -> Option<u64> {
     // An object, not an array: serde would read `[22]` into a struct too.
     serde_json::from_str::<Value>(message)
         .ok()?

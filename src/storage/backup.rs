@@ -1,14 +1,16 @@
 //! Backup and restore in a portable format: JSON lines, one record per line, binary values in
 //! base64. A backup is taken while the server runs and sees every tree at one instant (writers are
 //! held at the gate while the records are read); derived data (indexes, counts) is not written
-//! but rebuilt on restore, so the format does not depend on this version's key layouts.
+//! but rebuilt on restore, so the format does not depend on this version's key layouts. This
+//! module holds the format and the writer; `restore` reads it back, all or nothing, checking each
+//! record (`restore_checks`, `restore_rules`).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
 use super::keys;
-use super::{decode, encode, Storage, StoreError};
+use super::{decode, Storage, StoreError};
 use crate::crypto::b64;
 use crate::models::{Device, Message, SignedPreKey, User};
 
@@ -17,39 +19,56 @@ pub const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct KeyRecord {
-    key_id: u32,
-    public_key: String,
+pub(super) struct KeyRecord {
+    pub key_id: u32,
+    pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    signature: Option<String>,
+    pub signature: Option<String>,
 }
 
-/// One line of a backup.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UserRecord {
+    pub id: u64,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+    pub token_version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DeviceRecord {
+    pub user: u64,
+    pub address: String,
+    pub registration_id: u32,
+    pub identity_key: String,
+    pub signed_pre_key: KeyRecord,
+    pub last_resort_kyber_pre_key: Option<KeyRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MessageRecord {
+    pub recipient: u64,
+    pub id: u64,
+    pub sender_address: String,
+    pub sender_registration_id: u32,
+    pub content: String,
+    pub recipient_address: String,
+    pub timestamp: u64,
+}
+
+/// One line of a backup: `{"type": "<variant>", ...its fields}`.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-enum Record {
-    #[serde(rename_all = "camelCase")]
+pub(super) enum Record {
     Header {
         format: String,
         version: u32,
     },
-    #[serde(rename_all = "camelCase")]
-    User {
-        id: u64,
-        username: String,
-        email: String,
-        password_hash: String,
-        token_version: u32,
-    },
-    #[serde(rename_all = "camelCase")]
-    Device {
-        user: u64,
-        address: String,
-        registration_id: u32,
-        identity_key: String,
-        signed_pre_key: KeyRecord,
-        last_resort_kyber_pre_key: Option<KeyRecord>,
-    },
+    User(UserRecord),
+    Device(DeviceRecord),
     PreKey {
         user: u64,
         key: KeyRecord,
@@ -58,21 +77,11 @@ enum Record {
         user: u64,
         key: KeyRecord,
     },
-    #[serde(rename_all = "camelCase")]
-    Message {
-        recipient: u64,
-        id: u64,
-        sender_address: String,
-        sender_registration_id: u32,
-        content: String,
-        recipient_address: String,
-        timestamp: u64,
-    },
+    Message(MessageRecord),
     Invite {
         hash: String,
         created: u64,
     },
-    #[serde(rename_all = "camelCase")]
     ResetToken {
         hash: String,
         user: u64,
@@ -105,25 +114,19 @@ fn key_out(k: &SignedPreKey) -> KeyRecord {
     }
 }
 
-fn key_in(k: KeyRecord) -> Result<SignedPreKey, StoreError> {
-    let bad = || StoreError::Corrupt(format!("key {} in backup", k.key_id));
-    Ok(SignedPreKey {
-        key_id: k.key_id,
-        public_key: b64::decode(&k.public_key).ok_or_else(bad)?,
-        signature: k
-            .signature
-            .as_deref()
-            .map(b64::decode)
-            .unwrap_or(Some(Vec::new()))
-            .ok_or_else(bad)?,
-    })
+/// Writes records, one a line, counting them for the end record.
+struct Writer<'a> {
+    out: &'a mut (dyn Write + Send),
+    records: u64,
 }
 
-fn put(out: &mut dyn Write, records: &mut u64, r: &Record) -> Result<(), StoreError> {
-    let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    writeln!(out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
-    *records += 1;
-    Ok(())
+impl Writer<'_> {
+    fn put(&mut self, r: &Record) -> Result<(), StoreError> {
+        let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        writeln!(self.out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
+        self.records += 1;
+        Ok(())
+    }
 }
 
 fn user_of(key: &[u8]) -> u64 {
@@ -134,297 +137,162 @@ impl Storage {
     /// Writes every record to `out`. Writers wait while the trees are read.
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;
-        let mut sum = BackupSummary::default();
-        let mut records = 0u64;
-        put(
-            out,
-            &mut records,
-            &Record::Header {
-                format: FORMAT.into(),
-                version: VERSION,
-            },
-        )?;
+        let mut w = Writer { out, records: 0 };
+        w.put(&Record::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+        })?;
+        let sum = BackupSummary {
+            users: self.back_up_users(&mut w)?,
+            devices: self.back_up_devices(&mut w)?,
+            prekeys: self.back_up_prekeys(&mut w)?,
+            kyber_prekeys: self.back_up_kyber_prekeys(&mut w)?,
+            messages: self.back_up_messages(&mut w)?,
+            invites: self.back_up_invites(&mut w)?,
+            reset_tokens: self.back_up_reset_tokens(&mut w)?,
+        };
+        let records = w.records;
+        w.put(&Record::End { records })?;
+        Ok(sum)
+    }
+
+    fn back_up_users(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.users.iter() {
             let u: User = decode(&entry?.1)?;
-            put(
-                out,
-                &mut records,
-                &Record::User {
-                    id: u.id,
-                    username: u.username,
-                    email: u.email,
-                    password_hash: u.password_hash,
-                    token_version: u.token_version,
-                },
-            )?;
-            sum.users += 1;
+            w.put(&Record::User(UserRecord {
+                id: u.id,
+                username: u.username,
+                email: u.email,
+                password_hash: u.password_hash,
+                token_version: u.token_version,
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_devices(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.devices.iter() {
             let (k, v) = entry?;
+            if !self.kept(user_of(&k), false)? {
+                continue;
+            }
             let d: Device = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::Device {
-                    user: user_of(&k),
-                    address: d.address,
-                    registration_id: d.registration_id,
-                    identity_key: b64::encode(&d.identity_key),
-                    signed_pre_key: key_out(&d.signed_prekey),
-                    last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-                },
-            )?;
-            sum.devices += 1;
+            w.put(&Record::Device(DeviceRecord {
+                user: user_of(&k),
+                address: d.address,
+                registration_id: d.registration_id,
+                identity_key: b64::encode(&d.identity_key),
+                signed_pre_key: key_out(&d.signed_prekey),
+                last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.prekeys.iter() {
             let (k, v) = entry?;
+            if !self.kept(user_of(&k), true)? {
+                continue;
+            }
             let key = KeyRecord {
                 key_id: keys::prekey_id(&k).unwrap_or(0),
                 public_key: b64::encode(&v),
                 signature: None,
             };
-            put(
-                out,
-                &mut records,
-                &Record::PreKey {
-                    user: user_of(&k),
-                    key,
-                },
-            )?;
-            sum.prekeys += 1;
+            w.put(&Record::PreKey {
+                user: user_of(&k),
+                key,
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_kyber_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.kyber_prekeys.iter() {
             let (k, v) = entry?;
+            if !self.kept(user_of(&k), true)? {
+                continue;
+            }
             let key: SignedPreKey = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::KyberPreKey {
-                    user: user_of(&k),
-                    key: key_out(&key),
-                },
-            )?;
-            sum.kyber_prekeys += 1;
+            w.put(&Record::KyberPreKey {
+                user: user_of(&k),
+                key: key_out(&key),
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_messages(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.messages.iter() {
             let (k, v) = entry?;
+            if !self.kept(user_of(&k), true)? {
+                continue;
+            }
             let m: Message = decode(&v)?;
-            put(
-                out,
-                &mut records,
-                &Record::Message {
-                    recipient: user_of(&k),
-                    id: m.id,
-                    sender_address: m.sender_address,
-                    sender_registration_id: m.sender_registration_id,
-                    content: m.content,
-                    recipient_address: m.recipient_address,
-                    timestamp: m.timestamp,
-                },
-            )?;
-            sum.messages += 1;
+            w.put(&Record::Message(MessageRecord {
+                recipient: user_of(&k),
+                id: m.id,
+                sender_address: m.sender_address,
+                sender_registration_id: m.sender_registration_id,
+                content: m.content,
+                recipient_address: m.recipient_address,
+                timestamp: m.timestamp,
+            }))?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_invites(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.invites.iter() {
             let (k, v) = entry?;
-            put(
-                out,
-                &mut records,
-                &Record::Invite {
-                    hash: b64::encode(&k),
-                    created: keys::decode_u64(&v).unwrap_or(0),
-                },
-            )?;
-            sum.invites += 1;
+            w.put(&Record::Invite {
+                hash: b64::encode(&k),
+                created: keys::decode_u64(&v).unwrap_or(0),
+            })?;
+            n += 1;
         }
+        Ok(n)
+    }
+
+    fn back_up_reset_tokens(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
         for entry in self.reset_tokens.iter() {
             let (k, v) = entry?;
             let field =
                 |r: std::ops::Range<usize>| v.get(r).and_then(keys::decode_u64).unwrap_or(0);
-            let version = v.get(16..20).and_then(keys::decode_u32).unwrap_or(0);
-            put(
-                out,
-                &mut records,
-                &Record::ResetToken {
-                    hash: b64::encode(&k),
-                    user: field(0..8),
-                    expires: field(8..16),
-                    version,
-                },
-            )?;
-            sum.reset_tokens += 1;
-        }
-        let total = records;
-        put(out, &mut records, &Record::End { records: total })?;
-        Ok(sum)
-    }
-
-    /// Loads a backup into this (empty) database, rebuilding the indexes, so that new
-    /// ids start above every restored one. Refuses a non-empty database and a cut-off file.
-    pub async fn restore(
-        &self,
-        input: &mut (dyn BufRead + Send),
-    ) -> Result<BackupSummary, StoreError> {
-        let _exclusive = self.gate.write().await;
-        if !self.users.is_empty() || !self.messages.is_empty() || !self.devices.is_empty() {
-            return Err(StoreError::Corrupt(
-                "restore needs an empty data dir".into(),
-            ));
-        }
-        let mut sum = BackupSummary::default();
-        let (mut records, mut max_id, mut ended) = (0u64, 0u64, false);
-        for (n, line) in input.lines().enumerate() {
-            let line = line.map_err(|e| StoreError::Db(format!("reading backup: {e}")))?;
-            if line.trim().is_empty() {
+            if !self.kept(field(0..8), false)? {
                 continue;
             }
-            let record: Record = serde_json::from_str(&line)
-                .map_err(|e| StoreError::Corrupt(format!("line {}: {e}", n + 1)))?;
-            if ended {
-                return Err(StoreError::Corrupt(
-                    "records after the end of the backup".into(),
-                ));
-            }
-            match record {
-                Record::Header { format, version } => {
-                    if format != FORMAT || version > VERSION {
-                        return Err(StoreError::Corrupt(format!(
-                            "not a backup this version reads: {format} v{version}"
-                        )));
-                    }
-                }
-                Record::End { records: expected } => {
-                    if expected != records {
-                        return Err(StoreError::Corrupt(format!(
-                            "backup has {records} records, its end says {expected}"
-                        )));
-                    }
-                    ended = true;
-                }
-                other => {
-                    max_id = max_id.max(self.restore_record(other, &mut sum)?);
-                }
-            }
-            records += 1;
+            w.put(&Record::ResetToken {
+                hash: b64::encode(&k),
+                user: field(0..8),
+                expires: field(8..16),
+                version: v.get(16..20).and_then(keys::decode_u32).unwrap_or(0),
+            })?;
+            n += 1;
         }
-        if !ended {
-            return Err(StoreError::Corrupt(
-                "the backup is cut off (no end record)".into(),
-            ));
-        }
-        self.meta.insert("id_offset", &(max_id + 1).to_be_bytes())?;
-        self.id_offset
-            .store(max_id + 1, std::sync::atomic::Ordering::Relaxed);
-        self.db.flush()?;
-        Ok(sum)
+        Ok(n)
     }
 
-    /// Writes one record and its derived entries; returns the largest id it carries.
-    fn restore_record(&self, record: Record, sum: &mut BackupSummary) -> Result<u64, StoreError> {
-        match record {
-            Record::User {
-                id,
-                username,
-                email,
-                password_hash,
-                token_version,
-            } => {
-                self.usernames
-                    .insert(username.to_lowercase().as_bytes(), &keys::user(id))?;
-                if !email.is_empty() {
-                    self.emails
-                        .insert(email.to_lowercase().as_bytes(), &keys::user(id))?;
-                }
-                let user = User {
-                    id,
-                    username,
-                    email,
-                    password_hash,
-                    token_version,
-                };
-                self.users.insert(keys::user(id), encode(&user))?;
-                sum.users += 1;
-                Ok(id)
-            }
-            Record::Device {
-                user,
-                address,
-                registration_id,
-                identity_key,
-                signed_pre_key,
-                last_resort_kyber_pre_key,
-            } => {
-                let device = Device {
-                    address,
-                    registration_id,
-                    identity_key: b64::decode(&identity_key)
-                        .ok_or_else(|| StoreError::Corrupt("identity key".into()))?,
-                    signed_prekey: key_in(signed_pre_key)?,
-                    last_resort_kyber: last_resort_kyber_pre_key.map(key_in).transpose()?,
-                };
-                self.devices.insert(keys::user(user), encode(&device))?;
-                sum.devices += 1;
-                Ok(user)
-            }
-            Record::PreKey { user, key } => {
-                let key = key_in(key)?;
-                self.prekeys
-                    .insert(keys::prekey(user, key.key_id), key.public_key)?;
-                sum.prekeys += 1;
-                Ok(user)
-            }
-            Record::KyberPreKey { user, key } => {
-                let key = key_in(key)?;
-                self.kyber_prekeys
-                    .insert(keys::prekey(user, key.key_id), encode(&key))?;
-                sum.kyber_prekeys += 1;
-                Ok(user)
-            }
-            Record::Message {
-                recipient,
-                id,
-                sender_address,
-                sender_registration_id,
-                content,
-                recipient_address,
-                timestamp,
-            } => {
-                let m = Message {
-                    id,
-                    sender_address,
-                    sender_registration_id,
-                    content,
-                    recipient_address,
-                    timestamp,
-                };
-                self.messages
-                    .insert(keys::message(recipient, id), encode(&m))?;
-                self.message_index
-                    .insert(id.to_be_bytes(), &keys::index_value(recipient, timestamp))?;
-                sum.messages += 1;
-                Ok(id.max(recipient))
-            }
-            Record::Invite { hash, created } => {
-                let hash =
-                    b64::decode(&hash).ok_or_else(|| StoreError::Corrupt("invite".into()))?;
-                self.invites.insert(hash, &created.to_be_bytes())?;
-                sum.invites += 1;
-                Ok(0)
-            }
-            Record::ResetToken {
-                hash,
-                user,
-                expires,
-                version,
-            } => {
-                let hash =
-                    b64::decode(&hash).ok_or_else(|| StoreError::Corrupt("reset token".into()))?;
-                self.reset_tokens
-                    .insert(hash, &keys::reset_grant(user, expires, version))?;
-                sum.reset_tokens += 1;
-                Ok(user)
-            }
-            Record::Header { .. } | Record::End { .. } => Ok(0),
-        }
+    /// Whether records of `user` belong in a backup. Left out: what an interrupted delete left
+    /// behind (keys or messages of a removed device, anything of a removed account) and reset
+    /// grants of deleted accounts, none of which a client can reach; a restore refuses records
+    /// of unknown users, so every backup this writes can be restored.
+    fn kept(&self, user: u64, needs_device: bool) -> Result<bool, StoreError> {
+        let key = keys::user(user);
+        Ok(self.users.contains_key(key)? && (!needs_device || self.devices.contains_key(key)?))
     }
 }
 
@@ -432,12 +300,23 @@ impl Storage {
 mod tests {
     use super::*;
     use crate::models::PreKey;
+    use crate::storage::RestoreLimits;
+
+    const HASH: &str = "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn limits() -> RestoreLimits {
+        RestoreLimits {
+            max_message_bytes: 65_536,
+            max_prekeys: 100,
+            max_queued_messages: 10,
+        }
+    }
 
     #[tokio::test]
     async fn a_restored_backup_backs_up_to_the_same_records_and_ids_continue_above() {
         let (_dir, a) = super::super::temp();
         let u = a
-            .create_user("Alice", "a@x.org", "hash".into(), None)
+            .create_user("Alice", "a@x.org", HASH.into(), None)
             .await
             .unwrap();
         let spk = SignedPreKey {
@@ -445,12 +324,19 @@ mod tests {
             public_key: vec![5; 33],
             signature: vec![1; 64],
         };
+        let mut kyber = vec![8u8; 1569];
+        kyber[1] = 0;
+        let kyber = SignedPreKey {
+            key_id: 2,
+            public_key: kyber,
+            signature: vec![1; 64],
+        };
         let device = Device {
             address: "Alice.1".into(),
             registration_id: 9,
             identity_key: vec![5; 33],
             signed_prekey: spk.clone(),
-            last_resort_kyber: Some(spk.clone()),
+            last_resort_kyber: Some(kyber.clone()),
         };
         let pks: Vec<PreKey> = (1..=3)
             .map(|i| PreKey {
@@ -458,14 +344,14 @@ mod tests {
                 public_key: vec![5; 33],
             })
             .collect();
-        a.create_device(u.id, &device, &pks, std::slice::from_ref(&spk))
+        a.create_device(u.id, &device, &pks, std::slice::from_ref(&kyber))
             .await
             .unwrap();
         let m = Message {
             id: 0,
             sender_address: "Alice.1".into(),
             sender_registration_id: 9,
-            content: "{}".into(),
+            content: r#"{"registrationId":9}"#.into(),
             recipient_address: "Alice.1".into(),
             timestamp: 5,
         };
@@ -485,7 +371,8 @@ mod tests {
         );
 
         let (_dir2, b) = super::super::temp();
-        assert_eq!(b.restore(&mut first.as_slice()).await.unwrap(), sum);
+        let restored = b.restore(&mut first.as_slice(), &limits()).await.unwrap();
+        assert_eq!(restored, sum);
         let mut second = Vec::new();
         b.backup(&mut second).await.unwrap();
         assert_eq!(
@@ -501,12 +388,33 @@ mod tests {
     #[tokio::test]
     async fn a_cut_off_backup_is_refused() {
         let (_dir, a) = super::super::temp();
-        a.create_user("x", "", "h".into(), None).await.unwrap();
+        a.create_user("x", "", HASH.into(), None).await.unwrap();
         let mut out = Vec::new();
         a.backup(&mut out).await.unwrap();
         let text = String::from_utf8(out).unwrap();
         let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
         let (_dir2, b) = super::super::temp();
-        assert!(b.restore(&mut cut.as_bytes()).await.is_err());
+        assert!(b.restore(&mut cut.as_bytes(), &limits()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_deleted_accounts_are_not_backed_up() {
+        let (_dir, a) = super::super::temp();
+        let u = a.create_user("gone", "", HASH.into(), None).await.unwrap();
+        let grant = crate::storage::ResetGrant {
+            user_id: u.id,
+            token_version: 0,
+            expires_at: u64::MAX,
+        };
+        a.put_reset_token(&[7; 32], &grant).await.unwrap();
+        a.delete_user(u.id).await.unwrap();
+        let mut out = Vec::new();
+        let sum = a.backup(&mut out).await.unwrap();
+        assert_eq!(sum, BackupSummary::default());
+        let (_dir2, b) = super::super::temp();
+        assert_eq!(
+            b.restore(&mut out.as_slice(), &limits()).await.unwrap(),
+            sum
+        );
     }
 }

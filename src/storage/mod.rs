@@ -28,6 +28,9 @@ mod fsck;
 pub mod keys;
 mod messages;
 mod prekeys;
+mod restore;
+mod restore_checks;
+mod restore_rules;
 mod totals;
 mod users;
 
@@ -44,6 +47,7 @@ use commit::Committer;
 pub use devices::Stock;
 pub use fsck::FsckReport;
 pub use messages::DeleteOutcome;
+pub use restore::{restore_dir, RestoreLimits, ID_CEILING};
 pub use totals::Totals;
 pub use users::ResetGrant;
 
@@ -259,10 +263,17 @@ impl Storage {
         self.committer.health().failed().await
     }
 
-    /// A fresh id, never handed out before, even across crashes.
+    /// A fresh id, never handed out before, even across crashes. An id that would wrap is an
+    /// error: a wrapped id could be one handed out before (restores keep ids below `ID_CEILING`,
+    /// so this cannot happen on a restored database either).
     fn next_id(&self) -> Result<u64, StoreError> {
+        let offset = self.id_offset.load(std::sync::atomic::Ordering::Relaxed);
         // sled's ids start at 0; keep 0 free so that no record has id 0.
-        Ok(self.db.generate_id()? + 1 + self.id_offset.load(std::sync::atomic::Ordering::Relaxed))
+        self.db
+            .generate_id()?
+            .checked_add(1)
+            .and_then(|id| id.checked_add(offset))
+            .ok_or_else(|| StoreError::Db("no ids left: the next id would wrap".into()))
     }
 
     /// The per-user lock (striped) of uploads and device creation; never held across an await.
@@ -308,4 +319,21 @@ pub(crate) fn temp() -> (tempfile::TempDir, Storage) {
     )
     .expect("open");
     (dir, storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_id_that_would_wrap_is_an_error_not_an_old_id_again() {
+        let (_dir, s) = temp();
+        s.id_offset
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(
+            s.create_user("late", "", "h".into(), None).await,
+            Err(StoreError::Db(_))
+        ));
+        assert!(s.user_by_name("late").unwrap().is_none());
+    }
 }

@@ -578,3 +578,24 @@ pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16
         Err(e) => panic!("WebSocket handshake failed: {e:?}"),
     }
 }
+
+// ---- backup and restore ----
+
+impl TestServer {
+    /// A server (fast hashing, no rate limits) on an existing data dir, e.g. a restored one.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestServer {
+        let args = [
+            "signal-server",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--pbkdf2-iterations",
+            "1000",
+            "--no-rate-limit",
+        ]
+        .map(str::to_string);
+        let config = <Config as clap::Parser>::parse_from(args);
+        TestServer::start_config(config, dir).await
+    }
+}

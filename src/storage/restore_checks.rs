@@ -1,0 +1,191 @@
+//! A restore's checks of one record on its own: the rules the API applies to what clients send
+//! (from `requests`), id ranges and the shapes of keys, hashes and password hashes, while the
+//! record is turned into the domain type storage keeps.
+
+use super::backup::{DeviceRecord, KeyRecord, MessageRecord, UserRecord};
+use super::restore::ID_CEILING;
+use super::StoreError;
+use crate::crypto::{b64, SIGNATURE_LEN};
+use crate::models::{Device, Message, SignedPreKey, User};
+use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
+
+/// The length of an invite's or reset token's hash (SHA-256).
+const TOKEN_HASH_LEN: usize = 32;
+/// Most PBKDF2 iterations of a restored password hash: a login runs them all, so a crafted
+/// count near 2^32 would hold a hashing slot for hours. 16 times today's default.
+const MAX_HASH_ITERATIONS: u32 = 10_000_000;
+
+pub(super) fn bad<T>(message: String) -> Result<T, StoreError> {
+    Err(StoreError::Corrupt(message))
+}
+
+/// A user record as registration would accept it (username, email) with a valid id and hash.
+pub(super) fn user_in(r: UserRecord) -> Result<User, StoreError> {
+    let id = r.id;
+    check_id("user id", id)?;
+    if let Err(e) = requests::check_username(&r.username) {
+        return bad(format!("user {id}: username: {e}"));
+    }
+    if let Err(e) = requests::check_email(&r.email) {
+        return bad(format!("user {id}: email: {e}"));
+    }
+    if !is_password_hash(&r.password_hash) {
+        return bad(format!(
+            "user {id}: not a pbkdf2_sha256 password hash of 1 to {MAX_HASH_ITERATIONS} \
+             iterations"
+        ));
+    }
+    Ok(User {
+        id,
+        username: r.username,
+        email: r.email,
+        password_hash: r.password_hash,
+        token_version: r.token_version,
+    })
+}
+
+/// A device record as `POST /device` would accept it (its keys' shapes, not signatures); the
+/// address is checked against its user by the caller. Answers the user id and the device.
+pub(super) fn device_in(r: DeviceRecord) -> Result<(u64, Device), StoreError> {
+    let device = Device {
+        address: r.address,
+        registration_id: r.registration_id,
+        identity_key: base64("identity key", &r.identity_key)?,
+        signed_prekey: key_in("signed prekey", r.signed_pre_key)?,
+        last_resort_kyber: r
+            .last_resort_kyber_pre_key
+            .map(|k| key_in("last-resort Kyber prekey", k))
+            .transpose()?,
+    };
+    check_max(
+        "registrationId",
+        device.registration_id,
+        MAX_REGISTRATION_ID,
+    )?;
+    check_key("identity key", &device.identity_key, KeyKind::Ec)?;
+    check_signed("signed prekey", &device.signed_prekey, KeyKind::Ec)?;
+    if let Some(key) = &device.last_resort_kyber {
+        check_signed("last-resort Kyber prekey", key, KeyKind::Kyber)?;
+    }
+    Ok((r.user, device))
+}
+
+/// A one-time prekey: EC keys carry no signature, Kyber keys a 64-byte one.
+pub(super) fn prekey_in(
+    what: &str,
+    key: KeyRecord,
+    kind: KeyKind,
+) -> Result<SignedPreKey, StoreError> {
+    if matches!(kind, KeyKind::Ec) && key.signature.is_some() {
+        return bad(format!("{what} {} has a signature", key.key_id));
+    }
+    let key = key_in(what, key)?;
+    match kind {
+        KeyKind::Ec => {
+            check_max(what, key.key_id, MAX_KEY_ID)?;
+            check_key(what, &key.public_key, kind)?;
+        }
+        KeyKind::Kyber => check_signed(what, &key, kind)?,
+    }
+    Ok(key)
+}
+
+/// A message as `POST /messages` would accept it, but for what depends on its recipient's
+/// device (checked by the caller). Answers the recipient's user id and the message.
+pub(super) fn message_in(r: MessageRecord, max_bytes: usize) -> Result<(u64, Message), StoreError> {
+    let id = r.id;
+    check_id("message id", id)?;
+    if requests::parse_address(&r.sender_address).is_none() {
+        return bad(format!(
+            "message {id}: senderAddress is not <username>.<1 to 127>"
+        ));
+    }
+    check_max(
+        "senderRegistrationId",
+        r.sender_registration_id,
+        MAX_REGISTRATION_ID,
+    )?;
+    if r.content.len() > max_bytes {
+        return bad(format!(
+            "message {id}: content over {max_bytes} bytes (--max-message-bytes)"
+        ));
+    }
+    let message = Message {
+        id,
+        sender_address: r.sender_address,
+        sender_registration_id: r.sender_registration_id,
+        content: r.content,
+        recipient_address: r.recipient_address,
+        timestamp: r.timestamp,
+    };
+    Ok((r.recipient, message))
+}
+
+/// Ids are at least 1 (0 is never handed out) and below `ID_CEILING`.
+pub(super) fn check_id(what: &str, id: u64) -> Result<(), StoreError> {
+    if id == 0 || id >= ID_CEILING {
+        return bad(format!("{what} {id} is not between 1 and 2^62 - 1"));
+    }
+    Ok(())
+}
+
+fn check_max(what: &str, value: u32, max: u64) -> Result<(), StoreError> {
+    if u64::from(value) > max {
+        return bad(format!("{what} {value} is over {max}"));
+    }
+    Ok(())
+}
+
+fn check_key(what: &str, key: &[u8], kind: KeyKind) -> Result<(), StoreError> {
+    if !requests::has_key_shape(key, kind) {
+        let shape = match kind {
+            KeyKind::Ec => "a 33-byte Curve25519 key (type byte 0x05)",
+            KeyKind::Kyber => "a 1569-byte Kyber key (type byte 0x08)",
+        };
+        return bad(format!("{what}: not {shape}"));
+    }
+    Ok(())
+}
+
+/// A signed key's id, shape and 64-byte signature (not verified: the API did at upload, and a
+/// restore of a large server would spend minutes on it).
+fn check_signed(what: &str, key: &SignedPreKey, kind: KeyKind) -> Result<(), StoreError> {
+    check_max(what, key.key_id, MAX_KEY_ID)?;
+    check_key(what, &key.public_key, kind)?;
+    if key.signature.len() != SIGNATURE_LEN {
+        return bad(format!("{what} {}: not a 64-byte signature", key.key_id));
+    }
+    Ok(())
+}
+
+fn base64(what: &str, text: &str) -> Result<Vec<u8>, StoreError> {
+    b64::decode(text).ok_or_else(|| StoreError::Corrupt(format!("{what}: not base64")))
+}
+
+fn key_in(what: &str, k: KeyRecord) -> Result<SignedPreKey, StoreError> {
+    Ok(SignedPreKey {
+        key_id: k.key_id,
+        public_key: base64(what, &k.public_key)?,
+        signature: match k.signature {
+            Some(s) => base64(what, &s)?,
+            None => Vec::new(),
+        },
+    })
+}
+
+pub(super) fn token_hash(what: &str, text: &str) -> Result<Vec<u8>, StoreError> {
+    let hash = base64(what, text)?;
+    if hash.len() != TOKEN_HASH_LEN {
+        return bad(format!("{what}: not a 32-byte hash"));
+    }
+    Ok(hash)
+}
+
+/// `pbkdf2_sha256$<iterations>$<salt>$<32-byte hash in base64>`, as `password` writes them.
+fn is_password_hash(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('$').collect();
+    matches!(parts.as_slice(), ["pbkdf2_sha256", iterations, salt, hash]
+        if iterations.parse::<u32>().is_ok_and(|n| (1..=MAX_HASH_ITERATIONS).contains(&n))
+            && !salt.is_empty()
+            && b64::decode(hash).is_some_and(|h| h.len() == 32))
+}

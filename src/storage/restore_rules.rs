@@ -1,0 +1,278 @@
+//! A restore's checks that need what came before (uniqueness, the users and devices a record
+//! names, counts per device and queue, the header and end records) and the writes of a record
+//! that passed them and `restore_checks`. A record that names a user comes after that user's
+//! record, as `backup` writes them, so every check is a lookup in the database being built; only
+//! per-user counts are kept in memory.
+
+use std::collections::HashMap;
+
+use super::backup::{
+    BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
+};
+use super::restore::RestoreLimits;
+use super::restore_checks::{bad, check_id, device_in, message_in, prekey_in, token_hash, user_in};
+use super::{encode, keys, Storage, StoreError};
+use crate::requests::{self, KeyKind};
+
+/// The state of a restore between records.
+pub(super) struct Restoring<'a> {
+    db: &'a Storage,
+    limits: &'a RestoreLimits,
+    sum: BackupSummary,
+    /// Records so far, the header included: what the end record must say.
+    records: u64,
+    /// The largest id restored or referred to; new ids start above it.
+    max_id: u64,
+    header: bool,
+    ended: bool,
+    /// user id → one-time (EC, Kyber) prekeys restored so far.
+    stock: HashMap<u64, (u32, u32)>,
+    /// user id → messages queued so far.
+    queues: HashMap<u64, u32>,
+}
+
+impl<'a> Restoring<'a> {
+    pub fn new(db: &'a Storage, limits: &'a RestoreLimits) -> Restoring<'a> {
+        Restoring {
+            db,
+            limits,
+            sum: BackupSummary::default(),
+            records: 0,
+            max_id: 0,
+            header: false,
+            ended: false,
+            stock: HashMap::new(),
+            queues: HashMap::new(),
+        }
+    }
+
+    /// Checks one record and writes it; the first record must be the header, the last the end.
+    pub fn take(&mut self, record: Record) -> Result<(), StoreError> {
+        if self.ended {
+            return bad("a record after the end record".into());
+        }
+        match (&record, self.header) {
+            (Record::Header { .. }, true) => return bad("a second header".into()),
+            (Record::Header { .. }, false) => {}
+            (_, false) => return bad("the first record is not the backup's header".into()),
+            _ => {}
+        }
+        match record {
+            Record::Header { format, version } => self.header(&format, version)?,
+            Record::End { records } => self.end(records)?,
+            Record::User(u) => self.user(u)?,
+            Record::Device(d) => self.device(d)?,
+            Record::PreKey { user, key } => self.prekey(user, key, KeyKind::Ec)?,
+            Record::KyberPreKey { user, key } => self.prekey(user, key, KeyKind::Kyber)?,
+            Record::Message(m) => self.message(m)?,
+            Record::Invite { hash, created } => self.invite(&hash, created)?,
+            Record::ResetToken {
+                hash,
+                user,
+                expires,
+                version,
+            } => self.reset_token(&hash, user, expires, version)?,
+        }
+        self.records += 1;
+        Ok(())
+    }
+
+    /// What was restored, and the largest id in it; refuses a backup without its end record.
+    pub fn finish(self) -> Result<(BackupSummary, u64), StoreError> {
+        if !self.ended {
+            return bad("the backup is cut off (no end record)".into());
+        }
+        Ok((self.sum, self.max_id))
+    }
+
+    fn header(&mut self, format: &str, version: u32) -> Result<(), StoreError> {
+        if format != FORMAT || version == 0 || version > VERSION {
+            return bad(format!(
+                "not a backup this version reads: {format} v{version}"
+            ));
+        }
+        self.header = true;
+        Ok(())
+    }
+
+    fn end(&mut self, expected: u64) -> Result<(), StoreError> {
+        if expected != self.records {
+            return bad(format!(
+                "the backup has {} records, its end record says {expected}",
+                self.records
+            ));
+        }
+        self.ended = true;
+        Ok(())
+    }
+
+    fn user(&mut self, r: UserRecord) -> Result<(), StoreError> {
+        let user = user_in(r)?;
+        let id = user.id;
+        let key = keys::user(id);
+        let name = user.username.to_lowercase();
+        let email = user.email.to_lowercase();
+        if self.db.users.contains_key(key)? {
+            return bad(format!("user id {id} twice"));
+        }
+        if self.db.usernames.contains_key(name.as_bytes())? {
+            return bad(format!(
+                "user {id}: username {} is an earlier user's (usernames are unique \
+                 case-insensitively)",
+                user.username
+            ));
+        }
+        if !email.is_empty() && self.db.emails.contains_key(email.as_bytes())? {
+            return bad(format!(
+                "user {id}: email is an earlier user's (emails are unique case-insensitively)"
+            ));
+        }
+        self.db.usernames.insert(name.as_bytes(), &key)?;
+        if !email.is_empty() {
+            self.db.emails.insert(email.as_bytes(), &key)?;
+        }
+        self.db.users.insert(key, encode(&user))?;
+        self.sum.users += 1;
+        self.max_id = self.max_id.max(id);
+        Ok(())
+    }
+
+    fn device(&mut self, r: DeviceRecord) -> Result<(), StoreError> {
+        let (user, device) = device_in(r)?;
+        let Some(owner) = self.db.user(user)? else {
+            return bad(format!("a device of unknown user {user}"));
+        };
+        if self.db.devices.contains_key(keys::user(user))? {
+            return bad(format!("a second device of user {user}"));
+        }
+        match requests::parse_address(&device.address) {
+            Some((name, _)) if name.eq_ignore_ascii_case(&owner.username) => {}
+            _ => {
+                return bad(format!(
+                    "device of user {user}: the address is not <their username>.<1 to 127>"
+                ))
+            }
+        }
+        self.db.devices.insert(keys::user(user), encode(&device))?;
+        self.sum.devices += 1;
+        Ok(())
+    }
+
+    /// A one-time prekey, at most `--max-prekeys` of each kind per device.
+    fn prekey(&mut self, user: u64, key: KeyRecord, kind: KeyKind) -> Result<(), StoreError> {
+        let (what, tree) = match kind {
+            KeyKind::Ec => ("one-time prekey", &self.db.prekeys),
+            KeyKind::Kyber => ("one-time Kyber prekey", &self.db.kyber_prekeys),
+        };
+        if !self.db.devices.contains_key(keys::user(user))? {
+            return bad(format!("a {what} of user {user}, who has no device"));
+        }
+        let key = prekey_in(what, key, kind)?;
+        let id = key.key_id;
+        let k = keys::prekey(user, id);
+        if tree.contains_key(k)? {
+            return bad(format!("{what} {id} of user {user} twice"));
+        }
+        let stock = self.stock.entry(user).or_default();
+        let count = match kind {
+            KeyKind::Ec => &mut stock.0,
+            KeyKind::Kyber => &mut stock.1,
+        };
+        *count += 1;
+        if *count > self.limits.max_prekeys {
+            return bad(format!(
+                "user {user} has more than {} {what}s (--max-prekeys)",
+                self.limits.max_prekeys
+            ));
+        }
+        match kind {
+            KeyKind::Ec => {
+                tree.insert(k, key.public_key)?;
+                self.sum.prekeys += 1;
+            }
+            KeyKind::Kyber => {
+                tree.insert(k, encode(&key))?;
+                self.sum.kyber_prekeys += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A queued message, checked as `POST /messages` checks it: to the recipient's device (its
+    /// address, and its registrationId inside the content), within the size and queue limits.
+    fn message(&mut self, r: MessageRecord) -> Result<(), StoreError> {
+        let (recipient, m) = message_in(r, self.limits.max_message_bytes)?;
+        let id = m.id;
+        let Some(device) = self.db.device(recipient)? else {
+            return bad(format!(
+                "message {id} for user {recipient}, who has no device"
+            ));
+        };
+        if m.recipient_address != device.address {
+            return bad(format!(
+                "message {id}: recipientAddress is not the address of its recipient's device"
+            ));
+        }
+        if requests::inner_registration_id(&m.content) != Some(u64::from(device.registration_id)) {
+            return bad(format!(
+                "message {id}: the content is not a JSON object with the registrationId of \
+                 its recipient's device"
+            ));
+        }
+        if self.db.message_index.contains_key(id.to_be_bytes())? {
+            return bad(format!("message id {id} twice"));
+        }
+        let queued = self.queues.entry(recipient).or_default();
+        *queued += 1;
+        if *queued > self.limits.max_queued_messages {
+            return bad(format!(
+                "more than {} messages queued for user {recipient} (--max-queued-messages)",
+                self.limits.max_queued_messages
+            ));
+        }
+        self.db
+            .message_index
+            .insert(id.to_be_bytes(), &keys::index_value(recipient, m.timestamp))?;
+        self.db
+            .messages
+            .insert(keys::message(recipient, id), encode(&m))?;
+        self.sum.messages += 1;
+        self.max_id = self.max_id.max(id);
+        Ok(())
+    }
+
+    fn invite(&mut self, hash: &str, created: u64) -> Result<(), StoreError> {
+        let hash = token_hash("invite", hash)?;
+        if self.db.invites.contains_key(&hash)? {
+            return bad("an invite twice".into());
+        }
+        self.db.invites.insert(hash, &created.to_be_bytes())?;
+        self.sum.invites += 1;
+        Ok(())
+    }
+
+    /// A pending password reset. One of an account deleted since it was issued can never be used
+    /// (ids are not handed out again: new ids start above it), so it is left out, not refused.
+    fn reset_token(
+        &mut self,
+        hash: &str,
+        user: u64,
+        expires: u64,
+        version: u32,
+    ) -> Result<(), StoreError> {
+        check_id("reset token's user id", user)?;
+        let hash = token_hash("reset token", hash)?;
+        if self.db.reset_tokens.contains_key(&hash)? {
+            return bad("a reset token twice".into());
+        }
+        self.max_id = self.max_id.max(user);
+        if !self.db.users.contains_key(keys::user(user))? {
+            return Ok(());
+        }
+        self.db
+            .reset_tokens
+            .insert(hash, &keys::reset_grant(user, expires, version))?;
+        self.sum.reset_tokens += 1;
+        Ok(())
+    }
+}
