@@ -159,7 +159,8 @@ async fn wait_until_closed(file: &Path) {
             "{} is still open",
             file.display()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        // Yield to the runtime: aborted tasks of the stopped server drop their handles there.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
