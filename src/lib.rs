@@ -16,12 +16,15 @@
 //! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: sled, and only sled lives there.
+//! - `client` (feature `client`): a typed client for the API, for examples, load and tests.
 
 pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod datadir;
