@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode};
+pub use reqwest::{Method, StatusCode};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
