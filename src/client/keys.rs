@@ -53,8 +53,8 @@ pub struct Counts {
     pub kyber_pre_key_count: u32,
 }
 
-/// Another user's prekey bundle.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Another user's prekey bundle (serializes back to the server's JSON shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Bundle {
     pub address: String,
@@ -62,9 +62,11 @@ pub struct Bundle {
     pub identity_key: Vec<u8>,
     pub registration_id: u32,
     /// `None` once the one-time EC prekeys have run out.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_key: Option<PreKey>,
     pub signed_pre_key: SignedPreKey,
     /// A one-time Kyber prekey if any is left, else the last-resort one, else `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kyber_pre_key: Option<SignedPreKey>,
 }
 

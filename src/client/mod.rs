@@ -149,6 +149,17 @@ impl Client {
         })
     }
 
+    /// A request no typed method covers, with the client's token, a JSON body and its retries;
+    /// the answer as it came, whatever its status.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<RawAnswer, Error> {
+        self.exchange(method, path, body).await
+    }
+
     /// Sends a request and decodes a `want` answer as `T`; any other status is an [`Error`].
     async fn call<T: DeserializeOwned>(
         &self,
