@@ -142,6 +142,16 @@ async fn device_key_and_message_routes_through_the_typed_client() {
     );
     assert!(refused.errors.is_some(), "{refused:?}");
 
+    let own = SignedPreKey::generate_ec(&bob_identity, 2);
+    let stored = bob.upload_signed_prekey(4242, &own).await.unwrap();
+    assert_eq!(stored.code, "signed_prekey_stored");
+    assert_eq!(bob.device().await.unwrap().signed_pre_key_id, 2);
+    let upload = KyberUpload {
+        kyber_pre_keys: vec![],
+        last_resort_kyber_pre_key: Some(SignedPreKey::random_kyber(&bob_identity, 101)),
+    };
+    let stored = bob.upload_kyber(4242, &upload).await.unwrap();
+    assert_eq!(stored.code, "kyber_prekeys_stored");
     let stored = bob
         .upload_prekeys(4242, &[PreKey::generate(7)])
         .await

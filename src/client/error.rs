@@ -24,8 +24,9 @@ pub struct Refusal {
 
 #[derive(Debug)]
 pub enum Error {
-    /// The server answered with another status than the route's success.
-    Refused(Refusal),
+    /// The server answered with another status than the route's success (boxed: it is the
+    /// big variant, and results travel through every call).
+    Refused(Box<Refusal>),
     /// The success answer did not decode into the expected shape.
     Decode { status: u16, detail: String },
     /// No answer: connection, timeout, TLS, WebSocket protocol.
@@ -46,14 +47,14 @@ impl Error {
             Some(b) => (b.code, b.message, b.errors),
             None => (String::new(), String::new(), None),
         };
-        Error::Refused(Refusal {
+        Error::Refused(Box::new(Refusal {
             status,
             code,
             message,
             errors,
             retry_after,
             body: String::from_utf8_lossy(body).into_owned(),
-        })
+        }))
     }
 
     pub(crate) fn transport(e: impl fmt::Display) -> Error {
