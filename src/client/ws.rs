@@ -1,6 +1,7 @@
 //! `GET /messages/<regId>/ws`: live delivery, one typed frame at a time.
 
 use futures_util::{SinkExt, StreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -8,6 +9,13 @@ use tokio_tungstenite::tungstenite::{self, http::HeaderValue, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{Client, Error, QueuedMessage};
+
+/// Escaped in `?token=`: everything but RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Where the token travels when connecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +51,12 @@ impl Client {
             .replacen("https://", "wss://", 1);
         let token = self.token.as_deref().unwrap_or_default();
         let url = match auth {
-            WsAuth::Query => format!("{ws_base}/messages/{reg_id}/ws?token={token}"),
+            WsAuth::Query => {
+                // A JWT is all unreserved characters and goes as it is; anything else a caller
+                // put in the token is escaped so that it stays one query value.
+                let token = percent_encoding::utf8_percent_encode(token, QUERY_VALUE);
+                format!("{ws_base}/messages/{reg_id}/ws?token={token}")
+            }
             WsAuth::Header => format!("{ws_base}/messages/{reg_id}/ws"),
         };
         let mut request = url.into_client_request().map_err(Error::transport)?;
