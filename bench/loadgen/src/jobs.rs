@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::cpu;
-use crate::http1::{Conn, Prepared};
+use crate::http1::{find, Conn, Prepared};
 use crate::stats::{Stats, Window};
 
 /// What a connection sends: its requests in turn, and what to look for in the answers.
@@ -61,7 +61,7 @@ pub async fn connection(addr: SocketAddr, mut job: Job, window: Window) -> Stats
                     stats.record(done - t0);
                     *stats.statuses.entry(answer.status).or_default() += 1;
                     stats.non2xx += !ok as u64;
-                    if job.count_prekeys && has_prekey(&answer.body) {
+                    if job.count_prekeys && has_prekey(conn.body(&answer)) {
                         stats.with_prekey += 1;
                     }
                 }
@@ -80,8 +80,7 @@ pub async fn connection(addr: SocketAddr, mut job: Job, window: Window) -> Stats
 
 /// Whether a bundle answer carries a one-time EC prekey.
 fn has_prekey(body: &[u8]) -> bool {
-    body.windows(b"\"preKey\"".len())
-        .any(|w| w == b"\"preKey\"")
+    find(body, b"\"preKey\"", 0).is_some()
 }
 
 /// Runs every job on its own connection; the merged stats, with the CPU use in the window.

@@ -1,10 +1,10 @@
 //! Load generator for any server speaking the API of docs/API.md.
 //!
 //! Setup (users, devices, keys), draining and the WebSocket clients go through the typed client
-//! (`signal_server::client`); the measured hot loop is hyper's HTTP/1.1 client connection on a
-//! tokio `TcpStream` per connection, with requests prepared once. Each connection is one task
-//! sending requests back to back (no pipelining). Latencies go into an HdrHistogram (3
-//! significant digits) per connection, merged at the end. Only the scenarios are our own code.
+//! (`signal_server::client`); the measured hot loop is a minimal HTTP/1.1 keep-alive client
+//! (`http1`, kept because it measured faster than hyper's, see there) on a tokio `TcpStream`
+//! per connection. Each connection is one task sending requests back to back (no pipelining).
+//! Latencies go into an HdrHistogram (3 significant digits) per connection, merged at the end.
 //!
 //! Output: `INFO ...` lines while it works, then one line per measured series:
 //! `RESULT scenario=... rps=... p50_ms=... p99_ms=... p999_ms=... non2xx=... [key=value ...]`.
