@@ -91,7 +91,7 @@ server() {
 # background so that a signal reaches the trap at once; its RESULT lines are printed and kept,
 # labelled with $TAG.
 loadgen() {
-    timeout 300 "$BIN/examples/loadgen" --url "$URL" --server-pid "$PID" "$@" >"$WORK/out.txt" &
+    timeout 300 "$BIN/loadgen" --url "$URL" --server-pid "$PID" "$@" >"$WORK/out.txt" &
     wait $!
     cat "$WORK/out.txt" >>"$WORK/raw.txt"
     sed -n "s/^RESULT /RESULT target=$TAG /p" "$WORK/out.txt" | tee -a "$RESULTS"
@@ -108,7 +108,11 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 log "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
     "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 log "load before the build: $(cut -d' ' -f1-3 /proc/loadavg)"
-cargo build --release --examples --bins
+# The generator (its own crate, bench/loadgen) and the baseline first, the server last: the
+# server binary is built without the `client` feature the other two turn on.
+cargo build --release -p loadgen
+cargo build --release --example baseline
+cargo build --release --bin signal-server
 log "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 START=$(date +%s)
 

@@ -19,12 +19,15 @@
 //! - `storage`: sled, and only sled lives there.
 //! - `route_table`: every route template with its methods (metrics labels, CORS preflights);
 //!   `cors`: which browser origins may call the API, and the headers that tell them.
+//! - `client` (feature `client`): a typed client for the API, for examples, load and tests.
 
 pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod crypto;

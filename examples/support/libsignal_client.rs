@@ -3,18 +3,20 @@
 //! from a prekey bundle, then the Double Ratchet for every message.
 //!
 //! Shared by `examples/chat.rs` and `tests/interop.rs` (both include it with `#[path]`). Keys and
-//! sessions live in libsignal's in-memory store, so a client lasts as long as the process.
+//! sessions live in libsignal's in-memory store, so a client lasts as long as the process. The
+//! requests go through the typed client (`signal_server::client`); answers are handed to the
+//! callers as JSON values, as the server sent them.
 //!
 //! libsignal's store traits are `?Send`, so everything here runs on one task (never spawn it).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
 use libsignal_protocol_syft::{
     kem, message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage,
     CiphertextMessageType, DeviceId, GenericSignedPreKey, IdentityKey, IdentityKeyPair,
@@ -24,9 +26,11 @@ use libsignal_protocol_syft::{
 };
 use rand::rngs::OsRng;
 use rand::{Rng, TryRngCore as _};
-use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message as Frame;
+use signal_server::client::{
+    self as http, Deleted, Frame, KyberUpload, Method, NewDevice, NewUser,
+    SignedPreKey as SignedKey, StatusCode, WsAuth,
+};
 
 pub type Error = Box<dyn StdError + Send + Sync>;
 pub type Result<T> = std::result::Result<T, Error>;
@@ -37,10 +41,6 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Builds an error from a message.
 pub fn fail<T>(message: impl Into<String>) -> Result<T> {
     Err(message.into().into())
-}
-
-fn b64(bytes: &[u8]) -> String {
-    B64.encode(bytes)
 }
 
 pub fn unb64(value: &Value, what: &str) -> Result<Vec<u8>> {
@@ -64,17 +64,9 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `Retry-After` seconds of a 429 answer.
-fn retry_after(res: &reqwest::Response) -> Option<u64> {
-    if res.status() != StatusCode::TOO_MANY_REQUESTS {
-        return None;
-    }
-    res.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// A typed answer as the JSON the server sent.
+fn to_json(value: &impl serde::Serialize) -> Result<Value> {
+    Ok(serde_json::to_value(value)?)
 }
 
 /// `name.deviceId` (the name may itself contain dots) as a libsignal address.
@@ -89,22 +81,34 @@ pub fn parse_address(address: &str) -> Result<ProtocolAddress> {
     Ok(ProtocolAddress::new(name.to_string(), device))
 }
 
-/// The server's HTTP API: a base URL and a client.
+/// The server's HTTP API: a base URL and the typed client.
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
-    http: reqwest::Client,
+    http: http::Client,
 }
 
 impl Api {
+    /// A server with rate limits on answers 429 with Retry-After: the client waits a little and
+    /// retries (up to 3 times), saying so on stderr.
     pub fn new(base: &str) -> Api {
+        let trace = Arc::new(
+            |method: &Method, path: &str, status: Option<StatusCode>, _: &[u8]| {
+                if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+                    eprintln!("(rate limited on {method} {path}; retrying if Retry-After allows)");
+                }
+            },
+        );
+        let http = http::Client::new(base).expect("HTTP client");
         Api {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(WAIT)
-                .build()
-                .expect("HTTP client"),
+            base: http.base().to_string(),
+            http: http.with_retries(3).with_trace(trace),
         }
+    }
+
+    /// The typed client, carrying `token`.
+    fn as_user(&self, token: &str) -> http::Client {
+        self.http.with_token(token)
     }
 
     /// Any request with an optional bearer token and JSON body: the status and the JSON answer
@@ -117,36 +121,19 @@ impl Api {
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value)> {
         let method = Method::from_bytes(method.as_bytes())?;
-        let mut attempts = 0;
-        let res = loop {
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{}", self.base, path));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let res = req.send().await?;
-            // A server with rate limits on answers 429 with Retry-After: wait a little and retry.
-            match retry_after(&res) {
-                Some(secs) if attempts < 3 && secs <= 30 => {
-                    attempts += 1;
-                    eprintln!("(rate limited on {method} {path}; retrying in {secs} s)");
-                    tokio::time::sleep(Duration::from_secs(secs)).await;
-                }
-                _ => break res,
-            }
+        let client = match token {
+            Some(t) => self.as_user(t),
+            None => self.http.clone(),
         };
-        let status = res.status();
-        let text = res.text().await?;
-        let value = if text.is_empty() {
+        let res = client.request(method, path, body).await?;
+        let value = if res.body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).map_err(|_| format!("answer is not JSON: {text}"))?
+            serde_json::from_slice(&res.body).map_err(|_| {
+                format!("answer is not JSON: {}", String::from_utf8_lossy(&res.body))
+            })?
         };
-        Ok((status, value))
+        Ok((res.status, value))
     }
 
     /// Like `call`, but any status other than `want` is an error.
@@ -207,28 +194,13 @@ pub struct Received {
 impl Client {
     /// Registers `username` and logs in. Nothing is uploaded yet.
     pub async fn register(api: &Api, username: &str, password: &str) -> Result<Client> {
-        let creds = json!({"username": username, "password": password});
-        api.expect(
-            StatusCode::CREATED,
-            "POST",
-            "/auth/users",
-            None,
-            Some(&creds),
-        )
-        .await?;
-        let login = api
-            .expect(
-                StatusCode::OK,
-                "POST",
-                "/auth/jwt/create",
-                None,
-                Some(&creds),
-            )
-            .await?;
-        let token = login["token"]
-            .as_str()
-            .ok_or("login answer has no token")?
-            .to_string();
+        let new = NewUser {
+            username: username.to_string(),
+            password: password.to_string(),
+            ..NewUser::default()
+        };
+        api.http.register(&new).await?;
+        let token = api.http.login(username, password).await?;
 
         let mut rng = OsRng.unwrap_err();
         let identity = IdentityKeyPair::generate(&mut rng);
@@ -247,6 +219,11 @@ impl Client {
         })
     }
 
+    /// The typed client, carrying this user's token.
+    fn http(&self) -> http::Client {
+        self.api.as_user(&self.token)
+    }
+
     pub fn address(&self) -> ProtocolAddress {
         ProtocolAddress::new(self.username.clone(), self.device_id)
     }
@@ -260,19 +237,21 @@ impl Client {
             .into_vec())
     }
 
-    /// A one-time EC prekey: saved in the store, returned as the server's `{keyId, publicKey}`.
-    async fn new_pre_key(&mut self, id: u32) -> Result<Value> {
+    /// A one-time EC prekey: saved in the store, returned for the server.
+    async fn new_pre_key(&mut self, id: u32) -> Result<http::PreKey> {
         let mut rng = OsRng.unwrap_err();
         let pair = KeyPair::generate(&mut rng);
         self.store
             .save_pre_key(id.into(), &PreKeyRecord::new(id.into(), &pair))
             .await?;
-        Ok(json!({"keyId": id, "publicKey": b64(&pair.public_key.serialize())}))
+        Ok(http::PreKey {
+            key_id: id,
+            public_key: pair.public_key.serialize().to_vec(),
+        })
     }
 
-    /// A Kyber-1024 prekey signed by the identity key: saved, returned as
-    /// `{keyId, publicKey, signature}`.
-    async fn new_kyber_pre_key(&mut self, id: u32) -> Result<Value> {
+    /// A Kyber-1024 prekey signed by the identity key: saved, returned for the server.
+    async fn new_kyber_pre_key(&mut self, id: u32) -> Result<SignedKey> {
         let mut rng = OsRng.unwrap_err();
         let pair = kem::KeyPair::generate(kem::KeyType::Kyber1024, &mut rng);
         let public = pair.public_key.serialize();
@@ -284,10 +263,14 @@ impl Client {
             &signature,
         );
         self.store.save_kyber_pre_key(id.into(), &record).await?;
-        Ok(json!({"keyId": id, "publicKey": b64(&public), "signature": b64(&signature)}))
+        Ok(SignedKey {
+            key_id: id,
+            public_key: public.to_vec(),
+            signature,
+        })
     }
 
-    /// Creates the device (`POST /device/<regId>`) with real libsignal keys: a signed EC prekey
+    /// Creates the device (`POST /device/`) with real libsignal keys: a signed EC prekey
     /// (id 1), the one-time EC prekeys `pre_key_ids`, the one-time Kyber prekeys
     /// `kyber_pre_key_ids` and, when given, a last-resort Kyber prekey with that id.
     pub async fn create_device(
@@ -329,30 +312,24 @@ impl Client {
             kyber.push(self.new_kyber_pre_key(id).await?);
             uploaded.kyber_pre_key_ids.push(id);
         }
-        let mut body = json!({
-            "address": format!("{}.{}", self.username, self.device_id),
-            "identityKey": b64(&self.identity.identity_key().serialize()),
-            "registrationId": self.registration_id,
-            "preKeys": pre_keys,
-            "signedPreKey": {
-                "keyId": signed_pre_key_id,
-                "publicKey": b64(&signed_public),
-                "signature": b64(&signed_signature),
+        let last_resort = match last_resort_kyber_id {
+            Some(id) => Some(self.new_kyber_pre_key(id).await?),
+            None => None,
+        };
+        let device = NewDevice {
+            address: format!("{}.{}", self.username, self.device_id),
+            identity_key: self.identity.identity_key().serialize().to_vec(),
+            registration_id: self.registration_id,
+            pre_keys,
+            signed_pre_key: SignedKey {
+                key_id: signed_pre_key_id,
+                public_key: signed_public.to_vec(),
+                signature: signed_signature,
             },
-            "kyberPreKeys": kyber,
-        });
-        if let Some(id) = last_resort_kyber_id {
-            body["lastResortKyberPreKey"] = self.new_kyber_pre_key(id).await?;
-        }
-        self.api
-            .expect(
-                StatusCode::CREATED,
-                "POST",
-                &format!("/device/{}", self.registration_id),
-                Some(&self.token),
-                Some(&body),
-            )
-            .await?;
+            kyber_pre_keys: kyber,
+            last_resort_kyber_pre_key: last_resort,
+        };
+        self.http().create_device(&device).await?;
         Ok(uploaded)
     }
 
@@ -362,9 +339,11 @@ impl Client {
         for id in ids {
             keys.push(self.new_pre_key(id).await?);
         }
-        let path = format!("/prekeys/{}", self.registration_id);
-        self.upload(&path, json!({ "preKeys": keys }), "prekeys_stored")
-            .await
+        let stored = self
+            .http()
+            .upload_prekeys(self.registration_id, &keys)
+            .await?;
+        expect_code(&stored, "prekeys_stored")
     }
 
     /// Tops up one-time Kyber prekeys: `POST /kyberprekeys/<regId>`.
@@ -376,56 +355,30 @@ impl Client {
         for id in ids {
             keys.push(self.new_kyber_pre_key(id).await?);
         }
-        let path = format!("/kyberprekeys/{}", self.registration_id);
-        self.upload(
-            &path,
-            json!({ "kyberPreKeys": keys }),
-            "kyber_prekeys_stored",
-        )
-        .await
-    }
-
-    /// A key upload that must answer 200 with `code`.
-    async fn upload(&self, path: &str, body: serde_json::Value, code: &str) -> Result<()> {
-        let v = self
-            .api
-            .expect(StatusCode::OK, "POST", path, Some(&self.token), Some(&body))
+        let upload = KyberUpload {
+            kyber_pre_keys: keys,
+            last_resort_kyber_pre_key: None,
+        };
+        let stored = self
+            .http()
+            .upload_kyber(self.registration_id, &upload)
             .await?;
-        if v["code"] != code {
-            return fail(format!("POST {path}: {v}"));
-        }
-        Ok(())
+        expect_code(&stored, "kyber_prekeys_stored")
     }
 
     /// `GET /prekeys/<regId>`: how many one-time EC and Kyber prekeys the server still holds.
     pub async fn prekey_counts(&self) -> Result<(u64, u64)> {
-        let v = self
-            .api
-            .expect(
-                StatusCode::OK,
-                "GET",
-                &format!("/prekeys/{}", self.registration_id),
-                Some(&self.token),
-                None,
-            )
-            .await?;
-        match (v["preKeyCount"].as_u64(), v["kyberPreKeyCount"].as_u64()) {
-            (Some(ec), Some(kyber)) => Ok((ec, kyber)),
-            _ => fail(format!("bad prekey counts: {v}")),
-        }
+        let counts = self.http().stock(self.registration_id).await?;
+        Ok((
+            counts.pre_key_count.into(),
+            counts.kyber_pre_key_count.into(),
+        ))
     }
 
     /// `GET /prekeybundle/<username>/<regId>`: the server's JSON answer.
     pub async fn fetch_bundle(&self, username: &str) -> Result<Value> {
-        self.api
-            .expect(
-                StatusCode::OK,
-                "GET",
-                &format!("/prekeybundle/{username}/{}", self.registration_id),
-                Some(&self.token),
-                None,
-            )
-            .await
+        let bundle = self.http().bundle(username, self.registration_id).await?;
+        to_json(&bundle)
     }
 
     /// Fetches `username`'s bundle and starts a session with it (PQXDH). Answers the bundle as
@@ -480,20 +433,14 @@ impl Client {
         let inner = json!({
             "registrationId": registration_id,
             "type": kind as u8,
-            "body": b64(ciphertext.serialize()),
+            "body": B64.encode(ciphertext.serialize()),
         });
-        let body = json!({"recipient": username, "message": inner.to_string()});
-        let answer = self
-            .api
-            .expect(
-                StatusCode::CREATED,
-                "POST",
-                &format!("/messages/{}", self.registration_id),
-                Some(&self.token),
-                Some(&body),
-            )
+        let message = inner.to_string();
+        let stored = self
+            .http()
+            .send(self.registration_id, username, &message)
             .await?;
-        Ok((kind, answer))
+        Ok((kind, to_json(&stored)?))
     }
 
     /// Decrypts one message as the server delivers it (`{"id", "senderAddress",
@@ -554,53 +501,30 @@ impl Client {
 
     /// `GET /messages/<regId>`: the queued messages, oldest first (reading deletes nothing).
     pub async fn queued(&self) -> Result<Vec<Value>> {
-        let v = self
-            .api
-            .expect(
-                StatusCode::OK,
-                "GET",
-                &format!("/messages/{}", self.registration_id),
-                Some(&self.token),
-                None,
-            )
-            .await?;
-        match v {
-            Value::Array(items) => Ok(items),
-            other => fail(format!("queue is not a list: {other}")),
-        }
+        let queue = self.http().fetch(self.registration_id, None).await?;
+        queue.iter().map(to_json).collect()
     }
 
     /// `DELETE /messages/<regId>` with `ids`; every id must answer "success".
     pub async fn delete_messages(&self, ids: &[u64]) -> Result<()> {
-        let v = self
-            .api
-            .expect(
-                StatusCode::OK,
-                "DELETE",
-                &format!("/messages/{}", self.registration_id),
-                Some(&self.token),
-                Some(&json!(ids)),
-            )
+        let outcomes = self
+            .http()
+            .delete_messages(self.registration_id, ids)
             .await?;
-        let want = json!(vec!["success"; ids.len()]);
-        if v != want {
-            return fail(format!("delete {ids:?}: {v}"));
+        if outcomes.iter().any(|o| *o != Deleted::Success) {
+            return fail(format!("delete {ids:?}: {outcomes:?}"));
         }
         Ok(())
     }
 
     /// Opens `GET /messages/<regId>/ws` with the token in `?token=`.
     pub async fn connect(&self) -> Result<Live> {
-        let url = format!(
-            "{}/messages/{}/ws?token={}",
-            self.api.ws_base(),
-            self.registration_id,
-            self.token
-        );
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        let http = self.http();
+        let connect = http.connect(self.registration_id, WsAuth::Query);
+        let session = tokio::time::timeout(WAIT, connect)
             .await
             .map_err(|_| "WebSocket handshake timed out")??;
-        Ok(Live { ws })
+        Ok(Live { session })
     }
 }
 
@@ -647,30 +571,19 @@ pub enum Event {
 
 /// A live `GET /messages/<regId>/ws` connection.
 pub struct Live {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    session: http::Session,
 }
 
 impl Live {
     /// The next `message` or `queue_empty` frame (pings and pongs skipped), bounded by `WAIT`.
     pub async fn next(&mut self) -> Result<Event> {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .map_err(|_| "no WebSocket frame from the server in time")?
-                .ok_or("the server closed the WebSocket")??;
-            let text = match frame {
-                Frame::Text(text) => text,
-                Frame::Ping(_) | Frame::Pong(_) => continue,
-                other => return fail(format!("unexpected WebSocket frame: {other:?}")),
-            };
-            let v: Value = serde_json::from_str(text.as_str())?;
-            return match v["type"].as_str() {
-                Some("message") => Ok(Event::Message(v["message"].clone())),
-                Some("queue_empty") => Ok(Event::QueueEmpty),
-                _ => fail(format!("unexpected frame: {v}")),
-            };
+        let frame = tokio::time::timeout(WAIT, self.session.next())
+            .await
+            .map_err(|_| "no WebSocket frame from the server in time")??
+            .ok_or("the server closed the WebSocket")?;
+        match frame {
+            Frame::Message { message } => Ok(Event::Message(to_json(&message)?)),
+            Frame::QueueEmpty => Ok(Event::QueueEmpty),
         }
     }
 
@@ -695,13 +608,18 @@ impl Live {
 
     /// `{"type": "ack", "ids": [...]}`: the server deletes those messages.
     pub async fn ack(&mut self, ids: &[u64]) -> Result<()> {
-        let frame = json!({"type": "ack", "ids": ids}).to_string();
-        self.ws.send(Frame::Text(frame.into())).await?;
-        Ok(())
+        Ok(self.session.ack(ids).await?)
     }
 
-    pub async fn close(mut self) -> Result<()> {
-        self.ws.close(None).await?;
-        Ok(())
+    pub async fn close(self) -> Result<()> {
+        Ok(self.session.close().await?)
     }
+}
+
+/// A successful upload must say what it stored.
+fn expect_code(stored: &http::Stored, code: &str) -> Result<()> {
+    if stored.code != code {
+        return fail(format!("expected {code}, got {stored:?}"));
+    }
+    Ok(())
 }

@@ -1,0 +1,73 @@
+//! `/messages/<regId>`: sending, reading and deleting queued messages.
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Client, Error};
+
+/// A queued message, as `POST /messages` answers and `GET /messages` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: u64,
+    #[serde(rename = "senderAddress")]
+    pub sender_address: String,
+    /// `senderRegistrationID` on the wire, as in the original API.
+    #[serde(rename = "senderRegistrationID")]
+    pub sender_registration_id: u32,
+    /// The sender's `message`, verbatim.
+    pub content: String,
+    #[serde(rename = "recipientAddress")]
+    pub recipient_address: String,
+    /// Milliseconds since the epoch.
+    pub timestamp: u64,
+}
+
+/// What `DELETE /messages/<regId>` says about one id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Deleted {
+    #[serde(rename = "success")]
+    Success,
+    #[serde(rename = "not_message_owner")]
+    NotMessageOwner,
+    /// Spelled `non-existant_message` on the wire, as in the original.
+    #[serde(rename = "non-existant_message")]
+    NonExistent,
+}
+
+impl Client {
+    /// `POST /messages/<regId>` (201): `message` is the JSON text of an object whose
+    /// `registrationId` is the recipient device's (see `docs/API.md`, the message envelope).
+    pub async fn send(
+        &self,
+        reg_id: u32,
+        recipient: &str,
+        message: &str,
+    ) -> Result<QueuedMessage, Error> {
+        let body = json!({"recipient": recipient, "message": message});
+        let path = format!("/messages/{reg_id}");
+        self.call(Method::POST, &path, Some(&body), StatusCode::CREATED)
+            .await
+    }
+
+    /// `GET /messages/<regId>[?limit=N]` (200): the queue, oldest first; reading deletes nothing.
+    pub async fn fetch(
+        &self,
+        reg_id: u32,
+        limit: Option<u32>,
+    ) -> Result<Vec<QueuedMessage>, Error> {
+        let path = match limit {
+            Some(n) => format!("/messages/{reg_id}?limit={n}"),
+            None => format!("/messages/{reg_id}"),
+        };
+        self.call(Method::GET, &path, None::<&()>, StatusCode::OK)
+            .await
+    }
+
+    /// `DELETE /messages/<regId>` (200): one outcome per id, in the order given.
+    pub async fn delete_messages(&self, reg_id: u32, ids: &[u64]) -> Result<Vec<Deleted>, Error> {
+        let path = format!("/messages/{reg_id}");
+        self.call(Method::DELETE, &path, Some(&ids), StatusCode::OK)
+            .await
+    }
+}
