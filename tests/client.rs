@@ -93,7 +93,8 @@ async fn accounts_routes_through_the_typed_client() {
     let unknown_uid = anon
         .reset_confirm("AAAA", "nope", "another-Voyage-43")
         .await;
-    assert_eq!(refusal(unknown_uid), (400, "invalid_data".into()));
+    // Every bad uid/token pair answers alike (docs/API.md, password reset).
+    assert_eq!(refusal(unknown_uid), (400, "invalid_token".into()));
 
     let new_password = "another-Voyage-43";
     carol.change_password(PASSWORD, new_password).await.unwrap();
