@@ -104,7 +104,10 @@ impl Storage {
     }
 
     /// Removes a user's device record, keys and queued messages; tells whether a device existed.
+    /// Under the user's lock, like uploads and sends: one that checked for the device before
+    /// this removal must not write its keys or message after the removal's scan.
     pub(super) fn remove_device_data(&self, user_id: u64) -> Result<bool, StoreError> {
+        let _user = self.user_lock(user_id);
         let existed = self.devices.remove(keys::user(user_id))?.is_some();
         if existed {
             self.count(Count::Devices, -1);
