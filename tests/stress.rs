@@ -92,3 +92,64 @@ async fn sends_racing_a_device_delete_leave_no_messages_behind() {
         recreate_device(&s, &to).await;
     }
 }
+
+/// Sends a request head and the first half of its JSON body on a raw connection; the caller
+/// sends the rest with `finish`.
+async fn half_sent_post(
+    s: &TestServer,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let addr = s.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(first).await.expect("first half");
+    stream.flush().await.expect("flush");
+    (stream, rest.to_vec())
+}
+
+/// Sends the rest of the body and reads the answer's status line.
+async fn finish(mut stream: tokio::net::TcpStream, rest: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(rest).await.expect("rest");
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("an answer within 30 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_device_created_while_its_user_is_deleted_is_refused_and_leaves_nothing() {
+    let s = TestServer::start().await;
+    let mut u = s.user("leaving").await;
+    u.reg_id = 41;
+    let body = serde_json::to_vec(&u.device_body(1, 20, 5, true)).unwrap();
+    // The token is checked when the head arrives; the user goes while the body is on its way.
+    let (stream, rest) = half_sent_post(&s, "/device/41", &u.token, &body).await;
+    let password = json!({"current_password": common::PASSWORD});
+    let (status, res) = s.delete("/auth/users/me", &u.token, password).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "delete user: {res}");
+    let status_line = finish(stream, &rest).await;
+    assert!(
+        status_line.contains(" 401 "),
+        "a create for a deleted user must be refused: {status_line}"
+    );
+    let t = totals(&s).await;
+    assert_eq!(
+        (t.users, t.devices, t.prekeys, t.kyber_prekeys),
+        (0, 0, 0, 0),
+        "nothing of a deleted user may stay"
+    );
+}

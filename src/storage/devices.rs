@@ -49,6 +49,12 @@ impl Storage {
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
         let id = keys::user(user_id);
+        // The user may have been deleted since their token was checked (the body arrives
+        // later): `delete_user` removes the user record, then the device under this lock, so
+        // a device written after that would belong to no one.
+        if !self.users.contains_key(id)? {
+            return Err(StoreError::NoUser);
+        }
         // A refused create changes nothing: check before the clean-up below, which is not part
         // of the transaction (a transaction cannot scan).
         if self.devices.contains_key(id)? {

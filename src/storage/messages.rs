@@ -237,6 +237,9 @@ mod tests {
     use crate::models::{Device, SignedPreKey};
 
     async fn with_device(s: &Storage, user: u64) {
+        let name = format!("u{user}");
+        let created = s.create_user(&name, "", "h".into(), None).await.unwrap();
+        assert_eq!(created.id, user, "a fresh database numbers users from 1");
         let spk = SignedPreKey {
             key_id: 1,
             public_key: vec![5; 33],
