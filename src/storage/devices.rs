@@ -49,6 +49,12 @@ impl Storage {
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
         let id = keys::user(user_id);
+        // The user may have been deleted since their token was checked (the body arrives
+        // later): `delete_user` removes the user record, then the device under this lock, so
+        // a device written after that would belong to no one.
+        if !self.users.contains_key(id)? {
+            return Err(StoreError::NoUser);
+        }
         // A refused create changes nothing: check before the clean-up below, which is not part
         // of the transaction (a transaction cannot scan).
         if self.devices.contains_key(id)? {
@@ -104,7 +110,10 @@ impl Storage {
     }
 
     /// Removes a user's device record, keys and queued messages; tells whether a device existed.
+    /// Under the user's lock, like uploads and sends: one that checked for the device before
+    /// this removal must not write its keys or message after the removal's scan.
     pub(super) fn remove_device_data(&self, user_id: u64) -> Result<bool, StoreError> {
+        let _user = self.user_lock(user_id);
         let existed = self.devices.remove(keys::user(user_id))?.is_some();
         if existed {
             self.count(Count::Devices, -1);

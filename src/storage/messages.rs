@@ -24,11 +24,26 @@ impl Storage {
         cap: u32,
     ) -> Result<Message, StoreError> {
         let _writing = self.writing().await?;
+        self.enqueue_locked(recipient, &mut message, cap)?;
+        self.sync().await?;
+        Ok(message)
+    }
+
+    /// Checks the device and writes the message under the recipient's lock: a device delete
+    /// clears the queue under the same lock, so it cannot run between the check and the write
+    /// and leave a message behind that no device will ever fetch (nor one counted in no queue).
+    fn enqueue_locked(
+        &self,
+        recipient: u64,
+        message: &mut Message,
+        cap: u32,
+    ) -> Result<(), StoreError> {
+        let _user = self.user_lock(recipient);
+        if self.devices.get(keys::user(recipient))?.is_none() {
+            return Err(StoreError::NoDevice);
+        }
         self.reserve_slot(recipient, cap)?;
         let written = (|| {
-            if self.devices.get(keys::user(recipient))?.is_none() {
-                return Err(StoreError::NoDevice);
-            }
             message.id = self.next_id()?;
             // Index first: a crash between the two leaves an index entry without a message,
             // which reads as "no such message", never a message that cannot be deleted.
@@ -37,7 +52,7 @@ impl Storage {
                 &keys::index_value(recipient, message.timestamp),
             )?;
             self.messages
-                .insert(keys::message(recipient, message.id), encode(&message))?;
+                .insert(keys::message(recipient, message.id), encode(&*message))?;
             self.count(Count::QueuedMessages, 1);
             Ok(())
         })();
@@ -45,8 +60,7 @@ impl Storage {
             self.adjust_queue_len(recipient, -1);
             return Err(e);
         }
-        self.sync().await?;
-        Ok(message)
+        Ok(())
     }
 
     /// Takes one place in the recipient's queue, or fails with `QueueFull`.
@@ -223,6 +237,9 @@ mod tests {
     use crate::models::{Device, SignedPreKey};
 
     async fn with_device(s: &Storage, user: u64) {
+        let name = format!("u{user}");
+        let created = s.create_user(&name, "", "h".into(), None).await.unwrap();
+        assert_eq!(created.id, user, "a fresh database numbers users from 1");
         let spk = SignedPreKey {
             key_id: 1,
             public_key: vec![5; 33],

@@ -183,8 +183,10 @@ pub struct Storage {
     /// Queue length per recipient, counted from the tree on first use after start and kept
     /// up to date by enqueue and delete: the cap check needs no scan and no transaction.
     queue_lens: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
-    /// Serialises key uploads and device creation per user (striped), so that two uploads
-    /// cannot both pass the cap and a refused create cannot clean up after an accepted one.
+    /// Serialises key uploads, device creation and deletion, and the device check and write of
+    /// a send, per user (striped), so that two uploads cannot both pass the cap, a refused
+    /// create cannot clean up after an accepted one, and nothing is written for a device (or
+    /// user) that a delete has already cleared.
     upload_locks: Arc<Vec<std::sync::Mutex<()>>>,
     /// Added to sled's id generator: after an import, new ids start above every imported one.
     id_offset: Arc<std::sync::atomic::AtomicU64>,

@@ -168,6 +168,8 @@ mod tests {
     #[tokio::test]
     async fn uploads_over_the_cap_store_nothing() {
         let (_dir, s) = super::super::temp();
+        let user = s.create_user("a", "", "h".into(), None).await.unwrap();
+        assert_eq!(user.id, 1, "a fresh database numbers users from 1");
         s.create_device(1, &device(), &ec(0..5), &[]).await.unwrap();
         assert!(matches!(
             s.add_prekeys(1, &ec(10..20), 10).await,
@@ -181,6 +183,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_pops_hand_each_key_out_once() {
         let (_dir, s) = super::super::temp();
+        let user = s.create_user("a", "", "h".into(), None).await.unwrap();
+        assert_eq!(user.id, 1, "a fresh database numbers users from 1");
         s.create_device(1, &device(), &ec(1..=50), &[])
             .await
             .unwrap();
