@@ -549,7 +549,13 @@ fn listen_takes_a_host_name_and_public_url_is_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_head_health_and_an_access_line_per_request_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    // Answers that went well are logged at debug (refusals at info, on by default).
+    let mut cmd = bin();
+    cmd.env("RUST_LOG", "info,signal_server::access=debug")
+        .arg("--data-dir")
+        .arg(dir.path());
+    let server =
+        Server::spawn(cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]));
     let (status, body) = server.call("GET", "/", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let about: Value = serde_json::from_str(&body).unwrap();
