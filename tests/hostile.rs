@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{message_text, Binary, TestUser, BINARY_BOUND};
 use futures_util::{SinkExt, StreamExt};
-use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -222,27 +222,30 @@ fn username(rng: &mut Rng) -> String {
     rng.pick(&forms).clone()
 }
 
+const QUERIES: &[&str] = &[
+    "",
+    "",
+    "?limit=",
+    "?limit=0",
+    "?limit=1",
+    "?limit=1000",
+    "?limit=1001",
+    "?limit=-1",
+    "?limit=1.5",
+    "?limit=18446744073709551616",
+    "?limit=%31",
+    "?limit=1&limit=2",
+    "?limit",
+    "?&&&",
+    "?limit=%00",
+    "?token=x",
+    "?token=",
+    "?%zz=%zz",
+];
+
 fn query(rng: &mut Rng) -> &'static str {
-    *rng.pick(&[
-        "",
-        "",
-        "?limit=",
-        "?limit=0",
-        "?limit=1",
-        "?limit=1000",
-        "?limit=1001",
-        "?limit=-1",
-        "?limit=1.5",
-        "?limit=18446744073709551616",
-        "?limit=%31",
-        "?limit=1&limit=2",
-        "?limit",
-        "?&&&",
-        "?limit=%00",
-        "?token=x",
-        "?token=",
-        "?%zz=%zz",
-    ])
+    let query: &&'static str = rng.pick(QUERIES);
+    query
 }
 
 /// `Authorization` forms: the real token mostly, else none, garbage, alg:none, forged, huge,
