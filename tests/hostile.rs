@@ -403,7 +403,11 @@ async fn thousands_of_hostile_requests_are_refused_cleanly_and_change_nothing() 
     let before = state(&s, &[&alice, &bob]).await;
     let values = hostile_values();
     let raws = hostile_raw_bodies();
-    let mut rng = Rng(0x5EED_0001);
+    // Another seed explores further: `HOSTILE_SEED=7 cargo test --test hostile`.
+    let seed = std::env::var("HOSTILE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut rng = Rng(seed.unwrap_or(0x5EED_0001));
     let mut counts = std::collections::BTreeMap::<u16, usize>::new();
     for i in 0..2500 {
         let (method, path, mutating) = route(&mut rng, alice.reg_id);
@@ -439,7 +443,9 @@ async fn thousands_of_hostile_requests_are_refused_cleanly_and_change_nothing() 
             String::from_utf8_lossy(&payload[..payload.len().min(200)])
         );
         check_answer(&what, status, &text);
-        if mutating {
+        // DELETE /messages answers 200 with an outcome per id; none may be a deletion.
+        let deleted_nothing = text.starts_with('[') && !text.contains("\"success\"");
+        if mutating && !deleted_nothing {
             assert!(!status.is_success(), "{what}: accepted: {status} {text}");
         }
         *counts.entry(status.as_u16()).or_default() += 1;
