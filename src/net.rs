@@ -10,6 +10,7 @@ pub mod idle;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use warp::filters::BoxedFilter;
+use warp::hyper::body::{Body, Frame, SizeHint};
 use warp::reply::Response;
 
 use crate::config::Config;
@@ -185,20 +187,23 @@ impl Conn {
     }
 }
 
-/// Puts the [`Peer`] into every request's extensions before warp sees it.
+/// Puts the [`Peer`] into every request's extensions before warp sees it, and says
+/// `Connection: close` on an answer that leaves a large request body unread.
 #[derive(Clone)]
 struct WithPeer<S> {
     inner: S,
     peer: Peer,
 }
 
-impl<S, B> tower_service::Service<warp::http::Request<B>> for WithPeer<S>
+impl<S, B, R> tower_service::Service<warp::http::Request<B>> for WithPeer<S>
 where
-    S: tower_service::Service<warp::http::Request<B>>,
+    S: tower_service::Service<warp::http::Request<Tracked<B>>, Response = warp::http::Response<R>>,
+    S::Future: Send + 'static,
+    B: Body + Unpin,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -206,6 +211,63 @@ where
 
     fn call(&mut self, mut req: warp::http::Request<B>) -> Self::Future {
         req.extensions_mut().insert(self.peer);
-        self.inner.call(req)
+        // Small bodies arrive with the head and hyper drains them; keep those connections.
+        let hint = req.body().size_hint();
+        let large =
+            !req.body().is_end_stream() && hint.exact().is_none_or(|n| n > DRAINED_BODY_BYTES);
+        let read = Arc::new(AtomicBool::new(false));
+        let body_read = read.clone();
+        let answer = self.inner.call(req.map(|inner| Tracked { inner, read }));
+        Box::pin(async move {
+            let mut res = answer.await?;
+            if large && !body_read.load(Ordering::Relaxed) {
+                close_after(&mut res);
+            }
+            Ok(res)
+        })
     }
+}
+
+/// Above this, a request body left unread may still be on its way when the answer is sent.
+const DRAINED_BODY_BYTES: u64 = 16 * 1024;
+
+/// A request body that records whether it was read to its end.
+pub struct Tracked<B> {
+    inner: B,
+    read: Arc<AtomicBool>,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer sent before the request body was read (a refusal: 401, 404, 413, ...; or a route
+/// that takes no body). hyper then closes the connection when the unread rest is large, but
+/// without saying so, and a keep-alive client that reuses it loses its next request.
+/// `Connection: close` tells the client not to reuse it.
+fn close_after<R>(res: &mut warp::http::Response<R>) {
+    res.headers_mut().insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("close"),
+    );
 }
