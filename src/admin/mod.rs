@@ -3,16 +3,19 @@
 //! sends one JSON request line and prints what comes back; the last line of every answer is a
 //! status line. With no server running, the command takes the data-dir lock and runs in-process.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::app::App;
-use crate::config::{Command, Config, UsersCommand};
+use crate::config::{Command, UsersCommand};
 use crate::error::ApiError;
+
+mod cli;
+
+pub use cli::run_cli;
 
 pub const SOCKET: &str = "admin.sock";
 
@@ -270,201 +273,4 @@ fn command_name(c: &Command) -> &'static str {
         Command::Restore { .. } => "restore",
         Command::Fsck => "fsck",
     }
-}
-
-/// The command line side: through the socket of a running server, or in-process.
-pub async fn run_cli(config: Config, mut command: Command) -> Result<(), String> {
-    prepare_files(&mut command)?;
-    let generated = match &mut command {
-        Command::Users(UsersCommand::SetPassword { password, .. }) => {
-            *password = read_password()?;
-            false
-        }
-        Command::Users(UsersCommand::Create { password, .. }) => {
-            *password = read_new_password()?;
-            let generate = password.is_empty();
-            if generate {
-                *password = generate_password();
-            }
-            generate
-        }
-        _ => false,
-    };
-    let socket = config.data_dir.join(SOCKET);
-    let output: Vec<u8> = match (&command, std::os::unix::net::UnixStream::connect(&socket)) {
-        (Command::Restore { .. }, Ok(_)) => {
-            return Err("a server is running on this data dir; stop it before a restore".into())
-        }
-        (_, Ok(stream)) => through_socket(stream, &command)?,
-        (_, Err(_)) => in_process(config, &command).await?,
-    };
-    match &command {
-        Command::Backup { file, .. } => write_output(file, &output),
-        Command::Users(UsersCommand::Create { password, .. }) if generated => {
-            let shown = format!("password: {password}\n(shown only this once)\n");
-            std::io::stdout()
-                .write_all(&[output, shown.into_bytes()].concat())
-                .map_err(|e| e.to_string())
-        }
-        _ => std::io::stdout()
-            .write_all(&output)
-            .map_err(|e| e.to_string()),
-    }
-}
-
-/// Files named on the command line are taken relative to where the operator stands (an
-/// offline command may enter the data dir later), and a backup never replaces a file unless
-/// told to: checked before any work, so a refused command changes nothing.
-fn prepare_files(command: &mut Command) -> Result<(), String> {
-    let file = match command {
-        Command::Backup { file, force } => {
-            if !*force && file != Path::new("-") && file.exists() {
-                return Err(format!(
-                    "{} exists already; choose another file name, or add --force to replace it",
-                    file.display()
-                ));
-            }
-            file
-        }
-        Command::Restore { file } => file,
-        _ => return Ok(()),
-    };
-    if file != Path::new("-") {
-        *file = std::path::absolute(&*file).map_err(|e| format!("{}: {e}", file.display()))?;
-    }
-    Ok(())
-}
-
-fn through_socket(
-    mut stream: std::os::unix::net::UnixStream,
-    command: &Command,
-) -> Result<Vec<u8>, String> {
-    let request = serde_json::to_string(command).map_err(|e| e.to_string())?;
-    writeln!(stream, "{request}").map_err(|e| format!("admin socket: {e}"))?;
-    let mut lines: Vec<String> = BufReader::new(stream)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("admin socket: {e}"))?;
-    let status: Status = lines
-        .pop()
-        .and_then(|l| serde_json::from_str(&l).ok())
-        .ok_or("the server closed the admin socket early")?;
-    if status.status != "ok" {
-        return Err(status.error.unwrap_or_default());
-    }
-    Ok(lines
-        .into_iter()
-        .flat_map(|l| (l + "\n").into_bytes())
-        .collect())
-}
-
-async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, String> {
-    // Only the server creates a database; restore is the one command that fills a new one.
-    if !matches!(command, Command::Restore { .. }) {
-        crate::datadir::require_database(&config.data_dir)?;
-    }
-    if config.data_dir.exists() {
-        config.data_dir = crate::datadir::become_owner(&config.data_dir)?;
-    }
-    let _lock = crate::server::lock_data_dir(&config.data_dir)
-        .map_err(|e| format!("{e} (and its admin socket does not answer)"))?;
-    if let Command::Restore { file } = command {
-        return restore(&config, file).await;
-    }
-    let app = App::open(config)?;
-    let mut out = Vec::new();
-    execute(&app, command.clone(), &mut out).await?;
-    app.storage.flush().map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// Restores a backup into the stopped data dir (whose lock the caller holds), all or nothing,
-/// with the limits of the server's flags. Nothing else of the data dir is written: the server
-/// creates its JWT secret on first start.
-async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>, String> {
-    let mut input = open_input(file)?;
-    let limits = crate::storage::RestoreLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_prekeys: config.max_prekeys,
-        max_queued_messages: config.max_queued_messages,
-    };
-    let options = crate::storage::StorageOptions {
-        cache_capacity: config.cache_mb.saturating_mul(1 << 20),
-        flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
-    };
-    let db = config.data_dir.join("db");
-    let sum = crate::storage::restore_dir(&db, &mut input, &limits, &options)
-        .await
-        .map_err(|e| match e {
-            crate::storage::StoreError::Corrupt(why) => {
-                format!("restore refused, the data dir is unchanged: {why}")
-            }
-            other => format!("restore failed, the data dir is unchanged: {other}"),
-        })?;
-    let sum = serde_json::to_string(&sum).unwrap_or_default();
-    Ok(format!("restored {sum}\n").into_bytes())
-}
-
-/// The password of a new account: a line on standard input, or empty (generate one) when
-/// standard input is a terminal or has nothing.
-fn read_new_password() -> Result<String, String> {
-    use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() {
-        return Ok(String::new());
-    }
-    read_password()
-}
-
-/// 144 random bits: passes every strength rule and is typed once, then changed by its user.
-fn generate_password() -> String {
-    crate::crypto::b64::encode(&rand::random::<[u8; 18]>()).replace(['+', '/', '='], "x")
-}
-
-fn read_password() -> Result<String, String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
-
-fn open_input(file: &Path) -> Result<Box<dyn BufRead + Send>, String> {
-    if file == Path::new("-") {
-        return Ok(Box::new(BufReader::new(std::io::stdin())));
-    }
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(Box::new(BufReader::new(f)))
-}
-
-fn unwritable(path: &Path, e: std::io::Error) -> String {
-    format!(
-        "cannot write {}: {e}; choose a directory this user can write to, or write to standard \
-         output (`backup - > FILE`)",
-        path.display()
-    )
-}
-
-/// Writes a backup atomically: a temp file beside it, synced, then renamed.
-fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
-    if file == Path::new("-") {
-        return std::io::stdout().write_all(data).map_err(|e| e.to_string());
-    }
-    let tmp = file.with_extension("partial");
-    // A leftover temp file would keep its old owner and mode: start from a new one.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(unwritable(&tmp, e)),
-        _ => {}
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    // A backup holds password hashes and tokens' hashes: readable by its owner only.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp).map_err(|e| unwritable(&tmp, e))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))?;
-    eprintln!("backup written to {}", file.display());
-    Ok(())
 }
