@@ -234,36 +234,17 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Device, SignedPreKey};
 
     async fn with_device(s: &Storage, user: u64) {
         let name = format!("u{user}");
         let created = s.create_user(&name, "", "h".into(), None).await.unwrap();
         assert_eq!(created.id, user, "a fresh database numbers users from 1");
-        let spk = SignedPreKey {
-            key_id: 1,
-            public_key: vec![5; 33],
-            signature: vec![0; 64],
-        };
-        let d = Device {
-            address: format!("u{user}.1"),
-            registration_id: 1,
-            identity_key: vec![5; 33],
-            signed_prekey: spk,
-            last_resort_kyber: None,
-        };
+        let d = crate::storage::fixtures::device(&format!("u{user}.1"));
         s.create_device(user, &d, &[], &[]).await.unwrap();
     }
 
     fn msg(content: &str, timestamp: u64) -> Message {
-        Message {
-            id: 0,
-            sender_address: "s.1".into(),
-            sender_registration_id: 3,
-            content: content.into(),
-            recipient_address: "r.1".into(),
-            timestamp,
-        }
+        crate::storage::fixtures::message(content, timestamp)
     }
 
     #[tokio::test]

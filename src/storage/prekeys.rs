@@ -141,28 +141,10 @@ mod tests {
     use super::*;
     use crate::models::Device;
 
-    fn device() -> Device {
-        let spk = SignedPreKey {
-            key_id: 1,
-            public_key: vec![5; 33],
-            signature: vec![0; 64],
-        };
-        Device {
-            address: "a.1".into(),
-            registration_id: 7,
-            identity_key: vec![5; 33],
-            signed_prekey: spk,
-            last_resort_kyber: None,
-        }
-    }
+    use crate::storage::fixtures::{device as fixture, ec};
 
-    fn ec(ids: impl IntoIterator<Item = u32>) -> Vec<PreKey> {
-        ids.into_iter()
-            .map(|key_id| PreKey {
-                key_id,
-                public_key: vec![5; 33],
-            })
-            .collect()
+    fn device() -> Device {
+        fixture("a.1")
     }
 
     #[tokio::test]

@@ -123,40 +123,15 @@ fn count_tree(tree: &sled::Tree) -> Result<i64, sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Device, Message, PreKey, SignedPreKey};
+    use crate::models::{Device, Message};
+    use crate::storage::fixtures;
 
     fn device() -> Device {
-        let spk = SignedPreKey {
-            key_id: 1,
-            public_key: vec![5; 33],
-            signature: vec![0; 64],
-        };
-        Device {
-            address: "a.1".into(),
-            registration_id: 7,
-            identity_key: vec![5; 33],
-            signed_prekey: spk,
-            last_resort_kyber: None,
-        }
-    }
-
-    fn ec(ids: std::ops::Range<u32>) -> Vec<PreKey> {
-        ids.map(|key_id| PreKey {
-            key_id,
-            public_key: vec![5; 33],
-        })
-        .collect()
+        fixtures::device("a.1")
     }
 
     fn message() -> Message {
-        Message {
-            id: 0,
-            sender_address: "s.1".into(),
-            sender_registration_id: 3,
-            content: "x".into(),
-            recipient_address: "r.1".into(),
-            timestamp: 1,
-        }
+        fixtures::message("x", 1)
     }
 
     #[tokio::test]
@@ -172,13 +147,15 @@ mod tests {
         let b = s.create_user("b", "", "h".into(), None).await.unwrap();
         let c = s.create_user("c", "", "h".into(), None).await.unwrap();
         for u in [a.id, b.id, c.id] {
-            s.create_device(u, &device(), &ec(0..5), &[]).await.unwrap();
+            s.create_device(u, &device(), &fixtures::ec(0..5), &[])
+                .await
+                .unwrap();
         }
         assert!(s
-            .create_device(a.id, &device(), &ec(0..9), &[])
+            .create_device(a.id, &device(), &fixtures::ec(0..9), &[])
             .await
             .is_err());
-        s.add_prekeys(a.id, &ec(3..8), 100).await.unwrap();
+        s.add_prekeys(a.id, &fixtures::ec(3..8), 100).await.unwrap();
         s.pop_prekeys(b.id).await.unwrap();
         let m = s.enqueue(a.id, message(), 10).await.unwrap();
         for _ in 0..3 {
