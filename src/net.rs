@@ -215,12 +215,13 @@ where
         let hint = req.body().size_hint();
         let large =
             !req.body().is_end_stream() && hint.exact().is_none_or(|n| n > DRAINED_BODY_BYTES);
-        let read = Arc::new(AtomicBool::new(false));
+        // Only a large body is tracked: no allocation for the common small request.
+        let read = large.then(|| Arc::new(AtomicBool::new(false)));
         let body_read = read.clone();
         let answer = self.inner.call(req.map(|inner| Tracked { inner, read }));
         Box::pin(async move {
             let mut res = answer.await?;
-            if large && !body_read.load(Ordering::Relaxed) {
+            if body_read.is_some_and(|read| !read.load(Ordering::Relaxed)) {
                 close_after(&mut res);
             }
             Ok(res)
@@ -231,10 +232,10 @@ where
 /// Above this, a request body left unread may still be on its way when the answer is sent.
 const DRAINED_BODY_BYTES: u64 = 16 * 1024;
 
-/// A request body that records whether it was read to its end.
+/// A request body that records whether it was read to its end (when tracked at all).
 pub struct Tracked<B> {
     inner: B,
-    read: Arc<AtomicBool>,
+    read: Option<Arc<AtomicBool>>,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -246,8 +247,10 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.read.store(true, Ordering::Relaxed);
+        if let Some(read) = &self.read {
+            if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+                read.store(true, Ordering::Relaxed);
+            }
         }
         frame
     }
