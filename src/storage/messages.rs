@@ -93,12 +93,7 @@ impl Storage {
 
     /// Counts a queue from the tree (once per recipient after a start).
     fn count_queue(&self, recipient: u64) -> Result<u32, StoreError> {
-        let mut n = 0;
-        for k in self.messages.scan_prefix(keys::user(recipient)).keys() {
-            k?;
-            n += 1;
-        }
-        Ok(n)
+        super::count_prefix(&self.messages, recipient)
     }
 
     /// The oldest `limit` queued messages of `recipient` with an id above `after`.

@@ -294,6 +294,23 @@ impl Storage {
     }
 }
 
+/// Keys of an iteration, stopping at the first read error (never `Tree::len`, which spins
+/// forever on a damaged page).
+fn count_keys(iter: sled::Iter) -> Result<u64, sled::Error> {
+    let mut n = 0;
+    for key in iter.keys() {
+        key?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Keys of one user in a prefix-keyed tree (prekeys, queued messages).
+fn count_prefix(tree: &sled::Tree, user_id: u64) -> Result<u32, StoreError> {
+    let n = count_keys(tree.scan_prefix(keys::user(user_id)))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain structs into a Vec cannot fail.
     bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default()

@@ -1,7 +1,7 @@
 //! One-time prekeys: uploads under a per-device cap, and the pop that hands each key out once.
 
 use super::totals::Count;
-use super::{decode, encode, keys, Storage, StoreError};
+use super::{count_prefix, decode, encode, keys, Storage, StoreError};
 use crate::models::{Popped, PreKey, SignedPreKey};
 
 impl Storage {
@@ -124,16 +124,6 @@ fn pop_lowest(tree: &sled::Tree, user_id: u64) -> Result<Option<(u32, sled::IVec
         }
         // Another taker removed (or an upload replaced) that key first: look again.
     }
-}
-
-/// Keys of one user in a prefix-keyed tree (bounded by the per-device cap).
-fn count_prefix(tree: &sled::Tree, user_id: u64) -> Result<u32, StoreError> {
-    let mut n = 0;
-    for k in tree.scan_prefix(keys::user(user_id)).keys() {
-        k?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -99,25 +99,16 @@ impl Storage {
             (Count::Invites, &self.invites, super::INVITES),
         ];
         for (which, tree, name) in trees {
-            let n = count_tree(tree).map_err(|e| {
+            let n = super::count_keys(tree.iter()).map_err(|e| {
                 let why = format!("tree {name} cannot be read ({e}); run `signal-server fsck`");
                 log::error!("counting the database: {why}");
                 why
             })?;
-            self.counters.counts[which as usize].store(n, Relaxed);
+            self.counters.counts[which as usize]
+                .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
         }
         Ok(())
     }
-}
-
-/// Keys in `tree`, stopping at the first read error.
-fn count_tree(tree: &sled::Tree) -> Result<i64, sled::Error> {
-    let mut n = 0;
-    for key in tree.iter().keys() {
-        key?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
