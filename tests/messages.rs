@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{message_text, TestServer, TestUser, PASSWORD};
+use common::{message_text, ws_open, TestServer, TestUser, PASSWORD};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -14,8 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::Ws;
 
 /// How long any single wait on the server may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,10 +28,6 @@ fn now_ms() -> u64 {
 
 fn messages_path(user: &TestUser) -> String {
     format!("/messages/{}", user.reg_id)
-}
-
-fn ws_path(user: &TestUser) -> String {
-    format!("/messages/{}/ws", user.reg_id)
 }
 
 /// POST /messages/<from's regId> with a message addressed to `registration_id`.
@@ -111,13 +106,6 @@ async fn ws_connect(s: &TestServer, path: &str, token: Option<&str>) -> Result<W
         .await
         .expect("WebSocket handshake timed out")
         .map(|(ws, _)| ws)
-}
-
-/// The caller's own live socket.
-async fn ws_open(s: &TestServer, user: &TestUser) -> Ws {
-    ws_connect(s, &ws_path(user), Some(&user.token))
-        .await
-        .expect("WebSocket upgrade")
 }
 
 /// The HTTP status (and JSON body) of a refused upgrade.
