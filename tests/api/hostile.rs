@@ -4,12 +4,10 @@
 //! hang (every wait is bounded), every error in the documented JSON shape with the status its
 //! code has in docs/API.md, and a refused request changes nothing.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{message_text, Binary, TestUser, BINARY_BOUND};
+use crate::helpers::{message_text, Binary, TestUser, BINARY_BOUND};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
@@ -550,7 +548,7 @@ async fn http_framing_tricks_get_clean_answers() {
 }
 
 /// Opens `user`'s live socket on the binary and reads its backlog up to `queue_empty`; the ids.
-async fn ws_backlog(s: &Binary, user: &TestUser) -> (common::Ws, Vec<u64>) {
+async fn ws_backlog(s: &Binary, user: &TestUser) -> (crate::helpers::Ws, Vec<u64>) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!(
         "{}/messages/{}/ws",

@@ -2,18 +2,16 @@
 //! clients that stop reading, byte-bounded GET /messages pages, idle and slow-header
 //! connections, the connection cap, and the shutdown deadline.
 //!
-//! In-process tests use the real server (`common::TestServer`); the cap and SIGTERM tests run the
+//! In-process tests use the real server (`crate::helpers::TestServer`); the cap and SIGTERM tests run the
 //! built binary, the cap one under a low open-file limit. No assertion is on timing: each waits
 //! for an outcome with a generous bound and fails only if it never comes.
-
-mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{message_text, ws_open, TestServer, TestUser, Ws};
+use crate::helpers::{message_text, ws_open, TestServer, TestUser, Ws};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -115,7 +113,7 @@ async fn ws_client_that_stops_reading_is_closed_and_no_longer_counted() {
     assert_eq!(s.app.hub.connections(), 1);
     // bob reads nothing more; far more than the socket buffers hold is pushed at him.
     send_many(&s, &alice, &bob, 300, LARGE).await;
-    common::wait_for_open_sockets(&s, 0, BOUND).await;
+    crate::helpers::wait_for_open_sockets(&s, 0, BOUND).await;
     // The messages stay queued for the next connection.
     let (status, page) = s.get("/messages/2?limit=1", &bob.token).await;
     assert_eq!(status, StatusCode::OK);
@@ -146,7 +144,7 @@ async fn a_newer_connection_closes_one_stuck_in_its_backlog() {
         count += 1;
     }
     assert_eq!(count, 300);
-    common::wait_for_open_sockets(&s, 1, BOUND).await;
+    crate::helpers::wait_for_open_sockets(&s, 1, BOUND).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,7 +370,7 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_deadline() {
 
 /// Registers `name` on the binary at `base`, logs in and creates a device with real keys.
 async fn binary_user(http: &reqwest::Client, base: &str, name: &str, reg_id: u32) -> TestUser {
-    let creds = json!({"username": name, "password": common::PASSWORD});
+    let creds = json!({"username": name, "password": crate::helpers::PASSWORD});
     let res = http
         .post(format!("{base}/auth/users"))
         .json(&creds)

@@ -2,14 +2,12 @@
 //! change and reset (with a loopback SMTP server), hostile bodies, trailing slashes and the
 //! anonymous rate limit. Every assertion is about API.md's contract.
 
-mod common;
-
 use std::io;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{TestServer, PASSWORD};
+use crate::helpers::{TestServer, PASSWORD};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -3,12 +3,10 @@
 //! concurrency), isolation between users, and the bundle rate limit. Every rule of the "Devices"
 //! and "Keys" sections of API.md, with and without a trailing slash.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use common::{ec_prekeys, kyber_key, kyber_prekeys, signed_ec, signed_kyber, TestServer, TestUser};
+use crate::helpers::{ec_prekeys, kyber_key, kyber_prekeys, signed_ec, signed_kyber, TestServer, TestUser};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::crypto::{b64, KeyPair};

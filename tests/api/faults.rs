@@ -5,12 +5,10 @@
 //! their own; the disk-full test mounts a small tmpfs for it and skips, saying why, where
 //! mounting is not allowed.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{message_text, operator_run, Binary, TestServer, TestUser, PASSWORD};
+use crate::helpers::{message_text, operator_run, Binary, TestServer, TestUser, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

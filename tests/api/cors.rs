@@ -3,13 +3,11 @@
 //! `--cors-origin none`, and the `Origin` check of WebSocket upgrades. A real Chromium runs
 //! the same against the binary in `tests/browser/` (see `.ci/run`).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TestServer, PASSWORD};
+use crate::helpers::{TestServer, PASSWORD};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -269,25 +267,25 @@ async fn websocket_upgrades_check_the_origin() {
     let host = s.base.trim_start_matches("http://").to_string();
     let same_host = format!("http://{host}");
     for origin in [None, Some(PAGE), Some(same_host.as_str())] {
-        let (status, _) = common::ws_status(&s, &path, origin).await;
+        let (status, _) = crate::helpers::ws_status(&s, &path, origin).await;
         assert_eq!(status, 101, "Origin {origin:?}");
     }
     for origin in ["https://evil.example", "null"] {
-        let (status, body) = common::ws_status(&s, &path, Some(origin)).await;
+        let (status, body) = crate::helpers::ws_status(&s, &path, Some(origin)).await;
         assert_eq!(status, 403, "Origin {origin}");
         assert_eq!(body["code"], "origin_not_allowed");
     }
     // Refused before authentication: a bad token from a bad origin is still the 403.
     let (status, _) =
-        common::ws_status(&s, "/messages/31/ws?token=x", Some("https://evil.example")).await;
+        crate::helpers::ws_status(&s, "/messages/31/ws?token=x", Some("https://evil.example")).await;
     assert_eq!(status, 403);
 
     let off = TestServer::start_with(&["--no-rate-limit", "--cors-origin", "none"]).await;
     let v = off.user_with_device("wsoff", 32, 0, 0).await;
     let path = format!("/messages/32/ws?token={}", v.token);
-    let (status, _) = common::ws_status(&off, &path, Some(PAGE)).await;
+    let (status, _) = crate::helpers::ws_status(&off, &path, Some(PAGE)).await;
     assert_eq!(status, 403, "with none, a cross-origin page is refused");
-    let (status, _) = common::ws_status(&off, &path, None).await;
+    let (status, _) = crate::helpers::ws_status(&off, &path, None).await;
     assert_eq!(status, 101);
 }
 

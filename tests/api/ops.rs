@@ -7,8 +7,6 @@
 //! itself. Tests that run the binary against an in-process server use a multi-thread runtime and
 //! wait for the child off the runtime threads, so the server keeps answering meanwhile.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -17,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{message_text, TestServer, TestUser, PASSWORD};
+use crate::helpers::{message_text, TestServer, TestUser, PASSWORD};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -3,9 +3,7 @@
 //! test also reads the walk-through's request lines from the doc and checks they are exactly the
 //! requests made here, so the doc and the server cannot drift apart unnoticed.
 
-mod common;
-
-use common::{ec_prekeys, kyber_prekeys, signed_ec, signed_kyber, TestServer, PASSWORD};
+use crate::helpers::{ec_prekeys, kyber_prekeys, signed_ec, signed_kyber, TestServer, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::crypto::{b64, KeyPair};

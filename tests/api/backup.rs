@@ -7,14 +7,12 @@
 //! message, backed up by `Storage::backup`), edited line by line; the end record's count is
 //! recomputed unless a test is about it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{message_text, TestServer, PASSWORD};
+use crate::helpers::{message_text, TestServer, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

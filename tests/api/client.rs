@@ -2,11 +2,9 @@
 //! route through its typed method, refusals as typed values, live delivery, and the raw escape
 //! hatch.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, PASSWORD};
+use crate::helpers::{TestServer, PASSWORD};
 use reqwest::Method;
 use signal_server::client::{
     Client, Deleted, Error, Frame, KyberUpload, NewDevice, NewUser, PreKey, Session, SignedPreKey,
@@ -171,7 +169,7 @@ async fn device_key_and_message_routes_through_the_typed_client() {
         (403, "device_changed".into())
     );
 
-    let text = common::message_text(4242, "hi");
+    let text = crate::helpers::message_text(4242, "hi");
     let sent = alice.send(1717, "bob", &text).await.unwrap();
     assert_eq!(
         (sent.sender_address.as_str(), sent.content.as_str()),
@@ -221,7 +219,7 @@ async fn websocket_session_gives_typed_frames_with_either_auth() {
     let alice = user(&server, "alice", 1717).await;
     let bob = user(&server, "bob", 4242).await;
     let queued = alice
-        .send(1717, "bob", &common::message_text(4242, "1"))
+        .send(1717, "bob", &crate::helpers::message_text(4242, "1"))
         .await
         .unwrap();
 
@@ -232,7 +230,7 @@ async fn websocket_session_gives_typed_frames_with_either_auth() {
     assert_eq!(next(&mut live).await, message);
     assert_eq!(next(&mut live).await, Frame::QueueEmpty);
     let new = alice
-        .send(1717, "bob", &common::message_text(4242, "2"))
+        .send(1717, "bob", &crate::helpers::message_text(4242, "2"))
         .await
         .unwrap();
     assert_eq!(

@@ -2,9 +2,7 @@
 //! `current_password`s, a flood of logins against the bounded hashing queue, and guessing at
 //! `POST /auth/password/reset/confirm`. Each test counts answers; none measures time.
 
-mod common;
-
-use common::{TestServer, PASSWORD};
+use crate::helpers::{TestServer, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::handlers::users::issue_reset_token;

@@ -6,8 +6,6 @@
 //! `--listen 127.0.0.1:0`, learns the port from the `listening on http://…` log line, and talks
 //! to it over real HTTP. Children are killed when their guard drops, pass or fail.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestUser, PASSWORD};
+use crate::helpers::{TestUser, PASSWORD};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -698,7 +696,7 @@ async fn killed_server_loses_no_acknowledged_message() {
         tasks.push(tokio::spawn(async move {
             for seq in 0u64.. {
                 let text =
-                    common::message_text(RECIPIENT_REG, &format!("task {t} message {seq} ünï"));
+                    crate::helpers::message_text(RECIPIENT_REG, &format!("task {t} message {seq} ünï"));
                 let body = json!({"recipient": "carol", "message": text});
                 match http
                     .try_call("POST", &path, Some(&token), Some(&body))
@@ -806,7 +804,7 @@ async fn killed_server_loses_no_acknowledged_message() {
         .post(
             &format!("/messages/{}", sender.reg_id),
             &sender.token,
-            json!({"recipient": "carol", "message": common::message_text(RECIPIENT_REG, "after")}),
+            json!({"recipient": "carol", "message": crate::helpers::message_text(RECIPIENT_REG, "after")}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -936,16 +934,16 @@ async fn env_vars_configure_the_server() {
     let user = http.user_with_device("envuser", 77, 0, 0, false).await;
     // 3 + 3 one-time prekeys exceed SIGNAL_SERVER_MAX_PREKEYS=5 (the default cap is 100).
     let (status, body) = http
-        .post("/prekeys/77", &user.token, common::ec_prekeys(1..=3))
+        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(1..=3))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = http
-        .post("/prekeys/77", &user.token, common::ec_prekeys(4..=6))
+        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(4..=6))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "reached_max_prekeys", "{body}");
     let (status, body) = http
-        .post("/prekeys/77", &user.token, common::ec_prekeys(4..=5))
+        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(4..=5))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 

@@ -3,9 +3,7 @@
 //! record behind that no device or user can reach, as the totals of `stats` show. Bounded: a few hundred
 //! requests per test, no timing assertions.
 
-mod common;
-
-use common::{ec_prekeys, message_text, TestServer, TestUser};
+use crate::helpers::{ec_prekeys, message_text, TestServer, TestUser};
 use reqwest::StatusCode;
 use serde_json::json;
 use signal_server::storage::Totals;
@@ -138,7 +136,7 @@ async fn a_device_created_while_its_user_is_deleted_is_refused_and_leaves_nothin
     let body = serde_json::to_vec(&u.device_body(1, 20, 5, true)).unwrap();
     // The token is checked when the head arrives; the user goes while the body is on its way.
     let (stream, rest) = half_sent_post(&s, "/device/41", &u.token, &body).await;
-    let password = json!({"current_password": common::PASSWORD});
+    let password = json!({"current_password": crate::helpers::PASSWORD});
     let (status, res) = s.delete("/auth/users/me", &u.token, password).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "delete user: {res}");
     let status_line = finish(stream, &rest).await;

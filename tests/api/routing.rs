@@ -1,8 +1,6 @@
 //! Routing rules that hold for every route: JSON 404/405, trailing slashes, `/health`.
 
-mod common;
-
-use common::TestServer;
+use crate::helpers::TestServer;
 use reqwest::StatusCode;
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! Messages: sending, fetching and deleting queued messages over HTTP, and live delivery over
 //! WebSocket (`/messages/<regId>/ws`), as API.md describes them.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{message_text, ws_open, TestServer, TestUser, PASSWORD};
+use crate::helpers::{message_text, ws_open, TestServer, TestUser, PASSWORD};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -14,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 
-use common::Ws;
+use crate::helpers::Ws;
 
 /// How long any single wait on the server may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);

@@ -1,7 +1,6 @@
 //! Test harness shared by the integration tests: the real server (`signal_server::run`) on
 //! 127.0.0.1:0 with a sled data dir in a temp folder, a small HTTP client, and real key material
 //! (X25519 keys with XEdDSA signatures, Kyber-sized keys signed the same way).
-#![allow(dead_code)]
 
 use std::time::Duration;
 

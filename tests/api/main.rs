@@ -1,0 +1,21 @@
+//! The API suite: one test binary, one module per area, every helper in `helpers`. Each test
+//! starts a real server (in-process on `127.0.0.1:0`, or the built binary) with its own data dir.
+
+mod helpers;
+
+mod abuse;
+mod backup;
+mod binary;
+mod client;
+mod connections;
+mod cors;
+mod devices_keys;
+mod faults;
+mod first_contact;
+mod hostile;
+mod messages;
+mod operator;
+mod ops;
+mod routing;
+mod stress;
+mod users;
