@@ -695,8 +695,10 @@ async fn killed_server_loses_no_acknowledged_message() {
         let (acked, unexpected, enough) = (acked.clone(), unexpected.clone(), enough.clone());
         tasks.push(tokio::spawn(async move {
             for seq in 0u64.. {
-                let text =
-                    crate::helpers::message_text(RECIPIENT_REG, &format!("task {t} message {seq} ünï"));
+                let text = crate::helpers::message_text(
+                    RECIPIENT_REG,
+                    &format!("task {t} message {seq} ünï"),
+                );
                 let body = json!({"recipient": "carol", "message": text});
                 match http
                     .try_call("POST", &path, Some(&token), Some(&body))
@@ -934,16 +936,28 @@ async fn env_vars_configure_the_server() {
     let user = http.user_with_device("envuser", 77, 0, 0, false).await;
     // 3 + 3 one-time prekeys exceed SIGNAL_SERVER_MAX_PREKEYS=5 (the default cap is 100).
     let (status, body) = http
-        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(1..=3))
+        .post(
+            "/prekeys/77",
+            &user.token,
+            crate::helpers::ec_prekeys(1..=3),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = http
-        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(4..=6))
+        .post(
+            "/prekeys/77",
+            &user.token,
+            crate::helpers::ec_prekeys(4..=6),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "reached_max_prekeys", "{body}");
     let (status, body) = http
-        .post("/prekeys/77", &user.token, crate::helpers::ec_prekeys(4..=5))
+        .post(
+            "/prekeys/77",
+            &user.token,
+            crate::helpers::ec_prekeys(4..=5),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 

@@ -277,7 +277,8 @@ async fn websocket_upgrades_check_the_origin() {
     }
     // Refused before authentication: a bad token from a bad origin is still the 403.
     let (status, _) =
-        crate::helpers::ws_status(&s, "/messages/31/ws?token=x", Some("https://evil.example")).await;
+        crate::helpers::ws_status(&s, "/messages/31/ws?token=x", Some("https://evil.example"))
+            .await;
     assert_eq!(status, 403);
 
     let off = TestServer::start_with(&["--no-rate-limit", "--cors-origin", "none"]).await;

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::helpers::{ec_prekeys, kyber_key, kyber_prekeys, signed_ec, signed_kyber, TestServer, TestUser};
+use crate::helpers::{
+    ec_prekeys, kyber_key, kyber_prekeys, signed_ec, signed_kyber, TestServer, TestUser,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::crypto::{b64, KeyPair};

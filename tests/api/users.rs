@@ -6,8 +6,8 @@ use std::io;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use crate::helpers::{TestServer, PASSWORD};
+use base64::Engine;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -1,0 +1,72 @@
+//! WebSockets: a raw socket to the caller's own live route, the server's count of open sockets,
+//! and a handshake with a chosen `Origin`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{TestServer, TestUser};
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `user`'s live socket (`/messages/<regId>/ws`), token in the header.
+pub async fn ws_open(s: &TestServer, user: &TestUser) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s
+        .ws_url(&format!("/messages/{}/ws", user.reg_id))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", user.token).parse().expect("header"),
+    );
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("WebSocket handshake timed out")
+    .expect("WebSocket upgrade");
+    ws
+}
+
+/// Waits (bounded) until the server counts `want` open WebSockets; panics otherwise.
+pub async fn wait_for_open_sockets(s: &TestServer, want: usize, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while s.app.hub.connections() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server counts {} open WebSockets, not {want}, after {bound:?}",
+            s.app.hub.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a WebSocket on `path` with the given `Origin` (none: like a non-browser client);
+/// answers the handshake's HTTP status (101 when upgraded) and the JSON body of a refusal.
+pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16, Value) {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let mut req = s.ws_url(path).into_client_request().expect("request");
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("origin header"));
+    }
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async(req),
+    );
+    match handshake.await.expect("WebSocket handshake timed out") {
+        Ok((_socket, res)) => (res.status().as_u16(), Value::Null),
+        Err(Error::Http(res)) => {
+            let body = res
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (res.status().as_u16(), body)
+        }
+        Err(e) => panic!("WebSocket handshake failed: {e:?}"),
+    }
+}
