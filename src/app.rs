@@ -25,7 +25,7 @@ pub struct State {
     pub hub: Hub,
     pub mailer: Mailer,
     pub metrics: Metrics,
-    pub cors: Cors,
+    pub cors: Arc<Cors>,
 }
 
 #[derive(Clone)]
@@ -40,7 +40,7 @@ impl Deref for App {
 
 impl App {
     /// Opens storage in `config.data_dir` and sets everything up. The caller holds the data-dir
-    /// lock (see `server::lock_data_dir`).
+    /// lock (see `datadir::lock`).
     pub fn open(config: Config) -> Result<App, String> {
         crate::datadir::prepare(&config.data_dir)?;
         let secret =
@@ -67,7 +67,7 @@ impl App {
             hub: Hub::default(),
             mailer,
             metrics: Metrics::default(),
-            cors,
+            cors: Arc::new(cors),
             storage,
             config,
         })))

@@ -9,6 +9,7 @@
 //! needed and allowing an origin lets its scripts do only what they could do with a token anyway.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
@@ -16,7 +17,6 @@ use warp::path::FullPath;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::app::App;
 use crate::error::ApiError;
 
 /// Headers every preflight allows, whatever the browser asked for.
@@ -239,8 +239,10 @@ fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
 
 /// `OPTIONS` preflights on known routes, answered without authentication. Anything else is
 /// "not found" here, the weakest rejection, so the other routes decide (405, 404).
-pub fn preflight(app: &App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let app = app.clone();
+pub fn preflight(
+    cors: &Arc<Cors>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let cors = cors.clone();
     warp::method()
         .and_then(|method: Method| async move {
             if method == Method::OPTIONS {
@@ -253,7 +255,7 @@ pub fn preflight(app: &App) -> impl Filter<Extract = (Response,), Error = Reject
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and_then(move |path: FullPath, headers: HeaderMap| {
-            let answer = app.cors.preflight(path.as_str(), &headers);
+            let answer = cors.preflight(path.as_str(), &headers);
             async move { answer.ok_or_else(warp::reject::not_found) }
         })
 }
@@ -268,20 +270,19 @@ pub fn request_origin() -> impl Filter<Extract = (Option<HeaderValue>,), Error =
 }
 
 /// Adds the CORS headers to the final answer (see `Cors::decorate`).
-pub fn decorate<R: Reply>(app: &App) -> impl Fn(R, Option<HeaderValue>) -> Response + Clone {
-    let app = app.clone();
-    move |reply, origin| app.cors.decorate(origin.as_ref(), reply.into_response())
+pub fn decorate<R: Reply>(cors: &Arc<Cors>) -> impl Fn(R, Option<HeaderValue>) -> Response + Clone {
+    let cors = cors.clone();
+    move |reply, origin| cors.decorate(origin.as_ref(), reply.into_response())
 }
 
 /// Refuses a WebSocket upgrade from a browser page of an origin that is not allowed: 403
 /// `origin_not_allowed`, before the upgrade and before authentication.
-pub fn websocket_origin(app: &App) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    let app = app.clone();
+pub fn websocket_origin(cors: &Arc<Cors>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let cors = cors.clone();
     warp::header::headers_cloned()
         .and_then(move |headers: HeaderMap| {
-            let allowed = app
-                .cors
-                .websocket_allows(headers.get(header::ORIGIN), headers.get(header::HOST));
+            let allowed =
+                cors.websocket_allows(headers.get(header::ORIGIN), headers.get(header::HOST));
             async move {
                 if allowed {
                     Ok(())

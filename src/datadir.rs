@@ -1,6 +1,7 @@
 //! The data dir on disk: created private (0700), tightened when an older version or a loose
 //! umask left it readable by others, and, for operator commands, checked to hold a database and
-//! opened as its owner so that a command run as root leaves no root-owned files behind.
+//! opened as its owner so that a command run as root leaves no root-owned files behind; and the
+//! lock that keeps a second process off it.
 
 use std::path::{Path, PathBuf};
 
@@ -125,5 +126,30 @@ pub fn private_umask() {
     // SAFETY: umask cannot fail and only affects files created afterwards.
     unsafe {
         libc::umask(0o077);
+    }
+}
+
+/// Takes an exclusive lock on the data dir, held as long as the returned file lives: a second
+/// server on the same data dir fails at once instead of corrupting it.
+pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
+    prepare(dir)?;
+    let path = dir.join("LOCK");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|e| {
+        format!(
+            "cannot open {}: {e}; the data dir must belong to the user running signal-server",
+            path.display()
+        )
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another signal-server process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }

@@ -2,7 +2,7 @@
 //! until SIGTERM or Ctrl-C.
 
 use clap::Parser;
-use signal_server::{server, App, Config};
+use signal_server::{datadir, server, App, Config};
 
 #[tokio::main]
 async fn main() {
@@ -16,7 +16,7 @@ async fn main() {
         return;
     }
     log::info!("signal-server {} starting", env!("CARGO_PKG_VERSION"));
-    let _lock = server::lock_data_dir(&config.data_dir).unwrap_or_else(|e| fail(&e));
+    let _lock = datadir::lock(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
     let app = App::open(config).unwrap_or_else(|e| fail(&e));
     server::exit_on_storage_failure(&app);

@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::app::App;
 use crate::route_table::{self, ROUTES};
+use crate::storage::Totals;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -87,8 +87,9 @@ impl Metrics {
         self.sum_nanos[route].fetch_add(elapsed.as_nanos() as u64, Relaxed);
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self, app: &App) -> String {
+    /// The Prometheus text exposition of everything, with the stored totals (none while they
+    /// are being counted or unreadable) and the open WebSocket count.
+    pub fn render(&self, totals: Option<&Totals>, websockets: usize) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP signal_server_http_requests_total HTTP requests by route, method and status.\n",
@@ -139,7 +140,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
             );
         };
-        if let Ok(t) = app.storage.totals() {
+        if let Some(t) = totals {
             gauge(&mut out, "signal_server_users", "Accounts.", t.users);
             gauge(&mut out, "signal_server_devices", "Devices.", t.devices);
             gauge(
@@ -165,7 +166,7 @@ impl Metrics {
             &mut out,
             "signal_server_websocket_connections",
             "Open WebSocket connections.",
-            app.hub.connections() as u64,
+            websockets as u64,
         );
         let _ = write!(
             out,

@@ -30,13 +30,13 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .unify()
         .or(message_routes(&app))
         .unify()
-        .or(crate::cors::preflight(&app))
+        .or(crate::cors::preflight(&app.cors))
         .unify()
         .recover(recover)
         .unify();
     observed(&app, api)
         .and(crate::cors::request_origin())
-        .map(crate::cors::decorate(&app))
+        .map(crate::cors::decorate(&app.cors))
         .boxed()
 }
 
@@ -88,7 +88,8 @@ pub fn metrics(app: App) -> BoxedFilter<(Response,)> {
         .then(|app: App| async move {
             // Totals are counted once per process; a damaged database leaves them out.
             let _ = app.storage.count_totals().await;
-            let text = app.metrics.render(&app);
+            let totals = app.storage.totals().ok();
+            let text = app.metrics.render(totals.as_ref(), app.hub.connections());
             warp::http::Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(text.into())
@@ -485,7 +486,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
     let live = warp::path!("messages" / u64 / "ws")
         .and(warp::path::end())
         .and(warp::get())
-        .and(crate::cors::websocket_origin(a))
+        .and(crate::cors::websocket_origin(&a.cors))
         .and(with_app(a))
         .and(auth_ws(a))
         .and(warp::ws())

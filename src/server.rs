@@ -1,39 +1,12 @@
-//! Running the app: the data-dir lock, background sweepers, and `run`, the one entry point that
+//! Running the app: background sweepers, the admin socket, and `run`, the one entry point that
 //! production and tests share.
 
-use std::fs::File;
 use std::future::Future;
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::app::App;
-
-/// Takes an exclusive lock on the data dir, held as long as the returned file lives: a second
-/// server on the same data dir fails at once instead of corrupting it.
-pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    crate::datadir::prepare(dir)?;
-    let path = dir.join("LOCK");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(&path).map_err(|e| {
-        format!(
-            "cannot open {}: {e}; the data dir must belong to the user running signal-server",
-            path.display()
-        )
-    })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "data dir {} is in use by another signal-server process",
-            dir.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
-}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, closes live
 /// sockets, lets requests in flight finish (up to `--shutdown-timeout`) and flushes storage.

@@ -103,7 +103,7 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, St
     if config.data_dir.exists() {
         config.data_dir = crate::datadir::become_owner(&config.data_dir)?;
     }
-    let _lock = crate::server::lock_data_dir(&config.data_dir)
+    let _lock = crate::datadir::lock(&config.data_dir)
         .map_err(|e| format!("{e} (and its admin socket does not answer)"))?;
     if let Command::Restore { file } = command {
         return restore(&config, file).await;

@@ -47,7 +47,9 @@ use commit::Committer;
 pub use devices::Stock;
 pub use fsck::FsckReport;
 pub use messages::DeleteOutcome;
-pub use restore::{restore_dir, RestoreLimits, ID_CEILING};
+pub use restore::restore_dir;
+pub use restore_checks::ID_CEILING;
+pub use restore_rules::RestoreLimits;
 pub use totals::Totals;
 pub use users::ResetGrant;
 

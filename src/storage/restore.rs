@@ -8,30 +8,8 @@ use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use super::backup::{BackupSummary, Record};
-use super::restore_rules::Restoring;
+use super::restore_rules::{RestoreLimits, Restoring};
 use super::{Storage, StorageOptions, StoreError};
-
-/// Every id in a backup (users, messages) is below this: new ids continue above the largest
-/// restored one, and 2^62 leaves 3 · 2^62 ids for them, so no id can wrap.
-pub const ID_CEILING: u64 = 1 << 62;
-
-/// The server's limits that a restore applies as the API would.
-#[derive(Debug, Clone)]
-pub struct RestoreLimits {
-    pub max_message_bytes: usize,
-    pub max_prekeys: u32,
-    pub max_queued_messages: u32,
-}
-
-impl RestoreLimits {
-    /// The longest line a backup of this server can hold: a message whose content is all
-    /// control characters (six bytes each once escaped in JSON), plus the other fields.
-    pub fn max_line_bytes(&self) -> usize {
-        self.max_message_bytes
-            .saturating_mul(6)
-            .saturating_add(16 << 10)
-    }
-}
 
 /// Restores `input` into the database directory `db`, which must not exist or hold no records.
 pub async fn restore_dir(

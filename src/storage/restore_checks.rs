@@ -3,11 +3,14 @@
 //! record is turned into the domain type storage keeps.
 
 use super::backup::{DeviceRecord, KeyRecord, MessageRecord, UserRecord};
-use super::restore::ID_CEILING;
 use super::StoreError;
 use crate::crypto::{b64, SIGNATURE_LEN};
 use crate::models::{Device, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
+
+/// Every id in a backup (users, messages) is below this: new ids continue above the largest
+/// restored one, and 2^62 leaves 3 · 2^62 ids for them, so no id can wrap.
+pub const ID_CEILING: u64 = 1 << 62;
 
 /// The length of an invite's or reset token's hash (SHA-256).
 const TOKEN_HASH_LEN: usize = 32;

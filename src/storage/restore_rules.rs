@@ -9,10 +9,27 @@ use std::collections::HashMap;
 use super::backup::{
     BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
 };
-use super::restore::RestoreLimits;
 use super::restore_checks::{bad, check_id, device_in, message_in, prekey_in, token_hash, user_in};
 use super::{encode, keys, Storage, StoreError};
 use crate::requests::{self, KeyKind};
+
+/// The server's limits that a restore applies as the API would.
+#[derive(Debug, Clone)]
+pub struct RestoreLimits {
+    pub max_message_bytes: usize,
+    pub max_prekeys: u32,
+    pub max_queued_messages: u32,
+}
+
+impl RestoreLimits {
+    /// The longest line a backup of this server can hold: a message whose content is all
+    /// control characters (six bytes each once escaped in JSON), plus the other fields.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_message_bytes
+            .saturating_mul(6)
+            .saturating_add(16 << 10)
+    }
+}
 
 /// The state of a restore between records.
 pub(super) struct Restoring<'a> {
