@@ -218,7 +218,6 @@ struct Health {
 /// `unavailable` once storage has failed (the process is about to exit).
 fn health(app: &App) -> BoxedFilter<(Response,)> {
     let get = warp::path!("health")
-        .and(warp::path::end())
         .and(warp::get())
         .and(with_app(app))
         .map(|app: App| match app.storage.failure() {
@@ -232,7 +231,6 @@ fn health(app: &App) -> BoxedFilter<(Response,)> {
             .into_response(),
         });
     let head = warp::path!("health")
-        .and(warp::path::end())
         .and(warp::head())
         .and(with_app(app))
         .map(|app: App| match app.storage.failure() {
@@ -266,7 +264,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
     let a = app;
     // POST /auth/users
     let register = warp::path!("auth" / "users")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
@@ -275,14 +272,12 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // GET /auth/users/me
     let me = warp::path!("auth" / "users" / "me")
-        .and(warp::path::end())
         .and(warp::get())
         .and(auth(a))
         .then(users::me)
         .map(reply);
     // DELETE /auth/users/me
     let delete_me = warp::path!("auth" / "users" / "me")
-        .and(warp::path::end())
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
@@ -291,7 +286,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/jwt/create
     let login = warp::path!("auth" / "jwt" / "create")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
@@ -300,7 +294,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/jwt/refresh
     let refresh = warp::path!("auth" / "jwt" / "refresh")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(body())
@@ -308,7 +301,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/jwt/verify
     let verify = warp::path!("auth" / "jwt" / "verify")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(body())
@@ -316,7 +308,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/password
     let password = warp::path!("auth" / "password")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
@@ -325,7 +316,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/password/reset
     let reset = warp::path!("auth" / "password" / "reset")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
@@ -334,7 +324,6 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /auth/password/reset/confirm
     let confirm = warp::path!("auth" / "password" / "reset" / "confirm")
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
@@ -400,7 +389,6 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
     let a = app;
     // POST /prekeys/<regId>
     let upload = warp::path!("prekeys" / u64)
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
@@ -409,7 +397,6 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // GET /prekeys/<regId>
     let stock = warp::path!("prekeys" / u64)
-        .and(warp::path::end())
         .and(warp::get())
         .and(with_app(a))
         .and(auth(a))
@@ -417,7 +404,6 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /kyberprekeys/<regId>
     let kyber = warp::path!("kyberprekeys" / u64)
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
@@ -426,7 +412,6 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // POST /signedprekey/<regId>
     let signed = warp::path!("signedprekey" / u64)
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
@@ -435,7 +420,6 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // GET /prekeybundle/<username>/<regId>
     let bundle = warp::path!("prekeybundle" / String / u64)
-        .and(warp::path::end())
         .and(warp::get())
         .and(with_app(a))
         .and(auth(a))
@@ -457,7 +441,6 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
     let a = app;
     // POST /messages/<regId>
     let send = warp::path!("messages" / u64)
-        .and(warp::path::end())
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
@@ -466,7 +449,6 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // GET /messages/<regId>
     let list = warp::path!("messages" / u64)
-        .and(warp::path::end())
         .and(warp::get())
         .and(with_app(a))
         .and(auth(a))
@@ -475,7 +457,6 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // DELETE /messages/<regId>
     let delete = warp::path!("messages" / u64)
-        .and(warp::path::end())
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
@@ -484,7 +465,6 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .map(reply);
     // GET /messages/<regId>/ws
     let live = warp::path!("messages" / u64 / "ws")
-        .and(warp::path::end())
         .and(warp::get())
         .and(crate::cors::websocket_origin(&a.cors))
         .and(with_app(a))
