@@ -41,7 +41,7 @@ impl Deref for App {
 impl App {
     /// Opens storage in `config.data_dir` and sets everything up. The caller holds the data-dir
     /// lock (see `datadir::lock`).
-    pub fn open(config: Config) -> Result<App, String> {
+    pub fn open(config: Config) -> crate::failure::Result<App> {
         crate::datadir::prepare(&config.data_dir)?;
         let secret =
             crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)

@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::failure::{Failure, Result};
+
 /// Creates `dir` (mode 0700) if missing; an existing dir that others may read is made 0700,
 /// because it holds password hashes and queued messages.
-pub fn prepare(dir: &Path) -> Result<(), String> {
+pub fn prepare(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -37,7 +39,7 @@ pub fn prepare(dir: &Path) -> Result<(), String> {
 
 /// Refuses a data dir without a signal-server database: a mistyped `--data-dir` must not
 /// silently get an empty database.
-pub fn require_database(dir: &Path) -> Result<(), String> {
+pub fn require_database(dir: &Path) -> Result<()> {
     if crate::storage::holds_database(&dir.join("db")) {
         return Ok(());
     }
@@ -45,7 +47,8 @@ pub fn require_database(dir: &Path) -> Result<(), String> {
         "{} holds no signal-server database. Check --data-dir (the server's own, e.g. \
          /var/lib/signal-server); a database is created only by starting the server.",
         dir.display()
-    ))
+    )
+    .into())
 }
 
 /// When running as root on a data dir that belongs to another user (the service's), becomes
@@ -53,7 +56,7 @@ pub fn require_database(dir: &Path) -> Result<(), String> {
 /// path to use from then on: on Linux the dir is opened first and reached through
 /// `/proc/self/fd/N`, because a `DynamicUser=` unit's dir sits under `/var/lib/private` (0700
 /// root), which its owner cannot traverse. Elsewhere, and when not root, answers `dir`.
-pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
+pub fn become_owner(dir: &Path) -> Result<PathBuf> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
@@ -89,7 +92,7 @@ pub fn become_owner(dir: &Path) -> Result<PathBuf, String> {
 /// A path to `dir` that works whoever we become: its descriptor, open for the rest of the
 /// process, under `/proc/self/fd` (which needs no search permission on `dir`'s parents).
 #[cfg(target_os = "linux")]
-fn held_open(dir: &Path) -> Result<PathBuf, String> {
+fn held_open(dir: &Path) -> Result<PathBuf> {
     use std::os::fd::IntoRawFd;
     let fd = std::fs::File::open(dir)
         .map_err(|e| format!("cannot open the data dir {}: {e}", dir.display()))?
@@ -98,7 +101,7 @@ fn held_open(dir: &Path) -> Result<PathBuf, String> {
 }
 
 #[cfg(all(unix, not(target_os = "linux")))]
-fn held_open(dir: &Path) -> Result<PathBuf, String> {
+fn held_open(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
@@ -131,7 +134,7 @@ pub fn private_umask() {
 
 /// Takes an exclusive lock on the data dir, held as long as the returned file lives: a second
 /// server on the same data dir fails at once instead of corrupting it.
-pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
+pub fn lock(dir: &Path) -> Result<std::fs::File> {
     prepare(dir)?;
     let path = dir.join("LOCK");
     let mut options = std::fs::OpenOptions::new();
@@ -149,7 +152,10 @@ pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(
             "data dir {} is in use by another signal-server process",
             dir.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        )
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Failure::io(format!("cannot lock {}", path.display()), e))
+        }
     }
 }

@@ -215,6 +215,7 @@ impl From<crate::storage::StoreError> for ApiError {
             }
             StoreError::NoUser => ApiError::NotAuthenticated,
             StoreError::Db(e) => ApiError::Internal(format!("storage: {e}")),
+            e @ StoreError::Io { .. } => ApiError::Internal(format!("storage: {e}")),
             StoreError::Corrupt(e) => ApiError::Internal(format!("corrupt record: {e}")),
             // The failure itself is logged once, where storage marks itself failed.
             StoreError::Unavailable(e) => {

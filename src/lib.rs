@@ -33,6 +33,7 @@ pub mod cors;
 pub mod crypto;
 pub mod datadir;
 pub mod error;
+pub mod failure;
 pub mod handlers;
 pub mod hub;
 pub mod mail;

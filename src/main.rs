@@ -38,7 +38,7 @@ fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 }
 
-fn fail(message: &str) -> ! {
+fn fail(message: &dyn std::fmt::Display) -> ! {
     eprintln!("signal-server: {message}");
     std::process::exit(1);
 }

@@ -8,9 +8,10 @@ use std::path::Path;
 use super::{execute, Status, SOCKET};
 use crate::app::App;
 use crate::config::{Command, Config, UsersCommand};
+use crate::failure::{Failure, Result};
 
 /// The command line side: through the socket of a running server, or in-process.
-pub async fn run_cli(config: Config, mut command: Command) -> Result<(), String> {
+pub async fn run_cli(config: Config, mut command: Command) -> Result<()> {
     prepare_files(&mut command)?;
     let generated = match &mut command {
         Command::Users(UsersCommand::SetPassword { password, .. }) => {
@@ -41,25 +42,26 @@ pub async fn run_cli(config: Config, mut command: Command) -> Result<(), String>
             let shown = format!("password: {password}\n(shown only this once)\n");
             std::io::stdout()
                 .write_all(&[output, shown.into_bytes()].concat())
-                .map_err(|e| e.to_string())
+                .map_err(|e| Failure::io("standard output", e))
         }
         _ => std::io::stdout()
             .write_all(&output)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failure::io("standard output", e)),
     }
 }
 
 /// Files named on the command line are taken relative to where the operator stands (an
 /// offline command may enter the data dir later), and a backup never replaces a file unless
 /// told to: checked before any work, so a refused command changes nothing.
-fn prepare_files(command: &mut Command) -> Result<(), String> {
+fn prepare_files(command: &mut Command) -> Result<()> {
     let file = match command {
         Command::Backup { file, force } => {
             if !*force && file != Path::new("-") && file.exists() {
                 return Err(format!(
                     "{} exists already; choose another file name, or add --force to replace it",
                     file.display()
-                ));
+                )
+                .into());
             }
             file
         }
@@ -67,7 +69,8 @@ fn prepare_files(command: &mut Command) -> Result<(), String> {
         _ => return Ok(()),
     };
     if file != Path::new("-") {
-        *file = std::path::absolute(&*file).map_err(|e| format!("{}: {e}", file.display()))?;
+        *file =
+            std::path::absolute(&*file).map_err(|e| Failure::io(file.display().to_string(), e))?;
     }
     Ok(())
 }
@@ -75,19 +78,19 @@ fn prepare_files(command: &mut Command) -> Result<(), String> {
 fn through_socket(
     mut stream: std::os::unix::net::UnixStream,
     command: &Command,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>> {
     let request = serde_json::to_string(command).map_err(|e| e.to_string())?;
-    writeln!(stream, "{request}").map_err(|e| format!("admin socket: {e}"))?;
+    writeln!(stream, "{request}").map_err(|e| Failure::io("admin socket", e))?;
     let mut lines: Vec<String> = BufReader::new(stream)
         .lines()
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("admin socket: {e}"))?;
+        .map_err(|e| Failure::io("admin socket", e))?;
     let status: Status = lines
         .pop()
         .and_then(|l| serde_json::from_str(&l).ok())
         .ok_or("the server closed the admin socket early")?;
     if status.status != "ok" {
-        return Err(status.error.unwrap_or_default());
+        return Err(status.error.unwrap_or_default().into());
     }
     Ok(lines
         .into_iter()
@@ -95,7 +98,7 @@ fn through_socket(
         .collect())
 }
 
-async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, String> {
+async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
     // Only the server creates a database; restore is the one command that fills a new one.
     if !matches!(command, Command::Restore { .. }) {
         crate::datadir::require_database(&config.data_dir)?;
@@ -111,14 +114,14 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>, St
     let app = App::open(config)?;
     let mut out = Vec::new();
     execute(&app, command.clone(), &mut out).await?;
-    app.storage.flush().map_err(|e| e.to_string())?;
+    app.storage.flush()?;
     Ok(out)
 }
 
 /// Restores a backup into the stopped data dir (whose lock the caller holds), all or nothing,
 /// with the limits of the server's flags. Nothing else of the data dir is written: the server
 /// creates its JWT secret on first start.
-async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>, String> {
+async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>> {
     let mut input = open_input(file)?;
     let limits = crate::storage::RestoreLimits {
         max_message_bytes: config.max_message_bytes,
@@ -144,7 +147,7 @@ async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>, String> {
 
 /// The password of a new account: a line on standard input, or empty (generate one) when
 /// standard input is a terminal or has nothing.
-fn read_new_password() -> Result<String, String> {
+fn read_new_password() -> Result<String> {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
         return Ok(String::new());
@@ -157,34 +160,37 @@ fn generate_password() -> String {
     crate::crypto::b64::encode(&rand::random::<[u8; 18]>()).replace(['+', '/', '='], "x")
 }
 
-fn read_password() -> Result<String, String> {
+fn read_password() -> Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::io("standard input", e))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn open_input(file: &Path) -> Result<Box<dyn BufRead + Send>, String> {
+fn open_input(file: &Path) -> Result<Box<dyn BufRead + Send>> {
     if file == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let f = std::fs::File::open(file).map_err(|e| Failure::io(file.display().to_string(), e))?;
     Ok(Box::new(BufReader::new(f)))
 }
 
-fn unwritable(path: &Path, e: std::io::Error) -> String {
+fn unwritable(path: &Path, e: std::io::Error) -> Failure {
     format!(
         "cannot write {}: {e}; choose a directory this user can write to, or write to standard \
          output (`backup - > FILE`)",
         path.display()
     )
+    .into()
 }
 
 /// Writes a backup atomically: a temp file beside it, synced, then renamed.
-fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
+fn write_output(file: &Path, data: &[u8]) -> Result<()> {
     if file == Path::new("-") {
-        return std::io::stdout().write_all(data).map_err(|e| e.to_string());
+        return std::io::stdout()
+            .write_all(data)
+            .map_err(|e| Failure::io("standard output", e));
     }
     let tmp = file.with_extension("partial");
     // A leftover temp file would keep its old owner and mode: start from a new one.
@@ -200,8 +206,8 @@ fn write_output(file: &Path, data: &[u8]) -> Result<(), String> {
     let mut f = options.open(&tmp).map_err(|e| unwritable(&tmp, e))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| Failure::io(tmp.display().to_string(), e))?;
+    std::fs::rename(&tmp, file).map_err(|e| Failure::io(file.display().to_string(), e))?;
     eprintln!("backup written to {}", file.display());
     Ok(())
 }

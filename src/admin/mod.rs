@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::app::App;
 use crate::config::{Command, UsersCommand};
-use crate::error::ApiError;
+use crate::failure::Result;
 
 mod cli;
 
@@ -28,7 +28,7 @@ struct Status {
 }
 
 /// Runs `command` against `app`, writing its output lines to `out`.
-pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(), String> {
+pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<()> {
     let w = |out: &mut Vec<u8>, line: String| {
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
@@ -37,9 +37,9 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         Command::Users(UsersCommand::List) => {
             w(out, "id\tusername\temail\tdevice\tqueued".into());
             for user in app.storage.users() {
-                let user = user.map_err(|e| e.to_string())?;
-                let device = app.storage.device(user.id).map_err(|e| e.to_string())?;
-                let queued = app.storage.queue_len(user.id).map_err(|e| e.to_string())?;
+                let user = user?;
+                let device = app.storage.device(user.id)?;
+                let queued = app.storage.queue_len(user.id)?;
                 let address = device.map_or_else(|| "-".to_string(), |d| d.address);
                 w(
                     out,
@@ -52,10 +52,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         }
         Command::Users(UsersCommand::Delete { username }) => {
             let user = find(app, &username)?;
-            app.storage
-                .delete_user(user.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            app.storage.delete_user(user.id).await?;
             app.hub.close(user.id);
             w(
                 out,
@@ -69,13 +66,9 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 &password,
                 &user.username,
                 &user.email,
-            )
-            .map_err(api_text)?;
-            let hash = app.hasher.hash(password).await.map_err(api_text)?;
-            app.storage
-                .set_password(user.id, hash)
-                .await
-                .map_err(|e| e.to_string())?;
+            )?;
+            let hash = app.hasher.hash(password).await?;
+            app.storage.set_password(user.id, hash).await?;
             w(
                 out,
                 format!(
@@ -97,9 +90,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         }
         Command::Users(UsersCommand::ResetToken { username }) => {
             let user = find(app, &username)?;
-            let (uid, token) = crate::handlers::users::issue_reset_token(app, &user)
-                .await
-                .map_err(api_text)?;
+            let (uid, token) = crate::handlers::users::issue_reset_token(app, &user).await?;
             w(out, format!("uid: {uid}\ntoken: {token}\n(POST /auth/password/reset/confirm with uid, token, new_password)"));
         }
         Command::Invites { count } => {
@@ -108,23 +99,19 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                     .replace(['+', '/', '='], "");
                 app.storage
                     .create_invite(&Sha256::digest(token.as_bytes()), crate::auth::now_secs())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 w(out, token);
             }
         }
         Command::Stats => {
             // Counted once per process (at once in a running server), then kept by the verbs.
-            app.storage
-                .count_totals()
-                .await
-                .map_err(|e| e.to_string())?;
-            let t = app.storage.totals().map_err(|e| e.to_string())?;
+            app.storage.count_totals().await?;
+            let t = app.storage.totals()?;
             w(out, format!("users\t{}\ndevices\t{}\nqueued_messages\t{}\nprekeys\t{}\nkyber_prekeys\t{}\ninvites\t{}\nwebsocket_connections\t{}",
                 t.users, t.devices, t.queued_messages, t.prekeys, t.kyber_prekeys, t.invites, app.hub.connections()));
         }
         Command::Backup { .. } => {
-            app.storage.backup(out).await.map_err(|e| e.to_string())?;
+            app.storage.backup(out).await?;
         }
         Command::Restore { .. } => return Err("restore runs only with the server stopped".into()),
         Command::Fsck => fsck(app, out).await?,
@@ -134,7 +121,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
 
 /// Reads every record; the report goes to `out` when all is well, and is the error otherwise
 /// (so that the command exits non-zero and prints it).
-async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<(), String> {
+async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<()> {
     let storage = app.storage.clone();
     let report = tokio::task::spawn_blocking(move || storage.fsck())
         .await
@@ -143,18 +130,18 @@ async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<(), String> {
     if report.damaged {
         return Err(format!(
             "the database is damaged:\n{text}\n(see \"When things go wrong\" in docs/SELF_HOSTING.md)"
-        ));
+        )
+        .into());
     }
     out.extend_from_slice(text.as_bytes());
     out.push(b'\n');
     Ok(())
 }
 
-fn find(app: &App, username: &str) -> Result<crate::models::User, String> {
+fn find(app: &App, username: &str) -> Result<crate::models::User> {
     app.storage
-        .user_by_name(username)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no user named {username}"))
+        .user_by_name(username)?
+        .ok_or_else(|| format!("no user named {username}").into())
 }
 
 /// An account made by the operator: the checks of `POST /auth/users` (username rules, email,
@@ -164,44 +151,17 @@ async fn create_user(
     username: &str,
     email: &str,
     password: String,
-) -> Result<crate::models::User, String> {
+) -> Result<crate::models::User> {
     let value = serde_json::json!({"username": username, "email": email, "password": password});
-    let req = crate::requests::Register::parse(&value).map_err(api_text)?;
-    crate::handlers::users::check_password("password", req.password, req.username, req.email)
-        .map_err(api_text)?;
-    let hash = app.hasher.hash(password.clone()).await.map_err(api_text)?;
+    let req = crate::requests::Register::parse(&value)?;
+    crate::handlers::users::check_password("password", req.password, req.username, req.email)?;
+    let hash = app.hasher.hash(password.clone()).await?;
     let user = app
         .storage
         .create_user(req.username, req.email, hash, None)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     log::info!("user {} created by the operator", user.id);
     Ok(user)
-}
-
-/// An API error as a sentence: the per-field messages of `invalid_data`, else the message.
-fn api_text(e: ApiError) -> String {
-    match e {
-        ApiError::InvalidData(errors) => {
-            let mut parts = Vec::new();
-            flatten(&errors, "", &mut parts);
-            parts.join(" ")
-        }
-        other => other.message().to_string(),
-    }
-}
-
-fn flatten(errors: &crate::error::FieldErrors, prefix: &str, parts: &mut Vec<String>) {
-    for (field, error) in errors {
-        match error {
-            crate::error::FieldError::Messages(texts) => {
-                parts.push(format!("{prefix}{field}: {}", texts.join(" ")))
-            }
-            crate::error::FieldError::Nested(inner) => {
-                flatten(inner, &format!("{prefix}{field}."), parts)
-            }
-        }
-    }
 }
 
 /// Serves the admin socket of a running server until the task is dropped.
@@ -237,7 +197,7 @@ pub async fn serve(app: App, path: PathBuf) {
                     log::info!("admin command: {}", command_name(&command));
                     execute(&app, command, &mut out).await
                 }
-                Err(e) => Err(format!("bad admin request: {e}")),
+                Err(e) => Err(format!("bad admin request: {e}").into()),
             };
             let status = match result {
                 Ok(()) => Status {
@@ -246,7 +206,7 @@ pub async fn serve(app: App, path: PathBuf) {
                 },
                 Err(e) => Status {
                     status: "error".into(),
-                    error: Some(e),
+                    error: Some(e.to_string()),
                 },
             };
             out.extend_from_slice(

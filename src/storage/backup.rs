@@ -123,7 +123,10 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn put(&mut self, r: &Record) -> Result<(), StoreError> {
         let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        writeln!(self.out, "{line}").map_err(|e| StoreError::Db(format!("writing backup: {e}")))?;
+        writeln!(self.out, "{line}").map_err(|source| StoreError::Io {
+            doing: "writing the backup".into(),
+            source,
+        })?;
         self.records += 1;
         Ok(())
     }

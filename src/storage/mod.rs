@@ -79,49 +79,47 @@ const RESET_TOKENS: &str = "reset_tokens";
 /// sha256(invite token) → creation time (s, u64 BE).
 const INVITES: &str = "invites";
 
-#[derive(Debug)]
+/// A storage backend's own error, kept as the source of `StoreError::Db`.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a storage verb refused or failed. The messages are plain sentences for operators (the
+/// admin commands and the binary print them); the API maps each to its answer in `error.rs`.
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("a user with that username already exists")]
     UsernameTaken,
+    #[error("a user with that email already exists")]
     EmailTaken,
+    #[error("the user has a device already")]
     DeviceExists,
+    #[error("the user has no device")]
     NoDevice,
+    #[error("no such user")]
     NoUser,
+    #[error("the device has the most prekeys allowed")]
     TooManyPrekeys,
+    #[error("the device's message queue is full")]
     QueueFull,
+    #[error("the invite is not valid or was used already")]
     InvalidInvite,
-    Db(String),
+    #[error(
+        "the database failed ({0}); check free disk space and that the data dir belongs to the \
+         user running signal-server"
+    )]
+    Db(#[source] Source),
+    /// Reading or writing a file beside the database (a backup, a restore's new database).
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
     Corrupt(String),
     /// Storage has failed (an I/O error or a stalled flush); nothing was acknowledged.
+    #[error("storage has failed ({0}); check free disk space, then restart signal-server")]
     Unavailable(String),
 }
-
-/// Plain sentences for operators (the admin commands and the binary print these).
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::UsernameTaken => write!(f, "a user with that username already exists"),
-            StoreError::EmailTaken => write!(f, "a user with that email already exists"),
-            StoreError::DeviceExists => write!(f, "the user has a device already"),
-            StoreError::NoDevice => write!(f, "the user has no device"),
-            StoreError::NoUser => write!(f, "no such user"),
-            StoreError::TooManyPrekeys => write!(f, "the device has the most prekeys allowed"),
-            StoreError::QueueFull => write!(f, "the device's message queue is full"),
-            StoreError::InvalidInvite => write!(f, "the invite is not valid or was used already"),
-            StoreError::Db(e) => write!(
-                f,
-                "the database failed ({e}); check free disk space and that the data dir \
-                 belongs to the user running signal-server"
-            ),
-            StoreError::Corrupt(e) => write!(f, "{e}"),
-            StoreError::Unavailable(e) => write!(
-                f,
-                "storage has failed ({e}); check free disk space, then restart signal-server"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// Whether `dir` holds a sled database (the server creates one on its first start): operator
 /// commands refuse a dir without one instead of creating an empty database there.
@@ -135,7 +133,7 @@ impl From<sled::Error> for StoreError {
             // The disk failed us (full, gone): the caller may retry once the server is back.
             sled::Error::Io(e) => StoreError::Unavailable(format!("I/O error: {e}")),
             sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
-            e => StoreError::Db(e.to_string()),
+            e => StoreError::Db(Box::new(e)),
         }
     }
 }

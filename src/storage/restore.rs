@@ -89,7 +89,10 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 fn io_error(doing: &str, e: std::io::Error) -> StoreError {
-    StoreError::Db(format!("{doing}: {e}"))
+    StoreError::Io {
+        doing: doing.to_string(),
+        source: e,
+    }
 }
 
 impl Storage {
