@@ -46,7 +46,7 @@ impl App {
         let secret =
             crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
                 .map_err(|e| format!("JWT secret: {e}"))?;
-        let storage = Storage::open(
+        let storage = Storage::open_sled(
             &config.data_dir.join("db"),
             &StorageOptions {
                 cache_capacity: config.cache_mb.saturating_mul(1 << 20),
@@ -74,8 +74,12 @@ impl App {
     }
 
     /// The caller's device, checked against the `<regId>` of the path.
-    pub fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
-        let device = self.storage.device(user.id)?.ok_or(ApiError::NoDevice)?;
+    pub async fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
+        let device = self
+            .storage
+            .device(user.id)
+            .await?
+            .ok_or(ApiError::NoDevice)?;
         if u64::from(device.registration_id) != reg_id {
             return Err(ApiError::DeviceChanged);
         }

@@ -149,13 +149,13 @@ impl Tokens {
 
 /// The user a valid token belongs to: signature and expiry good, the user still exists, and the
 /// token's version is the user's current one (password change and reset bump it).
-pub fn user_for_token(
+pub async fn user_for_token(
     tokens: &Tokens,
     storage: &Storage,
     token: &str,
 ) -> Result<(User, Verified), ApiError> {
     let verified = tokens.verify(token).ok_or(ApiError::NotAuthenticated)?;
-    match storage.user(verified.user_id)? {
+    match storage.user(verified.user_id).await? {
         Some(user) if user.token_version == verified.ver => Ok((user, verified)),
         _ => Err(ApiError::NotAuthenticated),
     }

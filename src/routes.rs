@@ -88,7 +88,7 @@ pub fn metrics(app: App) -> BoxedFilter<(Response,)> {
         .then(|app: App| async move {
             // Totals are counted once per process; a damaged database leaves them out.
             let _ = app.storage.count_totals().await;
-            let totals = app.storage.totals().ok();
+            let totals = app.storage.totals().await.ok();
             let text = app.metrics.render(totals.as_ref(), app.hub.connections());
             warp::http::Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
@@ -111,7 +111,9 @@ fn with_app(app: &App) -> impl Filter<Extract = (App,), Error = Infallible> + Cl
 fn auth(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
     with_app(app).and(authorization()).and_then(
         |app: App, header: Option<HeaderValue>| async move {
-            caller(&app, header.as_ref(), None).map_err(warp::reject::custom)
+            caller(&app, header.as_ref(), None)
+                .await
+                .map_err(warp::reject::custom)
         },
     )
 }
@@ -126,13 +128,15 @@ fn auth_ws(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clo
                 let from_query = query
                     .as_deref()
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-                caller(&app, header.as_ref(), from_query).map_err(warp::reject::custom)
+                caller(&app, header.as_ref(), from_query)
+                    .await
+                    .map_err(warp::reject::custom)
             },
         )
 }
 
 /// Checks the token of a request; a header that is not text counts as a bad token.
-fn caller(
+async fn caller(
     app: &App,
     header: Option<&HeaderValue>,
     fallback: Option<&str>,
@@ -141,7 +145,9 @@ fn caller(
         .and_then(|h| h.to_str().ok())
         .and_then(crate::auth::bearer);
     let token = from_header.or(fallback).ok_or(ApiError::NotAuthenticated)?;
-    crate::auth::user_for_token(&app.tokens, &app.storage, token).map(|(user, _)| user)
+    crate::auth::user_for_token(&app.tokens, &app.storage, token)
+        .await
+        .map(|(user, _)| user)
 }
 
 /// The raw `Authorization` header, if any (a value that is not text counts as a bad token, 401).
@@ -215,14 +221,16 @@ struct Health {
 }
 
 /// GET /health, HEAD /health (health checkers often send HEAD), GET /. Health is 503
-/// `unavailable` once storage has failed (the process is about to exit).
+/// `unavailable` while storage cannot take writes (sled: it has failed and the process is about
+/// to exit).
 fn health(app: &App) -> BoxedFilter<(Response,)> {
     let get = warp::path!("health")
         .and(warp::get())
         .and(with_app(app))
-        .map(|app: App| match app.storage.failure() {
-            None => warp::reply::json(&Health { status: "ok" }).into_response(),
-            Some(_) => warp::reply::with_status(
+        .then(|app: App| async move { app.storage.health().await })
+        .map(|health: Result<(), _>| match health {
+            Ok(()) => warp::reply::json(&Health { status: "ok" }).into_response(),
+            Err(_) => warp::reply::with_status(
                 warp::reply::json(&Health {
                     status: "unavailable",
                 }),
@@ -233,9 +241,10 @@ fn health(app: &App) -> BoxedFilter<(Response,)> {
     let head = warp::path!("health")
         .and(warp::head())
         .and(with_app(app))
-        .map(|app: App| match app.storage.failure() {
-            None => warp::http::StatusCode::OK.into_response(),
-            Some(_) => warp::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        .then(|app: App| async move { app.storage.health().await })
+        .map(|health: Result<(), _>| match health {
+            Ok(()) => warp::http::StatusCode::OK.into_response(),
+            Err(_) => warp::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
         });
     get.or(head).unify().or(root()).unify().boxed()
 }

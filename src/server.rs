@@ -54,7 +54,7 @@ pub async fn run(
         m.abort();
     }
     let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
-    if let Err(e) = app.storage.flush() {
+    if let Err(e) = app.storage.close().await {
         log::error!("final flush failed: {e}");
     }
 }

@@ -114,7 +114,7 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
     let app = App::open(config)?;
     let mut out = Vec::new();
     execute(&app, command.clone(), &mut out).await?;
-    app.storage.flush()?;
+    app.storage.close().await?;
     Ok(out)
 }
 

@@ -36,22 +36,27 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
     match command {
         Command::Users(UsersCommand::List) => {
             w(out, "id\tusername\temail\tdevice\tqueued".into());
-            for user in app.storage.users() {
-                let user = user?;
-                let device = app.storage.device(user.id)?;
-                let queued = app.storage.queue_len(user.id)?;
-                let address = device.map_or_else(|| "-".to_string(), |d| d.address);
-                w(
-                    out,
-                    format!(
-                        "{}\t{}\t{}\t{address}\t{queued}",
-                        user.id, user.username, user.email
-                    ),
-                );
+            let mut after = 0;
+            loop {
+                let page = app.storage.users_page(after, 256).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                for user in page {
+                    let device = app.storage.device(user.id).await?;
+                    let queued = app.storage.queue_len(user.id).await?;
+                    let address = device.map_or_else(|| "-".to_string(), |d| d.address);
+                    w(
+                        out,
+                        format!(
+                            "{}\t{}\t{}\t{address}\t{queued}",
+                            user.id, user.username, user.email
+                        ),
+                    );
+                }
             }
         }
         Command::Users(UsersCommand::Delete { username }) => {
-            let user = find(app, &username)?;
+            let user = find(app, &username).await?;
             app.storage.delete_user(user.id).await?;
             app.hub.close(user.id);
             w(
@@ -60,7 +65,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             );
         }
         Command::Users(UsersCommand::SetPassword { username, password }) => {
-            let user = find(app, &username)?;
+            let user = find(app, &username).await?;
             crate::handlers::users::check_password(
                 "password",
                 &password,
@@ -89,7 +94,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             );
         }
         Command::Users(UsersCommand::ResetToken { username }) => {
-            let user = find(app, &username)?;
+            let user = find(app, &username).await?;
             let (uid, token) = crate::handlers::users::issue_reset_token(app, &user).await?;
             w(out, format!("uid: {uid}\ntoken: {token}\n(POST /auth/password/reset/confirm with uid, token, new_password)"));
         }
@@ -106,7 +111,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         Command::Stats => {
             // Counted once per process (at once in a running server), then kept by the verbs.
             app.storage.count_totals().await?;
-            let t = app.storage.totals()?;
+            let t = app.storage.totals().await?;
             w(out, format!("users\t{}\ndevices\t{}\nqueued_messages\t{}\nprekeys\t{}\nkyber_prekeys\t{}\ninvites\t{}\nwebsocket_connections\t{}",
                 t.users, t.devices, t.queued_messages, t.prekeys, t.kyber_prekeys, t.invites, app.hub.connections()));
         }
@@ -122,10 +127,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
 /// Reads every record; the report goes to `out` when all is well, and is the error otherwise
 /// (so that the command exits non-zero and prints it).
 async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<()> {
-    let storage = app.storage.clone();
-    let report = tokio::task::spawn_blocking(move || storage.fsck())
-        .await
-        .map_err(|e| format!("fsck stopped: {e}"))?;
+    let report = app.storage.fsck().await?;
     let text = report.lines.join("\n");
     if report.damaged {
         return Err(format!(
@@ -138,9 +140,10 @@ async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn find(app: &App, username: &str) -> Result<crate::models::User> {
+async fn find(app: &App, username: &str) -> Result<crate::models::User> {
     app.storage
-        .user_by_name(username)?
+        .user_by_name(username)
+        .await?
         .ok_or_else(|| format!("no user named {username}").into())
 }
 

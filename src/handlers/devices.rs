@@ -41,8 +41,12 @@ pub async fn create(app: App, user: User, body: Body) -> Answer {
 
 /// GET /device/<anything>
 pub async fn show(app: App, user: User) -> Answer {
-    let device = app.storage.device(user.id)?.ok_or(ApiError::NoDevice)?;
-    let stock = app.storage.stock(user.id)?;
+    let device = app
+        .storage
+        .device(user.id)
+        .await?
+        .ok_or(ApiError::NoDevice)?;
+    let stock = app.storage.stock(user.id).await?;
     json(
         StatusCode::OK,
         &DeviceOut {

@@ -11,7 +11,7 @@ use crate::requests;
 
 /// POST /prekeys/<regId>
 pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    app.own_device(&user, reg_id)?;
+    app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let keys = requests::prekey_upload(&value)?;
     app.storage
@@ -28,7 +28,7 @@ pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> An
 
 /// POST /kyberprekeys/<regId>
 pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    let device = app.own_device(&user, reg_id)?;
+    let device = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let (keys, last_resort) = requests::kyber_upload(&value, &device.identity_key)?;
     app.storage
@@ -45,8 +45,8 @@ pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answ
 
 /// GET /prekeys/<regId>
 pub async fn stock(reg_id: u64, app: App, user: User) -> Answer {
-    app.own_device(&user, reg_id)?;
-    let stock = app.storage.stock(user.id)?;
+    app.own_device(&user, reg_id).await?;
+    let stock = app.storage.stock(user.id).await?;
     json(
         StatusCode::OK,
         &PreKeyCountOut {
@@ -58,7 +58,7 @@ pub async fn stock(reg_id: u64, app: App, user: User) -> Answer {
 
 /// POST /signedprekey/<regId>
 pub async fn upload_signed(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    let device = app.own_device(&user, reg_id)?;
+    let device = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let key = requests::signed_prekey_upload(&value, &device.identity_key)?;
     app.storage.set_signed_prekey(user.id, &key).await?;
@@ -73,15 +73,17 @@ pub async fn upload_signed(reg_id: u64, app: App, user: User, body: Body) -> Ans
 
 /// GET /prekeybundle/<username>/<regId>
 pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answer {
-    app.own_device(&user, reg_id)?;
+    app.own_device(&user, reg_id).await?;
     let name = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
     let target = app
         .storage
-        .user_by_name(&name)?
+        .user_by_name(&name)
+        .await?
         .ok_or(ApiError::NoRecipient)?;
     let device = app
         .storage
-        .device(target.id)?
+        .device(target.id)
+        .await?
         .ok_or(ApiError::RecipientNoDevice)?;
     app.limits.bundle(user.id, target.id)?;
     let popped = app.storage.pop_prekeys(target.id).await?;

@@ -13,16 +13,18 @@ use crate::storage::DeleteOutcome;
 
 /// POST /messages/<regId>
 pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    let sender = app.own_device(&user, reg_id)?;
+    let sender = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let req = Send::parse(&value, app.config.max_message_bytes)?;
     let recipient = app
         .storage
-        .user_by_name(req.recipient)?
+        .user_by_name(req.recipient)
+        .await?
         .ok_or(ApiError::NoRecipient)?;
     let device = app
         .storage
-        .device(recipient.id)?
+        .device(recipient.id)
+        .await?
         .ok_or(ApiError::RecipientNoDevice)?;
     if u64::from(device.registration_id) != req.registration_id {
         return Err(ApiError::RecipientIdentityChanged);
@@ -66,16 +68,19 @@ pub const PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>
 pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
-    app.own_device(&user, reg_id)?;
+    app.own_device(&user, reg_id).await?;
     let limit = requests::limit(query.as_deref())?;
-    let messages = app.storage.messages_page(user.id, 0, limit, PAGE_BYTES)?;
+    let messages = app
+        .storage
+        .messages_page(user.id, 0, limit, PAGE_BYTES)
+        .await?;
     let out: Vec<MessageOut> = messages.iter().map(MessageOut::from).collect();
     json(StatusCode::OK, &out)
 }
 
 /// DELETE /messages/<regId>
 pub async fn delete(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    app.own_device(&user, reg_id)?;
+    app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let ids = requests::message_ids(&value)?;
     let outcomes = app.storage.delete_messages(user.id, &ids).await?;

@@ -55,7 +55,7 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     app.limits.anonymous(ip)?;
     let value = body.json(app.max_body()).await?;
     let [username, password] = requests::strings(&value, ["username", "password"])?;
-    let user = app.storage.user_by_name(username)?;
+    let user = app.storage.user_by_name(username).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     if !app.hasher.verify(password.to_string(), stored).await? {
         return Err(ApiError::InvalidCredentials);
@@ -74,6 +74,7 @@ pub async fn refresh(app: App, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [token] = requests::strings(&value, ["token"])?;
     let (user, claims) = auth::user_for_token(&app.tokens, &app.storage, token)
+        .await
         .map_err(|_| ApiError::InvalidToken)?;
     if !app.tokens.refreshable(&claims) {
         return Err(ApiError::InvalidToken);
@@ -90,7 +91,9 @@ pub async fn refresh(app: App, body: Body) -> Answer {
 pub async fn verify(app: App, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [token] = requests::strings(&value, ["token"])?;
-    auth::user_for_token(&app.tokens, &app.storage, token).map_err(|_| ApiError::InvalidToken)?;
+    auth::user_for_token(&app.tokens, &app.storage, token)
+        .await
+        .map_err(|_| ApiError::InvalidToken)?;
     json(
         StatusCode::OK,
         &TokenOut {
@@ -135,7 +138,7 @@ pub async fn reset(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
         return Err(ApiError::field("email", "Enter a valid email address."));
     }
-    if let Some(user) = app.storage.user_by_email(email)? {
+    if let Some(user) = app.storage.user_by_email(email).await? {
         let (uid, token) = issue_reset_token(&app, &user).await?;
         app.mailer
             .send_reset(&user.email, &user.username, &uid, &token);
@@ -167,7 +170,7 @@ pub async fn reset_confirm(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [uid, token, new] = requests::strings(&value, ["uid", "token", "new_password"])?;
     let token_hash = Sha256::digest(token.as_bytes());
-    let (user, grant) = reset_grantee(&app, uid, &token_hash)?;
+    let (user, grant) = reset_grantee(&app, uid, &token_hash).await?;
     check_password("new_password", new, &user.username, &user.email)?;
     let hash = app.hasher.hash(new.to_string()).await?;
     // The token is taken only now, so a refused password or a full hashing queue leaves it
@@ -181,15 +184,21 @@ pub async fn reset_confirm(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
 
 /// The user a reset token was issued to, and its grant, if the token exists, names the user of
 /// `uid`, has not expired and predates no password change. Looks without taking the token.
-fn reset_grantee(app: &App, uid: &str, token_hash: &[u8]) -> Result<(User, ResetGrant), ApiError> {
+async fn reset_grantee(
+    app: &App,
+    uid: &str,
+    token_hash: &[u8],
+) -> Result<(User, ResetGrant), ApiError> {
     let grant = app
         .storage
-        .reset_grant(token_hash)?
+        .reset_grant(token_hash)
+        .await?
         .filter(|g| decode_uid(uid) == Some(g.user_id) && g.expires_at > now_secs())
         .ok_or(ApiError::InvalidToken)?;
     let user = app
         .storage
-        .user(grant.user_id)?
+        .user(grant.user_id)
+        .await?
         .filter(|u| u.token_version == grant.token_version)
         .ok_or(ApiError::InvalidToken)?;
     Ok((user, grant))

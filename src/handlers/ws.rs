@@ -26,7 +26,7 @@ const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>/ws
 pub async fn upgrade(reg_id: u64, app: App, user: User, ws: Ws) -> Answer {
-    app.own_device(&user, reg_id)?;
+    app.own_device(&user, reg_id).await?;
     let frame_limit = app.max_body() as usize;
     Ok(ws
         .max_message_size(frame_limit)
@@ -169,6 +169,7 @@ async fn send_backlog(app: &App, user_id: u64, out: &mut Outbox) -> Result<HashS
         let page = app
             .storage
             .messages_page(user_id, last_sent, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
+            .await
             .map_err(|e| format!("{e:?}"))?;
         if page.is_empty() {
             break;
@@ -200,6 +201,7 @@ async fn push_message(
     match app
         .storage
         .message(user_id, id)
+        .await
         .map_err(|e| format!("{e:?}"))?
     {
         Some(m) => out.send(message_frame_of(&m)?).await,

@@ -1,83 +1,22 @@
-//! Storage: the only module that knows sled. One `Clone` struct owns every tree; its methods are
-//! domain verbs taking and returning domain types.
+//! The storage contract: every verb the server, the WebSocket session and the operator commands
+//! use, on one `Storage` value whatever keeps the data. Verbs take and return domain types, are
+//! async, and are durable when they return `Ok` (sled: after the group-commit fsync; see
+//! `sled_store`). Invariants (a key handed out once, caps, all-or-nothing writes) are the
+//! backend's to keep, never the caller's.
 //!
-//! Atomicity:
-//! - Invariants that span trees on rare paths (a username and its user record, a device with its
-//!   first keys) are written in one sled `transaction`. Transaction closures may run more than
-//!   once, so they have no side effects outside the transaction.
-//! - Hot paths avoid transactions: every sled transaction (and `apply_batch`) takes one global
-//!   lock, which serialised all writers. A prekey pop is a compare-and-swap loop: scan for the
-//!   lowest key, remove it only if it is still there, else scan again; a key is handed out by the
-//!   one taker whose remove succeeded. A message is written index entry first, then the message,
-//!   so a crash in between leaves at most an index entry without a message (read as "no such
-//!   message" and cleaned up), never a message that cannot be found or deleted.
-//! - Counts: prekey stock is counted from the tree (at most the cap per device); queue lengths
-//!   are kept in memory, counted from the tree on first use after a start; totals over the
-//!   whole database are counted once per process and then kept by the verbs (`totals`).
-//!
-//! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
-//! acknowledged to a client awaits `Committer::wait` before returning, which shares one
-//! `fsync` between all writers that arrived while the previous flush ran (group commit). A
-//! flush that fails or stalls fails storage for good: writes are refused from then on and the
-//! binary exits for its supervisor to restart it (fail-stop, see `commit`).
+//! Enum dispatch rather than a trait object: the set of backends is closed, the calls stay
+//! static, and each verb is one `match`.
 
-mod backup;
-mod commit;
-mod devices;
-mod fsck;
-pub mod keys;
-mod messages;
-mod prekeys;
-mod restore;
-mod restore_checks;
-mod restore_rules;
-mod totals;
-mod users;
+pub mod sled_store;
 
-use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
-pub use backup::BackupSummary;
-use commit::Committer;
-pub use devices::Stock;
-pub use fsck::FsckReport;
-pub use messages::DeleteOutcome;
-pub use restore::restore_dir;
-pub use restore_checks::ID_CEILING;
-pub use restore_rules::RestoreLimits;
-pub use totals::Totals;
-pub use users::ResetGrant;
-
-/// The on-disk layout version; bump it when a record or key layout changes.
-const SCHEMA_VERSION: u32 = 1;
-
-/// `"schema_version"` → u32 BE.
-const META: &str = "meta";
-/// user id → bincode `User`.
-const USERS: &str = "users";
-/// lower-case username → user id.
-const USERNAMES: &str = "usernames";
-/// lower-case email → user id.
-const EMAILS: &str = "emails";
-/// user id → bincode `Device`.
-const DEVICES: &str = "devices";
-/// user id ‖ key id → 33-byte public key.
-const PREKEYS: &str = "prekeys";
-/// user id ‖ key id → bincode `SignedPreKey`.
-const KYBER_PREKEYS: &str = "kyber_prekeys";
-/// recipient user id ‖ message id → bincode `Message`.
-const MESSAGES: &str = "messages";
-/// message id → recipient user id ‖ timestamp: ownership on delete, and the expiry sweep.
-const MESSAGE_INDEX: &str = "message_index";
-/// sha256(reset token) → user id ‖ expiry (s) ‖ token version.
-const RESET_TOKENS: &str = "reset_tokens";
-/// sha256(invite token) → creation time (s, u64 BE).
-const INVITES: &str = "invites";
+use crate::models::{Device, Message, Popped, PreKey, SignedPreKey, User};
+pub use sled_store::{
+    holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,
+    RestoreLimits, SledStore, Stock, StorageOptions, Totals, ID_CEILING,
+};
 
 /// A storage backend's own error, kept as the source of `StoreError::Db`.
 pub type Source = Box<dyn std::error::Error + Send + Sync>;
@@ -121,278 +60,305 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// Whether `dir` holds a sled database (the server creates one on its first start): operator
-/// commands refuse a dir without one instead of creating an empty database there.
-pub fn holds_database(dir: &Path) -> bool {
-    dir.join("conf").is_file() && dir.join("db").is_file()
-}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            // The disk failed us (full, gone): the caller may retry once the server is back.
-            sled::Error::Io(e) => StoreError::Unavailable(format!("I/O error: {e}")),
-            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
-            e => StoreError::Db(Box::new(e)),
-        }
-    }
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => e.into(),
-        }
-    }
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-/// Settings of the sled database.
-#[derive(Debug, Clone)]
-pub struct StorageOptions {
-    /// sled's page cache, in bytes.
-    pub cache_capacity: u64,
-    /// Longest a write waits for its flush before storage counts as failed.
-    pub flush_timeout: std::time::Duration,
-}
-
 #[derive(Clone)]
-pub struct Storage {
-    db: sled::Db,
-    users: sled::Tree,
-    usernames: sled::Tree,
-    emails: sled::Tree,
-    devices: sled::Tree,
-    prekeys: sled::Tree,
-    kyber_prekeys: sled::Tree,
-    messages: sled::Tree,
-    message_index: sled::Tree,
-    reset_tokens: sled::Tree,
-    invites: sled::Tree,
-    meta: sled::Tree,
-    committer: Arc<Committer>,
-    /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
-    /// same instant. Async, so a backup never blocks a runtime thread.
-    gate: Arc<tokio::sync::RwLock<()>>,
-    /// Queue length per recipient, counted from the tree on first use after start and kept
-    /// up to date by enqueue and delete: the cap check needs no scan and no transaction.
-    queue_lens: Arc<std::sync::Mutex<HashMap<u64, u32>>>,
-    /// Serialises key uploads, device creation and deletion, and the device check and write of
-    /// a send, per user (striped), so that two uploads cannot both pass the cap, a refused
-    /// create cannot clean up after an accepted one, and nothing is written for a device (or
-    /// user) that a delete has already cleared.
-    upload_locks: Arc<Vec<std::sync::Mutex<()>>>,
-    /// Added to sled's id generator: after an import, new ids start above every imported one.
-    id_offset: Arc<std::sync::atomic::AtomicU64>,
-    /// Totals for `stats` and `/metrics`, kept by the write verbs (see `totals`).
-    counters: Arc<totals::Counters>,
+pub enum Storage {
+    /// The default: a sled database in the data dir, one process.
+    Sled(SledStore),
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir`, checking the schema version.
-    pub fn open(dir: &Path, options: &StorageOptions) -> Result<Storage, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_capacity)
-            .open()?;
-        let meta = db.open_tree(META)?;
-        match meta.get("schema_version")? {
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(v) if keys::decode_u32(&v) == Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(StoreError::Corrupt(format!(
-                    "the data dir has database layout version {}, this build reads version \
-                     {SCHEMA_VERSION}; run the signal-server version that wrote it",
-                    keys::decode_u32(&v).map_or("(unreadable)".into(), |v| v.to_string())
-                )))
+    /// Opens (or creates) the sled database in `dir`.
+    pub fn open_sled(dir: &Path, options: &StorageOptions) -> Result<Storage, StoreError> {
+        SledStore::open(dir, options).map(Storage::Sled)
+    }
+
+    // ---- users ----
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        email: &str,
+        password_hash: String,
+        invite: Option<&[u8]>,
+    ) -> Result<User, StoreError> {
+        match self {
+            Storage::Sled(s) => s.create_user(username, email, password_hash, invite).await,
+        }
+    }
+
+    pub async fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.user(id),
+        }
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.user_by_name(username),
+        }
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.user_by_email(email),
+        }
+    }
+
+    /// Up to `limit` users with ids above `after`, by id.
+    pub async fn users_page(&self, after: u64, limit: usize) -> Result<Vec<User>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.users_page(after, limit),
+        }
+    }
+
+    pub async fn set_password(
+        &self,
+        user_id: u64,
+        password_hash: String,
+    ) -> Result<User, StoreError> {
+        match self {
+            Storage::Sled(s) => s.set_password(user_id, password_hash).await,
+        }
+    }
+
+    pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.delete_user(user_id).await,
+        }
+    }
+
+    pub async fn put_reset_token(
+        &self,
+        token_hash: &[u8],
+        grant: &ResetGrant,
+    ) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.put_reset_token(token_hash, grant).await,
+        }
+    }
+
+    pub async fn take_reset_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<ResetGrant>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.take_reset_token(token_hash).await,
+        }
+    }
+
+    pub async fn reset_grant(&self, token_hash: &[u8]) -> Result<Option<ResetGrant>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.reset_grant(token_hash),
+        }
+    }
+
+    pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
+        match self {
+            Storage::Sled(s) => s.sweep_reset_tokens(now).await,
+        }
+    }
+
+    pub async fn create_invite(
+        &self,
+        token_hash: &[u8],
+        created_at: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.create_invite(token_hash, created_at).await,
+        }
+    }
+
+    // ---- devices and keys ----
+
+    pub async fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.device(user_id),
+        }
+    }
+
+    pub async fn create_device(
+        &self,
+        user_id: u64,
+        device: &Device,
+        prekeys: &[PreKey],
+        kyber: &[SignedPreKey],
+    ) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.create_device(user_id, device, prekeys, kyber).await,
+        }
+    }
+
+    pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.delete_device(user_id).await,
+        }
+    }
+
+    pub async fn set_signed_prekey(
+        &self,
+        user_id: u64,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.set_signed_prekey(user_id, key).await,
+        }
+    }
+
+    pub async fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
+        match self {
+            Storage::Sled(s) => s.stock(user_id),
+        }
+    }
+
+    pub async fn add_prekeys(
+        &self,
+        user_id: u64,
+        new: &[PreKey],
+        cap: u32,
+    ) -> Result<u32, StoreError> {
+        match self {
+            Storage::Sled(s) => s.add_prekeys(user_id, new, cap).await,
+        }
+    }
+
+    pub async fn add_kyber_prekeys(
+        &self,
+        user_id: u64,
+        new: &[SignedPreKey],
+        last_resort: Option<&SignedPreKey>,
+        cap: u32,
+    ) -> Result<u32, StoreError> {
+        match self {
+            Storage::Sled(s) => s.add_kyber_prekeys(user_id, new, last_resort, cap).await,
+        }
+    }
+
+    pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+        match self {
+            Storage::Sled(s) => s.pop_prekeys(user_id).await,
+        }
+    }
+
+    // ---- messages ----
+
+    pub async fn enqueue(
+        &self,
+        recipient: u64,
+        message: Message,
+        cap: u32,
+    ) -> Result<Message, StoreError> {
+        match self {
+            Storage::Sled(s) => s.enqueue(recipient, message, cap).await,
+        }
+    }
+
+    pub async fn messages(
+        &self,
+        recipient: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.messages(recipient, after, limit),
+        }
+    }
+
+    pub async fn messages_page(
+        &self,
+        recipient: u64,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.messages_page(recipient, after, limit, max_bytes),
+        }
+    }
+
+    pub async fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.message(recipient, id),
+        }
+    }
+
+    pub async fn delete_messages(
+        &self,
+        recipient: u64,
+        ids: &[u64],
+    ) -> Result<Vec<DeleteOutcome>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.delete_messages(recipient, ids).await,
+        }
+    }
+
+    pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        match self {
+            Storage::Sled(s) => s.sweep_expired(cutoff_ms).await,
+        }
+    }
+
+    pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
+        match self {
+            Storage::Sled(s) => s.queue_len(recipient),
+        }
+    }
+
+    // ---- operations ----
+
+    /// Counts the totals if this backend keeps them (sled counts once per process).
+    pub async fn count_totals(&self) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.count_totals().await,
+        }
+    }
+
+    pub async fn totals(&self) -> Result<Totals, StoreError> {
+        match self {
+            Storage::Sled(s) => s.totals(),
+        }
+    }
+
+    /// Writes every record in the backup format (one instant of the whole store).
+    pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
+        match self {
+            Storage::Sled(s) => s.backup(out).await,
+        }
+    }
+
+    /// Reads every record and reports damage (operators only: a full scan).
+    pub async fn fsck(&self) -> Result<FsckReport, StoreError> {
+        match self {
+            Storage::Sled(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.fsck())
+                    .await
+                    .map_err(|e| StoreError::Db(Box::new(e)))
             }
         }
-        let id_offset = meta
-            .get("id_offset")?
-            .and_then(|v| keys::decode_u64(&v))
-            .unwrap_or(0);
-        Ok(Storage {
-            users: db.open_tree(USERS)?,
-            usernames: db.open_tree(USERNAMES)?,
-            emails: db.open_tree(EMAILS)?,
-            devices: db.open_tree(DEVICES)?,
-            prekeys: db.open_tree(PREKEYS)?,
-            kyber_prekeys: db.open_tree(KYBER_PREKEYS)?,
-            messages: db.open_tree(MESSAGES)?,
-            message_index: db.open_tree(MESSAGE_INDEX)?,
-            reset_tokens: db.open_tree(RESET_TOKENS)?,
-            invites: db.open_tree(INVITES)?,
-            meta,
-            gate: Arc::new(tokio::sync::RwLock::new(())),
-            queue_lens: Arc::default(),
-            upload_locks: Arc::new((0..64).map(|_| std::sync::Mutex::new(())).collect()),
-            id_offset: Arc::new(id_offset.into()),
-            counters: Arc::default(),
-            committer: Arc::new(Committer::start(db.clone(), options.flush_timeout)),
-            db,
-        })
     }
 
-    /// Waits until everything written so far is on disk (shared with concurrent writers).
-    pub async fn sync(&self) -> Result<(), StoreError> {
-        self.committer.wait().await
-    }
-
-    /// Flushes synchronously; used at shutdown. Not after a failure: that flush could block
-    /// forever, and sled's recovery keeps everything an earlier flush confirmed.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.committer.check()?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Why storage failed (an I/O error or a stalled flush), if it did; for `/health`.
-    pub fn failure(&self) -> Option<String> {
-        self.committer.health().failure()
-    }
-
-    /// Resolves with the reason once storage has failed (the binary then exits non-zero).
-    pub async fn failed(&self) -> String {
-        self.committer.health().failed().await
-    }
-
-    /// A fresh id, never handed out before, even across crashes. An id that would wrap is an
-    /// error: a wrapped id could be one handed out before (restores keep ids below `ID_CEILING`,
-    /// so this cannot happen on a restored database either).
-    fn next_id(&self) -> Result<u64, StoreError> {
-        let offset = self.id_offset.load(std::sync::atomic::Ordering::Relaxed);
-        // sled's ids start at 0; keep 0 free so that no record has id 0.
-        self.db
-            .generate_id()?
-            .checked_add(1)
-            .and_then(|id| id.checked_add(offset))
-            .ok_or_else(|| StoreError::Db("no ids left: the next id would wrap".into()))
-    }
-
-    /// The per-user lock (striped) of uploads and device creation; never held across an await.
-    fn user_lock(&self, user_id: u64) -> std::sync::MutexGuard<'_, ()> {
-        let stripe = &self.upload_locks[(user_id % self.upload_locks.len() as u64) as usize];
-        stripe
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Held by every write verb (shared), so a backup (exclusive) sees one instant. Refuses at
-    /// once when storage has failed, before anything is written.
-    async fn writing(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, StoreError> {
-        self.committer.check()?;
-        Ok(self.gate.read().await)
-    }
-}
-
-/// Keys of an iteration, stopping at the first read error (never `Tree::len`, which spins
-/// forever on a damaged page).
-fn count_keys(iter: sled::Iter) -> Result<u64, sled::Error> {
-    let mut n = 0;
-    for key in iter.keys() {
-        key?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Keys of one user in a prefix-keyed tree (prekeys, queued messages).
-fn count_prefix(tree: &sled::Tree, user_id: u64) -> Result<u32, StoreError> {
-    let n = count_keys(tree.scan_prefix(keys::user(user_id)))?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding plain structs into a Vec cannot fail.
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
-    decode(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
-/// Records for the storage unit tests (the keys are the right size, not real keys).
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::models::{Device, Message, PreKey, SignedPreKey};
-
-    pub fn device(address: &str) -> Device {
-        Device {
-            address: address.into(),
-            registration_id: 7,
-            identity_key: vec![5; 33],
-            signed_prekey: SignedPreKey {
-                key_id: 1,
-                public_key: vec![5; 33],
-                signature: vec![0; 64],
+    /// `Ok` while storage can take writes; the reason it cannot otherwise (for `/health`).
+    pub async fn health(&self) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => match s.failure() {
+                None => Ok(()),
+                Some(reason) => Err(StoreError::Unavailable(reason)),
             },
-            last_resort_kyber: None,
         }
     }
 
-    pub fn ec(ids: impl IntoIterator<Item = u32>) -> Vec<PreKey> {
-        ids.into_iter()
-            .map(|key_id| PreKey {
-                key_id,
-                public_key: vec![5; 33],
-            })
-            .collect()
-    }
-
-    pub fn message(content: &str, timestamp: u64) -> Message {
-        Message {
-            id: 0,
-            sender_address: "s.1".into(),
-            sender_registration_id: 3,
-            content: content.into(),
-            recipient_address: "r.1".into(),
-            timestamp,
+    /// Resolves with the reason once storage has failed for good (sled's fail-stop: the binary
+    /// then exits for its supervisor to restart it); never for a backend that recovers.
+    pub async fn failed(&self) -> String {
+        match self {
+            Storage::Sled(s) => s.failed().await,
         }
     }
-}
 
-#[cfg(test)]
-pub(crate) fn temp() -> (tempfile::TempDir, Storage) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = Storage::open(
-        dir.path(),
-        &StorageOptions {
-            cache_capacity: 8 << 20,
-            flush_timeout: std::time::Duration::from_secs(30),
-        },
-    )
-    .expect("open");
-    (dir, storage)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_id_that_would_wrap_is_an_error_not_an_old_id_again() {
-        let (_dir, s) = temp();
-        s.id_offset
-            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
-        assert!(matches!(
-            s.create_user("late", "", "h".into(), None).await,
-            Err(StoreError::Db(_))
-        ));
-        assert!(s.user_by_name("late").unwrap().is_none());
+    /// Writes out what is pending before the process exits (sled: a final flush).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.flush(),
+        }
     }
 }

@@ -212,10 +212,10 @@ async fn reset_confirm_answers_every_bad_uid_or_token_alike() {
         json!({"username": "victim", "password": PASSWORD, "email": "secret.mail@example.org"});
     let (status, _) = s.call("POST", "/auth/users", None, Some(&body)).await;
     assert_eq!(status, StatusCode::CREATED);
-    let victim = s.app.storage.user_by_name("victim").unwrap().unwrap();
+    let victim = s.app.storage.user_by_name("victim").await.unwrap().unwrap();
     let other = s.user("other").await;
     let (uid, token) = issue_reset_token(&s.app, &victim).await.expect("token");
-    let other_record = s.app.storage.user(other.id).unwrap().unwrap();
+    let other_record = s.app.storage.user(other.id).await.unwrap().unwrap();
     let (_, other_token) = issue_reset_token(&s.app, &other_record)
         .await
         .expect("token");
@@ -266,7 +266,7 @@ async fn reset_confirm_answers_every_bad_uid_or_token_alike() {
 async fn a_token_made_void_by_a_password_change_answers_like_any_bad_token() {
     let s = TestServer::start().await;
     let u = s.user("changer").await;
-    let user = s.app.storage.user(u.id).unwrap().unwrap();
+    let user = s.app.storage.user(u.id).await.unwrap().unwrap();
     let (uid, token) = issue_reset_token(&s.app, &user).await.expect("token");
     let change = json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD});
     let a = send(&s, "POST", "/auth/password", Some(&u.token), change).await;
@@ -284,7 +284,7 @@ async fn a_token_made_void_by_a_password_change_answers_like_any_bad_token() {
 async fn concurrent_confirms_with_one_token_set_one_password() {
     let s = TestServer::start().await;
     let u = s.user("racer").await;
-    let user = s.app.storage.user(u.id).unwrap().unwrap();
+    let user = s.app.storage.user(u.id).await.unwrap().unwrap();
     let (uid, token) = issue_reset_token(&s.app, &user).await.expect("token");
     let passwords: Vec<String> = (0..8).map(|i| format!("Racing-Lighthouse-{i}7")).collect();
     let answers =

@@ -389,7 +389,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
     assert_eq!(summary(&restore_file(dir.path(), &file))["users"], 2);
     assert!(!building.exists(), "the next restore left db.restoring");
     let s = TestServer::start_in(dir).await;
-    let leftover = s.app.storage.user_by_name("user1").expect("lookup");
+    let leftover = s.app.storage.user_by_name("user1").await.expect("lookup");
     assert!(leftover.is_none(), "a user of the killed restore is served");
     s.login("alice", PASSWORD).await;
     s.stop().await;

@@ -14,7 +14,7 @@ const ROUNDS: usize = 40;
 /// Totals as `stats` reports them (counted once, then kept by the write verbs).
 async fn totals(s: &TestServer) -> Totals {
     s.app.storage.count_totals().await.expect("count");
-    s.app.storage.totals().expect("totals")
+    s.app.storage.totals().await.expect("totals")
 }
 
 async fn recreate_device(s: &TestServer, user: &TestUser) {

@@ -123,7 +123,7 @@ impl Committer {
     }
 }
 
-/// Ends when the last `Storage` clone (and so the sender) is dropped.
+/// Ends when the last `SledStore` clone (and so the sender) is dropped.
 fn commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, health: &Health) {
     loop {
         let first = match rx.recv_timeout(IDLE_PROBE) {

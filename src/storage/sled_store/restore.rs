@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::backup::{BackupSummary, Record};
 use super::restore_rules::{RestoreLimits, Restoring};
-use super::{Storage, StorageOptions, StoreError};
+use super::{SledStore, StorageOptions, StoreError};
 
 /// Restores `input` into the database directory `db`, which must not exist or hold no records.
 pub async fn restore_dir(
@@ -18,7 +18,7 @@ pub async fn restore_dir(
     limits: &RestoreLimits,
     options: &StorageOptions,
 ) -> Result<BackupSummary, StoreError> {
-    if db.exists() && Storage::open(db, options)?.has_records()? {
+    if db.exists() && SledStore::open(db, options)?.has_records()? {
         return Err(StoreError::Corrupt(format!(
             "restore needs an empty data dir, and {} holds records",
             db.display()
@@ -51,7 +51,7 @@ async fn fill(
     limits: &RestoreLimits,
     options: &StorageOptions,
 ) -> Result<BackupSummary, StoreError> {
-    let storage = Storage::open(dir, options)?;
+    let storage = SledStore::open(dir, options)?;
     let sum = storage.restore(input, limits).await?;
     storage.flush()?;
     Ok(sum)
@@ -95,7 +95,7 @@ fn io_error(doing: &str, e: std::io::Error) -> StoreError {
     }
 }
 
-impl Storage {
+impl SledStore {
     /// Whether any tree holds a record (derived indexes follow their records).
     fn has_records(&self) -> Result<bool, StoreError> {
         for tree in [

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
-use super::{Storage, StoreError};
+use super::{SledStore, StoreError};
 
 /// What the write verbs count.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +39,7 @@ pub(super) struct Counters {
     counted: tokio::sync::OnceCell<Result<(), String>>,
 }
 
-impl Storage {
+impl SledStore {
     /// Adds `delta` to a total; called by a write verb, while it holds the write gate, once its
     /// write has succeeded.
     pub(super) fn count(&self, which: Count, delta: i64) {
@@ -115,7 +115,7 @@ impl Storage {
 mod tests {
     use super::*;
     use crate::models::{Device, Message};
-    use crate::storage::fixtures;
+    use crate::storage::sled_store::fixtures;
 
     fn device() -> Device {
         fixtures::device("a.1")

@@ -10,7 +10,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use super::keys;
-use super::{decode, Storage, StoreError};
+use super::{decode, SledStore, StoreError};
 use crate::crypto::b64;
 use crate::models::{Device, Message, SignedPreKey, User};
 
@@ -136,7 +136,7 @@ fn user_of(key: &[u8]) -> u64 {
     keys::decode_u64(key).unwrap_or(0)
 }
 
-impl Storage {
+impl SledStore {
     /// Writes every record to `out`. Writers wait while the trees are read.
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;

@@ -1,10 +1,10 @@
 //! One-time prekeys: uploads under a per-device cap, and the pop that hands each key out once.
 
 use super::totals::Count;
-use super::{count_prefix, decode, encode, keys, Storage, StoreError};
+use super::{count_prefix, decode, encode, keys, SledStore, StoreError};
 use crate::models::{Popped, PreKey, SignedPreKey};
 
-impl Storage {
+impl SledStore {
     /// Stores one-time EC prekeys (a stored keyId is replaced). Fails with `TooManyPrekeys`,
     /// storing nothing, if the stock would exceed `cap`. Returns the new stock.
     pub async fn add_prekeys(
@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::models::Device;
 
-    use crate::storage::fixtures::{device as fixture, ec};
+    use crate::storage::sled_store::fixtures::{device as fixture, ec};
 
     fn device() -> Device {
         fixture("a.1")

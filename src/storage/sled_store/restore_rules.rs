@@ -10,7 +10,7 @@ use super::backup::{
     BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
 };
 use super::restore_checks::{bad, check_id, device_in, message_in, prekey_in, token_hash, user_in};
-use super::{encode, keys, Storage, StoreError};
+use super::{encode, keys, SledStore, StoreError};
 use crate::requests::{self, KeyKind};
 
 /// The server's limits that a restore applies as the API would.
@@ -33,7 +33,7 @@ impl RestoreLimits {
 
 /// The state of a restore between records.
 pub(super) struct Restoring<'a> {
-    db: &'a Storage,
+    db: &'a SledStore,
     limits: &'a RestoreLimits,
     sum: BackupSummary,
     /// Records so far, the header included: what the end record must say.
@@ -49,7 +49,7 @@ pub(super) struct Restoring<'a> {
 }
 
 impl<'a> Restoring<'a> {
-    pub fn new(db: &'a Storage, limits: &'a RestoreLimits) -> Restoring<'a> {
+    pub fn new(db: &'a SledStore, limits: &'a RestoreLimits) -> Restoring<'a> {
         Restoring {
             db,
             limits,

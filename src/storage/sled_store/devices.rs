@@ -4,7 +4,7 @@ use sled::Transactional;
 
 use super::keys;
 use super::totals::Count;
-use super::{abort, decode, decode_tx, encode, Storage, StoreError};
+use super::{abort, decode, decode_tx, encode, SledStore, StoreError};
 use crate::models::{Device, PreKey, SignedPreKey};
 
 /// A device's key stock, as `GET /device` and `GET /prekeys` report it.
@@ -14,7 +14,7 @@ pub struct Stock {
     pub kyber_prekeys: u32,
 }
 
-impl Storage {
+impl SledStore {
     pub fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
         match self.devices.get(keys::user(user_id))? {
             Some(v) => Ok(Some(decode(&v)?)),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::totals::Count;
-use super::{decode, encode, keys, Storage, StoreError};
+use super::{decode, encode, keys, SledStore, StoreError};
 use crate::models::Message;
 
 /// What deleting one message id did.
@@ -14,7 +14,7 @@ pub enum DeleteOutcome {
     NotFound,
 }
 
-impl Storage {
+impl SledStore {
     /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
     /// message id is assigned here; the message is on disk when this returns.
     pub async fn enqueue(
@@ -230,16 +230,16 @@ impl Storage {
 mod tests {
     use super::*;
 
-    async fn with_device(s: &Storage, user: u64) {
+    async fn with_device(s: &SledStore, user: u64) {
         let name = format!("u{user}");
         let created = s.create_user(&name, "", "h".into(), None).await.unwrap();
         assert_eq!(created.id, user, "a fresh database numbers users from 1");
-        let d = crate::storage::fixtures::device(&format!("u{user}.1"));
+        let d = crate::storage::sled_store::fixtures::device(&format!("u{user}.1"));
         s.create_device(user, &d, &[], &[]).await.unwrap();
     }
 
     fn msg(content: &str, timestamp: u64) -> Message {
-        crate::storage::fixtures::message(content, timestamp)
+        crate::storage::sled_store::fixtures::message(content, timestamp)
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use sled::Transactional;
 
 use super::totals::Count;
-use super::{abort, decode, decode_tx, encode, keys, Storage, StoreError};
+use super::{abort, decode, decode_tx, encode, keys, SledStore, StoreError};
 use crate::models::User;
 
 /// What a valid password-reset token grants: the user it was issued to, and the token version
@@ -15,7 +15,7 @@ pub struct ResetGrant {
     pub expires_at: u64,
 }
 
-impl Storage {
+impl SledStore {
     /// Creates a user; usernames and non-empty emails are unique case-insensitively. With
     /// `invite` (the hash of an invite token), the invite is used up in the same transaction.
     pub async fn create_user(
@@ -209,13 +209,16 @@ impl Storage {
         self.sync().await
     }
 
-    /// Every user, in id order (admin listing).
-    pub fn users(&self) -> impl Iterator<Item = Result<User, StoreError>> + '_ {
-        self.users.iter().map(|entry| {
-            entry
-                .map_err(StoreError::from)
-                .and_then(|(_, v)| decode(&v))
-        })
+    /// Up to `limit` users with ids above `after`, by id: the operator's list, a page at a time.
+    pub fn users_page(&self, after: u64, limit: usize) -> Result<Vec<User>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.users
+            .range(keys::user(from)..)
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::de::DeserializeOwned;
 
-use super::{decode, keys, Storage};
+use super::{decode, keys, SledStore};
 use crate::models::{Device, Message, SignedPreKey, User};
 
 /// Bad records reported one by one per tree; beyond this they are only counted.
@@ -35,7 +35,7 @@ fn id_value(v: &[u8]) -> bool {
     v.len() == 8
 }
 
-impl Storage {
+impl SledStore {
     /// Reads every record of every tree (a full scan: for operators, never a request path).
     pub fn fsck(&self) -> FsckReport {
         let shape = |name, key_len, show_keys, value_ok| Shape {
