@@ -372,9 +372,9 @@ fn assert_clean_log(s: &Binary) {
 async fn fixture() -> (tempfile::TempDir, Binary, TestUser, TestUser) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Binary::start(dir.path(), &["--idle-timeout", "5"]).await;
-    let alice = s.user_with_device("alice", 1001, 3).await;
+    let alice = s.user_with_device("alice", 1001, 3, 0).await;
     // No one-time prekeys: the generator's bundle fetches of bob succeed and change nothing.
-    let bob = s.user_with_device("bob", 2002, 0).await;
+    let bob = s.user_with_device("bob", 2002, 0, 0).await;
     // Ids 1..=10 are used and gone, so that the generator's small ids hit no live message.
     for _ in 0..10 {
         let send = json!({"recipient": "bob", "message": message_text(2002, "x")});

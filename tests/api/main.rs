@@ -5,7 +5,6 @@ mod helpers;
 
 mod abuse;
 mod backup;
-mod binary;
 mod client;
 mod connections;
 mod cors;
@@ -16,6 +15,7 @@ mod hostile;
 mod messages;
 mod operator;
 mod ops;
+mod process;
 mod routing;
 mod stress;
 mod users;

@@ -433,31 +433,6 @@ fn backup_refuses_to_overwrite_unless_forced_and_is_private() {
 // File modes and ownership
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn data_dir_and_files_are_private_whatever_the_umask() {
-    let parent = tempfile::tempdir().unwrap();
-    let dir = parent.path().join("data");
-    // A loose umask (022), as an operator's shell has.
-    let server = Server::spawn(
-        Command::new("sh")
-            .args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info"),
-    );
-    server.stop();
-    assert_eq!(mode(&dir), 0o700);
-    for f in files_under(&dir) {
-        assert_eq!(mode(&f), 0o600, "{}", f.display());
-    }
-    // A dir an older version left readable by all is made private, with a word in the log.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let logs = Server::start(&dir, &[]).stop();
-    assert_eq!(mode(&dir), 0o700);
-    assert!(logs.contains("made it 0700"), "{logs}");
-}
-
 /// Run as root (as the guide says) on a data dir that belongs to the service's user, an offline
 /// command must not leave files the service cannot open.
 #[test]
@@ -511,35 +486,6 @@ fn chown_all(dir: &Path, id: u32) {
             std::os::unix::fs::chown(&p, Some(id), Some(id)).unwrap();
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Flags checked at start
-// ---------------------------------------------------------------------------------------------
-
-#[test]
-fn listen_takes_a_host_name_and_public_url_is_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = bin();
-    let server = Server::spawn(
-        cmd.arg("--data-dir")
-            .arg(dir.path())
-            .args(["--listen", "localhost:0"]),
-    );
-    assert!(
-        server.base.starts_with("http://127.0.0.1:") || server.base.starts_with("http://[::1]:"),
-        "{}",
-        server.base
-    );
-    server.stop();
-    let err = run_err(
-        &["--data-dir", path(dir.path()), "--public-url", "not-a-url"],
-        None,
-    );
-    assert!(
-        err.contains("--public-url") && err.contains("https://"),
-        "{err}"
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
