@@ -4,7 +4,6 @@
 mod helpers;
 
 mod abuse;
-mod backup;
 mod client;
 mod connections;
 mod cors;
@@ -13,7 +12,6 @@ mod faults;
 mod first_contact;
 mod hostile;
 mod messages;
-mod operator;
 mod ops;
 mod process;
 mod routing;

@@ -163,18 +163,22 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `signal-server --data-dir DIR <args>` to its end.
-pub fn operator_run(data_dir: &Path, args: &[&str]) -> Run {
+/// `signal-server --data-dir DIR <args>`.
+pub fn operator_command(data_dir: &Path, args: &[&str]) -> Command {
     let mut cmd = binary_command(data_dir);
     cmd.args(args);
-    run(cmd, None)
+    cmd
+}
+
+/// `signal-server --data-dir DIR <args>` to its end.
+pub fn operator_run(data_dir: &Path, args: &[&str]) -> Run {
+    run(operator_command(data_dir, args), None)
 }
 
 /// An operator command with `stdin` fed in, run off the runtime threads (an in-process server
 /// must keep serving the admin socket meanwhile).
 pub async fn operator(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut cmd = binary_command(data_dir);
-    cmd.args(args);
+    let cmd = operator_command(data_dir, args);
     let feed = stdin.map(feed_text);
     tokio::task::spawn_blocking(move || run(cmd, feed))
         .await
