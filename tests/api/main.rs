@@ -11,6 +11,8 @@ mod devices_keys;
 mod faults;
 mod first_contact;
 mod hostile;
+#[cfg(feature = "interop")]
+mod interop;
 mod messages;
 mod ops;
 mod process;
