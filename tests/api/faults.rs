@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::{message_text, operator_run, Binary, TestServer, TestUser, PASSWORD};
+use crate::helpers::{
+    deliver, message_ids, message_text, operator_run, Binary, TestServer, TestUser, PASSWORD,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -16,35 +18,14 @@ use serde_json::{json, Value};
 // Refused requests change nothing
 // ---------------------------------------------------------------------------------------------
 
-async fn send(s: &TestServer, from: &TestUser, to: &TestUser, body: &str) -> u64 {
-    let (status, res) = s
-        .post(
-            &format!("/messages/{}", from.reg_id),
-            &from.token,
-            json!({"recipient": to.username, "message": message_text(to.reg_id, body)}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "send: {res}");
-    res["id"].as_u64().expect("id")
-}
-
-fn ids(queue: &Value) -> Vec<u64> {
-    queue
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_refused_second_device_create_keeps_queue_keys_and_device() {
     let s = TestServer::start().await;
     let alice = s.user_with_device("alice", 11, 3, 2).await;
     let mut bob = s.user_with_device("bob", 22, 1, 1).await;
     let sent = vec![
-        send(&s, &alice, &bob, "one").await,
-        send(&s, &alice, &bob, "two").await,
+        deliver(&s, &alice, &bob, "one").await,
+        deliver(&s, &alice, &bob, "two").await,
     ];
     let before = s.get(&format!("/device/{}", bob.reg_id), &bob.token).await;
     assert_eq!(before.0, StatusCode::OK, "{}", before.1);
@@ -61,7 +42,11 @@ async fn a_refused_second_device_create_keeps_queue_keys_and_device() {
         .get(&format!("/messages/{}", bob.reg_id), &bob.token)
         .await;
     assert_eq!(status, StatusCode::OK, "{queue}");
-    assert_eq!(ids(&queue), sent, "the refused create touched the queue");
+    assert_eq!(
+        message_ids(&queue),
+        sent,
+        "the refused create touched the queue"
+    );
     let after = s.get(&format!("/device/{}", bob.reg_id), &bob.token).await;
     assert_eq!(
         after, before,
@@ -206,7 +191,7 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let path = format!("/messages/{}?limit=1000", bob.reg_id);
     let (status, queue) = server.call("GET", &path, Some(&bob.token), None).await;
     assert_eq!(status, StatusCode::OK, "{queue}");
-    let stored = ids(&queue);
+    let stored = message_ids(&queue);
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
     let body = send_body(&bob, "after");

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
+use signal_server::client::{Client, NewUser};
 use signal_server::crypto::KeyPair;
 
 use super::{TestUser, PASSWORD};
@@ -412,22 +413,27 @@ impl BinaryApi {
         self.call("POST", path, Some(token), Some(&body)).await
     }
 
+    /// The typed client on this server.
+    pub fn client(&self) -> Client {
+        Client::with_http(&self.base, self.http.clone())
+    }
+
     /// Registers `username` (password `PASSWORD`); the user id.
     pub async fn register(&self, username: &str) -> u64 {
-        let creds = json!({"username": username, "password": PASSWORD});
-        let (status, body) = self.call("POST", "/auth/users", None, Some(&creds)).await;
-        assert_eq!(status, StatusCode::CREATED, "register {username}: {body}");
-        body["id"].as_u64().expect("id")
+        let user = NewUser {
+            username: username.to_string(),
+            password: PASSWORD.to_string(),
+            ..NewUser::default()
+        };
+        let info = self.client().register(&user).await;
+        info.unwrap_or_else(|e| panic!("register {username}: {e}"))
+            .id
     }
 
     /// Logs `username` in with `PASSWORD`; the token.
     pub async fn login(&self, username: &str) -> String {
-        let creds = json!({"username": username, "password": PASSWORD});
-        let (status, body) = self
-            .call("POST", "/auth/jwt/create", None, Some(&creds))
-            .await;
-        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
-        body["token"].as_str().expect("token").to_string()
+        let token = self.client().login(username, PASSWORD).await;
+        token.unwrap_or_else(|e| panic!("login {username}: {e}"))
     }
 
     /// Registers `username`, logs in and creates a device with `prekeys` EC and `kyber` Kyber
