@@ -14,6 +14,17 @@ fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
     );
 }
 
+/// `POST /auth/users` with an invite.
+async fn register_with_invite(
+    s: &TestServer,
+    username: &str,
+    password: &str,
+    invite: &str,
+) -> (StatusCode, Value) {
+    let body = json!({"username": username, "password": password, "invite": invite});
+    register(s, body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invite_only_registration_takes_each_invite_once() {
     let s = TestServer::start_with(&["--no-rate-limit", "--registration", "invite"]).await;
@@ -24,48 +35,24 @@ async fn invite_only_registration_takes_each_invite_once() {
     let invite = first_line(&operator_ok(&dir, &["invites", "--count", "1"], None).await);
 
     // A refused registration (weak password, name taken) does not use the invite up.
-    let (status, body) = register(
-        &s,
-        json!({"username": "ann", "password": "12345678", "invite": invite}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ann", "12345678", &invite).await;
     assert_invalid(status, &body, "password");
 
-    let (status, body) = register(
-        &s,
-        json!({"username": "ann", "password": PASSWORD, "invite": invite}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ann", PASSWORD, &invite).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["username"], "ann");
     s.login("ann", PASSWORD).await;
 
-    let (status, body) = register(
-        &s,
-        json!({"username": "ben", "password": PASSWORD, "invite": invite}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ben", PASSWORD, &invite).await;
     assert_invalid(status, &body, "invite");
-    let (status, body) = register(
-        &s,
-        json!({"username": "ben", "password": PASSWORD, "invite": "not-an-invite-at-all"}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ben", PASSWORD, "not-an-invite-at-all").await;
     assert_invalid(status, &body, "invite");
 
     // A name already taken is refused without spending a fresh invite.
     let second = first_line(&operator_ok(&dir, &["invites", "--count", "1"], None).await);
-    let (status, body) = register(
-        &s,
-        json!({"username": "ANN", "password": PASSWORD, "invite": second}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ANN", PASSWORD, &second).await;
     assert_invalid(status, &body, "username");
-    let (status, body) = register(
-        &s,
-        json!({"username": "ben", "password": PASSWORD, "invite": second}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "ben", PASSWORD, &second).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let stats = stats_of(&operator_ok(&dir, &["stats"], None).await);
     assert_eq!((stats["users"], stats["invites"]), (2, 0));
@@ -92,11 +79,7 @@ async fn closed_registration_refuses_new_accounts_but_existing_users_log_in() {
     assert_error(status, &body, StatusCode::FORBIDDEN, "registration_closed");
     // Even with an invite, and even with a body that would otherwise be invalid.
     let invite = first_line(&operator_ok(&path, &["invites", "--count", "1"], None).await);
-    let (status, body) = register(
-        &s,
-        json!({"username": "newbie", "password": PASSWORD, "invite": invite}),
-    )
-    .await;
+    let (status, body) = register_with_invite(&s, "newbie", PASSWORD, &invite).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "registration_closed");
 
     let token = s.login("OldUser", PASSWORD).await;
