@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use signal_server::client::{Client, NewUser};
+use signal_server::client::{self, Client, NewUser};
 use signal_server::crypto::KeyPair;
 
 use super::{TestUser, PASSWORD};
@@ -358,26 +358,22 @@ impl BinaryApi {
         format!("ws://{}{path}", self.addr())
     }
 
-    /// Any request; the status and body text. `Err` when no complete answer came (refused,
-    /// reset or timed out).
+    /// Any request, through the typed client's escape hatch; the status and body text. `Err`
+    /// when no complete answer came (refused, reset or timed out after `BINARY_BOUND`).
     pub async fn try_call_text(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, String), reqwest::Error> {
+    ) -> Result<(StatusCode, String), client::Error> {
+        let client = match token {
+            Some(t) => self.client().with_token(t),
+            None => self.client(),
+        };
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        Ok((status, res.text().await?))
+        let answer = client.request(method, path, body).await?;
+        Ok((answer.status, String::from_utf8_lossy(&answer.body).into()))
     }
 
     /// Any request; its status and JSON body (`Null` when empty or not JSON).
@@ -387,7 +383,7 @@ impl BinaryApi {
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), reqwest::Error> {
+    ) -> Result<(StatusCode, Value), client::Error> {
         let (status, text) = self.try_call_text(method, path, token, body).await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
