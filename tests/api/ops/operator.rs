@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{
     assert_error, assert_plain, cli_err, cli_ok, data_dir, path, stats_of, try_login, users_of,
 };
 use crate::helpers::{
     deliver, files_under, operator, operator_ok, stop_closed, Binary, BinaryApi, TestServer,
-    PASSWORD,
+    TestUser, PASSWORD,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -26,8 +26,17 @@ async fn login_status(server: &BinaryApi, username: &str, password: &str) -> Sta
     status
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn operator_commands_act_on_a_live_server() {
+/// A live server on its data dir: alice (device 11, 5 EC and 2 Kyber one-time keys), bob
+/// (device 22, 3 and 1) with alice's two messages queued, and carol without a device.
+struct Live {
+    s: TestServer,
+    dir: PathBuf,
+    alice: TestUser,
+    bob: TestUser,
+    carol: TestUser,
+}
+
+async fn live() -> Live {
     let s = TestServer::start().await;
     let dir = s.dir.path().to_path_buf();
     let alice = s.user_with_device("alice", 11, 5, 2).await;
@@ -35,7 +44,24 @@ async fn operator_commands_act_on_a_live_server() {
     let carol = s.user("carol").await;
     deliver(&s, &alice, &bob, "one").await;
     deliver(&s, &alice, &bob, "two").await;
+    Live {
+        s,
+        dir,
+        alice,
+        bob,
+        carol,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_list_and_stats_count_a_live_servers_records() {
+    let Live {
+        dir,
+        alice,
+        bob,
+        carol,
+        s: _server,
+    } = live().await;
     let list = users_of(&operator_ok(&dir, &["users", "list"], None).await);
     assert_eq!(list.len(), 3, "{list:?}");
     assert_eq!(
@@ -59,8 +85,13 @@ async fn operator_commands_act_on_a_live_server() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(stats, want);
+}
 
-    // users delete: the user, their device, keys and queue go; their token is dead at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_delete_takes_the_device_keys_and_queue_and_kills_the_token_at_once() {
+    let Live {
+        s, dir, alice, bob, ..
+    } = live().await;
     let run = operator_ok(&dir, &["users", "delete", "bob"], None).await;
     assert!(run.stdout.contains("deleted user bob"), "{}", run.stdout);
     let (status, body) = s.get("/auth/users/me", &bob.token).await;
@@ -86,8 +117,13 @@ async fn operator_commands_act_on_a_live_server() {
     s.user("bob").await;
     let (status, _) = s.get("/auth/users/me", &bob.token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
 
-    // invites --count 2: two distinct tokens, one a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invites_prints_distinct_tokens_one_a_line() {
+    let Live {
+        s: _server, dir, ..
+    } = live().await;
     let run = operator_ok(&dir, &["invites", "--count", "2"], None).await;
     let tokens: Vec<&str> = run.stdout.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(tokens.len(), 2, "{}", run.stdout);
@@ -97,14 +133,13 @@ async fn operator_commands_act_on_a_live_server() {
         .all(|t| t.len() >= 16 && !t.contains(char::is_whitespace)));
     let stats = stats_of(&operator_ok(&dir, &["stats"], None).await);
     assert_eq!(stats["invites"], 2);
+}
 
-    // users set-password: a weak one is refused and changes nothing.
-    let run = operator(
-        &dir,
-        &["users", "set-password", "alice"],
-        Some("password\n"),
-    )
-    .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_password_refuses_a_weak_one_and_a_good_one_revokes_older_tokens() {
+    let Live { s, dir, alice, .. } = live().await;
+    let args = ["users", "set-password", "alice"];
+    let run = operator(&dir, &args, Some("password\n")).await;
     assert!(
         !run.success(),
         "a weak password was accepted: {}",
@@ -118,12 +153,7 @@ async fn operator_commands_act_on_a_live_server() {
     );
     // A good one revokes older tokens; the new password logs in, the old one does not.
     let new_password = "Marmalade-orbit-3117";
-    let run = operator_ok(
-        &dir,
-        &["users", "set-password", "alice"],
-        Some(&format!("{new_password}\n")),
-    )
-    .await;
+    let run = operator_ok(&dir, &args, Some(&format!("{new_password}\n"))).await;
     assert!(run.stdout.contains("alice"), "{}", run.stdout);
     let (status, body) = s.get("/auth/users/me", &alice.token).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "not_authenticated");
@@ -140,8 +170,11 @@ async fn operator_commands_act_on_a_live_server() {
         (status, me["id"].as_u64()),
         (StatusCode::OK, Some(alice.id))
     );
+}
 
-    // users reset-token: a uid and token that /auth/password/reset/confirm takes, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_token_prints_a_uid_and_token_that_confirm_takes_once() {
+    let Live { s, dir, alice, .. } = live().await;
     let run = operator_ok(&dir, &["users", "reset-token", "alice"], None).await;
     let field = |name: &str| {
         run.stdout
@@ -161,15 +194,18 @@ async fn operator_commands_act_on_a_live_server() {
         .call("POST", "/auth/password/reset/confirm", None, Some(&confirm))
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_token");
-    let (status, _) = s.get("/auth/users/me", &token).await;
+    let (status, _) = s.get("/auth/users/me", &alice.token).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
         "the reset kept old tokens"
     );
     s.login("alice", reset_password).await;
+}
 
-    // restore refuses a running server, and a data dir that is not empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_refuses_a_live_server_and_a_data_dir_that_is_not_empty() {
+    let Live { s, dir, .. } = live().await;
     let work = tempfile::tempdir().expect("tempdir");
     let file = work.path().join("b.jsonl");
     let file_arg = file.display().to_string();
@@ -182,8 +218,6 @@ async fn operator_commands_act_on_a_live_server() {
         run.stderr
     );
     let users_before = operator_ok(&dir, &["users", "list"], None).await.stdout;
-    let (status, _) = s.get("/auth/users/me", &alice.token).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let dir_handle = stop_closed(s).await;
     let run = operator(&dir, &["restore", &file_arg], None).await;
     assert!(
