@@ -1,5 +1,6 @@
-//! WebSockets: a raw socket to the caller's own live route, the server's count of open sockets,
-//! and a handshake with a chosen `Origin`.
+//! WebSockets: a raw socket to the caller's own live route (in-process or on the binary), its
+//! backlog read up to `queue_empty`, the server's count of open sockets, and a handshake with a
+//! chosen `Origin`.
 
 use std::time::Duration;
 
