@@ -3,29 +3,40 @@
 //! the data; the binary's `--metrics-listen` address in its log; and the access log (one line per
 //! request, never a secret).
 
-use super::prometheus::{requests_by_route, scrape, ROUTE_TEMPLATES};
+use super::prometheus::{requests_by_route, scrape, Exposition, ROUTE_TEMPLATES};
 use super::{assert_error, pop_bundle};
 use crate::helpers::{
     binary_command, deliver, message_ids, read_backlog, serve_flags, stop_closed, ws_open, Binary,
-    TestServer, BINARY_BOUND,
+    TestServer, TestUser, Ws, BINARY_BOUND,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_endpoint_serves_prometheus_text_with_route_templates_and_gauges() {
+/// A server with its metrics listener after known traffic: alicemetrics (device 4111, 5 EC and
+/// 3 Kyber one-time keys) and bobmetrics (4222, 4 and 2); one bundle of bob popped, three
+/// messages to bob and one to alice, bob's queue read twice, two 404s (one of them `/metrics` on
+/// the public API, which does not serve it), and alice's live socket open.
+struct Metered {
+    s: TestServer,
+    metrics_url: String,
+    metrics: tokio::task::JoinHandle<()>,
+    alice: TestUser,
+    bob: TestUser,
+    ws: Ws,
+}
+
+async fn metered() -> Metered {
     let s = TestServer::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let metrics = tokio::spawn(signal_server::server::serve_metrics(
-        listener,
-        s.app.clone(),
-    ));
+    let app = s.app.clone();
+    let metrics = tokio::spawn(async move {
+        let _ = signal_server::server::serve_metrics(listener, app).await;
+    });
 
-    // The public API does not serve it.
     let (status, body) = s.call("GET", "/metrics", None, None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 
@@ -42,32 +53,43 @@ async fn metrics_endpoint_serves_prometheus_text_with_route_templates_and_gauges
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (status, _) = s
-        .call(
-            "GET",
-            &format!("/nope/{}/{}", alice.username, alice.reg_id),
-            None,
-            None,
-        )
-        .await;
+    let nope = format!("/nope/{}/{}", alice.username, alice.reg_id);
+    let (status, _) = s.call("GET", &nope, None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // One live WebSocket, registered once the backlog has been sent.
     let mut ws = ws_open(&s, &alice).await;
     read_backlog(&mut ws).await;
+    Metered {
+        s,
+        metrics_url,
+        metrics,
+        alice,
+        bob,
+        ws,
+    }
+}
 
-    let e = scrape(&s.http, &metrics_url).await;
-    assert_eq!(
-        e.types
-            .get("signal_server_http_requests_total")
-            .map(String::as_str),
-        Some("counter")
-    );
+impl Metered {
+    async fn scrape(&self) -> Exposition {
+        scrape(&self.s.http, &self.metrics_url).await
+    }
+
+    async fn stop(self) {
+        self.metrics.abort();
+        stop_closed(self.s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_label_routes_by_template_never_by_raw_names_or_ids() {
+    let m = metered().await;
+    let e = m.scrape().await;
     for sample in &e.samples {
         for (label, value) in &sample.labels {
             for raw in [
-                alice.username.as_str(),
-                bob.username.as_str(),
+                m.alice.username.as_str(),
+                m.bob.username.as_str(),
                 "4111",
                 "4222",
                 "/nope",
@@ -86,6 +108,19 @@ async fn metrics_endpoint_serves_prometheus_text_with_route_templates_and_gauges
             }
         }
     }
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_requests_per_route_and_status_and_histograms_agree() {
+    let m = metered().await;
+    let e = m.scrape().await;
+    assert_eq!(
+        e.types
+            .get("signal_server_http_requests_total")
+            .map(String::as_str),
+        Some("counter")
+    );
     let requests = |route: &str, method: &str, status: &str| {
         e.value(
             "signal_server_http_requests_total",
@@ -110,30 +145,36 @@ async fn metrics_endpoint_serves_prometheus_text_with_route_templates_and_gauges
         requests_by_route(&e),
         "histogram counts and request counters disagree"
     );
+    for family in e.types.keys() {
+        assert!(e.helps.contains_key(family), "{family} has no HELP");
+    }
+    m.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_gauges_follow_the_data_as_the_queue_drains_and_the_socket_closes() {
+    let m = metered().await;
+    let e = m.scrape().await;
     assert_eq!(e.gauge("signal_server_users"), 2.0);
     assert_eq!(e.gauge("signal_server_devices"), 2.0);
     assert_eq!(e.gauge("signal_server_queued_messages"), 4.0);
     assert_eq!(e.gauge("signal_server_prekeys"), (5 + 4 - 1) as f64);
     assert_eq!(e.gauge("signal_server_kyber_prekeys"), (3 + 2 - 1) as f64);
     assert_eq!(e.gauge("signal_server_websocket_connections"), 1.0);
-    for family in e.types.keys() {
-        assert!(e.helps.contains_key(family), "{family} has no HELP");
-    }
 
-    // Gauges follow the data: the queue drains, the socket closes.
-    let (_, queue) = s
-        .get(&format!("/messages/{}", bob.reg_id), &bob.token)
-        .await;
-    let queued = message_ids(&queue);
-    let (status, _) = s
-        .delete(
-            &format!("/messages/{}", bob.reg_id),
-            &bob.token,
-            json!(queued),
-        )
-        .await;
+    let path = format!("/messages/{}", m.bob.reg_id);
+    let (_, queue) = m.s.get(&path, &m.bob.token).await;
+    let (status, _) =
+        m.s.delete(&path, &m.bob.token, json!(message_ids(&queue)))
+            .await;
     assert_eq!(status, StatusCode::OK);
+    let Metered {
+        s,
+        metrics_url,
+        metrics,
+        ws,
+        ..
+    } = m;
     drop(ws);
     let deadline = Instant::now() + BINARY_BOUND;
     loop {
