@@ -2,8 +2,8 @@
 //! (`libsignal-protocol-syft`) doing the cryptography: PQXDH (X3DH + Kyber) to start a session
 //! from a prekey bundle, then the Double Ratchet for every message.
 //!
-//! Shared by `examples/chat.rs` and `tests/interop.rs` (both include it with `#[path]`). Keys and
-//! sessions live in libsignal's in-memory store, so a client lasts as long as the process. The
+//! Shared by `examples/chat.rs` and `tests/api/interop.rs` (both include it with `#[path]`). Keys
+//! and sessions live in libsignal's in-memory store, so a client lasts as long as the process. The
 //! requests go through the typed client (`signal_server::client`); answers are handed to the
 //! callers as JSON values, as the server sent them.
 //!

@@ -2,7 +2,7 @@
 //! `current_password`s, a flood of logins against the bounded hashing queue, and guessing at
 //! `POST /auth/password/reset/confirm`. Each test counts answers; none measures time.
 
-use crate::helpers::{TestServer, PASSWORD};
+use crate::helpers::{config_on, TestServer, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::handlers::users::issue_reset_token;
@@ -60,16 +60,9 @@ fn assert_throttled(a: &Answer, what: &str) {
 /// A server whose new password hashes take `iterations` PBKDF2 rounds, with extra flags.
 async fn server_hashing(iterations: u32, flags: &[&str]) -> TestServer {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut args = vec![
-        "signal-server".to_string(),
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--pbkdf2-iterations".into(),
-        iterations.to_string(),
-    ];
-    args.extend(flags.iter().map(|f| f.to_string()));
-    let config = <signal_server::Config as clap::Parser>::parse_from(args);
-    TestServer::start_config(config, dir).await
+    let iterations = iterations.to_string();
+    let args = [&["--pbkdf2-iterations", iterations.as_str()], flags].concat();
+    TestServer::start_config(config_on(dir.path(), &args), dir).await
 }
 
 // ---------------------------------------------------------------------------------------------

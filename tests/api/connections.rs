@@ -2,16 +2,18 @@
 //! clients that stop reading, byte-bounded GET /messages pages, idle and slow-header
 //! connections, the connection cap, and the shutdown deadline.
 //!
-//! In-process tests use the real server (`crate::helpers::TestServer`); the cap and SIGTERM tests run the
-//! built binary, the cap one under a low open-file limit. No assertion is on timing: each waits
-//! for an outcome with a generous bound and fails only if it never comes.
+//! In-process tests use the real server (`crate::helpers::TestServer`); the cap, memory and
+//! SIGTERM tests run the built binary (`crate::helpers::Binary`) under an open-file limit. No
+//! assertion is on timing: each waits for an outcome with a generous bound and fails only if it
+//! never comes.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{message_text, ws_open, TestServer, TestUser, Ws};
+use crate::helpers::{
+    message_text, proc_status_kb, serve_flags, shell_command, ws_open, Binary, TestServer,
+    TestUser, Ws,
+};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -247,88 +249,32 @@ async fn a_request_head_sent_byte_by_byte_is_cut_at_the_header_read_timeout() {
 // ---------------------------------------------------------------------------------------------
 // The binary: connection cap under a low open-file limit, SIGTERM deadline
 
-/// The binary, started through `sh` with `ulimit -n <fds>` and the given flags; answers the
-/// child and its base URL once it logs `listening on http://`.
-fn spawn_binary(dir: &std::path::Path, fds: u32, flags: &[&str]) -> (KillOnDrop, String) {
-    let script = format!("ulimit -n {fds} && exec \"$0\" \"$@\"",);
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_signal-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--pbkdf2-iterations",
-            "1000",
-            "--no-rate-limit",
-        ])
-        .args(flags)
-        .env("RUST_LOG", "info")
-        .env("RUST_LOG_STYLE", "never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = KillOnDrop(cmd.spawn().expect("spawn"));
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let addr = rx.recv_timeout(BOUND).expect("no `listening on` line");
-    (child, format!("http://{addr}"))
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The binary started under `ulimit -n <fds>` with the test flags and `flags`.
+async fn binary_with_fd_limit(dir: &std::path::Path, fds: u32, flags: &[&str]) -> Binary {
+    let mut cmd = shell_command(&format!("ulimit -n {fds}"));
+    cmd.arg("--data-dir").arg(dir);
+    serve_flags(&mut cmd, flags);
+    Binary::spawn(cmd).await
 }
 
 #[tokio::test]
 async fn health_answers_while_more_idle_sockets_are_open_than_the_fd_limit_allows() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, base) = spawn_binary(
-        dir.path(),
-        128,
-        &["--idle-timeout", "2", "--header-read-timeout", "2"],
-    );
-    let target = base.trim_start_matches("http://").to_string();
+    let flags = ["--idle-timeout", "2", "--header-read-timeout", "2"];
+    let server = binary_with_fd_limit(dir.path(), 128, &flags).await;
     let mut idle = Vec::new();
     for _ in 0..200 {
-        idle.push(TcpStream::connect(&target).await.expect("connect"));
+        idle.push(TcpStream::connect(server.addr()).await.expect("connect"));
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let res = client
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .expect("/health did not answer");
-    assert_eq!(res.status(), StatusCode::OK);
+    let (status, body) = server.call("GET", "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     drop(idle);
 }
 
 #[tokio::test]
 async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, base) = spawn_binary(
+    let mut server = binary_with_fd_limit(
         dir.path(),
         1024,
         &[
@@ -339,107 +285,38 @@ async fn sigterm_with_a_half_sent_request_exits_within_the_shutdown_deadline() {
             "--idle-timeout",
             "600",
         ],
-    );
-    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
-        .await
-        .unwrap();
+    )
+    .await;
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream
         .write_all(b"POST /auth/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = std::time::Instant::now() + BOUND;
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running {BOUND:?} after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = server.terminate().await;
     assert!(status.success(), "exit status {status}");
-}
-
-/// Registers `name` on the binary at `base`, logs in and creates a device with real keys.
-async fn binary_user(http: &reqwest::Client, base: &str, name: &str, reg_id: u32) -> TestUser {
-    let creds = json!({"username": name, "password": crate::helpers::PASSWORD});
-    let res = http
-        .post(format!("{base}/auth/users"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let id = res.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
-    let res = http
-        .post(format!("{base}/auth/jwt/create"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
-    let token = res.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let user = TestUser {
-        username: name.to_string(),
-        id,
-        token,
-        reg_id,
-        identity: signal_server::crypto::KeyPair::generate(),
-    };
-    let res = http
-        .post(format!("{base}/device/{reg_id}"))
-        .bearer_auth(&user.token)
-        .json(&user.device_body(1, 0, 0, true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    user
-}
-
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap();
-    kb * 1024
 }
 
 #[tokio::test]
 async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, base) = spawn_binary(dir.path(), 1024, &[]);
-    let http = reqwest::Client::new();
-    let alice = binary_user(&http, &base, "alice", 1).await;
-    let bob = binary_user(&http, &base, "bob", 2).await;
+    let server = binary_with_fd_limit(dir.path(), 1024, &[]).await;
+    let alice = server.user_with_device("alice", 1, 0, 0).await;
+    let bob = server.user_with_device("bob", 2, 0, 0).await;
     let body = "x".repeat(LARGE);
     let mut sends = futures_util::stream::iter(0..300)
         .map(|_| {
             let content = message_text(bob.reg_id, &body);
-            http.post(format!("{base}/messages/1"))
-                .bearer_auth(&alice.token)
-                .json(&json!({"recipient": "bob", "message": content}))
-                .send()
+            let send = json!({"recipient": "bob", "message": content});
+            server.post("/messages/1", &alice.token, send)
         })
         .buffer_unordered(8);
-    while let Some(res) = sends.next().await {
-        assert_eq!(res.unwrap().status(), StatusCode::CREATED);
+    while let Some((status, body)) = sends.next().await {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let pid = server.0.id();
-    let before = rss(pid);
+    let rss = || proc_status_kb(server.pid(), "VmRSS:") * 1024;
+    let before = rss();
+    assert!(before > 0, "no VmRSS for the server process");
     // Ten clients ask for bob's 18 MB queue and never read the answer.
     let request = format!(
         "GET /messages/2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
@@ -447,15 +324,13 @@ async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory(
     );
     let mut stalled = Vec::new();
     for _ in 0..10 {
-        let mut s = TcpStream::connect(base.trim_start_matches("http://"))
-            .await
-            .unwrap();
+        let mut s = TcpStream::connect(server.addr()).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
         stalled.push(s);
     }
     // Let the server read the queue and write what the sockets take; then it can only wait.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = rss(pid);
+    let after = rss();
     eprintln!("server RSS before {before} B, with 10 stalled readers {after} B");
     let grown = after.saturating_sub(before);
     assert!(

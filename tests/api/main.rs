@@ -4,8 +4,6 @@
 mod helpers;
 
 mod abuse;
-mod backup;
-mod binary;
 mod client;
 mod connections;
 mod cors;
@@ -13,9 +11,11 @@ mod devices_keys;
 mod faults;
 mod first_contact;
 mod hostile;
+#[cfg(feature = "interop")]
+mod interop;
 mod messages;
-mod operator;
 mod ops;
+mod process;
 mod routing;
 mod stress;
 mod users;

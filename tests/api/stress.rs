@@ -1,11 +1,14 @@
 //! Concurrency against the real server: requests of one user that race each other (uploads and
 //! sends against a device delete, a device create against the user's delete) must leave no
-//! record behind that no device or user can reach, as the totals of `stats` show. Bounded: a few hundred
-//! requests per test, no timing assertions.
+//! record behind that no device or user can reach, as the totals of `stats` show. Bounded: a few
+//! hundred requests per test, no timing assertions.
+
+use std::future::Future;
 
 use crate::helpers::{ec_prekeys, message_text, TestServer, TestUser};
+use futures_util::future::join_all;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use signal_server::storage::Totals;
 
 /// Rounds of each race: the window is a few sled operations wide, so it takes many tries.
@@ -30,6 +33,25 @@ async fn delete_device(s: &TestServer, user: &TestUser) -> StatusCode {
     s.call("DELETE", &path, Some(&user.token), None).await.0
 }
 
+/// Sends `requests` while `user`'s device is deleted: the delete succeeds, and each request
+/// either got in before it (`ok`) or was refused for want of a device.
+async fn race_device_delete(
+    s: &TestServer,
+    user: &TestUser,
+    requests: impl IntoIterator<Item = impl Future<Output = (StatusCode, Value)>>,
+    ok: StatusCode,
+    round: usize,
+) {
+    let (answers, deleted) = tokio::join!(join_all(requests), delete_device(s, user));
+    assert_eq!(deleted, StatusCode::NO_CONTENT, "round {round}");
+    for (status, body) in answers {
+        assert!(
+            status == ok || body["code"] == "no_device",
+            "round {round}: {status} {body}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_racing_a_device_delete_leave_no_keys_behind() {
     let s = TestServer::start().await;
@@ -40,18 +62,7 @@ async fn uploads_racing_a_device_delete_leave_no_keys_behind() {
             let first = (round as u32) * 1000 + i * 100 + 1;
             s.post("/prekeys/21", &u.token, ec_prekeys(first..first + 24))
         });
-        let (answers, deleted) = tokio::join!(
-            futures_util::future::join_all(uploads),
-            delete_device(&s, &u)
-        );
-        assert_eq!(deleted, StatusCode::NO_CONTENT, "round {round}");
-        for (status, body) in answers {
-            // Before the delete, or refused for want of a device.
-            assert!(
-                status == StatusCode::OK || body["code"] == "no_device",
-                "round {round}: {status} {body}"
-            );
-        }
+        race_device_delete(&s, &u, uploads, StatusCode::OK, round).await;
         // No device anywhere: no key may be left in stock, counted or not.
         assert_eq!(
             totals(&s).await.prekeys,
@@ -70,17 +81,7 @@ async fn sends_racing_a_device_delete_leave_no_messages_behind() {
     let body = json!({"recipient": "target", "message": message_text(32, "hello")});
     for round in 0..ROUNDS * 3 {
         let sends = (0..16).map(|_| s.post("/messages/31", &from.token, body.clone()));
-        let (answers, deleted) = tokio::join!(
-            futures_util::future::join_all(sends),
-            delete_device(&s, &to)
-        );
-        assert_eq!(deleted, StatusCode::NO_CONTENT, "round {round}");
-        for (status, res) in answers {
-            assert!(
-                status == StatusCode::CREATED || res["code"] == "no_device",
-                "round {round}: {status} {res}"
-            );
-        }
+        race_device_delete(&s, &to, sends, StatusCode::CREATED, round).await;
         // The only device that could hold messages is gone: nothing may stay queued.
         assert_eq!(
             totals(&s).await.queued_messages,

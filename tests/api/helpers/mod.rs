@@ -1,10 +1,12 @@
 //! Everything the API suite shares: the server in-process (`server`), the built binary
-//! (`process`) and WebSockets (`ws`).
+//! (`process`), WebSockets (`ws`) and the steps operations and fault tests share (`traffic`).
 
 mod process;
 mod server;
+mod traffic;
 mod ws;
 
 pub use process::*;
 pub use server::*;
+pub use traffic::*;
 pub use ws::*;

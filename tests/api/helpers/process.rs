@@ -1,20 +1,27 @@
-//! The built binary on a data dir the test chooses: start, wait for a log line, call it, stop it,
-//! and run operator commands.
+//! The built binary, the one way the suite runs it: a server on a data dir the test chooses
+//! (start, wait for a log line, call it, SIGTERM or kill -9 it), and commands run to their end
+//! (operator commands, `--help`, a restore fed on stdin).
 
-use std::time::Duration;
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
+use signal_server::client::{self, Client, NewUser};
 use signal_server::crypto::KeyPair;
 
 use super::{TestUser, PASSWORD};
 
-/// Upper bound for a start, an answer or an exit of the binary; never a timing check.
-pub const BINARY_BOUND: Duration = Duration::from_secs(30);
+/// Upper bound for a start, an answer, a command or an exit of the binary; never a timing check.
+pub const BINARY_BOUND: Duration = Duration::from_secs(60);
 
-/// The binary with a clean environment (no inherited `SIGNAL_SERVER_*`), logging at info.
-pub fn binary_command(data_dir: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signal-server"));
+const BIN: &str = env!("CARGO_BIN_EXE_signal-server");
+
+/// No inherited `SIGNAL_SERVER_*`, plain info logs, no stdin.
+fn clean(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("SIGNAL_SERVER_") {
             cmd.env_remove(key);
@@ -22,96 +29,244 @@ pub fn binary_command(data_dir: &std::path::Path) -> std::process::Command {
     }
     cmd.env("RUST_LOG", "info")
         .env("RUST_LOG_STYLE", "never")
-        .stdin(std::process::Stdio::null())
-        .arg("--data-dir")
-        .arg(data_dir);
+        .stdin(Stdio::null());
     cmd
 }
 
-/// Runs an operator command on `data_dir` to its end, killed after `BINARY_BOUND`: its status
-/// (`None` if it had to be killed), stdout and stderr.
-pub fn operator_run(
-    data_dir: &std::path::Path,
-    args: &[&str],
-) -> (Option<std::process::ExitStatus>, String, String) {
-    use std::io::Read;
-    let mut child = binary_command(data_dir)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+/// The binary with a clean environment and no arguments.
+pub fn bare_command() -> Command {
+    clean(Command::new(BIN))
+}
+
+/// The binary started by `sh` after `prelude` (`umask 022`, `ulimit -n 128`); arguments added to
+/// the command go to the binary.
+pub fn shell_command(prelude: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{prelude} && exec \"$0\" \"$@\""))
+        .arg(BIN);
+    clean(cmd)
+}
+
+/// The binary on `data_dir` (`--data-dir` first).
+pub fn binary_command(data_dir: &Path) -> Command {
+    let mut cmd = bare_command();
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+/// The test server's flags: port 0, fast hashing, no rate limits, then `extra`.
+pub fn serve_flags<'a>(cmd: &'a mut Command, extra: &[&str]) -> &'a mut Command {
+    cmd.args(["--listen", "127.0.0.1:0", "--pbkdf2-iterations", "1000"])
+        .arg("--no-rate-limit")
+        .args(extra)
+}
+
+/// Writes a command's standard input; answers how many bytes it got in.
+pub type Feed = Box<dyn FnOnce(ChildStdin) -> u64 + Send>;
+
+/// A feed of `text`.
+pub fn feed_text(text: &str) -> Feed {
+    let text = text.to_string();
+    Box::new(move |mut stdin| match stdin.write_all(text.as_bytes()) {
+        Ok(()) => text.len() as u64,
+        Err(_) => 0,
+    })
+}
+
+/// A command run to its end.
+#[derive(Debug)]
+pub struct Run {
+    /// `None`: killed after `BINARY_BOUND`.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The largest VmHWM (peak resident set, kB) seen while it ran; 0 if never seen.
+    pub peak_kb: u64,
+    /// Bytes the feed got into standard input.
+    pub fed: u64,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Asserts that the command succeeded.
+    pub fn ok(self) -> Run {
+        assert!(self.success(), "the command failed: {self:#?}");
+        self
+    }
+
+    /// Asserts that the command failed (and finished); answers its stderr.
+    pub fn err(self) -> String {
+        assert!(
+            self.status.is_some_and(|s| !s.success()),
+            "the command succeeded or hung: {self:#?}"
+        );
+        self.stderr
+    }
+}
+
+/// Runs `cmd` to its end, killed after `BINARY_BOUND`, with `feed` writing its stdin.
+pub fn run(mut cmd: Command, feed: Option<Feed>) -> Run {
+    if feed.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn signal-server");
-    let mut pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let out = std::thread::spawn(move || {
-        let (mut o, mut e) = (String::new(), String::new());
-        let _ = pipes.0.read_to_string(&mut o);
-        let _ = pipes.1.read_to_string(&mut e);
-        (o, e)
+    let feeder = feed.map(|f| {
+        let stdin = child.stdin.take().expect("stdin");
+        std::thread::spawn(move || f(stdin))
     });
-    let deadline = std::time::Instant::now() + BINARY_BOUND;
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let err = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + BINARY_BOUND;
+    let mut peak_kb = 0;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break Some(status);
         }
-        if std::time::Instant::now() > deadline {
+        peak_kb = peak_kb.max(proc_status_kb(child.id(), "VmHWM:"));
+        if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     };
-    let (stdout, stderr) = out.join().unwrap_or_default();
-    (status, stdout, stderr)
+    Run {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        peak_kb,
+        fed: feeder.map_or(0, |f| f.join().expect("feeder")),
+    }
 }
 
-/// The built binary serving a data dir, killed (SIGKILL) when dropped; its stderr is kept.
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`); 0 when unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `signal-server --data-dir DIR <args>`.
+pub fn operator_command(data_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = binary_command(data_dir);
+    cmd.args(args);
+    cmd
+}
+
+/// `signal-server --data-dir DIR <args>` to its end.
+pub fn operator_run(data_dir: &Path, args: &[&str]) -> Run {
+    run(operator_command(data_dir, args), None)
+}
+
+/// An operator command with `stdin` fed in, run off the runtime threads (an in-process server
+/// must keep serving the admin socket meanwhile).
+pub async fn operator(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let cmd = operator_command(data_dir, args);
+    let feed = stdin.map(feed_text);
+    tokio::task::spawn_blocking(move || run(cmd, feed))
+        .await
+        .expect("operator command thread")
+}
+
+/// An operator command that must succeed.
+pub async fn operator_ok(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    operator(data_dir, args, stdin).await.ok()
+}
+
+/// The permission bits of `path`.
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The built binary serving a data dir, killed (SIGKILL) when dropped; its stderr is kept. Its
+/// HTTP side (`BinaryApi`) is reached through it, or cloned off for concurrent tasks (`api()`).
 pub struct Binary {
-    pub child: std::process::Child,
+    pub child: Child,
+    api: BinaryApi,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Raw JSON calls to a server process, cheap to clone (clones share the connection pool).
+#[derive(Clone)]
+pub struct BinaryApi {
     pub base: String,
     pub http: reqwest::Client,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Binary {
+    type Target = BinaryApi;
+
+    fn deref(&self) -> &BinaryApi {
+        &self.api
+    }
 }
 
 impl Binary {
-    /// Starts the server on `data_dir` (port 0, fast hashing, no rate limits, `extra` flags)
-    /// and waits (bounded) for its `listening on http://` line.
-    pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Binary {
-        let mut child = binary_command(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--pbkdf2-iterations", "1000"])
-            .arg("--no-rate-limit")
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+    /// The server on `data_dir` with the test flags and `extra`, listening.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Binary {
+        let mut cmd = binary_command(data_dir);
+        serve_flags(&mut cmd, extra);
+        Binary::spawn(cmd).await
+    }
+
+    /// Spawns `cmd` and waits (bounded) for its `listening on http://` line.
+    pub async fn spawn(mut cmd: Command) -> Binary {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn signal-server");
         let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
         let kept = log.clone();
         // Drains stderr for the life of the process, so that logging never blocks it.
         std::thread::spawn(move || {
-            use std::io::BufRead;
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 kept.lock().unwrap().push(line);
             }
         });
+        // Built first, so that a failed start still kills and reaps the child (Drop).
+        let http = reqwest::Client::builder().timeout(BINARY_BOUND).build();
         let mut server = Binary {
             child,
-            base: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(BINARY_BOUND)
-                .build()
-                .expect("client"),
+            api: BinaryApi {
+                base: String::new(),
+                http: http.expect("client"),
+            },
             log,
         };
         let addr = server.wait_log("listening on http://").await;
-        server.base = format!("http://{addr}");
+        server.api.base = format!("http://{addr}");
         server
     }
 
     /// The word after `needle` in the first log line holding it (bounded wait).
     pub async fn wait_log(&mut self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + BINARY_BOUND;
+        let deadline = Instant::now() + BINARY_BOUND;
         loop {
             let found = self.log.lock().unwrap().iter().find_map(|line| {
                 let rest = line.split(needle).nth(1)?;
@@ -126,7 +281,7 @@ impl Binary {
                 return word;
             }
             let exited = self.child.try_wait().expect("try_wait");
-            if exited.is_some() || std::time::Instant::now() > deadline {
+            if exited.is_some() || Instant::now() > deadline {
                 panic!("no {needle:?} in the log ({exited:?}):\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -137,27 +292,99 @@ impl Binary {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Any request; `Err` when no complete answer came (refused, reset or timed out).
+    /// The HTTP side, for tasks that outlive a borrow of the process.
+    pub fn api(&self) -> BinaryApi {
+        self.api.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM.
+    pub fn sigterm(&self) {
+        // SAFETY: a signal to our own child, which has not been reaped (Drop reaps it).
+        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill -TERM {}", self.child.id());
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub fn sigkill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits (bounded) for the process to exit on its own; `None` if it did not.
+    pub async fn wait_exit(&mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + BINARY_BOUND;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// SIGTERM, then the exit status (panics, with the log, if it does not exit).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.sigterm();
+        let status = self.wait_exit().await;
+        status.unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", self.logs()))
+    }
+
+    /// SIGTERM, a clean exit (status 0), and the whole log.
+    pub async fn stop(mut self) -> String {
+        let status = self.terminate().await;
+        assert_eq!(status.code(), Some(0), "exit: {status}\n{}", self.logs());
+        self.logs()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BinaryApi {
+    /// `host:port` of the API.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr())
+    }
+
+    /// Any request, through the typed client's escape hatch; the status and body text. `Err`
+    /// when no complete answer came (refused, reset or timed out after `BINARY_BOUND`).
+    pub async fn try_call_text(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String), client::Error> {
+        let client = match token {
+            Some(t) => self.client().with_token(t),
+            None => self.client(),
+        };
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = client.request(method, path, body).await?;
+        Ok((answer.status, String::from_utf8_lossy(&answer.body).into()))
+    }
+
+    /// Any request; its status and JSON body (`Null` when empty or not JSON).
     pub async fn try_call(
         &self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut req = self.http.request(
-            Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("{}{path}", self.base),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        let text = res.text().await?;
+    ) -> Result<(StatusCode, Value), client::Error> {
+        let (status, text) = self.try_call_text(method, path, token, body).await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
@@ -171,61 +398,75 @@ impl Binary {
     ) -> (StatusCode, Value) {
         self.try_call(method, path, token, body)
             .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.logs()))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    /// Registers `username`, logs in and creates a device with `prekeys` one-time EC keys.
-    pub async fn user_with_device(&self, username: &str, reg_id: u32, prekeys: u32) -> TestUser {
-        let creds = json!({"username": username, "password": PASSWORD});
-        let (status, body) = self.call("POST", "/auth/users", None, Some(&creds)).await;
-        assert_eq!(status, StatusCode::CREATED, "register {username}: {body}");
-        let id = body["id"].as_u64().unwrap();
-        let (status, body) = self
-            .call("POST", "/auth/jwt/create", None, Some(&creds))
-            .await;
-        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call("POST", path, Some(token), Some(&body)).await
+    }
+
+    /// The typed client on this server.
+    pub fn client(&self) -> Client {
+        Client::with_http(&self.base, self.http.clone())
+    }
+
+    /// Registers `username` (password `PASSWORD`); the user id.
+    pub async fn register(&self, username: &str) -> u64 {
+        let user = NewUser {
+            username: username.to_string(),
+            password: PASSWORD.to_string(),
+            ..NewUser::default()
+        };
+        let info = self.client().register(&user).await;
+        info.unwrap_or_else(|e| panic!("register {username}: {e}"))
+            .id
+    }
+
+    /// Logs `username` in with `PASSWORD`; the token.
+    pub async fn login(&self, username: &str) -> String {
+        let token = self.client().login(username, PASSWORD).await;
+        token.unwrap_or_else(|e| panic!("login {username}: {e}"))
+    }
+
+    /// Registers `username`, logs in and creates a device with `prekeys` EC and `kyber` Kyber
+    /// one-time keys (ids 1..=n) and a last-resort Kyber key (id 999999).
+    pub async fn user_with_device(
+        &self,
+        username: &str,
+        reg_id: u32,
+        prekeys: u32,
+        kyber: u32,
+    ) -> TestUser {
         let user = TestUser {
             username: username.to_string(),
-            id,
-            token: body["token"].as_str().unwrap().to_string(),
+            id: self.register(username).await,
+            token: self.login(username).await,
             reg_id,
             identity: KeyPair::generate(),
         };
-        let device = user.device_body(1, prekeys, 0, false);
-        let path = format!("/device/{reg_id}");
+        let device = user.device_body(1, prekeys, kyber, true);
         let (status, body) = self
-            .call("POST", &path, Some(&user.token), Some(&device))
+            .post(&format!("/device/{reg_id}"), &user.token, device)
             .await;
         assert_eq!(status, StatusCode::CREATED, "device of {username}: {body}");
         user
     }
-
-    /// SIGTERM.
-    pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -TERM {pid}");
-    }
-
-    /// Waits (bounded) for the process to exit on its own; `None` if it did not.
-    pub async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + BINARY_BOUND;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
 }
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Every file under `dir` (not dirs), recursively.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
     }
+    out
 }

@@ -1,5 +1,6 @@
-//! WebSockets: a raw socket to the caller's own live route, the server's count of open sockets,
-//! and a handshake with a chosen `Origin`.
+//! WebSockets: a raw socket to the caller's own live route (in-process or on the binary), its
+//! backlog read up to `queue_empty`, the server's count of open sockets, and a handshake with a
+//! chosen `Origin`.
 
 use std::time::Duration;
 
@@ -12,14 +13,20 @@ pub type Ws =
 
 /// Opens `user`'s live socket (`/messages/<regId>/ws`), token in the header.
 pub async fn ws_open(s: &TestServer, user: &TestUser) -> Ws {
+    ws_connect(
+        &s.ws_url(&format!("/messages/{}/ws", user.reg_id)),
+        &user.token,
+    )
+    .await
+}
+
+/// Opens the live socket at `url` (any server, the binary too) with `token` in the header.
+pub async fn ws_connect(url: &str, token: &str) -> Ws {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = s
-        .ws_url(&format!("/messages/{}/ws", user.reg_id))
-        .into_client_request()
-        .expect("request");
+    let mut req = url.into_client_request().expect("request");
     req.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", user.token).parse().expect("header"),
+        format!("Bearer {token}").parse().expect("header"),
     );
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(30),
@@ -29,6 +36,28 @@ pub async fn ws_open(s: &TestServer, user: &TestUser) -> Ws {
     .expect("WebSocket handshake timed out")
     .expect("WebSocket upgrade");
     ws
+}
+
+/// Reads a fresh socket's backlog up to `queue_empty` (bounded): the ids of its messages. The
+/// session is live from then on.
+pub async fn read_backlog(ws: &mut Ws) -> Vec<u64> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ids = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("no queue_empty frame in time")
+            .expect("socket ended before queue_empty")
+            .expect("WebSocket error");
+        let Message::Text(text) = frame else { continue };
+        let v: Value = serde_json::from_str(&text).expect("JSON frame");
+        match v["type"].as_str() {
+            Some("message") => ids.push(v["message"]["id"].as_u64().expect("id")),
+            Some("queue_empty") => return ids,
+            other => panic!("unexpected frame {other:?}: {v}"),
+        }
+    }
 }
 
 /// Waits (bounded) until the server counts `want` open WebSockets; panics otherwise.

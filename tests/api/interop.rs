@@ -2,118 +2,30 @@
 //! `signal-server` binary. Only with `--features interop` (libsignal is AGPL and needs `protoc`):
 //!
 //! ```sh
-//! cargo test --features interop --test interop
+//! cargo test --features interop --test api interop::
 //! ```
 //!
-//! Every test spawns the built binary on a temp data dir (`--listen 127.0.0.1:0`, port read from
-//! its `listening on http://…` log line, killed when the guard drops) and drives it with the
-//! client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs`): device
-//! creation with libsignal keys, bundle fetch, PQXDH, Double Ratchet messages over REST and the
+//! Every test starts the built binary on a temp data dir (`crate::helpers::Binary`) and drives it
+//! with the client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs`):
+//! device creation with libsignal keys, bundle fetch, PQXDH, Double Ratchet messages over REST and the
 //! live WebSocket, one-time prekeys consumed, and the last-resort Kyber key once they run out.
 
-#[path = "../examples/support/libsignal_client.rs"]
+#[path = "../../examples/support/libsignal_client.rs"]
 mod client;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use crate::helpers::{Binary, PASSWORD};
 use client::{Api, Client, Received};
 use libsignal_protocol_syft::{CiphertextMessageType, GenericSignedPreKey as _, KyberPreKeyStore};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_signal-server");
-/// Bound on the server's start; never a timing check.
-const START: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "tangerine-Voyage-42";
-
-/// The built binary on a temp data dir. Dropping it kills (SIGKILL) and reaps the process.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SIGNAL_SERVER_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.arg("--data-dir")
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--pbkdf2-iterations", "1000"])
-            .arg("--no-rate-limit")
-            .env("RUST_LOG", "info")
-            .env("RUST_LOG_STYLE", "never")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn signal-server");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        {
-            // Drains stderr for the life of the process so logging never blocks it.
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let mut server = Server {
-            child,
-            base: String::new(),
-            log,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + START;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default();
-                        server.base = format!("http://{addr}");
-                        return server;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
-                    "signal-server exited before listening ({:?}):\n{}",
-                    server.child.try_wait(),
-                    server.logs()
-                ),
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "no `listening on http://` line within {START:?}:\n{}",
-                    server.logs()
-                ),
-            }
-        }
-    }
-
-    fn api(&self) -> Api {
-        Api::new(&self.base)
-    }
-
-    fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The built binary on a fresh data dir, which lives as long as the returned guard.
+async fn start_server() -> (tempfile::TempDir, Binary, Api) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Binary::start(dir.path(), &[]).await;
+    let api = Api::new(&server.base);
+    (dir, server, api)
 }
 
 /// Unwraps a client result, naming what failed (the client's errors are boxed).
@@ -161,8 +73,7 @@ async fn drained(c: &Client) {
 
 #[tokio::test]
 async fn conversation_over_websocket_and_rest() {
-    let server = Server::start();
-    let api = server.api();
+    let (_dir, server, api) = start_server().await;
     let mut alice = user(&api, "alice", 3, 3, Some(500)).await;
     let mut bob = user(&api, "bob", 3, 3, Some(500)).await;
     assert_eq!(bob.prekey_counts().await.must("counts"), (3, 3));
@@ -343,8 +254,7 @@ async fn round_trip(from: &mut Client, bob: &mut Client, text: &str) {
 #[tokio::test]
 async fn one_time_prekeys_run_out_then_last_resort_kyber() {
     const LAST_RESORT: u32 = 16_000_000;
-    let server = Server::start();
-    let api = server.api();
+    let (_dir, server, api) = start_server().await;
     let mut bob = user(&api, "bob", 2, 2, Some(LAST_RESORT)).await;
     assert_eq!(bob.prekey_counts().await.must("counts"), (2, 2));
 

@@ -7,119 +7,33 @@
 //! message, backed up by `Storage::backup`), edited line by line; the end record's count is
 //! recomputed unless a test is about it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{message_text, TestServer, PASSWORD};
+use super::restore_summary;
+use crate::helpers::{
+    message_text, operator_command, run, stop_closed, Feed, Run, TestServer, BINARY_BOUND, PASSWORD,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_signal-server");
-/// Upper bound for any wait; never a timing check.
-const BOUND: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// The restore command
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-    /// The largest VmHWM (peak resident set, kB) seen while the process ran; 0 if never seen.
-    peak_kb: u64,
-}
-
-type Feed = Box<dyn FnOnce(ChildStdin) -> u64 + Send>;
-
-/// `signal-server --data-dir DIR restore FILE`, without any inherited `SIGNAL_SERVER_*`.
-fn restore_command(dir: &Path, file: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SIGNAL_SERVER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("--data-dir").arg(dir).arg("restore").arg(file);
-    cmd
-}
-
-/// Runs a restore to its end (bounded); with `feed`, FILE is `-` and `feed` writes standard
-/// input (answering how many bytes it got in).
-fn restore(dir: &Path, file: &str, feed: Option<Feed>) -> (Run, u64) {
-    let mut cmd = restore_command(dir, file);
-    cmd.stdin(if feed.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn signal-server");
-    let feeder = feed.map(|f| {
-        let stdin = child.stdin.take().expect("stdin");
-        std::thread::spawn(move || f(stdin))
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + BOUND;
-    let mut peak_kb = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        peak_kb = peak_kb.max(vm_hwm_kb(child.id()));
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("restore did not finish within {BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let fed = feeder.map_or(0, |f| f.join().expect("feeder"));
-    let run = Run {
-        success: status.success(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        peak_kb,
-    };
-    (run, fed)
-}
-
-fn vm_hwm_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// A restore into `dir` (`file`, or `-` with `feed` writing standard input), run to its end.
+fn restore(dir: &Path, file: &str, feed: Option<Feed>) -> Run {
+    run(operator_command(dir, &["restore", file]), feed)
 }
 
 /// Restores a backup file; answers the run.
 fn restore_file(dir: &Path, file: &Path) -> Run {
-    restore(dir, &file.display().to_string(), None).0
+    restore(dir, &file.display().to_string(), None)
 }
 
 /// A restore that must be refused, cleanly (no panic), naming `why`, and leave no database.
 fn assert_refused(dir: &Path, file: &Path, why: &str) {
     let run = restore_file(dir, file);
     assert!(
-        !run.success,
+        !run.success(),
         "restore accepted a backup with {why}: {run:?}"
     );
     assert!(
@@ -138,37 +52,6 @@ fn assert_no_database(dir: &Path) {
             "{name} was left in the data dir by a failed restore"
         );
     }
-}
-
-/// Waits (bounded) until sled's lock on `file` is free: tasks of a stopped in-process server
-/// drop their database handles shortly after `stop()`.
-async fn wait_until_closed(file: &Path) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(file);
-        if f.is_ok_and(|f| f.try_lock().is_ok()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} is still open",
-            file.display()
-        );
-        // Yield to the runtime: aborted tasks of the stopped server drop their handles there.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn summary(run: &Run) -> Value {
-    assert!(run.success, "restore failed: {run:?}");
-    run.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("restored "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_else(|| panic!("no restore summary in {:?}", run.stdout))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +160,7 @@ async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_resto
     renumber(&mut crafted, alice, top);
     let file = write_backup(work.path(), "top.jsonl", &crafted);
     let dir = tempfile::tempdir().expect("tempdir");
-    summary(&restore_file(dir.path(), &file));
+    restore_summary(&restore_file(dir.path(), &file));
     let s = TestServer::start_in(dir).await;
     let carol = s.user("carol").await;
     assert!(carol.id > top, "new id {} is not above {top}", carol.id);
@@ -330,7 +213,10 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind_and_a_retry_works()
     );
 
     let good = write_backup(work.path(), "good.jsonl", &good);
-    assert_eq!(summary(&restore_file(dir.path(), &good))["users"], 3000);
+    assert_eq!(
+        restore_summary(&restore_file(dir.path(), &good))["users"],
+        3000
+    );
     let s = TestServer::start_in(dir).await;
     s.login("user3000", PASSWORD).await;
     s.stop().await;
@@ -342,9 +228,11 @@ async fn a_database_without_records_is_replaced_by_the_restored_one() {
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_backup(work.path(), "real.jsonl", &records);
     // A server that started once and was never used leaves a database with no records.
-    let dir = TestServer::start().await.stop().await;
-    wait_until_closed(&dir.path().join("db").join("db")).await;
-    assert_eq!(summary(&restore_file(dir.path(), &file))["users"], 2);
+    let dir = stop_closed(TestServer::start().await).await;
+    assert_eq!(
+        restore_summary(&restore_file(dir.path(), &file))["users"],
+        2
+    );
     let s = TestServer::start_in(dir).await;
     s.login("alice", PASSWORD).await;
     s.stop().await;
@@ -359,7 +247,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let building = dir.path().join("db.restoring");
-    let mut child = restore_command(dir.path(), "-")
+    let mut child = operator_command(dir.path(), &["restore", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -370,7 +258,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         .write_all((lines.join("\n") + "\n").as_bytes())
         .expect("feed");
     // The users are in (the input stays open, so the restore waits for more); kill it.
-    let deadline = Instant::now() + BOUND;
+    let deadline = Instant::now() + BINARY_BOUND;
     while !building.exists() {
         assert!(Instant::now() < deadline, "no db.restoring while restoring");
         std::thread::sleep(Duration::from_millis(20));
@@ -386,7 +274,10 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
 
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_backup(work.path(), "real.jsonl", &records);
-    assert_eq!(summary(&restore_file(dir.path(), &file))["users"], 2);
+    assert_eq!(
+        restore_summary(&restore_file(dir.path(), &file))["users"],
+        2
+    );
     assert!(!building.exists(), "the next restore left db.restoring");
     let s = TestServer::start_in(dir).await;
     let leftover = s.app.storage.user_by_name("user1").await.expect("lookup");
@@ -450,8 +341,9 @@ async fn a_line_over_the_limit_is_refused_without_being_read_whole() {
         let _ = stdin.write_all(end.as_bytes());
         fed
     });
-    let (run, fed) = restore(dir.path(), "-", Some(feed));
-    assert!(!run.success, "a 100 MB line was accepted: {}", run.stdout);
+    let run = restore(dir.path(), "-", Some(feed));
+    let fed = run.fed;
+    assert!(!run.success(), "a 100 MB line was accepted: {}", run.stdout);
     assert!(
         run.stderr.contains("line 2") && run.stderr.contains("longer than"),
         "unclear refusal: {}",
@@ -607,5 +499,5 @@ async fn records_that_break_the_api_rules_are_refused() {
     assert_refused(work.path(), &file, "a wrong end count");
     // The unedited backup restores (the cases above fail for their edit alone).
     let file = write_backup(work.path(), "real.jsonl", &records);
-    summary(&restore_file(work.path(), &file));
+    restore_summary(&restore_file(work.path(), &file));
 }
