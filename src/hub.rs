@@ -6,6 +6,12 @@
 //! sends it, so a connection that stops reading holds a few bytes per push, not the messages.
 //! Closing a connection is dropping its entry here: the session watches for that even while it
 //! waits on a slow socket.
+//!
+//! With several instances (PostgreSQL), what happens here is also sent to the others as a
+//! `Signal` (a hint: the message is committed before it is signalled, and sessions re-read their
+//! queue every `RESYNC_EVERY`, so a lost signal delays a message, never loses it), and the
+//! others' signals are applied here: a message queued there, a device or account deleted there,
+//! a newer connection of the same device opened there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,18 +22,53 @@ use tokio::sync::{mpsc, watch};
 /// Pushes a connection may hold before it counts as too slow.
 const PUSH_BUFFER: usize = 1024;
 
+/// Signals waiting to be sent to the other instances; beyond this they are dropped (hints only).
+pub const SIGNAL_BUFFER: usize = 4096;
+
+/// How often a session re-reads its queue when other instances may have queued messages whose
+/// signal was lost.
+pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What one instance tells the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Message `id` was queued for `user`.
+    Queued { user: u64, id: u64 },
+    /// `user`'s device or account was deleted: close their connection.
+    Close { user: u64 },
+    /// `user` opened a connection at `at_ms` (wall clock): close older ones.
+    Opened { user: u64, at_ms: u64 },
+}
+
 /// What the hub keeps of a connection; dropping it closes the connection.
 struct Entry {
     conn: u64,
+    /// Wall-clock registration time (ms), to tell an older connection from a newer one elsewhere.
+    at_ms: u64,
     pushes: mpsc::Sender<u64>,
     _close: watch::Sender<()>,
 }
 
-#[derive(Default)]
 pub struct Hub {
     conns: Mutex<HashMap<u64, Entry>>,
     next_conn: AtomicU64,
     open: Arc<AtomicUsize>,
+    /// Where signals for the other instances go, when there are others.
+    remote: std::sync::OnceLock<mpsc::Sender<Signal>>,
+    /// Bumped to make every session re-read its queue (signals from others may have been lost).
+    resync: watch::Sender<()>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            conns: Mutex::default(),
+            next_conn: AtomicU64::default(),
+            open: Arc::default(),
+            remote: std::sync::OnceLock::new(),
+            resync: watch::Sender::new(()),
+        }
+    }
 }
 
 /// A registered connection, as its session sees it.
@@ -38,6 +79,8 @@ pub struct Registration {
     /// Its `changed()` fails once the hub has let go of the connection: replaced by a newer one,
     /// too slow, device deleted or shutdown.
     pub closed: watch::Receiver<()>,
+    /// Changes when every session should re-read its queue.
+    pub resync: watch::Receiver<()>,
 }
 
 /// Counts one open WebSocket for as long as it lives.
@@ -55,17 +98,23 @@ impl Hub {
         let (pushes_tx, pushes) = mpsc::channel(PUSH_BUFFER);
         let (close, closed) = watch::channel(());
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let entry = Entry {
             conn,
+            at_ms,
             pushes: pushes_tx,
             _close: close,
         };
         // The replaced entry drops here, which closes the older connection.
         self.lock().insert(user, entry);
+        self.signal(Signal::Opened { user, at_ms });
         Registration {
             conn,
             pushes,
             closed,
+            resync: self.resync.subscribe(),
         }
     }
 
@@ -77,8 +126,14 @@ impl Hub {
         }
     }
 
-    /// Tells the user's open connection, if any, that message `id` was queued.
+    /// Tells the user's open connection, if any (here or on another instance), that message
+    /// `id` was queued.
     pub fn deliver(&self, user: u64, id: u64) {
+        self.deliver_here(user, id);
+        self.signal(Signal::Queued { user, id });
+    }
+
+    fn deliver_here(&self, user: u64, id: u64) {
         let mut conns = self.lock();
         if let Some(entry) = conns.get(&user) {
             if entry.pushes.try_send(id).is_err() {
@@ -88,9 +143,50 @@ impl Hub {
         }
     }
 
-    /// Closes the user's connection (device or account deleted).
+    /// Closes the user's connection, here or on another instance (device or account deleted).
     pub fn close(&self, user: u64) {
         self.lock().remove(&user);
+        self.signal(Signal::Close { user });
+    }
+
+    /// Sends this hub's signals to `remote` from now on (several instances).
+    pub fn connect_remote(&self, remote: mpsc::Sender<Signal>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Whether other instances may queue messages for this hub's connections.
+    pub fn has_remote(&self) -> bool {
+        self.remote.get().is_some()
+    }
+
+    /// Makes every session re-read its queue: signals from the others may have been lost (the
+    /// listener reconnected).
+    pub fn resync_all(&self) {
+        self.resync.send_replace(());
+    }
+
+    /// Applies another instance's signal.
+    pub fn apply(&self, signal: Signal) {
+        match signal {
+            Signal::Queued { user, id } => self.deliver_here(user, id),
+            Signal::Close { user } => {
+                self.lock().remove(&user);
+            }
+            Signal::Opened { user, at_ms } => {
+                let mut conns = self.lock();
+                // Only an older connection: a newer one here may have raced the signal.
+                if conns.get(&user).is_some_and(|e| e.at_ms <= at_ms) {
+                    conns.remove(&user);
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(remote) = self.remote.get() {
+            // A full buffer (the database is slow or down) drops the hint; sessions re-read.
+            let _ = remote.try_send(signal);
+        }
     }
 
     /// Closes every connection (shutdown).
@@ -131,6 +227,30 @@ mod tests {
         assert_eq!(second.pushes.recv().await, Some(1));
         hub.unregister(7, second.conn);
         assert!(second.closed.changed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn signals_go_out_and_others_apply_here() {
+        let hub = Hub::default();
+        let (tx, mut out) = mpsc::channel(SIGNAL_BUFFER);
+        hub.connect_remote(tx);
+        let mut reg = hub.register(7);
+        assert!(matches!(
+            out.recv().await,
+            Some(Signal::Opened { user: 7, .. })
+        ));
+        hub.apply(Signal::Queued { user: 7, id: 9 });
+        assert_eq!(reg.pushes.recv().await, Some(9));
+        hub.deliver(7, 10);
+        assert_eq!(out.recv().await, Some(Signal::Queued { user: 7, id: 10 }));
+        // A connection opened elsewhere before this one does not close it; a later one does.
+        hub.apply(Signal::Opened { user: 7, at_ms: 0 });
+        assert_eq!(reg.pushes.recv().await, Some(10));
+        hub.apply(Signal::Opened {
+            user: 7,
+            at_ms: u64::MAX,
+        });
+        assert!(reg.closed.changed().await.is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use warp::ws::{Message as Frame, WebSocket, Ws};
 
 use super::Answer;
 use crate::app::App;
-use crate::hub::Registration;
+use crate::hub::{Registration, RESYNC_EVERY};
 use crate::models::{Message, MessageOut, User};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -92,6 +92,7 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         conn,
         mut pushes,
         closed,
+        mut resync,
     } = app.hub.register(user_id);
     let (tx, mut rx) = socket.split();
     let mut out = Outbox {
@@ -99,8 +100,12 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         closed,
         timeout: Duration::from_secs(app.config.idle_timeout.max(1)),
     };
-    let sent_in_backlog = match send_backlog(&app, user_id, &mut out).await {
-        Ok(sent) => sent,
+    let mut sent = Sent {
+        ids: HashSet::new(),
+        keep: app.hub.has_remote(),
+    };
+    match send_queue(&app, user_id, &mut sent, &mut out).await {
+        Ok(()) => {}
         Err(e) => {
             log::debug!("websocket of user {user_id} ended during backlog: {e}");
             app.hub.unregister(user_id, conn);
@@ -108,42 +113,81 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
             return;
         }
     };
-    live(
-        &app,
-        user_id,
-        &mut out,
-        &mut pushes,
-        &mut rx,
-        sent_in_backlog,
-    )
-    .await;
+    if let Err(e) = out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await {
+        log::debug!("websocket of user {user_id} ended during backlog: {e}");
+        app.hub.unregister(user_id, conn);
+        out.close().await;
+        return;
+    }
+    let mut feeds = Feeds {
+        pushes: &mut pushes,
+        resync: &mut resync,
+        rx: &mut rx,
+    };
+    live(&app, user_id, &mut out, &mut feeds, sent).await;
     app.hub.unregister(user_id, conn);
     out.close().await;
 }
 
-/// After the backlog: pushes, client frames (acks) and pings, until either side ends it.
-async fn live(
-    app: &App,
-    user_id: u64,
-    out: &mut Outbox,
-    pushes: &mut mpsc::Receiver<u64>,
-    rx: &mut SplitStream<WebSocket>,
-    mut sent_in_backlog: HashSet<u64>,
-) {
+/// The ids a connection has sent. Alone, only the backlog's are kept, each until its push
+/// comes (a message queued while the backlog was read comes both ways). With other instances,
+/// every id is kept while it is in the queue, since a resync and a push may both bring it.
+struct Sent {
+    ids: HashSet<u64>,
+    keep: bool,
+}
+
+impl Sent {
+    /// Whether `id` is to be sent now (and counts as sent from here on).
+    fn first_time(&mut self, id: u64) -> bool {
+        if self.keep {
+            self.ids.insert(id)
+        } else {
+            !self.ids.remove(&id)
+        }
+    }
+}
+
+/// What a live session listens to besides its own closing.
+struct Feeds<'a> {
+    pushes: &'a mut mpsc::Receiver<u64>,
+    /// Changes when the hub asks every session to re-read its queue (signals may have been lost).
+    resync: &'a mut watch::Receiver<()>,
+    rx: &'a mut SplitStream<WebSocket>,
+}
+
+/// After the backlog: pushes, client frames (acks), pings and, with other instances, a re-read
+/// of the queue every `RESYNC_EVERY`, until either side ends it.
+async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, mut sent: Sent) {
     // Pings keep the connection from counting as idle while no message comes.
     let mut ping = tokio::time::interval(PING_EVERY.min(out.timeout / 2));
+    let mut reread = tokio::time::interval(RESYNC_EVERY);
+    reread.reset();
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             _ = out.closed.changed() => return,
-            push = pushes.recv() => {
+            push = feeds.pushes.recv() => {
                 let Some(id) = push else { return };
-                if let Err(e) = push_message(app, user_id, id, &mut sent_in_backlog, out).await {
+                if let Err(e) = push_message(app, user_id, id, &mut sent, out).await {
                     log::debug!("websocket of user {user_id} ended: {e}");
                     return;
                 }
             },
-            frame = rx.next() => match frame {
+            _ = reread.tick(), if sent.keep => {
+                if let Err(e) = send_queue(app, user_id, &mut sent, out).await {
+                    log::debug!("websocket of user {user_id} ended: {e}");
+                    return;
+                }
+            },
+            changed = feeds.resync.changed(), if sent.keep => {
+                if changed.is_err() { return; }
+                if let Err(e) = send_queue(app, user_id, &mut sent, out).await {
+                    log::debug!("websocket of user {user_id} ended: {e}");
+                    return;
+                }
+            },
+            frame = feeds.rx.next() => match frame {
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
                     if frame.is_close() { return; }
@@ -161,27 +205,37 @@ async fn live(
     }
 }
 
-/// Sends the queue oldest first, then `queue_empty`; answers the ids it sent.
-async fn send_backlog(app: &App, user_id: u64, out: &mut Outbox) -> Result<HashSet<u64>, String> {
-    let mut sent = HashSet::new();
-    let mut last_sent = 0u64;
+/// Sends the queue oldest first, except what this connection sent already. With other
+/// instances, ids no longer queued are then forgotten, so the set stays as small as the queue.
+async fn send_queue(
+    app: &App,
+    user_id: u64,
+    sent: &mut Sent,
+    out: &mut Outbox,
+) -> Result<(), String> {
+    let mut queued = HashSet::new();
+    let mut last_read = 0u64;
     loop {
         let page = app
             .storage
-            .messages_page(user_id, last_sent, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
+            .messages_page(user_id, last_read, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        if page.is_empty() {
-            break;
-        }
+        let Some(last) = page.last() else { break };
+        last_read = last.id;
         for m in &page {
-            out.send(message_frame_of(m)?).await?;
-            sent.insert(m.id);
-            last_sent = m.id;
+            if sent.keep {
+                queued.insert(m.id);
+            }
+            if sent.ids.insert(m.id) {
+                out.send(message_frame_of(m)?).await?;
+            }
         }
     }
-    out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await?;
-    Ok(sent)
+    if sent.keep {
+        sent.ids.retain(|id| queued.contains(id));
+    }
+    Ok(())
 }
 
 /// Sends a message queued since the session registered, unless the backlog sent it already (a
@@ -192,10 +246,10 @@ async fn push_message(
     app: &App,
     user_id: u64,
     id: u64,
-    sent_in_backlog: &mut HashSet<u64>,
+    sent: &mut Sent,
     out: &mut Outbox,
 ) -> Result<(), String> {
-    if sent_in_backlog.remove(&id) {
+    if !sent.first_time(id) {
         return Ok(());
     }
     match app
