@@ -4,18 +4,20 @@
 mod helpers;
 
 mod abuse;
+mod accounts;
 mod backup;
 mod binary;
+mod bundle;
 mod client;
 mod connections;
 mod cors;
-mod devices_keys;
+mod devices;
 mod faults;
 mod first_contact;
 mod hostile;
+mod keys;
 mod messages;
 mod operator;
 mod ops;
 mod routing;
 mod stress;
-mod users;
