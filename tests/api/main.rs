@@ -21,3 +21,4 @@ mod operator;
 mod ops;
 mod routing;
 mod stress;
+mod websocket;

@@ -1,0 +1,187 @@
+//! `DELETE /messages/<regId>`: one outcome per id, only for the recipient; and what deleting a
+//! device or an account does to queues.
+
+use super::*;
+use crate::helpers::*;
+use crate::websocket::backlog;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn delete_answers_one_outcome_per_id_in_request_order() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m1 = id(&send(&s, &alice, &bob, "one").await);
+    let m2 = id(&send(&s, &alice, &bob, "two").await);
+    let m3 = id(&send(&s, &alice, &bob, "three").await);
+    let to_alice = id(&send(&s, &bob, &alice, "for alice").await);
+    let (status, res) = delete_ids(&s, &bob, json!([m2, 999_999_999, to_alice, m1])).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(
+        res,
+        json!([
+            "success",
+            "non-existant_message",
+            "not_message_owner",
+            "success"
+        ])
+    );
+    assert_eq!(ids(&queue(&s, &bob).await), [m3]);
+    assert_eq!(ids(&queue(&s, &alice).await), [to_alice]);
+    // Deleting again: gone.
+    let (status, res) = delete_ids(&s, &bob, json!([m1, m3])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(res, json!(["non-existant_message", "success"]));
+    assert!(queue(&s, &bob).await.is_empty());
+}
+
+#[tokio::test]
+async fn only_the_recipient_can_delete_and_the_sender_gets_not_message_owner() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m = send(&s, &alice, &bob, "mine to delete").await;
+    let (status, res) = delete_ids(&s, &alice, json!([id(&m)])).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res, json!(["not_message_owner"]));
+    assert_eq!(queue(&s, &bob).await, vec![m.clone()]);
+    let (status, res) = delete_ids(&s, &bob, json!([id(&m)])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(res, json!(["success"]));
+}
+
+#[tokio::test]
+async fn delete_with_an_empty_list_or_a_non_list_body_is_403_incorrect_arguments() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m = id(&send(&s, &alice, &bob, "hi").await);
+    for body in [
+        json!([]),
+        json!({}),
+        json!({"ids": [m]}),
+        json!(m),
+        json!("1"),
+    ] {
+        let (status, res) = delete_ids(&s, &bob, body.clone()).await;
+        assert_error(
+            &(status, &res),
+            StatusCode::FORBIDDEN,
+            "incorrect_arguments",
+            "",
+        );
+    }
+    assert_eq!(ids(&queue(&s, &bob).await), [m]);
+}
+
+#[tokio::test]
+async fn delete_with_a_non_integer_id_is_400_invalid_data_and_deletes_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m = id(&send(&s, &alice, &bob, "hi").await);
+    for body in [
+        json!(["abc"]),
+        json!([1.5]),
+        json!([null]),
+        json!([-1]),
+        json!([[m]]),
+        json!([{"id": m}]),
+        json!([m, "x"]),
+    ] {
+        let (status, res) = delete_ids(&s, &bob, body.clone()).await;
+        assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+        assert!(res["errors"].is_object(), "{body}: {res}");
+    }
+    assert_eq!(ids(&queue(&s, &bob).await), [m], "nothing deleted");
+}
+
+#[tokio::test]
+async fn delete_with_more_than_1000_ids_is_400_invalid_data() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m = id(&send(&s, &alice, &bob, "hi").await);
+    let mut too_many: Vec<u64> = (1_000_000..1_001_000).collect();
+    too_many.push(m);
+    assert_eq!(too_many.len(), 1001);
+    let (status, res) = delete_ids(&s, &bob, json!(too_many)).await;
+    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+    assert!(res["errors"].is_object(), "{res}");
+    assert_eq!(ids(&queue(&s, &bob).await), [m], "nothing deleted");
+
+    let mut most: Vec<u64> = (1_000_000..1_000_999).collect();
+    most.push(m);
+    let (status, res) = delete_ids(&s, &bob, json!(most)).await;
+    assert_eq!(status, StatusCode::OK, "1000 ids are allowed: {res}");
+    let out = res.as_array().unwrap();
+    assert_eq!(out.len(), 1000);
+    assert!(out[..999].iter().all(|r| r == "non-existant_message"));
+    assert_eq!(out[999], "success");
+}
+
+#[tokio::test]
+async fn deleting_the_recipients_device_removes_their_queue() {
+    let s = TestServer::start_with(&["--no-rate-limit", "--max-queued-messages", "2"]).await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m1 = id(&send(&s, &alice, &bob, "one").await);
+    let m2 = id(&send(&s, &alice, &bob, "two").await);
+    let (status, _) = s.call("DELETE", "/device/", Some(&bob.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, res) = send_to(&s, &alice, "bob", 22, "into the void").await;
+    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
+
+    // A new device starts with an empty queue, and the old messages are gone for good.
+    let (status, res) = s
+        .post("/device/22", &bob.token, bob.device_body(1, 0, 0, true))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    assert!(queue(&s, &bob).await.is_empty());
+    let (status, res) = delete_ids(&s, &bob, json!([m1, m2])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(res, json!(["non-existant_message", "non-existant_message"]));
+    // The queue cap counts only what is queued now.
+    send(&s, &alice, &bob, "three").await;
+    send(&s, &alice, &bob, "four").await;
+    assert_eq!(queue(&s, &bob).await.len(), 2);
+}
+
+#[tokio::test]
+async fn messages_stay_queued_after_the_sender_deletes_their_device() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let m = send(&s, &alice, &bob, "before leaving").await;
+    let (status, _) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(queue(&s, &bob).await, vec![m.clone()]);
+    let (status, res) = delete_ids(&s, &bob, json!([id(&m)])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(res, json!(["success"]));
+}
+
+#[tokio::test]
+async fn messages_stay_queued_after_the_sender_deletes_their_account() {
+    let s = TestServer::start().await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let to_bob = send(&s, &alice, &bob, "before leaving").await;
+    send(&s, &bob, &alice, "to a soon deleted account").await;
+    let (status, res) = s
+        .call(
+            "DELETE",
+            "/auth/users/me",
+            Some(&alice.token),
+            Some(&json!({"current_password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{res}");
+    assert_eq!(queue(&s, &bob).await, vec![to_bob.clone()]);
+    let mut ws = ws_open(&s, &bob).await;
+    assert_eq!(backlog(&mut ws).await, vec![to_bob]);
+    let (status, res) = send_to(&s, &bob, "alice", 11, "anyone there?").await;
+    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_recipient", "");
+}
