@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::*;
-use crate::messages::{delete_ids, id, ids, queue, send, wait_for_queue};
+use crate::messages::{alice_and_bob, delete_ids, id, ids, queue, send, send_all, wait_for_queue};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -179,8 +179,7 @@ async fn ws_upgrade_with_wrong_reg_id_is_403_and_without_device_400() {
 #[tokio::test]
 async fn ws_accepts_the_token_in_the_query_string() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = send(&s, &alice, &bob, "via query").await;
     let mut ws = ws_connect(&s, &format!("/messages/22/ws?token={}", bob.token), None)
         .await
@@ -191,8 +190,7 @@ async fn ws_accepts_the_token_in_the_query_string() {
 #[tokio::test]
 async fn ws_sends_the_backlog_oldest_first_then_queue_empty() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let carol = s.user_with_device("carol", 33, 0, 0).await;
 
     // Empty queue: just queue_empty.
@@ -224,8 +222,7 @@ async fn ws_sends_the_backlog_oldest_first_then_queue_empty() {
 #[tokio::test]
 async fn ws_delivers_a_new_message_live() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let old = send(&s, &alice, &bob, "old").await;
     let mut ws = ws_open(&s, &bob).await;
     assert_eq!(backlog(&mut ws).await, vec![old]);
@@ -288,11 +285,8 @@ async fn ws_delivers_every_message_live_when_senders_race() {
 #[tokio::test]
 async fn ws_ack_deletes_the_acknowledged_messages() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
-    let m1 = id(&send(&s, &alice, &bob, "one").await);
-    let m2 = id(&send(&s, &alice, &bob, "two").await);
-    let m3 = id(&send(&s, &alice, &bob, "three").await);
+    let (alice, bob) = alice_and_bob(&s).await;
+    let [m1, m2, m3] = send_all(&s, &alice, &bob, ["one", "two", "three"]).await;
     let mut ws = ws_open(&s, &bob).await;
     assert_eq!(ids(&backlog(&mut ws).await), [m1, m2, m3]);
     ack(&mut ws, &[m1, m3]).await;
@@ -311,8 +305,7 @@ async fn ws_ack_deletes_the_acknowledged_messages() {
 #[tokio::test]
 async fn ws_redelivers_an_unacknowledged_message_on_the_next_connection() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let queued = send(&s, &alice, &bob, "queued").await;
     let mut ws = ws_open(&s, &bob).await;
     assert_eq!(backlog(&mut ws).await, vec![queued.clone()]);
@@ -337,8 +330,7 @@ async fn ws_redelivers_an_unacknowledged_message_on_the_next_connection() {
 #[tokio::test]
 async fn ws_a_newer_connection_replaces_the_older_one() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let mut old = ws_open(&s, &bob).await;
     assert!(backlog(&mut old).await.is_empty());
     let mut new = ws_connect(&s, &format!("/messages/22/ws?token={}", bob.token), None)
@@ -386,8 +378,7 @@ async fn ws_deleting_the_account_closes_the_socket() {
 #[tokio::test]
 async fn ws_a_user_cannot_ack_another_users_messages() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let to_bob = id(&send(&s, &alice, &bob, "for bob").await);
     let to_alice = id(&send(&s, &bob, &alice, "for alice").await);
     let mut ws = ws_open(&s, &alice).await;
@@ -408,8 +399,7 @@ async fn ws_a_user_cannot_ack_another_users_messages() {
 #[tokio::test]
 async fn no_user_reads_deletes_or_acks_another_users_messages() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let eve = s.user_with_device("eve", 66, 0, 0).await;
     let for_bob = send(&s, &alice, &bob, "secret").await;
 
@@ -450,8 +440,7 @@ async fn no_user_reads_deletes_or_acks_another_users_messages() {
 #[tokio::test]
 async fn graceful_stop_completes_while_a_websocket_is_open() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = send(&s, &alice, &bob, "still here after restart").await;
     let mut ws = ws_open(&s, &bob).await;
     assert_eq!(backlog(&mut ws).await, vec![m]);

@@ -10,11 +10,8 @@ use serde_json::json;
 #[tokio::test]
 async fn delete_answers_one_outcome_per_id_in_request_order() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
-    let m1 = id(&send(&s, &alice, &bob, "one").await);
-    let m2 = id(&send(&s, &alice, &bob, "two").await);
-    let m3 = id(&send(&s, &alice, &bob, "three").await);
+    let (alice, bob) = alice_and_bob(&s).await;
+    let [m1, m2, m3] = send_all(&s, &alice, &bob, ["one", "two", "three"]).await;
     let to_alice = id(&send(&s, &bob, &alice, "for alice").await);
     let (status, res) = delete_ids(&s, &bob, json!([m2, 999_999_999, to_alice, m1])).await;
     assert_eq!(status, StatusCode::OK, "{res}");
@@ -39,8 +36,7 @@ async fn delete_answers_one_outcome_per_id_in_request_order() {
 #[tokio::test]
 async fn only_the_recipient_can_delete_and_the_sender_gets_not_message_owner() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = send(&s, &alice, &bob, "mine to delete").await;
     let (status, res) = delete_ids(&s, &alice, json!([id(&m)])).await;
     assert_eq!(status, StatusCode::OK, "{res}");
@@ -54,8 +50,7 @@ async fn only_the_recipient_can_delete_and_the_sender_gets_not_message_owner() {
 #[tokio::test]
 async fn delete_with_an_empty_list_or_a_non_list_body_is_403_incorrect_arguments() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = id(&send(&s, &alice, &bob, "hi").await);
     for body in [
         json!([]),
@@ -78,8 +73,7 @@ async fn delete_with_an_empty_list_or_a_non_list_body_is_403_incorrect_arguments
 #[tokio::test]
 async fn delete_with_a_non_integer_id_is_400_invalid_data_and_deletes_nothing() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = id(&send(&s, &alice, &bob, "hi").await);
     for body in [
         json!(["abc"]),
@@ -100,8 +94,7 @@ async fn delete_with_a_non_integer_id_is_400_invalid_data_and_deletes_nothing() 
 #[tokio::test]
 async fn delete_with_more_than_1000_ids_is_400_invalid_data() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = id(&send(&s, &alice, &bob, "hi").await);
     let mut too_many: Vec<u64> = (1_000_000..1_001_000).collect();
     too_many.push(m);
@@ -124,10 +117,8 @@ async fn delete_with_more_than_1000_ids_is_400_invalid_data() {
 #[tokio::test]
 async fn deleting_the_recipients_device_removes_their_queue() {
     let s = TestServer::start_with(&["--no-rate-limit", "--max-queued-messages", "2"]).await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
-    let m1 = id(&send(&s, &alice, &bob, "one").await);
-    let m2 = id(&send(&s, &alice, &bob, "two").await);
+    let (alice, bob) = alice_and_bob(&s).await;
+    let [m1, m2] = send_all(&s, &alice, &bob, ["one", "two"]).await;
     let (status, _) = s.call("DELETE", "/device/", Some(&bob.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
@@ -152,8 +143,7 @@ async fn deleting_the_recipients_device_removes_their_queue() {
 #[tokio::test]
 async fn messages_stay_queued_after_the_sender_deletes_their_device() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let m = send(&s, &alice, &bob, "before leaving").await;
     let (status, _) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -166,8 +156,7 @@ async fn messages_stay_queued_after_the_sender_deletes_their_device() {
 #[tokio::test]
 async fn messages_stay_queued_after_the_sender_deletes_their_account() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let to_bob = send(&s, &alice, &bob, "before leaving").await;
     send(&s, &bob, &alice, "to a soon deleted account").await;
     let (status, res) = s

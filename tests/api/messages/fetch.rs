@@ -10,8 +10,7 @@ use serde_json::json;
 #[tokio::test]
 async fn get_lists_the_queue_oldest_first_in_the_201_shape_without_deleting() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let carol = s.user_with_device("carol", 33, 0, 0).await;
     assert!(queue(&s, &bob).await.is_empty());
     let sent = vec![
@@ -26,8 +25,7 @@ async fn get_lists_the_queue_oldest_first_in_the_201_shape_without_deleting() {
 #[tokio::test]
 async fn get_answers_at_most_1000_messages_and_the_rest_after_deleting() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     // 1001 sends, 50 at a time.
     let mut total = Vec::new();
     for chunk in (0..1001).collect::<Vec<u32>>().chunks(50) {
@@ -52,8 +50,7 @@ async fn get_answers_at_most_1000_messages_and_the_rest_after_deleting() {
 #[tokio::test]
 async fn get_with_limit_answers_that_many_oldest_first() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(send(&s, &alice, &bob, &format!("m{i}")).await);
@@ -78,8 +75,7 @@ async fn get_with_limit_answers_that_many_oldest_first() {
 #[tokio::test]
 async fn get_with_limit_outside_1_to_1000_is_400_invalid_data() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     send(&s, &alice, &bob, "hi").await;
     for limit in [
         "0",
@@ -101,8 +97,7 @@ async fn get_with_limit_outside_1_to_1000_is_400_invalid_data() {
 #[tokio::test]
 async fn every_message_route_answers_with_and_without_trailing_slash() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     for slash in ["", "/"] {
         let (status, sent) = s
             .post(

@@ -46,6 +46,26 @@ pub(crate) async fn send(s: &TestServer, from: &TestUser, to: &TestUser, body: &
     res
 }
 
+/// alice (regId 11) and bob (regId 22), each with a device.
+pub(crate) async fn alice_and_bob(s: &TestServer) -> (TestUser, TestUser) {
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    (alice, s.user_with_device("bob", 22, 0, 0).await)
+}
+
+/// Successful sends of `bodies` from `from` to `to`, in order; answers their ids.
+pub(crate) async fn send_all<const N: usize>(
+    s: &TestServer,
+    from: &TestUser,
+    to: &TestUser,
+    bodies: [&str; N],
+) -> [u64; N] {
+    let mut ids = [0; N];
+    for (i, body) in bodies.into_iter().enumerate() {
+        ids[i] = id(&send(s, from, to, body).await);
+    }
+    ids
+}
+
 /// GET /messages/<regId> of `user`: the queued messages.
 pub(crate) async fn queue(s: &TestServer, user: &TestUser) -> Vec<Value> {
     let (status, res) = s.get(&messages_path(user), &user.token).await;

@@ -8,8 +8,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn send_answers_201_with_exactly_the_message_fields_and_content_verbatim() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     // Odd spacing, key order and escapes: the server must not re-serialize it.
     let content = "{ \"type\" : 3,\n  \"registrationId\":22, \"body\":\"h\\u00e9llo \u{1F600}\" }";
     let before = now_ms();
@@ -87,8 +86,7 @@ async fn send_to_recipient_without_device_is_400_no_device() {
 #[tokio::test]
 async fn send_with_inner_registration_id_not_the_recipients_is_403_recipient_identity_changed() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     for wrong in [23, 11, 0] {
         let (status, res) = send_to(&s, &alice, "bob", wrong, "hi").await;
         assert_error(
@@ -104,8 +102,7 @@ async fn send_with_inner_registration_id_not_the_recipients_is_403_recipient_ide
 #[tokio::test]
 async fn send_with_message_not_json_or_without_integer_registration_id_is_400_invalid_data() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let mut wrong = Vec::new();
     for message in [
         "not json",
@@ -156,8 +153,7 @@ async fn send_with_message_not_json_or_without_integer_registration_id_is_400_in
 #[tokio::test]
 async fn send_over_max_message_bytes_is_400_invalid_data_and_at_the_limit_is_accepted() {
     let s = TestServer::start_with(&["--no-rate-limit", "--max-message-bytes", "1000"]).await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let overhead = message_text(22, "").len();
     let at_limit = message_text(22, &"a".repeat(1000 - overhead));
     assert_eq!(at_limit.len(), 1000);
@@ -189,8 +185,7 @@ async fn send_over_max_message_bytes_is_400_invalid_data_and_at_the_limit_is_acc
 #[tokio::test]
 async fn send_to_a_full_queue_is_429_queue_full_and_stores_nothing() {
     let s = TestServer::start_with(&["--no-rate-limit", "--max-queued-messages", "3"]).await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let carol = s.user_with_device("carol", 33, 0, 0).await;
     let mut sent = Vec::new();
     for i in 0..3 {
@@ -254,8 +249,7 @@ async fn send_from_a_caller_without_device_is_400_no_device() {
 #[tokio::test]
 async fn message_routes_with_a_reg_id_not_the_callers_are_403_device_changed() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     send(&s, &alice, &bob, "hi").await;
     // Another user's regId is not yours either.
     for path in ["/messages/12", "/messages/22", "/messages/0"] {
@@ -288,8 +282,7 @@ async fn message_routes_with_a_reg_id_not_the_callers_are_403_device_changed() {
 #[tokio::test]
 async fn message_routes_without_a_valid_token_are_401() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let body = json!({"recipient": "bob", "message": message_text(22, "hi")});
     for (method, body) in [
         ("POST", Some(body.clone())),
@@ -348,8 +341,7 @@ async fn a_user_may_message_themselves() {
 #[tokio::test]
 async fn message_ids_strictly_increase_across_senders_and_recipients() {
     let s = TestServer::start().await;
-    let alice = s.user_with_device("alice", 11, 0, 0).await;
-    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (alice, bob) = alice_and_bob(&s).await;
     let mut last = 0;
     for i in 0..12 {
         let (from, to) = match i % 3 {
