@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::helpers::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use signal_server::crypto::b64;
 
 fn object_keys(v: &Value) -> BTreeSet<String> {
@@ -142,13 +142,7 @@ async fn bundle_hands_out_the_lowest_key_id_first_and_each_one_time_key_once() {
     // Later uploads join the same order.
     let (status, res) = s.post("/prekeys/281", &target.token, ec_prekeys([3])).await;
     assert_eq!(status, StatusCode::OK, "{res}");
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/281",
-            &target.token,
-            json!({"kyberPreKeys": kyber_prekeys(&target.identity, [2])}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &target, "/kyberprekeys/281", [2]).await;
     assert_eq!(status, StatusCode::OK, "{res}");
 
     let mut want_ec: Vec<u64> = ec_ids.iter().map(|&i| i as u64).chain([3]).collect();
@@ -214,48 +208,41 @@ async fn bundle_errors_are_no_device_device_changed_and_no_recipient() {
     let caller = s.user_with_device("seeker", 302, 0, 0).await;
     let deviceless_caller = user_for(&s, "seekerless", 303).await;
     let _deviceless_target = s.user("unready").await;
-    for slash in SLASHES {
-        let (status, res) = bundle(&s, &deviceless_caller, "wanted", slash).await;
-        assert_error(
-            &(status, &res),
-            StatusCode::BAD_REQUEST,
+    let bad = StatusCode::BAD_REQUEST;
+    let cases = [
+        (
+            &deviceless_caller,
+            "wanted",
+            bad,
             "no_device",
             "caller without device",
-        );
-
-        let (status, res) = s
-            .get(&format!("/prekeybundle/wanted/301{slash}"), &caller.token)
-            .await;
+        ),
+        (&caller, "nosuchuser", bad, "no_recipient", "unknown user"),
+        (
+            &caller,
+            "unready",
+            bad,
+            "no_device",
+            "recipient without device",
+        ),
+        (&caller, "UNREADY", bad, "no_device", "UNREADY"),
+    ];
+    for slash in SLASHES {
+        for (requester, name, status, code, what) in cases {
+            let answer = bundle(&s, requester, name, slash).await;
+            assert_error(&answer, status, code, what);
+            if name.eq_ignore_ascii_case("unready") {
+                let message = &answer.1["message"];
+                assert_eq!(message, "Recipient has not yet registered a device");
+            }
+        }
+        let path = format!("/prekeybundle/wanted/301{slash}");
+        let answer = s.get(&path, &caller.token).await;
         assert_error(
-            &(status, &res),
+            &answer,
             StatusCode::FORBIDDEN,
             "device_changed",
             "wrong regId",
-        );
-
-        let (status, res) = bundle(&s, &caller, "nosuchuser", slash).await;
-        assert_error(
-            &(status, &res),
-            StatusCode::BAD_REQUEST,
-            "no_recipient",
-            "unknown user",
-        );
-
-        let (status, res) = bundle(&s, &caller, "unready", slash).await;
-        assert_error(
-            &(status, &res),
-            StatusCode::BAD_REQUEST,
-            "no_device",
-            "recipient without device",
-        );
-        assert_eq!(res["message"], "Recipient has not yet registered a device");
-
-        let (status, res) = bundle(&s, &caller, "UNREADY", slash).await;
-        assert_error(
-            &(status, &res),
-            StatusCode::BAD_REQUEST,
-            "no_device",
-            "UNREADY",
         );
     }
     assert_eq!(

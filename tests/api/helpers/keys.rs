@@ -83,6 +83,17 @@ pub async fn create(s: &TestServer, u: &TestUser, path: &str, body: &Value) -> (
     s.call("POST", path, Some(&u.token), Some(body)).await
 }
 
+/// `POST path` (a `/kyberprekeys/` route) with `u`'s one-time Kyber keys of `ids`.
+pub async fn upload_kyber(
+    s: &TestServer,
+    u: &TestUser,
+    path: &str,
+    ids: impl IntoIterator<Item = u32>,
+) -> (StatusCode, Value) {
+    let body = json!({"kyberPreKeys": kyber_prekeys(&u.identity, ids)});
+    s.post(path, &u.token, body).await
+}
+
 /// `GET /device/`, which must answer 200.
 pub async fn device_info(s: &TestServer, u: &TestUser) -> Value {
     let (status, body) = s.get("/device/", &u.token).await;

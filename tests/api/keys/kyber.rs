@@ -18,13 +18,7 @@ async fn kyber_upload_accepts_one_time_keys_and_or_a_last_resort_key() {
     );
     let peer = s.user_with_device("kybererpeer", 203, 0, 0).await;
 
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/202",
-            &u2.token,
-            json!({"kyberPreKeys": kyber_prekeys(&u2.identity, 1..=3)}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &u2, "/kyberprekeys/202", 1..=3).await;
     assert_eq!(status, StatusCode::OK, "{res}");
     assert_eq!(res["code"], "kyber_prekeys_stored", "{res}");
     assert!(res["message"].is_string(), "{res}");
@@ -69,21 +63,9 @@ async fn kyber_upload_accepts_one_time_keys_and_or_a_last_resort_key() {
     }
 
     // Replacing a stored Kyber keyId does not count twice.
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/201",
-            &u.token,
-            json!({"kyberPreKeys": kyber_prekeys(&u.identity, 1..=2)}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &u, "/kyberprekeys/201", 1..=2).await;
     assert_eq!(status, StatusCode::OK, "{res}");
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/201",
-            &u.token,
-            json!({"kyberPreKeys": kyber_prekeys(&u.identity, 1..=2)}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &u, "/kyberprekeys/201", 1..=2).await;
     assert_eq!(status, StatusCode::OK, "{res}");
     assert_eq!(counts(&s, &u).await, (0, 2));
 }
@@ -134,13 +116,7 @@ async fn kyber_upload_with_a_wrong_shape_is_refused() {
         );
     }
     // More than 100 items.
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/211",
-            &u.token,
-            json!({"kyberPreKeys": kyber_prekeys(&u.identity, 1..=101)}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &u, "/kyberprekeys/211", 1..=101).await;
     assert_invalid_in(&(status, &res), "kyberPreKeys", None, "101 Kyber keys");
     assert_eq!(counts(&s, &u).await, (0, 2));
 }
@@ -150,13 +126,8 @@ async fn kyber_cap_is_separate_from_the_ec_cap_and_ignores_the_last_resort_key()
     let s = TestServer::start_with(&["--no-rate-limit", "--max-prekeys", "10"]).await;
     let full = s.user_with_device("fullkeys", 231, 10, 10).await;
     for slash in SLASHES {
-        let (status, res) = s
-            .post(
-                &format!("/kyberprekeys/231{slash}"),
-                &full.token,
-                json!({"kyberPreKeys": kyber_prekeys(&full.identity, [11])}),
-            )
-            .await;
+        let (status, res) =
+            upload_kyber(&s, &full, &format!("/kyberprekeys/231{slash}"), [11]).await;
         assert_error(
             &(status, &res),
             StatusCode::BAD_REQUEST,
@@ -205,13 +176,7 @@ async fn kyber_cap_is_separate_from_the_ec_cap_and_ignores_the_last_resort_key()
 
     // A full EC stock does not block Kyber uploads, and the reverse.
     let ec_full = s.user_with_device("ecfull", 232, 10, 0).await;
-    let (status, res) = s
-        .post(
-            "/kyberprekeys/232",
-            &ec_full.token,
-            json!({"kyberPreKeys": kyber_prekeys(&ec_full.identity, 1..=10)}),
-        )
-        .await;
+    let (status, res) = upload_kyber(&s, &ec_full, "/kyberprekeys/232", 1..=10).await;
     assert_eq!(status, StatusCode::OK, "{res}");
     assert_eq!(counts(&s, &ec_full).await, (10, 10));
     let ky_full = s.user_with_device("kyfull", 233, 0, 10).await;
@@ -231,13 +196,8 @@ async fn a_single_kyber_upload_larger_than_max_prekeys_is_reached_max_prekeys() 
     let empty = s.user_with_device("kyempty", 234, 0, 0).await;
     for slash in SLASHES {
         // 11 items is a valid upload (1..=100 items) but over the per-device cap of 10.
-        let (status, res) = s
-            .post(
-                &format!("/kyberprekeys/234{slash}"),
-                &empty.token,
-                json!({"kyberPreKeys": kyber_prekeys(&empty.identity, 1..=11)}),
-            )
-            .await;
+        let (status, res) =
+            upload_kyber(&s, &empty, &format!("/kyberprekeys/234{slash}"), 1..=11).await;
         assert_error(
             &(status, &res),
             StatusCode::BAD_REQUEST,

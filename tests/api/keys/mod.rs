@@ -10,6 +10,7 @@ mod signed;
 mod validation;
 mod vectors;
 
+use crate::helpers::flip;
 use serde_json::Value;
 use signal_server::crypto::KeyPair;
 
@@ -25,4 +26,12 @@ type ItemMutation = Box<dyn Fn(&mut Value)>;
 /// A change to a list of prekeys.
 fn km(f: impl Fn(&mut Value) + 'static) -> ItemMutation {
     Box::new(f)
+}
+
+/// A change flipping one bit (`byte`, `mask`) of the base64 value at the JSON pointer `ptr`.
+fn flip_at(ptr: &'static str, byte: usize, mask: u8) -> Mutation {
+    m(move |b, _| {
+        let v = b.pointer_mut(ptr).expect(ptr);
+        *v = flip(v, byte, mask);
+    })
 }

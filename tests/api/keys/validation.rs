@@ -1,7 +1,7 @@
 //! Which keys and signatures the server takes, as tables of one bad change each to an otherwise
 //! correct device body or Kyber upload: each is refused naming the field, and stores nothing.
 
-use super::{m, Mutation};
+use super::{flip_at, m, Mutation};
 use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -343,25 +343,19 @@ async fn device_create_refuses_signatures_that_do_not_verify() {
         ),
         (
             "signedPreKey signature tampered in R",
-            m(|b, _| {
-                b["signedPreKey"]["signature"] = flip(&b["signedPreKey"]["signature"], 3, 0x10)
-            }),
+            flip_at("/signedPreKey/signature", 3, 0x10),
             "signedPreKey",
             Some("signature"),
         ),
         (
             "signedPreKey signature tampered in s",
-            m(|b, _| {
-                b["signedPreKey"]["signature"] = flip(&b["signedPreKey"]["signature"], 40, 0x01)
-            }),
+            flip_at("/signedPreKey/signature", 40, 0x01),
             "signedPreKey",
             Some("signature"),
         ),
         (
             "signedPreKey sign bit flipped",
-            m(|b, _| {
-                b["signedPreKey"]["signature"] = flip(&b["signedPreKey"]["signature"], 63, 0x80)
-            }),
+            flip_at("/signedPreKey/signature", 63, 0x80),
             "signedPreKey",
             Some("signature"),
         ),
@@ -396,19 +390,13 @@ async fn device_create_refuses_signatures_that_do_not_verify() {
         ),
         (
             "kyberPreKey signature tampered",
-            m(|b, _| {
-                b["kyberPreKeys"][0]["signature"] =
-                    flip(&b["kyberPreKeys"][0]["signature"], 10, 0x04)
-            }),
+            flip_at("/kyberPreKeys/0/signature", 10, 0x04),
             "kyberPreKeys",
             Some("signature"),
         ),
         (
             "kyberPreKey publicKey tampered after signing",
-            m(|b, _| {
-                b["kyberPreKeys"][0]["publicKey"] =
-                    flip(&b["kyberPreKeys"][0]["publicKey"], 700, 0x01)
-            }),
+            flip_at("/kyberPreKeys/0/publicKey", 700, 0x01),
             "kyberPreKeys",
             None,
         ),
@@ -420,10 +408,7 @@ async fn device_create_refuses_signatures_that_do_not_verify() {
         ),
         (
             "lastResortKyberPreKey sign bit flipped",
-            m(|b, _| {
-                b["lastResortKyberPreKey"]["signature"] =
-                    flip(&b["lastResortKyberPreKey"]["signature"], 63, 0x80)
-            }),
+            flip_at("/lastResortKyberPreKey/signature", 63, 0x80),
             "lastResortKyberPreKey",
             Some("signature"),
         ),
@@ -467,19 +452,13 @@ async fn kyber_upload_refuses_bad_signatures_and_keys_and_stores_nothing() {
         ),
         (
             "one-time key signature tampered",
-            m(|b, _| {
-                b["kyberPreKeys"][0]["signature"] =
-                    flip(&b["kyberPreKeys"][0]["signature"], 5, 0x20)
-            }),
+            flip_at("/kyberPreKeys/0/signature", 5, 0x20),
             "kyberPreKeys",
             Some("signature"),
         ),
         (
             "one-time key sign bit flipped",
-            m(|b, _| {
-                b["kyberPreKeys"][1]["signature"] =
-                    flip(&b["kyberPreKeys"][1]["signature"], 63, 0x80)
-            }),
+            flip_at("/kyberPreKeys/1/signature", 63, 0x80),
             "kyberPreKeys",
             Some("signature"),
         ),
@@ -522,10 +501,7 @@ async fn kyber_upload_refuses_bad_signatures_and_keys_and_stores_nothing() {
         ),
         (
             "last resort tampered",
-            m(|b, _| {
-                b["lastResortKyberPreKey"]["signature"] =
-                    flip(&b["lastResortKyberPreKey"]["signature"], 30, 0x01)
-            }),
+            flip_at("/lastResortKyberPreKey/signature", 30, 0x01),
             "lastResortKyberPreKey",
             Some("signature"),
         ),
