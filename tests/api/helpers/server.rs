@@ -209,7 +209,8 @@ impl TestServer {
         user.reg_id = reg_id;
         let device = user.new_device(1, prekeys, kyber, true);
         let created = self.client_of(&user).create_device(&device).await;
-        created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
+        let created = created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
+        assert_eq!(created.code, "device_created");
         user
     }
 

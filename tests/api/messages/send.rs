@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::helpers::*;
+use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn send_answers_201_with_exactly_the_message_fields_and_content_verbatim() {
@@ -222,28 +223,8 @@ async fn send_from_a_caller_without_device_is_400_no_device() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
     s.user_with_device("bob", 22, 0, 0).await;
-    let (status, res) = s
-        .post(
-            "/messages/11",
-            &alice.token,
-            json!({"recipient": "bob", "message": message_text(22, "hi")}),
-        )
-        .await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
-    // The caller's device is checked before the body.
-    let (status, res) = s
-        .call_raw(
-            "POST",
-            "/messages/11",
-            Some(&alice.token),
-            b"{oops".to_vec(),
-        )
-        .await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
-    let (status, res) = s.get("/messages/11", &alice.token).await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
-    let (status, res) = s.delete("/messages/11", &alice.token, json!([1])).await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
+    let no_device = (StatusCode::BAD_REQUEST, "no_device");
+    assert_routes_refused(&s, &alice, "/messages/11", no_device).await;
 }
 
 #[tokio::test]
@@ -252,31 +233,36 @@ async fn message_routes_with_a_reg_id_not_the_callers_are_403_device_changed() {
     let (alice, bob) = alice_and_bob(&s).await;
     send(&s, &alice, &bob, "hi").await;
     // Another user's regId is not yours either.
+    let changed = (StatusCode::FORBIDDEN, "device_changed");
     for path in ["/messages/12", "/messages/22", "/messages/0"] {
-        let (status, res) = s
-            .post(
-                path,
-                &alice.token,
-                json!({"recipient": "bob", "message": message_text(22, "hi")}),
-            )
-            .await;
-        assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
-        let (status, res) = s.get(path, &alice.token).await;
-        assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
-        let (status, res) = s.delete(path, &alice.token, json!([1])).await;
-        assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
+        assert_routes_refused(&s, &alice, path, changed).await;
     }
-    // Checked before the body.
-    let (status, res) = s
-        .call_raw(
-            "POST",
-            "/messages/12",
-            Some(&alice.token),
-            b"{oops".to_vec(),
-        )
-        .await;
-    assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
     assert_eq!(queue(&s, &bob).await.len(), 1);
+}
+
+/// Every message route on `path` as `user` is refused with `(status, code)`: POST with a good
+/// body and with one that is not JSON (the caller's device is checked before the body), GET
+/// and DELETE.
+async fn assert_routes_refused(
+    s: &TestServer,
+    user: &TestUser,
+    path: &str,
+    (status, code): (StatusCode, &str),
+) {
+    let good = json!({"recipient": "bob", "message": message_text(22, "hi")});
+    let not_json = b"{oops".to_vec();
+    let answers = [
+        ("POST", s.post(path, &user.token, good).await),
+        (
+            "POST {oops",
+            s.call_raw("POST", path, Some(&user.token), not_json).await,
+        ),
+        ("GET", s.get(path, &user.token).await),
+        ("DELETE", s.delete(path, &user.token, json!([1])).await),
+    ];
+    for (what, answer) in answers {
+        assert_error(&answer, status, code, format!("{what} {path}"));
+    }
 }
 
 #[tokio::test]
@@ -295,30 +281,10 @@ async fn message_routes_without_a_valid_token_are_401() {
             Some(format!("Bearer {}x", alice.token)),
             Some(alice.token.clone()),
         ] {
-            let mut req = s
-                .http
-                .request(method.parse().unwrap(), s.url("/messages/11"));
-            if let Some(a) = &auth {
-                req = req.header("authorization", a);
-            }
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            let res = req.send().await.unwrap();
-            let status = res.status();
-            let www = res.headers().get("www-authenticate").cloned();
-            let value: Value = res.json().await.expect("JSON error body");
-            assert_error(
-                &(status, &value),
-                StatusCode::UNAUTHORIZED,
-                "not_authenticated",
-                "",
-            );
-            assert_eq!(
-                www.as_ref().and_then(|v| v.to_str().ok()),
-                Some("Bearer realm=\"api\""),
-                "{method} with {auth:?}"
-            );
+            let auth = auth.map(|a| HeaderValue::from_str(&a).unwrap());
+            let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
+            let answer = s.send(method, "/messages/11", auth.clone(), bytes).await;
+            assert_401(&answer, format!("{method} with {auth:?}"));
         }
     }
     assert!(queue(&s, &bob).await.is_empty());
