@@ -222,13 +222,7 @@ async fn huge_strings_are_400_invalid_data() {
     )
     .await;
     assert_invalid(&a, "email", "100 kB email");
-    let a = post_json(
-        &s,
-        "/auth/password",
-        Some(&token),
-        json!({"current_password": PASSWORD, "new_password": big_password}),
-    )
-    .await;
+    let a = change_password(&s, &token, PASSWORD, &big_password).await;
     assert_invalid(&a, "new_password", "100 kB new password");
     // A huge login is just a failed login, never a server error.
     let a = login(&s, &"u".repeat(100_000), &big_password).await;

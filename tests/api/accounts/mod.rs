@@ -19,6 +19,7 @@ use crate::helpers::{bearer, Answer, TestServer, PASSWORD};
 use base64::Engine;
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 const SECRET: &str = "users-test-secret-0123456789-abcdefghijkl";
@@ -33,6 +34,28 @@ async fn post_json(s: &TestServer, path: &str, token: Option<&str>, body: Value)
 /// POST `body` (as JSON) to `path` without a token.
 async fn post_anon(s: &TestServer, path: &str, body: Value) -> Answer {
     post_json(s, path, None, body).await
+}
+
+/// `POST /auth/password` as the holder of `token`.
+async fn change_password(s: &TestServer, token: &str, current: &str, new: &str) -> Answer {
+    let body = json!({"current_password": current, "new_password": new});
+    post_json(s, "/auth/password", Some(token), body).await
+}
+
+/// `POST /auth/password/reset` for `email`.
+async fn reset(s: &TestServer, email: &str) -> Answer {
+    post_anon(s, "/auth/password/reset", json!({"email": email})).await
+}
+
+/// `POST /auth/password/reset/confirm` with a reset mail's `uid` and `token`.
+async fn confirm(
+    s: &TestServer,
+    uid: impl Serialize,
+    token: impl Serialize,
+    new_password: &str,
+) -> Answer {
+    let body = json!({"uid": uid, "token": token, "new_password": new_password});
+    post_anon(s, "/auth/password/reset/confirm", body).await
 }
 
 /// DELETE `path` (`/auth/users/me`, with or without the slash) with `body`.

@@ -9,13 +9,7 @@ use serde_json::{json, Value};
 async fn password_change_refuses_a_wrong_current_or_weak_new_password() {
     let s = TestServer::start().await;
     let (_, token) = registered(&s, "changer", Some("changer@example.org")).await;
-    let a = post_json(
-        &s,
-        "/auth/password",
-        Some(&token),
-        json!({"current_password": "Wrong-Password-77", "new_password": NEW_PASSWORD}),
-    )
-    .await;
+    let a = change_password(&s, &token, "Wrong-Password-77", NEW_PASSWORD).await;
     assert_invalid(&a, "current_password", "wrong current");
     for weak in [
         "short",
@@ -24,13 +18,7 @@ async fn password_change_refuses_a_wrong_current_or_weak_new_password() {
         "changer2024",
         "Changer!!",
     ] {
-        let a = post_json(
-            &s,
-            "/auth/password",
-            Some(&token),
-            json!({"current_password": PASSWORD, "new_password": weak}),
-        )
-        .await;
+        let a = change_password(&s, &token, PASSWORD, weak).await;
         assert_invalid(&a, "new_password", &format!("weak new {weak}"));
     }
     let a = post_json(
@@ -54,13 +42,7 @@ async fn password_change_revokes_old_tokens_and_swaps_the_password() {
         .as_str()
         .unwrap()
         .to_string();
-    let a = post_json(
-        &s,
-        "/auth/password",
-        Some(&token),
-        json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
-    )
-    .await;
+    let a = change_password(&s, &token, PASSWORD, NEW_PASSWORD).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     assert_eq!(a.body, Value::Null, "204 has an empty body");
     assert_401(&me(&s, &token).await, "the token that changed it");

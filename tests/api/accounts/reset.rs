@@ -13,12 +13,7 @@ async fn password_reset_mails_a_single_use_token_that_sets_a_new_password() {
     let (s, mut mails) = smtp_app().await;
     let (id, old_token) = registered(&s, "Forgetful", Some("Forgetful.One@Example.org")).await;
 
-    let a = post_anon(
-        &s,
-        "/auth/password/reset",
-        json!({"email": "forgetful.one@example.org"}),
-    )
-    .await;
+    let a = reset(&s, "forgetful.one@example.org").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
 
     let mail = next_mail(&mut mails).await;
@@ -40,31 +35,16 @@ async fn password_reset_mails_a_single_use_token_that_sets_a_new_password() {
     );
 
     // A wrong token does not work (and does not burn the right one).
-    let a = post_anon(
-        &s,
-        "/auth/password/reset/confirm",
-        json!({"uid": uid, "token": format!("{token}x"), "new_password": NEW_PASSWORD}),
-    )
-    .await;
+    let a = confirm(&s, &uid, format!("{token}x"), NEW_PASSWORD).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_token", "wrong token");
     assert_eq!(me(&s, &old_token).await.status, StatusCode::OK);
 
-    let a = post_anon(
-        &s,
-        "/auth/password/reset/confirm",
-        json!({"uid": uid, "token": token, "new_password": NEW_PASSWORD}),
-    )
-    .await;
+    let a = confirm(&s, &uid, &token, NEW_PASSWORD).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     assert_eq!(a.body, Value::Null);
 
     // Single use.
-    let a = post_anon(
-        &s,
-        "/auth/password/reset/confirm",
-        json!({"uid": uid, "token": token, "new_password": "Another-Fresh-Pass-31"}),
-    )
-    .await;
+    let a = confirm(&s, &uid, &token, "Another-Fresh-Pass-31").await;
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_token", "token reused");
 
     // Old tokens revoked; the new password (not the old, not the refused one) logs in.
@@ -93,21 +73,11 @@ async fn password_reset_mails_a_single_use_token_that_sets_a_new_password() {
 async fn password_reset_confirm_refuses_a_weak_new_password() {
     let (s, mut mails) = smtp_app().await;
     let (_, old_token) = registered(&s, "weakreset", Some("weakreset@example.org")).await;
-    let a = post_anon(
-        &s,
-        "/auth/password/reset",
-        json!({"email": "weakreset@example.org"}),
-    )
-    .await;
+    let a = reset(&s, "weakreset@example.org").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let (uid, token) = reset_fields(&next_mail(&mut mails).await);
     for weak in ["short", "password123", "99999999999", "weakreset1"] {
-        let a = post_anon(
-            &s,
-            "/auth/password/reset/confirm",
-            json!({"uid": uid, "token": token, "new_password": weak}),
-        )
-        .await;
+        let a = confirm(&s, &uid, &token, weak).await;
         assert_invalid(&a, "new_password", &format!("weak {weak}"));
     }
     // The password did not change and tokens still work.
@@ -122,19 +92,9 @@ async fn password_reset_confirm_refuses_a_weak_new_password() {
 async fn password_reset_for_an_unknown_email_is_204_and_sends_no_mail() {
     let (s, mut mails) = smtp_app().await;
     registered(&s, "known", Some("known@example.org")).await;
-    let unknown = post_anon(
-        &s,
-        "/auth/password/reset",
-        json!({"email": "stranger@example.org"}),
-    )
-    .await;
+    let unknown = reset(&s, "stranger@example.org").await;
     assert_eq!(unknown.status, StatusCode::NO_CONTENT, "{}", unknown.body);
-    let known = post_anon(
-        &s,
-        "/auth/password/reset",
-        json!({"email": "known@example.org"}),
-    )
-    .await;
+    let known = reset(&s, "known@example.org").await;
     assert_eq!(known.status, StatusCode::NO_CONTENT);
     assert_eq!(unknown.body, known.body, "indistinguishable answers");
     assert_eq!(
@@ -157,7 +117,7 @@ async fn password_reset_without_smtp_still_answers_204() {
     let s = TestServer::start().await;
     registered(&s, "nosmtp", Some("nosmtp@example.org")).await;
     for email in ["nosmtp@example.org", "unknown@example.org"] {
-        let a = post_anon(&s, "/auth/password/reset", json!({"email": email})).await;
+        let a = reset(&s, email).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{email}: {}", a.body);
     }
     // The account is untouched.
@@ -176,7 +136,7 @@ async fn password_reset_refuses_a_malformed_email() {
         "two@@x.org",
         long.as_str(),
     ] {
-        let a = post_anon(&s, "/auth/password/reset", json!({"email": bad})).await;
+        let a = reset(&s, bad).await;
         assert_invalid(&a, "email", &format!("email {bad:.30?}"));
     }
     for bad in [
@@ -193,20 +153,10 @@ async fn password_reset_refuses_a_malformed_email() {
 async fn password_reset_confirm_refuses_wrong_tokens_and_bad_fields() {
     let s = TestServer::start().await;
     let (id, token) = registered(&s, "confirmer", Some("confirmer@example.org")).await;
-    let a = post_anon(
-        &s,
-        "/auth/password/reset",
-        json!({"email": "confirmer@example.org"}),
-    )
-    .await;
+    let a = reset(&s, "confirmer@example.org").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     for wrong in ["wrong-token", "", "x", &token] {
-        let a = post_anon(
-            &s,
-            "/auth/password/reset/confirm",
-            json!({"uid": uid_of(id), "token": wrong, "new_password": NEW_PASSWORD}),
-        )
-        .await;
+        let a = confirm(&s, uid_of(id), &wrong, NEW_PASSWORD).await;
         assert_error(
             &a,
             StatusCode::BAD_REQUEST,
@@ -217,12 +167,7 @@ async fn password_reset_confirm_refuses_wrong_tokens_and_bad_fields() {
     // An unknown or undecodable uid: the same 400 `invalid_token` as a bad token, so uids
     // cannot be enumerated.
     for uid in [uid_of(id + 1000), "!!!".to_string(), "".to_string()] {
-        let a = post_anon(
-            &s,
-            "/auth/password/reset/confirm",
-            json!({"uid": uid, "token": "whatever", "new_password": NEW_PASSWORD}),
-        )
-        .await;
+        let a = confirm(&s, &uid, "whatever", NEW_PASSWORD).await;
         assert_error(
             &a,
             StatusCode::BAD_REQUEST,
@@ -237,12 +182,7 @@ async fn password_reset_confirm_refuses_wrong_tokens_and_bad_fields() {
     )
     .await;
     assert_invalid(&a, "new_password", "missing new_password");
-    let a = post_anon(
-        &s,
-        "/auth/password/reset/confirm",
-        json!({"uid": 5, "token": "t", "new_password": NEW_PASSWORD}),
-    )
-    .await;
+    let a = confirm(&s, 5, "t", NEW_PASSWORD).await;
     assert_invalid(&a, "uid", "numeric uid");
     // Nothing changed.
     assert_eq!(me(&s, &token).await.status, StatusCode::OK);
