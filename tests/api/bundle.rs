@@ -54,20 +54,10 @@ async fn bundle_matches_the_username_case_insensitively_and_percent_decoded() {
     }
     assert_eq!(counts(&s, &target).await, (0, 0));
     // A different name is someone else (or no one).
-    let (status, res) = bundle(&s, &peer, "a.b+c", "").await;
-    assert_error(
-        &(status, &res),
-        StatusCode::BAD_REQUEST,
-        "no_recipient",
-        "a.b+c",
-    );
-    let (status, res) = bundle(&s, &peer, "a.b%20c@d", "").await;
-    assert_error(
-        &(status, &res),
-        StatusCode::BAD_REQUEST,
-        "no_recipient",
-        "a.b c@d",
-    );
+    for name in ["a.b+c", "a.b%20c@d"] {
+        let answer = bundle(&s, &peer, name, "").await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "no_recipient", name);
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 pub const PASSWORD: &str = "tangerine-Voyage-42";
 
+const CONTENT_JSON: &str = "application/json";
+
 pub struct TestServer {
     pub base: String,
     pub app: App,
@@ -86,17 +88,23 @@ impl TestServer {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(
-            Method::from_bytes(method.as_bytes()).unwrap(),
-            self.url(path),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let a = answer(req).await;
+        let body = body.map(|b| (CONTENT_JSON, b.to_string().into_bytes()));
+        let a = self
+            .request(method, path, token.and_then(bearer), body)
+            .await;
+        (a.status, a.body)
+    }
+
+    /// A raw body (not necessarily JSON), sent without a content type.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let auth = token.and_then(bearer);
+        let a = self.request(method, path, auth, Some(("", body))).await;
         (a.status, a.body)
     }
 
@@ -110,15 +118,8 @@ impl TestServer {
         authorization: Option<HeaderValue>,
         body: Option<Vec<u8>>,
     ) -> Answer {
-        let method_ = Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method_, self.url(path));
-        if let Some(a) = authorization {
-            req = req.header(AUTHORIZATION, a);
-        }
-        if let Some(b) = body {
-            req = req.header(CONTENT_TYPE, "application/json").body(b);
-        }
-        let a = answer(req).await;
+        let body = body.map(|b| (CONTENT_JSON, b));
+        let a = self.request(method, path, authorization, body).await;
         let (status, body) = (a.status, &a.body);
         assert!(status.as_u16() < 500, "{method} {path}: {status}: {body}");
         if status == StatusCode::NO_CONTENT {
@@ -127,26 +128,27 @@ impl TestServer {
         a
     }
 
-    /// A raw body (not necessarily JSON).
-    pub async fn call_raw(
+    /// The one place requests are built: an `Authorization` value and a body with its content
+    /// type (`""`: none), both optional.
+    async fn request(
         &self,
         method: &str,
         path: &str,
-        token: Option<&str>,
-        body: Vec<u8>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(
-                Method::from_bytes(method.as_bytes()).unwrap(),
-                self.url(path),
-            )
-            .body(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        authorization: Option<HeaderValue>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Answer {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
         }
-        let a = answer(req).await;
-        (a.status, a.body)
+        if let Some((content_type, bytes)) = body {
+            if !content_type.is_empty() {
+                req = req.header(CONTENT_TYPE, content_type);
+            }
+            req = req.body(bytes);
+        }
+        answer(req).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
