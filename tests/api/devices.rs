@@ -48,7 +48,7 @@ async fn second_device_create_is_403_device_exists_and_keeps_the_first() {
             &(status, &res),
             StatusCode::FORBIDDEN,
             "device_exists",
-            &format!("second create, slash {slash:?}"),
+            format!("second create, slash {slash:?}"),
         );
     }
     u.reg_id = 11;
@@ -88,7 +88,7 @@ async fn device_address_must_be_own_username_case_insensitively_with_device_id_1
             &(status, &res),
             "address",
             None,
-            &format!("address {address}"),
+            format!("address {address}"),
         );
         assert_no_device(&s, &u, &format!("after address {address}")).await;
     }
@@ -311,7 +311,7 @@ async fn delete_device_with_or_without_an_id_is_204_and_removes_its_keys() {
             &(status, &body),
             StatusCode::BAD_REQUEST,
             "no_device",
-            &format!("bundle after DELETE {path}"),
+            format!("bundle after DELETE {path}"),
         );
         assert_eq!(
             body["message"], "Recipient has not yet registered a device",

@@ -50,7 +50,7 @@ async fn malformed_json_is_400_malformed_json_on_every_account_route() {
                 &a,
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
-                &format!("{method} {path} {:.20?}", String::from_utf8_lossy(body)),
+                format!("{method} {path} {:.20?}", String::from_utf8_lossy(body)),
             );
         }
     }
@@ -84,7 +84,7 @@ async fn wrong_top_level_shapes_are_403_incorrect_arguments_on_every_account_rou
                 &a,
                 StatusCode::FORBIDDEN,
                 "incorrect_arguments",
-                &format!("{method} {path} {shape}"),
+                format!("{method} {path} {shape}"),
             );
         }
     }
@@ -158,7 +158,7 @@ async fn wrong_field_types_are_400_invalid_data_naming_the_field() {
         ];
         for (path, body, field, tok) in cases {
             let a = post_json(&s, path, tok, body.clone()).await;
-            assert_invalid(&a, field, &format!("{path} {body}"));
+            assert_invalid(&a, field, format!("{path} {body}"));
         }
     }
     // Nothing was created or changed.
@@ -253,7 +253,7 @@ async fn bodies_over_max_body_bytes_are_413() {
             &a,
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            &format!("{method} {path}"),
+            format!("{method} {path}"),
         );
     }
     // Just under the limit is fine (and fails only on its own rules).

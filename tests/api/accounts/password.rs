@@ -19,7 +19,7 @@ async fn password_change_refuses_a_wrong_current_or_weak_new_password() {
         "Changer!!",
     ] {
         let a = change_password(&s, &token, PASSWORD, weak).await;
-        assert_invalid(&a, "new_password", &format!("weak new {weak}"));
+        assert_invalid(&a, "new_password", format!("weak new {weak}"));
     }
     let a = post_json(
         &s,

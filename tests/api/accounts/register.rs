@@ -64,7 +64,7 @@ async fn register_refuses_invalid_usernames_naming_the_field() {
         "new\nline",
     ] {
         let a = register(&s, name, PASSWORD, None).await;
-        assert_invalid(&a, "username", &format!("username {name:?}"));
+        assert_invalid(&a, "username", format!("username {name:?}"));
     }
 }
 
@@ -77,7 +77,7 @@ async fn register_refuses_a_username_taken_in_any_case() {
     );
     for dup in ["Taken_Name", "taken_name", "TAKEN_NAME", "tAkEn_NaMe"] {
         let a = register(&s, dup, PASSWORD, None).await;
-        assert_invalid(&a, "username", &format!("duplicate {dup}"));
+        assert_invalid(&a, "username", format!("duplicate {dup}"));
     }
 }
 
@@ -101,7 +101,7 @@ async fn register_email_is_optional_validated_and_unique_case_insensitively() {
         "spaces in@example.org",
     ] {
         let a = register(&s, "badmail", PASSWORD, Some(bad)).await;
-        assert_invalid(&a, "email", &format!("email {bad:?}"));
+        assert_invalid(&a, "email", format!("email {bad:?}"));
     }
     let long = format!("{}@example.org", "e".repeat(300));
     assert_invalid(
@@ -118,7 +118,7 @@ async fn register_email_is_optional_validated_and_unique_case_insensitively() {
         "OWNER@EXAMPLE.ORG",
     ] {
         let a = register(&s, "mailthief", PASSWORD, Some(dup)).await;
-        assert_invalid(&a, "email", &format!("duplicate email {dup}"));
+        assert_invalid(&a, "email", format!("duplicate email {dup}"));
     }
     // None of the refused registrations created the account.
     let a = register(&s, "mailthief", PASSWORD, Some("thief@example.org")).await;
@@ -162,7 +162,7 @@ async fn register_refuses_weak_passwords_naming_the_password_field() {
             &l,
             StatusCode::BAD_REQUEST,
             "invalid_credentials",
-            &format!("{what}: no account"),
+            format!("{what}: no account"),
         );
     }
     let a = register(&s, "marmalade_fox", PASSWORD, None).await;

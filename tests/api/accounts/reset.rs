@@ -78,7 +78,7 @@ async fn password_reset_confirm_refuses_a_weak_new_password() {
     let (uid, token) = reset_fields(&next_mail(&mut mails).await);
     for weak in ["short", "password123", "99999999999", "weakreset1"] {
         let a = confirm(&s, &uid, &token, weak).await;
-        assert_invalid(&a, "new_password", &format!("weak {weak}"));
+        assert_invalid(&a, "new_password", format!("weak {weak}"));
     }
     // The password did not change and tokens still work.
     assert_eq!(
@@ -137,7 +137,7 @@ async fn password_reset_refuses_a_malformed_email() {
         long.as_str(),
     ] {
         let a = reset(&s, bad).await;
-        assert_invalid(&a, "email", &format!("email {bad:.30?}"));
+        assert_invalid(&a, "email", format!("email {bad:.30?}"));
     }
     for bad in [
         json!({"email": 42}),
@@ -145,7 +145,7 @@ async fn password_reset_refuses_a_malformed_email() {
         json!({"mail": "a@b.org"}),
     ] {
         let a = post_anon(&s, "/auth/password/reset", bad.clone()).await;
-        assert_invalid(&a, "email", &format!("{bad}"));
+        assert_invalid(&a, "email", format!("{bad}"));
     }
 }
 
@@ -161,7 +161,7 @@ async fn password_reset_confirm_refuses_wrong_tokens_and_bad_fields() {
             &a,
             StatusCode::BAD_REQUEST,
             "invalid_token",
-            &format!("token {wrong:.20?}"),
+            format!("token {wrong:.20?}"),
         );
     }
     // An unknown or undecodable uid: the same 400 `invalid_token` as a bad token, so uids
@@ -172,7 +172,7 @@ async fn password_reset_confirm_refuses_wrong_tokens_and_bad_fields() {
             &a,
             StatusCode::BAD_REQUEST,
             "invalid_token",
-            &format!("uid {uid:?}"),
+            format!("uid {uid:?}"),
         );
     }
     let a = post_anon(

@@ -125,15 +125,15 @@ async fn verify_and_refresh_refuse_garbage_and_forged_tokens() {
                 &a,
                 StatusCode::BAD_REQUEST,
                 "invalid_token",
-                &format!("{path} {:.40}", bad),
+                format!("{path} {:.40}", bad),
             );
         }
     }
     for path in ["/auth/jwt/verify", "/auth/jwt/refresh"] {
         let a = post_anon(&s, path, json!({"token": 12345})).await;
-        assert_invalid(&a, "token", &format!("{path} numeric token"));
+        assert_invalid(&a, "token", format!("{path} numeric token"));
         let a = post_anon(&s, path, json!({"tok": token})).await;
-        assert_invalid(&a, "token", &format!("{path} missing token"));
+        assert_invalid(&a, "token", format!("{path} missing token"));
     }
 }
 
@@ -247,7 +247,7 @@ async fn missing_or_malformed_authorization_is_401_with_bearer_challenge() {
     for v in bad_values {
         let h = HeaderValue::from_str(&v).unwrap();
         let a = s.send("GET", "/auth/users/me", Some(h), None).await;
-        assert_401(&a, &format!("header {v:.30?}"));
+        assert_401(&a, format!("header {v:.30?}"));
     }
     // The same on the other authenticated account routes.
     let a = post_anon(
@@ -276,7 +276,7 @@ async fn non_utf8_authorization_header_is_401_not_another_error() {
     for raw in [&b"Bearer \xff\xfe"[..], b"\xe9\xe9 token", b"JWT \x80abc"] {
         let h = HeaderValue::from_bytes(raw).unwrap();
         let a = s.send("GET", "/auth/users/me", Some(h.clone()), None).await;
-        assert_401(&a, &format!("GET /auth/users/me {raw:?}"));
+        assert_401(&a, format!("GET /auth/users/me {raw:?}"));
         let a = s
             .send(
                 "POST",
@@ -289,6 +289,6 @@ async fn non_utf8_authorization_header_is_401_not_another_error() {
                 ),
             )
             .await;
-        assert_401(&a, &format!("POST /auth/password {raw:?}"));
+        assert_401(&a, format!("POST /auth/password {raw:?}"));
     }
 }

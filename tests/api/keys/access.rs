@@ -59,7 +59,7 @@ async fn key_routes_with_a_wrong_reg_id_are_403_device_changed() {
                     &(status, &res),
                     StatusCode::FORBIDDEN,
                     "device_changed",
-                    &format!("{method} {path}"),
+                    format!("{method} {path}"),
                 );
             }
         }
@@ -112,7 +112,7 @@ async fn key_routes_without_a_device_are_400_no_device() {
                 &(status, &res),
                 StatusCode::BAD_REQUEST,
                 "no_device",
-                &format!("{method} {path}"),
+                format!("{method} {path}"),
             );
         }
     }
@@ -224,7 +224,7 @@ async fn another_user_cannot_change_delete_or_read_a_device_they_do_not_own() {
                 &(status, &res),
                 StatusCode::FORBIDDEN,
                 "device_changed",
-                &format!("attacker {method} {path}"),
+                format!("attacker {method} {path}"),
             );
         }
         for (method, path, body) in attempts(&key) {
@@ -235,7 +235,7 @@ async fn another_user_cannot_change_delete_or_read_a_device_they_do_not_own() {
                 &(status, &res),
                 StatusCode::BAD_REQUEST,
                 "no_device",
-                &format!("loner {method} {path}"),
+                format!("loner {method} {path}"),
             );
         }
         // The twin's uploads are valid for the twin's own device and land only there.

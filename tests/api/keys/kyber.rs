@@ -94,7 +94,7 @@ async fn kyber_upload_with_a_wrong_shape_is_refused() {
             &(status, &res),
             StatusCode::FORBIDDEN,
             "incorrect_arguments",
-            &format!("kyber body #{i}"),
+            format!("kyber body #{i}"),
         );
     }
     // An object with neither field: at least one is required.

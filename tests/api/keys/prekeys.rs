@@ -93,7 +93,7 @@ async fn prekey_upload_with_an_empty_or_non_list_body_is_403_incorrect_arguments
             &(status, &res),
             StatusCode::FORBIDDEN,
             "incorrect_arguments",
-            &format!("body {body}"),
+            format!("body {body}"),
         );
     }
     // {"preKeys": <empty or not a list>}: refused either way, nothing stored.

@@ -80,7 +80,7 @@ async fn signed_prekey_upload_with_a_bad_key_or_signature_is_refused_and_keeps_t
             &(status, &res),
             StatusCode::FORBIDDEN,
             "incorrect_arguments",
-            &format!("signed body {body}"),
+            format!("signed body {body}"),
         );
     }
     let after = bundle_ok(&s, &peer, "badsigner", "").await["signedPreKey"].clone();

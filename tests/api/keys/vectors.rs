@@ -153,7 +153,7 @@ async fn libsignal_vectors_with_one_flipped_signature_bit_are_refused() {
                 &(status, &res),
                 field,
                 Some("signature"),
-                &format!("vector {i}: {ptr} byte {byte} ^ {mask:#x}"),
+                format!("vector {i}: {ptr} byte {byte} ^ {mask:#x}"),
             );
             assert_no_device(&s, &u, &format!("vector {i} after {ptr}")).await;
         }
@@ -208,7 +208,7 @@ async fn libsignal_vector_signed_prekey_and_kyber_uploads_verify_for_both_sign_b
             &(status, &res),
             "signature",
             None,
-            &format!("vector {i} sign bit"),
+            format!("vector {i} sign bit"),
         );
         let info = device_info(&s, &u).await;
         assert_eq!(info["kyberPreKeyCount"], 2);
