@@ -21,14 +21,6 @@ fn keys_of(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-async fn raw_get(s: &TestServer, path: &str, token: Option<&str>) -> reqwest::Response {
-    let mut req = s.http.get(s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.expect("request")
-}
-
 #[tokio::test]
 async fn bundle_matches_the_username_case_insensitively_and_percent_decoded() {
     let s = TestServer::start().await;
@@ -293,29 +285,9 @@ async fn eleventh_bundle_fetch_by_one_requester_for_one_target_is_throttled_with
         assert_eq!(status, StatusCode::OK, "fetch {}: {res}", i + 1);
     }
     for slash in SLASHES {
-        let res = raw_get(
-            &s,
-            &format!("/prekeybundle/limited/332{slash}"),
-            Some(&a.token),
-        )
-        .await;
-        assert_eq!(
-            res.status(),
-            StatusCode::TOO_MANY_REQUESTS,
-            "11th fetch{slash}"
-        );
-        let retry = res
-            .headers()
-            .get("retry-after")
-            .expect("Retry-After header")
-            .to_str()
-            .unwrap()
-            .to_string();
-        let secs: u64 = retry.trim().parse().expect("Retry-After in seconds");
-        assert!((1..=60).contains(&secs), "Retry-After {secs}");
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(body["code"], "throttled", "{body}");
-        assert!(body["message"].is_string());
+        let path = format!("/prekeybundle/limited/332{slash}");
+        let answer = s.send("GET", &path, bearer(&a.token), None).await;
+        assert_throttled(&answer, format!("11th fetch{slash}"));
     }
     // Another requester has its own budget.
     let (status, res) = bundle(&s, &b, "limited", "").await;

@@ -15,7 +15,8 @@ use signal_server::route_table::ROUTES;
 
 const PAGE: &str = "http://app.example:5173";
 
-/// A request with `headers`; answers status, headers and the JSON body (`Null` when empty).
+/// A request with `headers`, through the typed client's raw escape hatch; answers status,
+/// headers and the JSON body (`Null` when empty).
 async fn request(
     s: &TestServer,
     method: &str,
@@ -23,21 +24,14 @@ async fn request(
     headers: &[(&str, &str)],
     body: Option<String>,
 ) -> (StatusCode, HeaderMap, Value) {
-    let mut req = s
-        .http
-        .request(Method::from_bytes(method.as_bytes()).unwrap(), s.url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    if let Some(body) = body {
-        req = req.body(body);
-    }
-    let res = req.send().await.expect("request");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let text = res.text().await.expect("body");
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let bytes = body.unwrap_or_default().into_bytes();
+    let res = s.client().raw(method, path, bytes, headers).await;
+    let res = res.expect("request");
+    let text = String::from_utf8_lossy(&res.body);
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     assert!(text.is_empty() || !body.is_null(), "not JSON: {text}");
-    (status, headers, body)
+    (res.status, res.headers, body)
 }
 
 /// A preflight for `method` from `origin`.

@@ -95,6 +95,16 @@ pub fn assert_401(answer: &Answer, what: impl Display) {
     );
 }
 
+/// A 429 `throttled` whose `Retry-After` is whole seconds between 1 and 60.
+#[track_caller]
+pub fn assert_throttled(answer: &Answer, what: impl Display) {
+    assert_error(answer, StatusCode::TOO_MANY_REQUESTS, "throttled", &what);
+    let retry = answer.headers.get("retry-after");
+    let secs = retry.and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let secs = secs.unwrap_or_else(|| panic!("{what}: Retry-After in seconds: {retry:?}"));
+    assert!((1..=60).contains(&secs), "{what}: Retry-After {secs}");
+}
+
 /// Whether `key` is an object key anywhere inside `v`.
 fn has_key(v: &Value, key: &str) -> bool {
     match v {
