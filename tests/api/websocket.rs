@@ -406,7 +406,12 @@ async fn no_user_reads_deletes_or_acks_another_users_messages() {
     // Read: Eve's queue is her own; Bob's path is not hers.
     assert!(queue(&s, &eve).await.is_empty());
     let (status, res) = s.get("/messages/22", &eve.token).await;
-    assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::FORBIDDEN,
+        "device_changed",
+        "eve reads bob's queue",
+    );
     let (status, _) = refused(ws_connect(&s, "/messages/22/ws", Some(&eve.token)).await);
     assert_eq!(status, 403);
 
@@ -427,7 +432,12 @@ async fn no_user_reads_deletes_or_acks_another_users_messages() {
     let (status, res) = s
         .delete("/messages/22", &eve.token, json!([id(&for_bob)]))
         .await;
-    assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::FORBIDDEN,
+        "device_changed",
+        "eve deletes from bob's queue",
+    );
     ack(&mut eve_ws, &[id(&for_bob), id(&live_for_bob)]).await;
     let own = id(&send(&s, &alice, &eve, "for eve").await);
     assert_eq!(next_json(&mut eve_ws).await["message"]["id"], own);

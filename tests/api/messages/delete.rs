@@ -85,7 +85,12 @@ async fn delete_with_a_non_integer_id_is_400_invalid_data_and_deletes_nothing() 
         json!([m, "x"]),
     ] {
         let (status, res) = delete_ids(&s, &bob, body.clone()).await;
-        assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+        assert_error(
+            &(status, &res),
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            &body,
+        );
         assert!(res["errors"].is_object(), "{body}: {res}");
     }
     assert_eq!(ids(&queue(&s, &bob).await), [m], "nothing deleted");
@@ -100,7 +105,12 @@ async fn delete_with_more_than_1000_ids_is_400_invalid_data() {
     too_many.push(m);
     assert_eq!(too_many.len(), 1001);
     let (status, res) = delete_ids(&s, &bob, json!(too_many)).await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "invalid_data",
+        "1001 ids",
+    );
     assert!(res["errors"].is_object(), "{res}");
     assert_eq!(ids(&queue(&s, &bob).await), [m], "nothing deleted");
 
@@ -123,7 +133,12 @@ async fn deleting_the_recipients_device_removes_their_queue() {
     assert_eq!(status, StatusCode::NO_CONTENT);
 
     let (status, res) = send_to(&s, &alice, "bob", 22, "into the void").await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "no_device",
+        "to a deleted device",
+    );
 
     // A new device starts with an empty queue, and the old messages are gone for good.
     let (status, res) = s
@@ -172,5 +187,10 @@ async fn messages_stay_queued_after_the_sender_deletes_their_account() {
     let mut ws = ws_open(&s, &bob).await;
     assert_eq!(backlog(&mut ws).await, vec![to_bob]);
     let (status, res) = send_to(&s, &bob, "alice", 11, "anyone there?").await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_recipient", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "no_recipient",
+        "to a deleted account",
+    );
 }

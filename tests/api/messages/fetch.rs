@@ -89,7 +89,12 @@ async fn get_with_limit_outside_1_to_1000_is_400_invalid_data() {
         let (status, res) = s
             .get(&format!("/messages/22?limit={limit}"), &bob.token)
             .await;
-        assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+        assert_error(
+            &(status, &res),
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            format!("limit={limit:?}"),
+        );
         assert!(res["errors"]["limit"].is_array(), "limit={limit:?}: {res}");
     }
 }
@@ -131,7 +136,12 @@ async fn every_message_route_answers_with_and_without_trailing_slash() {
     // Errors are identical too.
     for slash in ["", "/"] {
         let (status, res) = s.get(&format!("/messages/23{slash}"), &bob.token).await;
-        assert_error(&(status, &res), StatusCode::FORBIDDEN, "device_changed", "");
+        assert_error(
+            &(status, &res),
+            StatusCode::FORBIDDEN,
+            "device_changed",
+            format!("GET /messages/23{slash}"),
+        );
         let (status, res) =
             refused(ws_connect(&s, &format!("/messages/23/ws{slash}"), Some(&bob.token)).await);
         assert_eq!(status, 403, "{res}");

@@ -71,7 +71,12 @@ async fn send_to_unknown_recipient_is_400_no_recipient() {
     let s = TestServer::start().await;
     let alice = s.user_with_device("alice", 11, 0, 0).await;
     let (status, res) = send_to(&s, &alice, "nobody", 22, "hi").await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_recipient", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "no_recipient",
+        "to nobody",
+    );
 }
 
 #[tokio::test]
@@ -80,7 +85,12 @@ async fn send_to_recipient_without_device_is_400_no_device() {
     let alice = s.user_with_device("alice", 11, 0, 0).await;
     s.user("bob").await;
     let (status, res) = send_to(&s, &alice, "bob", 22, "hi").await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "no_device", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "no_device",
+        "to bob without a device",
+    );
     assert_eq!(res["message"], "Recipient has not yet registered a device");
 }
 
@@ -145,7 +155,12 @@ async fn send_with_message_not_json_or_without_integer_registration_id_is_400_in
         json!({"recipient": 5, "message": message_text(22, "x")}),
     ] {
         let (status, res) = s.post("/messages/11", &alice.token, body.clone()).await;
-        assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+        assert_error(
+            &(status, &res),
+            StatusCode::BAD_REQUEST,
+            "invalid_data",
+            &body,
+        );
         assert!(res["errors"].is_object(), "{body}: {res}");
     }
     assert!(queue(&s, &bob).await.is_empty(), "nothing stored");
@@ -168,7 +183,12 @@ async fn send_over_max_message_bytes_is_400_invalid_data_and_at_the_limit_is_acc
             json!({"recipient": "bob", "message": over}),
         )
         .await;
-    assert_error(&(status, &res), StatusCode::BAD_REQUEST, "invalid_data", "");
+    assert_error(
+        &(status, &res),
+        StatusCode::BAD_REQUEST,
+        "invalid_data",
+        "1001 bytes",
+    );
     assert!(res["errors"]["message"].is_array(), "{res}");
     assert!(queue(&s, &bob).await.is_empty(), "nothing stored");
 
