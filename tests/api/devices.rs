@@ -83,21 +83,20 @@ async fn device_address_must_be_own_username_case_insensitively_with_device_id_1
         let mut body = u.device_body(1, 1, 1, true);
         body["address"] = address.clone();
         let slash = SLASHES[i % 2];
-        let (status, res) = create(&s, &u, &format!("/device/21{slash}"), &body).await;
-        assert_invalid_in(
-            &(status, &res),
-            "address",
-            None,
+        assert_create_refused(
+            &s,
+            &u,
+            &format!("/device/21{slash}"),
+            &body,
+            ("address", None),
             format!("address {address}"),
-        );
-        assert_no_device(&s, &u, &format!("after address {address}")).await;
+        )
+        .await;
     }
     // Missing altogether.
     let mut body = u.device_body(1, 1, 1, true);
     body.as_object_mut().unwrap().remove("address");
-    let (status, res) = create(&s, &u, "/device/21", &body).await;
-    assert_invalid_in(&(status, &res), "address", None, "no address");
-    assert_no_device(&s, &u, "after no address").await;
+    assert_create_refused(&s, &u, "/device/21", &body, ("address", None), "no address").await;
 
     // The name part matches case-insensitively; device ids 1 and 127 are the bounds.
     let mut body = u.device_body(127, 1, 1, true);
@@ -122,20 +121,27 @@ async fn device_create_refuses_duplicate_key_ids_in_the_request() {
     for slash in SLASHES {
         let mut body = u.device_body(1, 0, 0, true);
         body["preKeys"] = ec_prekeys([1, 2, 3, 2]);
-        let (status, res) = create(&s, &u, &format!("/device/51{slash}"), &body).await;
-        assert_invalid_in(&(status, &res), "preKeys", None, "duplicate EC keyId");
-        assert_no_device(&s, &u, "after duplicate EC keyId").await;
+        assert_create_refused(
+            &s,
+            &u,
+            &format!("/device/51{slash}"),
+            &body,
+            ("preKeys", None),
+            "duplicate EC keyId",
+        )
+        .await;
 
         let mut body = u.device_body(1, 2, 0, true);
         body["kyberPreKeys"] = kyber_prekeys(&u.identity, [7, 8, 7]);
-        let (status, res) = create(&s, &u, &format!("/device/51{slash}"), &body).await;
-        assert_invalid_in(
-            &(status, &res),
-            "kyberPreKeys",
-            None,
+        assert_create_refused(
+            &s,
+            &u,
+            &format!("/device/51{slash}"),
+            &body,
+            ("kyberPreKeys", None),
             "duplicate Kyber keyId",
-        );
-        assert_no_device(&s, &u, "after duplicate Kyber keyId").await;
+        )
+        .await;
     }
     let (status, res) = create(&s, &u, "/device/51", &u.device_body(1, 3, 3, true)).await;
     assert_eq!(status, StatusCode::CREATED, "{res}");
@@ -147,15 +153,27 @@ async fn device_create_over_the_default_cap_is_invalid_data_and_stores_nothing()
     let u = user_for(&s, "greedy", 61).await;
     let mut body = u.device_body(1, 0, 0, true);
     body["preKeys"] = ec_prekeys(1..=101);
-    let (status, res) = create(&s, &u, "/device/61", &body).await;
-    assert_invalid_in(&(status, &res), "preKeys", None, "101 EC prekeys");
-    assert_no_device(&s, &u, "after 101 EC prekeys").await;
+    assert_create_refused(
+        &s,
+        &u,
+        "/device/61",
+        &body,
+        ("preKeys", None),
+        "101 EC prekeys",
+    )
+    .await;
 
     let mut body = u.device_body(1, 0, 0, true);
     body["kyberPreKeys"] = kyber_prekeys(&u.identity, 1..=101);
-    let (status, res) = create(&s, &u, "/device/61/", &body).await;
-    assert_invalid_in(&(status, &res), "kyberPreKeys", None, "101 Kyber prekeys");
-    assert_no_device(&s, &u, "after 101 Kyber prekeys").await;
+    assert_create_refused(
+        &s,
+        &u,
+        "/device/61/",
+        &body,
+        ("kyberPreKeys", None),
+        "101 Kyber prekeys",
+    )
+    .await;
 
     // Exactly 100 of each fits (and fits the default body limit).
     let (status, res) = create(&s, &u, "/device/61", &u.device_body(1, 100, 100, true)).await;
@@ -168,29 +186,24 @@ async fn device_create_over_max_prekeys_is_invalid_data_and_stores_nothing() {
     let s = TestServer::start_with(&["--no-rate-limit", "--max-prekeys", "10"]).await;
     let u = user_for(&s, "capped", 62).await;
     for slash in SLASHES {
-        let (status, res) = create(
+        assert_create_refused(
             &s,
             &u,
             &format!("/device/62{slash}"),
             &u.device_body(1, 11, 0, true),
+            ("preKeys", None),
+            "11 EC prekeys, cap 10",
         )
         .await;
-        assert_invalid_in(&(status, &res), "preKeys", None, "11 EC prekeys, cap 10");
-        assert_no_device(&s, &u, "after 11 EC prekeys").await;
-        let (status, res) = create(
+        assert_create_refused(
             &s,
             &u,
             &format!("/device/62{slash}"),
             &u.device_body(1, 0, 11, true),
+            ("kyberPreKeys", None),
+            "11 Kyber prekeys, cap 10",
         )
         .await;
-        assert_invalid_in(
-            &(status, &res),
-            "kyberPreKeys",
-            None,
-            "11 Kyber prekeys, cap 10",
-        );
-        assert_no_device(&s, &u, "after 11 Kyber prekeys").await;
     }
     let (status, res) = create(&s, &u, "/device/62", &u.device_body(1, 10, 10, true)).await;
     assert_eq!(status, StatusCode::CREATED, "{res}");
@@ -208,14 +221,15 @@ async fn device_create_is_all_or_nothing() {
     // Everything valid except the last item: nothing at all may be stored.
     let mut body = u.device_body(1, 50, 20, true);
     body["lastResortKyberPreKey"] = signed_kyber(&KeyPair::generate(), 1);
-    let (status, res) = create(&s, &u, "/device/71", &body).await;
-    assert_invalid_in(
-        &(status, &res),
-        "lastResortKyberPreKey",
-        None,
+    assert_create_refused(
+        &s,
+        &u,
+        "/device/71",
+        &body,
+        ("lastResortKyberPreKey", None),
         "bad last resort",
-    );
-    assert_no_device(&s, &u, "after bad last resort").await;
+    )
+    .await;
     let (status, res) = s.get("/prekeys/71", &u.token).await;
     assert_error(
         &(status, &res),

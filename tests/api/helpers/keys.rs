@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use signal_server::client::{PreKey, SignedPreKey};
 use signal_server::crypto::{b64, KeyPair};
 
-use super::{assert_error, TestServer, TestUser};
+use std::fmt::Display;
+
+use super::{assert_error, assert_invalid_in, TestServer, TestUser};
 
 /// Both spellings of every path: without and with the trailing slash.
 pub const SLASHES: [&str; 2] = ["", "/"];
@@ -92,6 +94,21 @@ pub async fn upload_kyber(
 ) -> (StatusCode, Value) {
     let body = json!({"kyberPreKeys": kyber_prekeys(&u.identity, ids)});
     s.post(path, &u.token, body).await
+}
+
+/// A device create of `body` on `path` is refused as `invalid_data` naming `field` (and, inside
+/// it, `inner`), and stores nothing.
+pub async fn assert_create_refused(
+    s: &TestServer,
+    u: &TestUser,
+    path: &str,
+    body: &Value,
+    (field, inner): (&str, Option<&str>),
+    what: impl Display,
+) {
+    let answer = create(s, u, path, body).await;
+    assert_invalid_in(&answer, field, inner, &what);
+    assert_no_device(s, u, &format!("after {what}")).await;
 }
 
 /// `GET /device/`, which must answer 200.

@@ -291,9 +291,15 @@ async fn device_create_refuses_malformed_keys_naming_the_field() {
         let mut body = u.device_body(1, 3, 2, true);
         mutate(&mut body, &u.identity);
         let slash = SLASHES[i % 2];
-        let (status, res) = create(&s, &u, &format!("/device/31{slash}"), &body).await;
-        assert_invalid_in(&(status, &res), field, *inner, what);
-        assert_no_device(&s, &u, &format!("after {what}")).await;
+        assert_create_refused(
+            &s,
+            &u,
+            &format!("/device/31{slash}"),
+            &body,
+            (field, *inner),
+            what,
+        )
+        .await;
     }
     // Nothing was stored by any refused create: a correct one still works.
     let (status, res) = create(&s, &u, "/device/31", &u.device_body(1, 3, 2, true)).await;
@@ -417,21 +423,28 @@ async fn device_create_refuses_signatures_that_do_not_verify() {
         let mut body = u.device_body(1, 3, 2, true);
         mutate(&mut body, &u.identity);
         let slash = SLASHES[i % 2];
-        let (status, res) = create(&s, &u, &format!("/device/41{slash}"), &body).await;
-        assert_invalid_in(&(status, &res), field, *inner, what);
-        assert_no_device(&s, &u, &format!("after {what}")).await;
+        assert_create_refused(
+            &s,
+            &u,
+            &format!("/device/41{slash}"),
+            &body,
+            (field, *inner),
+            what,
+        )
+        .await;
     }
     // An identity key that signed none of the keys: every signature fails.
     let mut body = u.device_body(1, 1, 1, true);
     body["identityKey"] = json!(b64::encode(&KeyPair::generate().public));
-    let (status, res) = create(&s, &u, "/device/", &body).await;
-    assert_invalid_in(
-        &(status, &res),
-        "signedPreKey",
-        Some("signature"),
+    assert_create_refused(
+        &s,
+        &u,
+        "/device/",
+        &body,
+        ("signedPreKey", Some("signature")),
         "foreign identity key",
-    );
-    assert_no_device(&s, &u, "after foreign identity key").await;
+    )
+    .await;
 
     let (status, res) = create(&s, &u, "/device/41", &u.device_body(1, 3, 2, true)).await;
     assert_eq!(status, StatusCode::CREATED, "{res}");
