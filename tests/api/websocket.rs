@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::helpers::*;
-use crate::messages::{alice_and_bob, delete_ids, id, ids, queue, send, send_all, wait_for_queue};
+use crate::messages::{
+    alice_and_bob, assert_deleted, id, ids, queue, send, send_all, wait_for_queue,
+};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -426,9 +428,13 @@ async fn no_user_reads_deletes_or_acks_another_users_messages() {
     );
 
     // Delete and ack: refused or without effect.
-    let (status, res) = delete_ids(&s, &eve, json!([id(&for_bob)])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["not_message_owner"]));
+    assert_deleted(
+        &s,
+        &eve,
+        json!([id(&for_bob)]),
+        json!(["not_message_owner"]),
+    )
+    .await;
     let (status, res) = s
         .delete("/messages/22", &eve.token, json!([id(&for_bob)]))
         .await;

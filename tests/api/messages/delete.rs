@@ -13,23 +13,28 @@ async fn delete_answers_one_outcome_per_id_in_request_order() {
     let (alice, bob) = alice_and_bob(&s).await;
     let [m1, m2, m3] = send_all(&s, &alice, &bob, ["one", "two", "three"]).await;
     let to_alice = id(&send(&s, &bob, &alice, "for alice").await);
-    let (status, res) = delete_ids(&s, &bob, json!([m2, 999_999_999, to_alice, m1])).await;
-    assert_eq!(status, StatusCode::OK, "{res}");
-    assert_eq!(
-        res,
+    assert_deleted(
+        &s,
+        &bob,
+        json!([m2, 999_999_999, to_alice, m1]),
         json!([
             "success",
             "non-existant_message",
             "not_message_owner",
             "success"
-        ])
-    );
+        ]),
+    )
+    .await;
     assert_eq!(ids(&queue(&s, &bob).await), [m3]);
     assert_eq!(ids(&queue(&s, &alice).await), [to_alice]);
     // Deleting again: gone.
-    let (status, res) = delete_ids(&s, &bob, json!([m1, m3])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["non-existant_message", "success"]));
+    assert_deleted(
+        &s,
+        &bob,
+        json!([m1, m3]),
+        json!(["non-existant_message", "success"]),
+    )
+    .await;
     assert!(queue(&s, &bob).await.is_empty());
 }
 
@@ -38,13 +43,9 @@ async fn only_the_recipient_can_delete_and_the_sender_gets_not_message_owner() {
     let s = TestServer::start().await;
     let (alice, bob) = alice_and_bob(&s).await;
     let m = send(&s, &alice, &bob, "mine to delete").await;
-    let (status, res) = delete_ids(&s, &alice, json!([id(&m)])).await;
-    assert_eq!(status, StatusCode::OK, "{res}");
-    assert_eq!(res, json!(["not_message_owner"]));
+    assert_deleted(&s, &alice, json!([id(&m)]), json!(["not_message_owner"])).await;
     assert_eq!(queue(&s, &bob).await, vec![m.clone()]);
-    let (status, res) = delete_ids(&s, &bob, json!([id(&m)])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["success"]));
+    assert_deleted(&s, &bob, json!([id(&m)]), json!(["success"])).await;
 }
 
 #[tokio::test]
@@ -146,9 +147,13 @@ async fn deleting_the_recipients_device_removes_their_queue() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{res}");
     assert!(queue(&s, &bob).await.is_empty());
-    let (status, res) = delete_ids(&s, &bob, json!([m1, m2])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["non-existant_message", "non-existant_message"]));
+    assert_deleted(
+        &s,
+        &bob,
+        json!([m1, m2]),
+        json!(["non-existant_message", "non-existant_message"]),
+    )
+    .await;
     // The queue cap counts only what is queued now.
     send(&s, &alice, &bob, "three").await;
     send(&s, &alice, &bob, "four").await;
@@ -163,9 +168,7 @@ async fn messages_stay_queued_after_the_sender_deletes_their_device() {
     let (status, _) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(queue(&s, &bob).await, vec![m.clone()]);
-    let (status, res) = delete_ids(&s, &bob, json!([id(&m)])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["success"]));
+    assert_deleted(&s, &bob, json!([id(&m)]), json!(["success"])).await;
 }
 
 #[tokio::test]

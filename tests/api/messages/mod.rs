@@ -89,6 +89,13 @@ pub(crate) async fn delete_ids(
     s.delete(&messages_path(user), &user.token, body).await
 }
 
+/// `DELETE` of `ids` as `user` answers 200 with `outcomes`, one per id.
+pub(crate) async fn assert_deleted(s: &TestServer, user: &TestUser, ids: Value, outcomes: Value) {
+    let (status, res) = delete_ids(s, user, ids).await;
+    assert_eq!(status, StatusCode::OK, "{res}");
+    assert_eq!(res, outcomes);
+}
+
 /// Polls GET until `user`'s queue holds exactly `ids` (acks get no reply).
 pub(crate) async fn wait_for_queue(s: &TestServer, user: &TestUser, want: &[u64]) {
     for _ in 0..200 {

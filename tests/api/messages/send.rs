@@ -319,9 +319,7 @@ async fn a_user_may_message_themselves() {
     assert_eq!(m["recipientAddress"], "alice.1");
     assert_eq!(m["senderRegistrationID"], 11);
     assert_eq!(queue(&s, &alice).await, vec![m.clone()]);
-    let (status, res) = delete_ids(&s, &alice, json!([id(&m)])).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(res, json!(["success"]));
+    assert_deleted(&s, &alice, json!([id(&m)]), json!(["success"])).await;
 }
 
 #[tokio::test]
