@@ -50,15 +50,19 @@ pub fn assert_error(answer: &impl Reply, status: StatusCode, code: &str, what: i
     assert!(body["message"].is_string(), "{what}: no message: {body}");
 }
 
+/// A 400 `invalid_data` with its per-field `errors` object.
+#[track_caller]
+pub fn assert_invalid_data(answer: &impl Reply, what: impl Display) {
+    assert_error(answer, StatusCode::BAD_REQUEST, "invalid_data", &what);
+    let body = answer.body();
+    assert!(body["errors"].is_object(), "{what}: no errors: {body}");
+}
+
 /// A 400 `invalid_data` whose `errors` names `field`.
 #[track_caller]
 pub fn assert_invalid(answer: &impl Reply, field: &str, what: impl Display) {
-    assert_error(answer, StatusCode::BAD_REQUEST, "invalid_data", &what);
+    assert_invalid_data(answer, &what);
     let body = answer.body();
-    assert!(
-        body["errors"].is_object(),
-        "{what}: no errors object: {body}"
-    );
     assert!(
         !body["errors"][field].is_null(),
         "{what}: errors does not name `{field}`: {body}"

@@ -96,6 +96,16 @@ pub(crate) async fn assert_deleted(s: &TestServer, user: &TestUser, ids: Value, 
     assert_eq!(res, outcomes);
 }
 
+/// `user`'s queue holds exactly `message`, and deleting it succeeds.
+pub(crate) async fn assert_only_queued_then_deleted(
+    s: &TestServer,
+    user: &TestUser,
+    message: &Value,
+) {
+    assert_eq!(queue(s, user).await, vec![message.clone()]);
+    assert_deleted(s, user, json!([id(message)]), json!(["success"])).await;
+}
+
 /// Polls GET until `user`'s queue holds exactly `ids` (acks get no reply).
 pub(crate) async fn wait_for_queue(s: &TestServer, user: &TestUser, want: &[u64]) {
     for _ in 0..200 {
