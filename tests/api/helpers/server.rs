@@ -1,6 +1,7 @@
-//! Test harness shared by the integration tests: the real server (`signal_server::run`) on
-//! 127.0.0.1:0 with a sled data dir in a temp folder, a small HTTP client, and real key material
-//! (X25519 keys with XEdDSA signatures, Kyber-sized keys signed the same way).
+//! The server in-process: the real `signal_server::run` on 127.0.0.1:0 with a sled data dir in a
+//! temp folder; users and their devices made through the typed client (`TestServer::user`,
+//! `user_with_device`, `client_of`); and the raw requests (`call`, `get`, `post`, `delete`,
+//! `call_raw`, `send`) that tests of exact statuses, bodies and hostile input use.
 
 use std::time::Duration;
 
