@@ -7,8 +7,7 @@ use std::time::Duration;
 use crate::helpers::{TestServer, PASSWORD};
 use reqwest::Method;
 use signal_server::client::{
-    Client, Deleted, Error, Frame, KyberUpload, NewDevice, NewUser, PreKey, Session, SignedPreKey,
-    WsAuth,
+    Client, Deleted, Error, Frame, KyberUpload, NewUser, PreKey, Session, SignedPreKey, WsAuth,
 };
 use signal_server::crypto::KeyPair;
 
@@ -22,30 +21,8 @@ async fn user(server: &TestServer, username: &str, reg_id: u32) -> Client {
 }
 
 async fn user_with_identity(server: &TestServer, username: &str, reg_id: u32) -> (Client, KeyPair) {
-    let anon = Client::new(&server.base).expect("client");
-    let new = NewUser {
-        username: username.into(),
-        password: PASSWORD.into(),
-        ..NewUser::default()
-    };
-    anon.register(&new).await.expect("register");
-    let token = anon.login(username, PASSWORD).await.expect("login");
-    let me = anon.with_token(&token);
-    let identity = KeyPair::generate();
-    let device = NewDevice {
-        address: format!("{username}.1"),
-        identity_key: identity.public.to_vec(),
-        registration_id: reg_id,
-        pre_keys: (1..=3).map(PreKey::generate).collect(),
-        signed_pre_key: SignedPreKey::generate_ec(&identity, 1),
-        kyber_pre_keys: (1..=2)
-            .map(|id| SignedPreKey::random_kyber(&identity, id))
-            .collect(),
-        last_resort_kyber_pre_key: Some(SignedPreKey::random_kyber(&identity, 100)),
-    };
-    let created = me.create_device(&device).await.expect("device");
-    assert_eq!(created.code, "device_created");
-    (me, identity)
+    let user = server.user_with_device(username, reg_id, 3, 2).await;
+    (server.client_of(&user), user.identity)
 }
 
 fn refusal(result: Result<impl std::fmt::Debug, Error>) -> (u16, String) {

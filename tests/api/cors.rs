@@ -4,10 +4,10 @@
 //! the same against the binary in `tests/browser/` (see `.ci/run`).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::{TestServer, PASSWORD};
+use crate::helpers::{binary_command, TestServer, PASSWORD};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -15,7 +15,8 @@ use signal_server::route_table::ROUTES;
 
 const PAGE: &str = "http://app.example:5173";
 
-/// A request with `headers`; answers status, headers and the JSON body (`Null` when empty).
+/// A request with `headers`, through the typed client's raw escape hatch; answers status,
+/// headers and the JSON body (`Null` when empty).
 async fn request(
     s: &TestServer,
     method: &str,
@@ -23,21 +24,14 @@ async fn request(
     headers: &[(&str, &str)],
     body: Option<String>,
 ) -> (StatusCode, HeaderMap, Value) {
-    let mut req = s
-        .http
-        .request(Method::from_bytes(method.as_bytes()).unwrap(), s.url(path));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    if let Some(body) = body {
-        req = req.body(body);
-    }
-    let res = req.send().await.expect("request");
-    let (status, headers) = (res.status(), res.headers().clone());
-    let text = res.text().await.expect("body");
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let bytes = body.unwrap_or_default().into_bytes();
+    let res = s.client().raw(method, path, bytes, headers).await;
+    let res = res.expect("request");
+    let text = String::from_utf8_lossy(&res.body);
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     assert!(text.is_empty() || !body.is_null(), "not JSON: {text}");
-    (status, headers, body)
+    (res.status, res.headers, body)
 }
 
 /// A preflight for `method` from `origin`.
@@ -299,12 +293,8 @@ fn an_origin_with_a_path_or_no_scheme_stops_the_start_with_a_clear_error() {
         ("https://a.example,*", "stand alone"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_signal-server"))
-            .env_remove("SIGNAL_SERVER_CORS_ORIGIN")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(["--cors-origin", value])
-            .stdin(Stdio::null())
+        let out = binary_command(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--cors-origin", value])
             .output()
             .expect("run signal-server");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -319,16 +309,12 @@ fn an_origin_with_a_path_or_no_scheme_stops_the_start_with_a_clear_error() {
 #[tokio::test]
 async fn the_environment_variable_takes_a_comma_separated_list() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_signal-server"))
+    let mut child = binary_command(dir.path())
         .env(
             "SIGNAL_SERVER_CORS_ORIGIN",
             "https://a.example, https://b.example",
         )
-        .env("RUST_LOG", "info")
-        .env("RUST_LOG_STYLE", "never")
-        .args(["--listen", "127.0.0.1:0", "--no-rate-limit", "--data-dir"])
-        .arg(dir.path())
-        .stdin(Stdio::null())
+        .args(["--listen", "127.0.0.1:0", "--no-rate-limit"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

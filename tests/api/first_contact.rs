@@ -100,6 +100,39 @@ impl Replay {
             .await;
         assert_eq!(answer["code"], "device_created");
     }
+
+    /// `GET path`, answered 200.
+    async fn get(&mut self, path: &str, token: &str) -> Value {
+        self.call("GET", path, Some(token), None, StatusCode::OK)
+            .await
+    }
+
+    /// An upload answered 200 with `code`.
+    async fn store(&mut self, token: &str, path: &str, body: Value, code: &str) {
+        let stored = self
+            .call("POST", path, Some(token), Some(body), StatusCode::OK)
+            .await;
+        assert_eq!(stored["code"], code, "POST {path}");
+    }
+
+    /// `POST /messages/<reg_id>`, answered 201 with the queued message.
+    async fn send(&mut self, token: &str, reg_id: u32, recipient: &str, message: &str) -> Value {
+        let path = format!("/messages/{reg_id}");
+        let body = json!({"recipient": recipient, "message": message});
+        self.call("POST", &path, Some(token), Some(body), StatusCode::CREATED)
+            .await
+    }
+
+    /// The recipient reads its queue, exactly `sent`, and deletes that message.
+    async fn read_and_delete(&mut self, token: &str, reg_id: u32, sent: &Value) {
+        let path = format!("/messages/{reg_id}");
+        assert_eq!(self.get(&path, token).await, json!([sent]));
+        let ids = Some(json!([sent["id"]]));
+        let deleted = self
+            .call("DELETE", &path, Some(token), ids, StatusCode::OK)
+            .await;
+        assert_eq!(deleted, json!(["success"]));
+    }
 }
 
 /// What a client puts in `message`: the envelope of docs/API.md.
@@ -123,15 +156,7 @@ async fn the_documented_first_contact_runs_as_written() {
     r.device("alice", 1717, &alice_key, &a).await;
     r.device("bob", 4242, &bob_key, &b).await;
     // 3. The bundle: one-time prekey 1 of each kind, signatures by bob's identity key.
-    let bundle = r
-        .call(
-            "GET",
-            "/prekeybundle/bob/1717",
-            Some(&a),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let bundle = r.get("/prekeybundle/bob/1717", &a).await;
     assert_eq!(bundle["address"], "bob.1");
     assert_eq!(bundle["registrationId"], 4242);
     assert_eq!(bundle["identityKey"], b64::encode(&bob_key.public));
@@ -148,123 +173,43 @@ async fn the_documented_first_contact_runs_as_written() {
     }
     // 4. The first message: a PreKey message (type 3) to bob's registrationId.
     let first = envelope(4242, 3, b"prekey message bytes");
-    let sent = r
-        .call(
-            "POST",
-            "/messages/1717",
-            Some(&a),
-            Some(json!({"recipient": "bob", "message": first})),
-            StatusCode::CREATED,
-        )
-        .await;
+    let sent = r.send(&a, 1717, "bob", &first).await;
     assert_eq!(sent["senderAddress"], "alice.1");
     assert_eq!(sent["senderRegistrationID"], 1717);
     assert_eq!(sent["recipientAddress"], "bob.1");
     assert_eq!(sent["content"], first.as_str());
     let first_id = sent["id"].clone();
     // 5. bob reads and deletes it.
-    let queue = r
-        .call("GET", "/messages/4242", Some(&b), None, StatusCode::OK)
-        .await;
-    assert_eq!(queue, json!([sent]));
-    let deleted = r
-        .call(
-            "DELETE",
-            "/messages/4242",
-            Some(&b),
-            Some(json!([first_id])),
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(deleted, json!(["success"]));
+    r.read_and_delete(&b, 4242, &sent).await;
     // 6. The reply: a SignalMessage (type 2), no bundle needed.
     let reply = envelope(1717, 2, b"signal message bytes");
-    let sent = r
-        .call(
-            "POST",
-            "/messages/4242",
-            Some(&b),
-            Some(json!({"recipient": "alice", "message": reply})),
-            StatusCode::CREATED,
-        )
-        .await;
+    let sent = r.send(&b, 4242, "alice", &reply).await;
     assert_eq!(sent["senderAddress"], "bob.1");
     let reply_id = sent["id"].clone();
     // 7. alice reads and deletes it.
-    let queue = r
-        .call("GET", "/messages/1717", Some(&a), None, StatusCode::OK)
-        .await;
-    assert_eq!(queue, json!([sent]));
-    let deleted = r
-        .call(
-            "DELETE",
-            "/messages/1717",
-            Some(&a),
-            Some(json!([reply_id])),
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(deleted, json!(["success"]));
-    assert_eq!(
-        (first_id.clone(), reply_id.clone()),
-        (json!(3), json!(4)),
-        "the ids shown"
-    );
+    r.read_and_delete(&a, 1717, &sent).await;
+    assert_eq!((first_id, reply_id), (json!(3), json!(4)), "the ids shown");
     // 8. Top-up.
-    let stock = r
-        .call("GET", "/prekeys/4242", Some(&b), None, StatusCode::OK)
-        .await;
+    let stock = r.get("/prekeys/4242", &b).await;
     assert_eq!(stock, json!({"preKeyCount": 99, "kyberPreKeyCount": 99}));
-    let stored = r
-        .call(
-            "POST",
-            "/prekeys/4242",
-            Some(&b),
-            Some(json!({"preKeys": ec_prekeys([101])})),
-            StatusCode::OK,
-        )
+    let ec = json!({"preKeys": ec_prekeys([101])});
+    r.store(&b, "/prekeys/4242", ec, "prekeys_stored").await;
+    let kyber = json!({"kyberPreKeys": kyber_prekeys(&bob_key, [101])});
+    r.store(&b, "/kyberprekeys/4242", kyber, "kyber_prekeys_stored")
         .await;
-    assert_eq!(stored["code"], "prekeys_stored");
-    let stored = r
-        .call(
-            "POST",
-            "/kyberprekeys/4242",
-            Some(&b),
-            Some(json!({"kyberPreKeys": kyber_prekeys(&bob_key, [101])})),
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(stored["code"], "kyber_prekeys_stored");
     // 9. Rotation, then the next bundle shows the new signed prekey.
-    let stored = r
-        .call(
-            "POST",
-            "/signedprekey/4242",
-            Some(&b),
-            Some(signed_ec(&bob_key, 2)),
-            StatusCode::OK,
-        )
+    let signed = signed_ec(&bob_key, 2);
+    r.store(&b, "/signedprekey/4242", signed, "signed_prekey_stored")
         .await;
-    assert_eq!(stored["code"], "signed_prekey_stored");
-    let stored = r
-        .call(
-            "POST",
-            "/kyberprekeys/4242",
-            Some(&b),
-            Some(json!({"lastResortKyberPreKey": signed_kyber(&bob_key, 1001)})),
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(stored["code"], "kyber_prekeys_stored");
-    let bundle = r
-        .call(
-            "GET",
-            "/prekeybundle/bob/1717",
-            Some(&a),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let last_resort = json!({"lastResortKyberPreKey": signed_kyber(&bob_key, 1001)});
+    r.store(
+        &b,
+        "/kyberprekeys/4242",
+        last_resort,
+        "kyber_prekeys_stored",
+    )
+    .await;
+    let bundle = r.get("/prekeybundle/bob/1717", &a).await;
     assert_eq!(bundle["preKey"]["keyId"], 2);
     assert_eq!(bundle["signedPreKey"]["keyId"], 2);
     assert_eq!(bundle["kyberPreKey"]["keyId"], 2);

@@ -4,18 +4,21 @@
 mod helpers;
 
 mod abuse;
+mod accounts;
+mod bundle;
 mod client;
 mod connections;
 mod cors;
-mod devices_keys;
+mod devices;
 mod faults;
 mod first_contact;
 mod hostile;
 #[cfg(feature = "interop")]
 mod interop;
+mod keys;
 mod messages;
 mod ops;
 mod process;
 mod routing;
 mod stress;
-mod users;
+mod websocket;

@@ -1,16 +1,21 @@
-//! Test harness shared by the integration tests: the real server (`signal_server::run`) on
-//! 127.0.0.1:0 with a sled data dir in a temp folder, a small HTTP client, and real key material
-//! (X25519 keys with XEdDSA signatures, Kyber-sized keys signed the same way).
+//! The server in-process: the real `signal_server::run` on 127.0.0.1:0 with a sled data dir in a
+//! temp folder; users and their devices made through the typed client (`TestServer::user`,
+//! `user_with_device`, `client_of`); and the raw requests (`call`, `get`, `post`, `delete`,
+//! `call_raw`, `send`) that tests of exact statuses, bodies and hostile input use.
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use signal_server::crypto::{b64, KeyPair};
+use signal_server::client::{Client, NewDevice, NewUser, PreKey, SignedPreKey};
+use signal_server::crypto::KeyPair;
 use signal_server::{App, Config};
 use tokio::sync::oneshot;
 
 pub const PASSWORD: &str = "tangerine-Voyage-42";
+
+const CONTENT_JSON: &str = "application/json";
 
 pub struct TestServer {
     pub base: String,
@@ -84,20 +89,14 @@ impl TestServer {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(
-            Method::from_bytes(method.as_bytes()).unwrap(),
-            self.url(path),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        answer(req).await
+        let body = body.map(|b| (CONTENT_JSON, b.to_string().into_bytes()));
+        let a = self
+            .request(method, path, token.and_then(bearer), body)
+            .await;
+        (a.status, a.body)
     }
 
-    /// A raw body (not necessarily JSON).
+    /// A raw body (not necessarily JSON), sent without a content type.
     pub async fn call_raw(
         &self,
         method: &str,
@@ -105,15 +104,50 @@ impl TestServer {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(
-                Method::from_bytes(method.as_bytes()).unwrap(),
-                self.url(path),
-            )
-            .body(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        let auth = token.and_then(bearer);
+        let a = self.request(method, path, auth, Some(("", body))).await;
+        (a.status, a.body)
+    }
+
+    /// Any request with a raw `Authorization` value and a raw body sent as JSON, answered with
+    /// its headers. Asserts what holds for every answer: never a 5xx, JSON unless empty, and an
+    /// empty 204.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<HeaderValue>,
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let body = body.map(|b| (CONTENT_JSON, b));
+        let a = self.request(method, path, authorization, body).await;
+        let (status, body) = (a.status, &a.body);
+        assert!(status.as_u16() < 500, "{method} {path}: {status}: {body}");
+        if status == StatusCode::NO_CONTENT {
+            assert!(body.is_null(), "{method} {path}: 204 with a body: {body}");
+        }
+        a
+    }
+
+    /// The one place requests are built: an `Authorization` value and a body with its content
+    /// type (`""`: none), both optional.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<HeaderValue>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Answer {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        if let Some((content_type, bytes)) = body {
+            if !content_type.is_empty() {
+                req = req.header(CONTENT_TYPE, content_type);
+            }
+            req = req.body(bytes);
         }
         answer(req).await
     }
@@ -130,38 +164,39 @@ impl TestServer {
         self.call("DELETE", path, Some(token), Some(&body)).await
     }
 
+    /// The typed client for this server, sharing its connection pool (no token).
+    pub fn client(&self) -> Client {
+        Client::with_http(&self.base, self.http.clone())
+    }
+
+    /// The typed client carrying `user`'s token.
+    pub fn client_of(&self, user: &TestUser) -> Client {
+        self.client().with_token(&user.token)
+    }
+
     /// Registers `username` (password `PASSWORD`) and logs in.
     pub async fn user(&self, username: &str) -> TestUser {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/auth/users",
-                None,
-                Some(&json!({"username": username, "password": PASSWORD})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "register {username}: {body}");
+        let new = NewUser {
+            username: username.into(),
+            password: PASSWORD.into(),
+            ..NewUser::default()
+        };
+        let info = self.client().register(&new).await;
+        let info = info.unwrap_or_else(|e| panic!("register {username}: {e}"));
         let token = self.login(username, PASSWORD).await;
         TestUser {
             username: username.to_string(),
-            id: body["id"].as_u64().unwrap(),
+            id: info.id,
             token,
             reg_id: 0,
             identity: KeyPair::generate(),
         }
     }
 
+    /// A password login that must succeed: the token.
     pub async fn login(&self, username: &str, password: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/auth/jwt/create",
-                None,
-                Some(&json!({"username": username, "password": password})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "login {username}: {body}");
-        body["token"].as_str().unwrap().to_string()
+        let token = self.client().login(username, password).await;
+        token.unwrap_or_else(|e| panic!("login {username}: {e}"))
     }
 
     /// Registers a user and creates their device with `prekeys` EC and `kyber` Kyber one-time
@@ -175,11 +210,10 @@ impl TestServer {
     ) -> TestUser {
         let mut user = self.user(username).await;
         user.reg_id = reg_id;
-        let body = user.device_body(1, prekeys, kyber, true);
-        let (status, res) = self
-            .post(&format!("/device/{reg_id}"), &user.token, body)
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "create device: {res}");
+        let device = user.new_device(1, prekeys, kyber, true);
+        let created = self.client_of(&user).create_device(&device).await;
+        let created = created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
+        assert_eq!(created.code, "device_created");
         user
     }
 
@@ -195,17 +229,34 @@ impl TestServer {
     }
 }
 
-/// Sends a request; its status and JSON body (`Value::Null` for an empty body).
-async fn answer(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+/// An answer with its headers.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// Sends a request; its status, headers and JSON body (`Value::Null` for an empty body).
+async fn answer(req: reqwest::RequestBuilder) -> Answer {
     let res = req.send().await.expect("request");
     let status = res.status();
+    let headers = res.headers().clone();
     let text = res.text().await.expect("body");
-    let value = if text.is_empty() {
+    let body = if text.is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
     };
-    (status, value)
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// An `Authorization: Bearer <token>` value for `TestServer::send`.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    Some(HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"))
 }
 
 pub struct TestUser {
@@ -217,7 +268,30 @@ pub struct TestUser {
 }
 
 impl TestUser {
-    /// A device registration body with real, correctly signed keys.
+    /// A device with real, correctly signed keys: `prekeys` EC and `kyber` Kyber one-time keys
+    /// (ids 1..=n), signed prekey 1, and the last-resort Kyber key 999999 when asked.
+    pub fn new_device(
+        &self,
+        device_id: u32,
+        prekeys: u32,
+        kyber: u32,
+        last_resort: bool,
+    ) -> NewDevice {
+        NewDevice {
+            address: format!("{}.{device_id}", self.username),
+            identity_key: self.identity.public.to_vec(),
+            registration_id: self.reg_id,
+            pre_keys: (1..=prekeys).map(PreKey::generate).collect(),
+            signed_pre_key: SignedPreKey::generate_ec(&self.identity, 1),
+            kyber_pre_keys: (1..=kyber)
+                .map(|id| SignedPreKey::random_kyber(&self.identity, id))
+                .collect(),
+            last_resort_kyber_pre_key: last_resort
+                .then(|| SignedPreKey::random_kyber(&self.identity, 999_999)),
+        }
+    }
+
+    /// `new_device` as the JSON body of `POST /device/`, for tests that alter it.
     pub fn device_body(
         &self,
         device_id: u32,
@@ -225,55 +299,12 @@ impl TestUser {
         kyber: u32,
         last_resort: bool,
     ) -> Value {
-        let mut body = json!({
-            "address": format!("{}.{device_id}", self.username),
-            "identityKey": b64::encode(&self.identity.public),
-            "registrationId": self.reg_id,
-            "preKeys": ec_prekeys(1..=prekeys),
-            "signedPreKey": signed_ec(&self.identity, 1),
-            "kyberPreKeys": kyber_prekeys(&self.identity, 1..=kyber),
-        });
-        if last_resort {
-            body["lastResortKyberPreKey"] = signed_kyber(&self.identity, 999_999);
-        }
+        let device = self.new_device(device_id, prekeys, kyber, last_resort);
+        let mut body = serde_json::to_value(device).expect("device JSON");
+        // Always present, as the original clients send it.
+        body["kyberPreKeys"] = body.get("kyberPreKeys").cloned().unwrap_or(json!([]));
         body
     }
-}
-
-/// One-time EC prekeys with the given ids.
-pub fn ec_prekeys(ids: impl IntoIterator<Item = u32>) -> Value {
-    Value::Array(
-        ids.into_iter()
-            .map(|id| json!({"keyId": id, "publicKey": b64::encode(&KeyPair::generate().public)}))
-            .collect(),
-    )
-}
-
-/// A signed EC prekey, signed by `identity`.
-pub fn signed_ec(identity: &KeyPair, key_id: u32) -> Value {
-    let key = KeyPair::generate().public;
-    json!({"keyId": key_id, "publicKey": b64::encode(&key), "signature": b64::encode(&identity.sign(&key))})
-}
-
-/// A Kyber-sized public key (type byte 0x08 + 1568 random bytes).
-pub fn kyber_key() -> Vec<u8> {
-    let mut key = vec![0x08u8];
-    key.extend((0..1568).map(|_| rand::random::<u8>()));
-    key
-}
-
-/// A Kyber prekey signed by `identity`.
-pub fn signed_kyber(identity: &KeyPair, key_id: u32) -> Value {
-    let key = kyber_key();
-    json!({"keyId": key_id, "publicKey": b64::encode(&key), "signature": b64::encode(&identity.sign(&key))})
-}
-
-pub fn kyber_prekeys(identity: &KeyPair, ids: impl IntoIterator<Item = u32>) -> Value {
-    Value::Array(
-        ids.into_iter()
-            .map(|id| signed_kyber(identity, id))
-            .collect(),
-    )
 }
 
 /// The JSON text of a message addressed to a device with `registration_id`.
