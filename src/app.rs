@@ -39,21 +39,11 @@ impl Deref for App {
 }
 
 impl App {
-    /// Opens storage in `config.data_dir` and sets everything up. The caller holds the data-dir
-    /// lock (see `datadir::lock`).
-    pub fn open(config: Config) -> crate::failure::Result<App> {
+    /// Opens storage (sled in `config.data_dir`, or PostgreSQL with `--database-url`) and sets
+    /// everything up. The caller holds the data-dir lock (see `datadir::lock`).
+    pub async fn open(config: Config) -> crate::failure::Result<App> {
         crate::datadir::prepare(&config.data_dir)?;
-        let secret =
-            crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
-                .map_err(|e| format!("JWT secret: {e}"))?;
-        let storage = Storage::open_sled(
-            &config.data_dir.join("db"),
-            &StorageOptions {
-                cache_capacity: config.cache_mb.saturating_mul(1 << 20),
-                flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
-            },
-        )
-        .map_err(|e| format!("cannot open the database: {e}"))?;
+        let (storage, secret) = open_storage(&config).await?;
         let mailer = Mailer::new(
             config.smtp_url.as_deref(),
             &config.smtp_from,
@@ -89,4 +79,20 @@ impl App {
     pub fn max_body(&self) -> u64 {
         self.config.max_body_bytes
     }
+}
+
+/// The store the configuration names, and the JWT secret: `--jwt-secret`, else the one kept
+/// beside the data (sled: a file in the data dir; PostgreSQL: a row, shared by every instance).
+async fn open_storage(config: &Config) -> crate::failure::Result<(Storage, Vec<u8>)> {
+    let storage = Storage::open_sled(
+        &config.data_dir.join("db"),
+        &StorageOptions {
+            cache_capacity: config.cache_mb.saturating_mul(1 << 20),
+            flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
+        },
+    )
+    .map_err(|e| format!("cannot open the database: {e}"))?;
+    let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
+        .map_err(|e| format!("JWT secret: {e}"))?;
+    Ok((storage, secret))
 }

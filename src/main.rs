@@ -18,7 +18,7 @@ async fn main() {
     log::info!("signal-server {} starting", env!("CARGO_PKG_VERSION"));
     let _lock = datadir::lock(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
-    let app = App::open(config).unwrap_or_else(|e| fail(&e));
+    let app = App::open(config).await.unwrap_or_else(|e| fail(&e));
     server::exit_on_storage_failure(&app);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -111,7 +111,7 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
     if let Command::Restore { file } = command {
         return restore(&config, file).await;
     }
-    let app = App::open(config)?;
+    let app = App::open(config).await?;
     let mut out = Vec::new();
     execute(&app, command.clone(), &mut out).await?;
     app.storage.close().await?;

@@ -50,7 +50,7 @@ impl TestServer {
     }
 
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
-        let app = App::open(config).expect("app");
+        let app = App::open(config).await.expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
