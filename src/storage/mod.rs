@@ -396,3 +396,4 @@ mod tests {
         assert!(s.user_by_name("late").unwrap().is_none());
     }
 }
+pub mod pg_store;
