@@ -7,6 +7,7 @@
 //! Enum dispatch rather than a trait object: the set of backends is closed, the calls stay
 //! static, and each verb is one `match`.
 
+pub mod pg_store;
 pub mod sled_store;
 
 use std::io::Write;

@@ -1,0 +1,213 @@
+//! One-time prekeys: uploads under a per-device cap (checked under the device lock), and the
+//! pop that hands each key out once (one statement per pop, on the primary key).
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::GenericClient;
+
+use super::devices::lock_device;
+use super::{db_id, to_u32, PgStore, PRIMARY};
+use crate::models::{Popped, PreKey, SignedPreKey};
+use crate::storage::StoreError;
+
+impl PgStore {
+    /// Stores one-time EC prekeys (a stored keyId is replaced). Fails with `TooManyPrekeys`,
+    /// storing nothing, if the stock would exceed `cap`. Returns the new stock.
+    pub async fn add_prekeys(
+        &self,
+        user_id: u64,
+        new: &[PreKey],
+        cap: u32,
+    ) -> Result<u32, StoreError> {
+        let ids: Vec<u32> = new.iter().map(|k| k.key_id).collect();
+        let ids = &ids;
+        self.retrying(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let user = db_id(user_id);
+            let count = check_cap(&*tx, user, "prekeys WHERE", ids, cap).await?;
+            upsert_prekeys(&*tx, user, new).await?;
+            tx.commit().await?;
+            Ok(count)
+        })
+        .await
+    }
+
+    /// Stores one-time Kyber prekeys and/or replaces the last-resort Kyber prekey; the cap
+    /// counts the one-time ones.
+    pub async fn add_kyber_prekeys(
+        &self,
+        user_id: u64,
+        new: &[SignedPreKey],
+        last_resort: Option<&SignedPreKey>,
+        cap: u32,
+    ) -> Result<u32, StoreError> {
+        let ids: Vec<u32> = new.iter().map(|k| k.key_id).collect();
+        let ids = &ids;
+        self.retrying(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let user = db_id(user_id);
+            let table = "kyber_prekeys WHERE NOT last_resort AND";
+            let count = check_cap(&*tx, user, table, ids, cap).await?;
+            upsert_kyber(&*tx, user, new, false).await?;
+            if let Some(key) = last_resort {
+                upsert_kyber(&*tx, user, std::slice::from_ref(key), true).await?;
+            }
+            tx.commit().await?;
+            Ok(count)
+        })
+        .await
+    }
+
+    /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at
+    /// most once ever, in one statement (committed when it returns). Each `DELETE` names one
+    /// row by its primary key, chosen by a sub-select that skips rows other takers hold, so
+    /// concurrent takers (on any instance) get different keys and never wait for each other.
+    /// The last-resort Kyber key is never taken.
+    pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+        self.retrying(move || async move {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "WITH ec AS (DELETE FROM prekeys WHERE (user_id, device_id, key_id) = \
+                       (SELECT user_id, device_id, key_id FROM prekeys \
+                        WHERE user_id = $1 AND device_id = $2 \
+                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                       RETURNING key_id, public_key), \
+                     ky AS (DELETE FROM kyber_prekeys \
+                       WHERE (user_id, device_id, last_resort, key_id) = \
+                       (SELECT user_id, device_id, last_resort, key_id FROM kyber_prekeys \
+                        WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
+                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                       RETURNING key_id, public_key, signature) \
+                     SELECT ec.key_id, ec.public_key, ky.key_id, ky.public_key, ky.signature \
+                     FROM (SELECT) AS one LEFT JOIN ec ON true LEFT JOIN ky ON true",
+                    &[&db_id(user_id), &PRIMARY],
+                )
+                .await?;
+            let prekey = match row.get::<_, Option<i64>>(0) {
+                Some(id) => Some(PreKey {
+                    key_id: to_u32(id, "key id")?,
+                    public_key: row.get(1),
+                }),
+                None => None,
+            };
+            let kyber = match row.get::<_, Option<i64>>(2) {
+                Some(id) => Some(SignedPreKey {
+                    key_id: to_u32(id, "key id")?,
+                    public_key: row.get(3),
+                    signature: row.get(4),
+                }),
+                None => None,
+            };
+            Ok(Popped { prekey, kyber })
+        })
+        .await
+    }
+}
+
+/// Under the device lock: the stock after adding `ids` (stored ones are replaced, not added),
+/// or `TooManyPrekeys` if that is over `cap`. `from` is the table and the start of a
+/// condition (`"prekeys WHERE"`).
+async fn check_cap(
+    tx: &impl GenericClient,
+    user_id: i64,
+    from: &str,
+    ids: &[u32],
+    cap: u32,
+) -> Result<u32, StoreError> {
+    lock_device(tx, user_id).await?;
+    let mut ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE key_id = ANY($3)) FROM {from} \
+                 user_id = $1 AND device_id = $2"
+            ),
+            &[&user_id, &PRIMARY, &ids],
+        )
+        .await?;
+    let (stored, replaced): (i64, i64) = (row.get(0), row.get(1));
+    let count = stored + ids.len() as i64 - replaced;
+    if count > i64::from(cap) {
+        return Err(StoreError::TooManyPrekeys);
+    }
+    Ok(count as u32)
+}
+
+/// Writes EC prekeys of the user's device, replacing stored ones with the same id (the last of
+/// a repeated id wins, as in the sled store).
+pub(super) async fn upsert_prekeys(
+    tx: &impl GenericClient,
+    user_id: i64,
+    keys: &[PreKey],
+) -> Result<(), StoreError> {
+    let unique: BTreeMap<u32, &PreKey> = keys.iter().map(|k| (k.key_id, k)).collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
+    let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO prekeys (user_id, device_id, key_id, public_key) \
+         SELECT $1, $2, k.id, k.public FROM unnest($3::bigint[], $4::bytea[]) AS k(id, public) \
+         ON CONFLICT (user_id, device_id, key_id) DO UPDATE SET public_key = excluded.public_key",
+        &[&user_id, &PRIMARY, &ids, &public],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes one-time Kyber prekeys, or (`last_resort`) replaces the device's last-resort one.
+pub(super) async fn upsert_kyber(
+    tx: &impl GenericClient,
+    user_id: i64,
+    keys: &[SignedPreKey],
+    last_resort: bool,
+) -> Result<(), StoreError> {
+    let unique: BTreeMap<u32, &SignedPreKey> = keys.iter().map(|k| (k.key_id, k)).collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    if last_resort {
+        tx.execute(
+            "DELETE FROM kyber_prekeys WHERE user_id = $1 AND device_id = $2 AND last_resort",
+            &[&user_id, &PRIMARY],
+        )
+        .await?;
+    }
+    let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
+    let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
+    let signatures: Vec<&[u8]> = unique.values().map(|k| k.signature.as_slice()).collect();
+    tx.execute(
+        "INSERT INTO kyber_prekeys (user_id, device_id, last_resort, key_id, public_key, signature) \
+         SELECT $1, $2, $3, k.id, k.public, k.signature \
+         FROM unnest($4::bigint[], $5::bytea[], $6::bytea[]) AS k(id, public, signature) \
+         ON CONFLICT (user_id, device_id, last_resort, key_id) \
+         DO UPDATE SET public_key = excluded.public_key, signature = excluded.signature",
+        &[&user_id, &PRIMARY, &last_resort, &ids, &public, &signatures],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One-time keys in stock for the user's device: `(EC, Kyber)`.
+pub(super) async fn counts(
+    client: &impl GenericClient,
+    user_id: i64,
+) -> Result<(u32, u32), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM prekeys WHERE user_id = $1 AND device_id = $2), \
+             (SELECT count(*) FROM kyber_prekeys \
+              WHERE user_id = $1 AND device_id = $2 AND NOT last_resort)",
+            &[&user_id, &PRIMARY],
+        )
+        .await?;
+    let n = |i: usize| u32::try_from(row.get::<_, i64>(i)).unwrap_or(u32::MAX);
+    Ok((n(0), n(1)))
+}

@@ -1,0 +1,285 @@
+//! The PostgreSQL store: the same verbs as the sled `Storage`, async, for several server
+//! processes sharing one database.
+//!
+//! Every rule holds across processes because the database enforces it, never a lock or count in
+//! one process:
+//! - A one-time prekey is taken by ONE statement that deletes the lowest key on its primary key
+//!   (`FOR UPDATE SKIP LOCKED`), so concurrent takers each get a different key, once.
+//! - Caps (prekeys, queue) are checked and written in one transaction holding the device row
+//!   (`FOR NO KEY UPDATE`): uploads and sends of one device run one after the other everywhere.
+//!   Pops only lower a stock, so they need not wait.
+//! - Message ids come from a sequence, drawn under the device lock and committed before it is
+//!   released: one queue's visible ids only grow, so paging by "after this id" misses nothing.
+//! - All-or-nothing writes are one transaction; deadlocks and serialization failures are
+//!   retried a few times (`retrying`).
+//!
+//! Durability: every verb returns `Ok` only after its transaction (or autocommit statement)
+//! committed, with `synchronous_commit = on` for the store's sessions.
+//!
+//! A database that is down or stalled answers `StoreError::Unavailable` within `TIMEOUT`.
+
+mod devices;
+mod keys;
+mod messages;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Timeouts};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+
+use super::{StoreError, Totals};
+
+/// The longest any verb waits for the database (connecting, a pooled connection, a statement).
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a transaction that lost a deadlock or a serialization check is run again.
+const ATTEMPTS: u32 = 4;
+/// Connections per process.
+const POOL_SIZE: usize = 16;
+/// The only device of an account today; every device-owned row carries its id already.
+const PRIMARY: i32 = 1;
+
+/// A handle on the database; cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://USER:PASS@HOST:PORT/DB`, TLS with `?sslmode=require`) and
+    /// brings the schema up to date; refuses a schema newer than this build knows.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Corrupt(format!("the database URL is not valid: {e}")))?;
+        let options = format!(
+            "{} -c synchronous_commit=on -c statement_timeout={ms} -c lock_timeout={ms}",
+            config.get_options().unwrap_or_default(),
+            ms = TIMEOUT.as_millis()
+        );
+        config
+            .options(options.trim())
+            .connect_timeout(TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match config.get_ssl_mode() {
+            SslMode::Require => Manager::from_config(config, tls()?, manager_config),
+            _ => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(TIMEOUT),
+                create: Some(TIMEOUT),
+                recycle: Some(TIMEOUT),
+            })
+            .build()
+            .map_err(|e| StoreError::Db(Box::new(e)))?;
+        let store = PgStore { pool };
+        store.timed(schema::migrate(&store)).await?;
+        Ok(store)
+    }
+
+    /// A pooled connection, or `Unavailable` when none can be had in time.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs a verb within `TIMEOUT`: a database that stopped answering (not only one that
+    /// refuses connections) makes the verb fail instead of hang.
+    async fn timed<T>(
+        &self,
+        verb: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(TIMEOUT, verb)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {} s",
+                    TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// Runs a transaction (`attempt`, which starts and commits its own) again when it lost a
+    /// deadlock or a serialization check, a few times, all within `TIMEOUT`.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.timed(async {
+            let mut tries = 1;
+            loop {
+                match attempt().await {
+                    Err(e) if tries < ATTEMPTS && retryable(&e) => tries += 1,
+                    outcome => return outcome,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers once the database does (`SELECT 1`), within `TIMEOUT`.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        self.timed(async {
+            self.client().await?.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The JWT secret every instance shares: `fresh` is stored if there is none yet (the first
+    /// instance to start wins), and the stored one is returned.
+    pub async fn jwt_secret(&self, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.timed(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO settings (key, value) VALUES ('jwt_secret', $1) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&fresh],
+                )
+                .await?;
+            // A second statement: it sees a secret another instance committed meanwhile.
+            let row = client
+                .query_one("SELECT value FROM settings WHERE key = 'jwt_secret'", &[])
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+    }
+
+    /// Totals over the whole database, counted now.
+    pub async fn totals(&self) -> Result<Totals, StoreError> {
+        self.timed(async {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM devices), \
+                     (SELECT count(*) FROM messages), (SELECT count(*) FROM prekeys), \
+                     (SELECT count(*) FROM kyber_prekeys WHERE NOT last_resort), \
+                     (SELECT count(*) FROM invites)",
+                    &[],
+                )
+                .await?;
+            let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+            Ok(Totals {
+                users: n(0),
+                devices: n(1),
+                queued_messages: n(2),
+                prekeys: n(3),
+                kyber_prekeys: n(4),
+                invites: n(5),
+            })
+        })
+        .await
+    }
+}
+
+/// Client TLS for `sslmode=require`: rustls with the web's root certificates.
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Db(Box::new(e)))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// An id as the database keeps it (`bigint`); ids above its range name nothing stored.
+fn db_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// A `u32` field the store wrote as `bigint`.
+fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range: {v}")))
+}
+
+/// A row id read back (never negative: sequences start at 1).
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_default()
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => match StoreError::from(e) {
+            e @ StoreError::Unavailable(_) => e,
+            // Refused at login (a wrong password, no such database): still "cannot serve".
+            e => StoreError::Unavailable(format!("cannot connect to the database: {e}")),
+        },
+        e => StoreError::Unavailable(format!("no database connection: {e}")),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            return if is_connection_failure(&e) {
+                StoreError::Unavailable(format!("the database connection failed: {e}"))
+            } else {
+                StoreError::Db(Box::new(e))
+            };
+        };
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION {
+            match db.constraint() {
+                Some(schema::USERNAME_KEY) => return StoreError::UsernameTaken,
+                Some(schema::EMAIL_KEY) => return StoreError::EmailTaken,
+                Some(schema::DEVICE_KEY) => return StoreError::DeviceExists,
+                _ => {}
+            }
+        }
+        if *code == SqlState::FOREIGN_KEY_VIOLATION && db.constraint() == Some(schema::DEVICE_USER)
+        {
+            return StoreError::NoUser;
+        }
+        // Connection exceptions, insufficient resources, operator intervention (a shutdown,
+        // a statement cancelled by `statement_timeout`): the database cannot serve right now.
+        if matches!(&code.code()[..2], "08" | "53" | "57") || *code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            return StoreError::Unavailable(format!("the database cannot serve: {}", db.message()));
+        }
+        StoreError::Db(Box::new(e))
+    }
+}
+
+/// A failure of the connection itself (not of a statement): the database is gone or stalled.
+fn is_connection_failure(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error;
+    let text = e.to_string();
+    e.is_closed()
+        || e.source().is_some_and(|s| s.is::<std::io::Error>())
+        || text.starts_with("error connecting")
+        || text.starts_with("timeout")
+}
+
+/// A transaction worth running again: it lost a deadlock or a serialization check.
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Db(source) = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        })
+}

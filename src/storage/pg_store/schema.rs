@@ -1,0 +1,143 @@
+//! The schema, as numbered migrations. `schema_version` holds the highest one applied; an
+//! instance applies the missing ones at start (under an advisory lock, so instances starting
+//! together apply each once) and refuses a database newer than it knows.
+//!
+//! Designed for several devices per account: every device-owned row is keyed by
+//! (user_id, device_id); device 1 is the only one today.
+
+use super::PgStore;
+use crate::storage::StoreError;
+
+/// Unique index names, mapped to the errors the verbs return.
+pub(super) const USERNAME_KEY: &str = "users_username_key";
+pub(super) const EMAIL_KEY: &str = "users_email_key";
+pub(super) const DEVICE_KEY: &str = "devices_pkey";
+/// A device for a user that is gone.
+pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
+
+/// Any number: the advisory lock that serialises migrations between instances.
+const MIGRATION_LOCK: i64 = 0x5167_6e61_6c5f_6462;
+
+/// Migration n (1-based) is `MIGRATIONS[n - 1]`; never edit one that has shipped, add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE SEQUENCE user_ids;
+CREATE SEQUENCE message_ids;
+
+CREATE TABLE users (
+    id bigint PRIMARY KEY DEFAULT nextval('user_ids'),
+    username text NOT NULL,
+    -- '' when none was given
+    email text NOT NULL DEFAULT '',
+    password_hash text NOT NULL,
+    token_version bigint NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX users_username_key ON users (lower(username));
+CREATE UNIQUE INDEX users_email_key ON users (lower(email)) WHERE email <> '';
+
+CREATE TABLE devices (
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    address text NOT NULL,
+    registration_id bigint NOT NULL,
+    identity_key bytea NOT NULL,
+    signed_prekey_id bigint NOT NULL,
+    signed_prekey bytea NOT NULL,
+    signed_prekey_signature bytea NOT NULL,
+    CONSTRAINT devices_pkey PRIMARY KEY (user_id, device_id),
+    CONSTRAINT devices_user_id_fkey FOREIGN KEY (user_id) REFERENCES users ON DELETE CASCADE
+);
+
+CREATE TABLE prekeys (
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    key_id bigint NOT NULL,
+    public_key bytea NOT NULL,
+    PRIMARY KEY (user_id, device_id, key_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices ON DELETE CASCADE
+);
+
+-- One-time Kyber prekeys, and the device's one last-resort Kyber prekey (never popped).
+CREATE TABLE kyber_prekeys (
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    last_resort boolean NOT NULL,
+    key_id bigint NOT NULL,
+    public_key bytea NOT NULL,
+    signature bytea NOT NULL,
+    PRIMARY KEY (user_id, device_id, last_resort, key_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX kyber_prekeys_one_last_resort ON kyber_prekeys (user_id, device_id)
+    WHERE last_resort;
+
+-- A queue per device; the sender is not a reference (their messages outlive their account).
+CREATE TABLE messages (
+    id bigint PRIMARY KEY DEFAULT nextval('message_ids'),
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    sender_address text NOT NULL,
+    sender_registration_id bigint NOT NULL,
+    content text NOT NULL,
+    recipient_address text NOT NULL,
+    -- ms since the epoch, as the sender's server stamped it
+    timestamp bigint NOT NULL,
+    FOREIGN KEY (user_id, device_id) REFERENCES devices ON DELETE CASCADE
+);
+CREATE INDEX messages_queue ON messages (user_id, device_id, id);
+CREATE INDEX messages_timestamp ON messages (timestamp);
+
+-- Keyed by the hash of the token; the user may be gone (the reset then finds no one).
+CREATE TABLE reset_tokens (
+    token_hash bytea PRIMARY KEY,
+    user_id bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    token_version bigint NOT NULL
+);
+CREATE INDEX reset_tokens_expiry ON reset_tokens (expires_at);
+
+CREATE TABLE invites (
+    token_hash bytea PRIMARY KEY,
+    created_at bigint NOT NULL
+);
+
+-- Deployment-wide values: 'jwt_secret'.
+CREATE TABLE settings (
+    key text PRIMARY KEY,
+    value bytea NOT NULL
+);
+"#];
+
+/// The schema version this build writes and reads.
+pub(super) const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Applies the migrations the database lacks, all in one transaction.
+pub(super) async fn migrate(store: &PgStore) -> Result<(), StoreError> {
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        .await?;
+    let found: i32 = tx
+        .query_opt("SELECT version FROM schema_version", &[])
+        .await?
+        .map_or(0, |row| row.get(0));
+    if found > VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {found}, this build knows up to version {VERSION}; \
+             run the signal-server version that wrote it"
+        )));
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        log::info!("database: applying schema migration {}", n + 1);
+        tx.batch_execute(sql).await?;
+    }
+    tx.execute("DELETE FROM schema_version", &[]).await?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES ($1)",
+        &[&VERSION],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Accounts, password-reset grants and invites.
+
+use tokio_postgres::Row;
+
+use super::{db_id, to_u32, to_u64, PgStore};
+use crate::models::User;
+use crate::storage::{ResetGrant, StoreError};
+
+const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
+
+impl PgStore {
+    /// Creates a user; usernames and non-empty emails are unique case-insensitively. With
+    /// `invite` (the hash of an invite token), the invite is used up in the same transaction.
+    /// Refusals come in the sled store's order: username, invite, email.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        email: &str,
+        password_hash: String,
+        invite: Option<&[u8]>,
+    ) -> Result<User, StoreError> {
+        let password_hash = password_hash.as_str();
+        self.retrying(move || self.create_user_once(username, email, password_hash, invite))
+            .await
+    }
+
+    async fn create_user_once(
+        &self,
+        username: &str,
+        email: &str,
+        password_hash: &str,
+        invite: Option<&[u8]>,
+    ) -> Result<User, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let taken = tx
+            .query_opt(
+                "SELECT 1 FROM users WHERE lower(username) = lower($1)",
+                &[&username],
+            )
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::UsernameTaken);
+        }
+        if let Some(invite) = invite {
+            let used = tx
+                .execute("DELETE FROM invites WHERE token_hash = $1", &[&invite])
+                .await?;
+            if used == 0 {
+                return Err(StoreError::InvalidInvite);
+            }
+        }
+        // The unique indexes decide between concurrent creates (and check the email).
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) \
+                     RETURNING {USER_COLUMNS}"
+                ),
+                &[&username, &email, &password_hash],
+            )
+            .await?;
+        tx.commit().await?;
+        user(&row)
+    }
+
+    pub async fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
+        self.user_where("id = $1", &db_id(id)).await
+    }
+
+    /// Looks a user up by username, case-insensitively.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
+        self.user_where("lower(username) = lower($1)", &username)
+            .await
+    }
+
+    /// Looks a user up by email, case-insensitively (never the empty "no email").
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        if email.is_empty() {
+            return Ok(None);
+        }
+        self.user_where("lower(email) = lower($1) AND email <> ''", &email)
+            .await
+    }
+
+    async fn user_where(
+        &self,
+        condition: &str,
+        value: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<Option<User>, StoreError> {
+        self.timed(async {
+            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
+            let row = self.client().await?.query_opt(&sql, &[value]).await?;
+            row.as_ref().map(user).transpose()
+        })
+        .await
+    }
+
+    /// Every user with an id above `after_id`, in id order, at most `limit` (admin listing).
+    pub async fn users_page(&self, after_id: u64, limit: usize) -> Result<Vec<User>, StoreError> {
+        self.timed(async {
+            let sql =
+                format!("SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2");
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .client()
+                .await?
+                .query(&sql, &[&db_id(after_id), &limit])
+                .await?;
+            rows.iter().map(user).collect()
+        })
+        .await
+    }
+
+    /// Replaces the password hash and bumps the token version, which revokes every token issued
+    /// before. Returns the updated user.
+    pub async fn set_password(
+        &self,
+        user_id: u64,
+        password_hash: String,
+    ) -> Result<User, StoreError> {
+        self.timed(async {
+            let sql = format!(
+                "UPDATE users SET password_hash = $2, token_version = (token_version + 1) % 4294967296 \
+                 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            );
+            let row = self
+                .client()
+                .await?
+                .query_opt(&sql, &[&db_id(user_id), &password_hash])
+                .await?;
+            user(&row.ok_or(StoreError::NoUser)?)
+        })
+        .await
+    }
+
+    /// Deletes a user with their device, keys and queued messages (one statement: the rest
+    /// follows by `ON DELETE CASCADE`). Messages they sent to others stay.
+    pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
+        self.retrying(move || async move {
+            let client = self.client().await?;
+            match client
+                .execute("DELETE FROM users WHERE id = $1", &[&db_id(user_id)])
+                .await?
+            {
+                0 => Err(StoreError::NoUser),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Stores a reset grant under the hash of its token (replacing one stored under it).
+    pub async fn put_reset_token(
+        &self,
+        token_hash: &[u8],
+        grant: &ResetGrant,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO reset_tokens (token_hash, user_id, expires_at, token_version) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO UPDATE SET \
+                     user_id = excluded.user_id, expires_at = excluded.expires_at, \
+                     token_version = excluded.token_version",
+                    &[
+                        &token_hash,
+                        &db_id(grant.user_id),
+                        &db_id(grant.expires_at),
+                        &i64::from(grant.token_version),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes and returns the grant for a token hash: a token works once (one `DELETE`, so
+    /// of two concurrent takers one gets it).
+    pub async fn take_reset_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<ResetGrant>, StoreError> {
+        self.grant_query(
+            "DELETE FROM reset_tokens WHERE token_hash = $1 \
+             RETURNING user_id, expires_at, token_version",
+            token_hash,
+        )
+        .await
+    }
+
+    /// The grant for a token hash, left in place: lets a reset be checked in full before the
+    /// token is taken, so a refused new password does not use the token up.
+    pub async fn reset_grant(&self, token_hash: &[u8]) -> Result<Option<ResetGrant>, StoreError> {
+        self.grant_query(
+            "SELECT user_id, expires_at, token_version FROM reset_tokens WHERE token_hash = $1",
+            token_hash,
+        )
+        .await
+    }
+
+    async fn grant_query(
+        &self,
+        sql: &str,
+        token_hash: &[u8],
+    ) -> Result<Option<ResetGrant>, StoreError> {
+        self.timed(async {
+            let row = self.client().await?.query_opt(sql, &[&token_hash]).await?;
+            row.map(|row| {
+                Ok(ResetGrant {
+                    user_id: to_u64(row.get(0)),
+                    expires_at: to_u64(row.get(1)),
+                    token_version: to_u32(row.get(2), "token version")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// Drops reset grants expired at `now` (s); run by the background sweeper.
+    pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
+        self.timed(async {
+            let n = self
+                .client()
+                .await?
+                .execute(
+                    "DELETE FROM reset_tokens WHERE expires_at <= $1",
+                    &[&db_id(now)],
+                )
+                .await?;
+            Ok(n as usize)
+        })
+        .await
+    }
+
+    /// Stores an invite under the hash of its token.
+    pub async fn create_invite(
+        &self,
+        token_hash: &[u8],
+        created_at: u64,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            self.client()
+                .await?
+                .execute(
+                    "INSERT INTO invites (token_hash, created_at) VALUES ($1, $2) \
+                     ON CONFLICT (token_hash) DO UPDATE SET created_at = excluded.created_at",
+                    &[&token_hash, &db_id(created_at)],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn user(row: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        id: to_u64(row.get(0)),
+        username: row.get(1),
+        email: row.get(2),
+        password_hash: row.get(3),
+        token_version: to_u32(row.get(4), "token version")?,
+    })
+}
