@@ -35,6 +35,17 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// PostgreSQL instead of sled: postgres://USER:PASS@HOST:PORT/DB (`?sslmode=require` for
+    /// TLS). Any number of instances may share one database; the data dir then holds only the
+    /// admin socket and the lock.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: Option<String>,
+
     /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port).
     #[arg(long, env = "SIGNAL_SERVER_LISTEN", default_value = "127.0.0.1:8000",
           value_parser = socket_addr)]

@@ -10,6 +10,10 @@
 pub mod pg_store;
 pub mod sled_store;
 
+/// Records for the storage tests of both backends.
+#[cfg(test)]
+pub(crate) use sled_store::fixtures;
+
 use std::io::Write;
 use std::path::Path;
 
