@@ -1,8 +1,10 @@
 //! Everything the API suite shares: the server in-process (`server`), the built binary
 //! (`process`), WebSockets (`ws`), key material and device calls (`keys`), assertions on answers
-//! (`assert`) and the steps operations and fault tests share (`traffic`).
+//! (`assert`), the steps operations and fault tests share (`traffic`) and the store the servers
+//! use (`database`).
 
 mod assert;
+mod database;
 mod keys;
 mod process;
 mod server;
@@ -10,6 +12,7 @@ mod traffic;
 mod ws;
 
 pub use assert::*;
+pub use database::*;
 pub use keys::*;
 pub use process::*;
 pub use server::*;

@@ -1,5 +1,5 @@
-//! The server in-process: the real `signal_server::run` on 127.0.0.1:0 with a sled data dir in a
-//! temp folder; users and their devices made through the typed client (`TestServer::user`,
+//! The server in-process: the real `signal_server::run` on 127.0.0.1:0 with a data dir in a temp
+//! folder (and sled there, or a PostgreSQL database: see `database`); users and their devices made through the typed client (`TestServer::user`,
 //! `user_with_device`, `client_of`); and the raw requests (`call`, `get`, `post`, `delete`,
 //! `call_raw`, `send`) that tests of exact statuses, bodies and hostile input use.
 
@@ -49,7 +49,12 @@ impl TestServer {
         TestServer::start_config(config, dir).await
     }
 
-    pub async fn start_config(config: Config, dir: tempfile::TempDir) -> TestServer {
+    /// A server on `config` (sled in its data dir, or a database of its own on the PostgreSQL
+    /// server the suite runs against: see `database`).
+    pub async fn start_config(mut config: Config, dir: tempfile::TempDir) -> TestServer {
+        if config.database_url.is_none() {
+            config.database_url = super::database_for(dir.path()).await;
+        }
         let app = App::open(config).await.expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,0 +1,58 @@
+//! Which store the in-process servers use. Without `SIGNAL_SERVER_TEST_DATABASE_URL` every
+//! server keeps its data in sled in its data dir. With it (a PostgreSQL server the caller
+//! started, e.g. with `tools/pg-test-cluster.sh`), each new data dir gets a fresh database of its
+//! own on that server, remembered in the data dir so that a restart on the same dir finds its
+//! data again.
+
+use std::path::Path;
+
+/// The variable naming the PostgreSQL server to test against.
+pub const DATABASE_ENV: &str = "SIGNAL_SERVER_TEST_DATABASE_URL";
+
+/// Where a data dir remembers its database.
+const REMEMBERED: &str = "test-database-url";
+
+/// Whether the suite runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var_os(DATABASE_ENV).is_some()
+}
+
+/// The database URL for the server on `data_dir`: none on sled; on PostgreSQL the one this dir
+/// had before, or a new empty database.
+pub async fn database_for(data_dir: &Path) -> Option<String> {
+    let base = std::env::var(DATABASE_ENV).ok()?;
+    let remembered = data_dir.join(REMEMBERED);
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return Some(url);
+    }
+    let name = format!("t_{:016x}", rand::random::<u64>());
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{DATABASE_ENV}={base}: {e}"));
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    drop(client);
+    let _ = driver.await;
+    let url = with_database(&base, &name);
+    std::fs::write(&remembered, &url).expect("remember the test database");
+    Some(url)
+}
+
+/// `base` (postgres://user@host:port/db?params) with another database name.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = base
+        .split_once('?')
+        .map_or((base, None), |(h, q)| (h, Some(q)));
+    let authority_end = head.find("://").map_or(0, |i| i + 3);
+    let server = match head[authority_end..].find('/') {
+        Some(slash) => &head[..authority_end + slash],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
