@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::GenericClient;
+use super::Cached;
 
 use super::devices::lock_device;
 use super::{db_id, to_u32, PgStore, PRIMARY};
@@ -25,8 +25,8 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let user = db_id(user_id);
-            let count = check_cap(&*tx, user, "prekeys WHERE", ids, cap).await?;
-            upsert_prekeys(&*tx, user, new).await?;
+            let count = check_cap(&tx, user, "prekeys WHERE", ids, cap).await?;
+            upsert_prekeys(&tx, user, new).await?;
             tx.commit().await?;
             Ok(count)
         })
@@ -49,10 +49,10 @@ impl PgStore {
             let tx = client.transaction().await?;
             let user = db_id(user_id);
             let table = "kyber_prekeys WHERE NOT last_resort AND";
-            let count = check_cap(&*tx, user, table, ids, cap).await?;
-            upsert_kyber(&*tx, user, new, false).await?;
+            let count = check_cap(&tx, user, table, ids, cap).await?;
+            upsert_kyber(&tx, user, new, false).await?;
             if let Some(key) = last_resort {
-                upsert_kyber(&*tx, user, std::slice::from_ref(key), true).await?;
+                upsert_kyber(&tx, user, std::slice::from_ref(key), true).await?;
             }
             tx.commit().await?;
             Ok(count)
@@ -70,7 +70,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_one(
+                .fetch_one(
                     "WITH ec AS (DELETE FROM prekeys WHERE (user_id, device_id, key_id) = \
                        (SELECT user_id, device_id, key_id FROM prekeys \
                         WHERE user_id = $1 AND device_id = $2 \
@@ -112,7 +112,7 @@ impl PgStore {
 /// or `TooManyPrekeys` if that is over `cap`. `from` is the table and the start of a
 /// condition (`"prekeys WHERE"`).
 async fn check_cap(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     from: &str,
     ids: &[u32],
@@ -123,7 +123,7 @@ async fn check_cap(
     ids.sort_unstable();
     ids.dedup();
     let row = tx
-        .query_one(
+        .fetch_one(
             &format!(
                 "SELECT count(*), count(*) FILTER (WHERE key_id = ANY($3)) FROM {from} \
                  user_id = $1 AND device_id = $2"
@@ -142,7 +142,7 @@ async fn check_cap(
 /// Writes EC prekeys of the user's device, replacing stored ones with the same id (the last of
 /// a repeated id wins, as in the sled store).
 pub(super) async fn upsert_prekeys(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     keys: &[PreKey],
 ) -> Result<(), StoreError> {
@@ -152,7 +152,7 @@ pub(super) async fn upsert_prekeys(
     }
     let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
     let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO prekeys (user_id, device_id, key_id, public_key) \
          SELECT $1, $2, k.id, k.public FROM unnest($3::bigint[], $4::bytea[]) AS k(id, public) \
          ON CONFLICT (user_id, device_id, key_id) DO UPDATE SET public_key = excluded.public_key",
@@ -164,7 +164,7 @@ pub(super) async fn upsert_prekeys(
 
 /// Writes one-time Kyber prekeys, or (`last_resort`) replaces the device's last-resort one.
 pub(super) async fn upsert_kyber(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     keys: &[SignedPreKey],
     last_resort: bool,
@@ -174,7 +174,7 @@ pub(super) async fn upsert_kyber(
         return Ok(());
     }
     if last_resort {
-        tx.execute(
+        tx.exec(
             "DELETE FROM kyber_prekeys WHERE user_id = $1 AND device_id = $2 AND last_resort",
             &[&user_id, &PRIMARY],
         )
@@ -183,7 +183,7 @@ pub(super) async fn upsert_kyber(
     let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
     let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
     let signatures: Vec<&[u8]> = unique.values().map(|k| k.signature.as_slice()).collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO kyber_prekeys (user_id, device_id, last_resort, key_id, public_key, signature) \
          SELECT $1, $2, $3, k.id, k.public, k.signature \
          FROM unnest($4::bigint[], $5::bytea[], $6::bytea[]) AS k(id, public, signature) \
@@ -196,12 +196,9 @@ pub(super) async fn upsert_kyber(
 }
 
 /// One-time keys in stock for the user's device: `(EC, Kyber)`.
-pub(super) async fn counts(
-    client: &impl GenericClient,
-    user_id: i64,
-) -> Result<(u32, u32), StoreError> {
+pub(super) async fn counts(client: &impl Cached, user_id: i64) -> Result<(u32, u32), StoreError> {
     let row = client
-        .query_one(
+        .fetch_one(
             "SELECT (SELECT count(*) FROM prekeys WHERE user_id = $1 AND device_id = $2), \
              (SELECT count(*) FROM kyber_prekeys \
               WHERE user_id = $1 AND device_id = $2 AND NOT last_resort)",

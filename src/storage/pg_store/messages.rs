@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tokio_postgres::Row;
 
 use super::devices::lock_device;
-use super::{db_id, to_u32, to_u64, PgStore, PRIMARY};
+use super::{db_id, to_u32, to_u64, Cached, PgStore, PRIMARY};
 use crate::models::Message;
 use crate::storage::{DeleteOutcome, StoreError};
 
@@ -32,9 +32,9 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let user = db_id(recipient);
-            lock_device(&*tx, user).await?;
+            lock_device(&tx, user).await?;
             let queued: i64 = tx
-                .query_one(
+                .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
                     &[&user, &PRIMARY],
                 )
@@ -45,7 +45,7 @@ impl PgStore {
             }
             let m = message;
             let row = tx
-                .query_one(
+                .fetch_one(
                     "INSERT INTO messages (user_id, device_id, sender_address, \
                      sender_registration_id, content, recipient_address, timestamp) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -103,7 +103,7 @@ impl PgStore {
             let rows = self
                 .client()
                 .await?
-                .query(
+                .fetch_all(
                     &sql,
                     &[
                         &db_id(recipient),
@@ -128,7 +128,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
+                .fetch_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
                 .await?;
             row.as_ref().map(message).transpose()
         })
@@ -147,15 +147,15 @@ impl PgStore {
         let rows = self
             .retrying(|| async {
                 let client = self.client().await?;
-                Ok(client
-                    .query(
+                client
+                    .fetch_all(
                         "WITH gone AS (DELETE FROM messages \
                            WHERE user_id = $1 AND device_id = $2 AND id = ANY($3) RETURNING id) \
                          SELECT id, true FROM gone UNION ALL SELECT id, false FROM messages \
                          WHERE id = ANY($3) AND (user_id, device_id) <> ($1, $2)",
                         &[&db_id(recipient), &PRIMARY, &wanted],
                     )
-                    .await?)
+                    .await
             })
             .await?;
         let mut deleted = HashSet::new();
@@ -188,7 +188,7 @@ impl PgStore {
             let n = self
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "DELETE FROM messages WHERE timestamp < $1",
                     &[&db_id(cutoff_ms)],
                 )
@@ -203,7 +203,7 @@ impl PgStore {
             let n: i64 = self
                 .client()
                 .await?
-                .query_one(
+                .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
                     &[&db_id(recipient), &PRIMARY],
                 )
