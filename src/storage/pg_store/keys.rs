@@ -61,52 +61,74 @@ impl PgStore {
     }
 
     /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at
-    /// most once ever, in one statement (committed when it returns). Each `DELETE` names one
-    /// row by its primary key, chosen by a sub-select that skips rows other takers hold, so
-    /// concurrent takers (on any instance) get different keys and never wait for each other.
-    /// The last-resort Kyber key is never taken.
+    /// most once ever (committed when it returns). The last-resort Kyber key is never taken.
+    ///
+    /// One statement (`POP`) takes both. Each `DELETE` names one row by its primary key,
+    /// chosen by a sub-select that skips rows other takers hold, so concurrent takers (on any
+    /// instance) get different keys without waiting for each other. A kind can come back empty
+    /// while keys of it are still stored but all held by other takers (or by an upload
+    /// replacing them); then the statement runs again for that kind, until a key is had or
+    /// none is left (`POP_ROUNDS` at most).
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
-        self.retrying(move || async move {
-            let row = self
-                .client()
-                .await?
-                .fetch_one(
-                    "WITH ec AS (DELETE FROM prekeys WHERE (user_id, device_id, key_id) = \
-                       (SELECT user_id, device_id, key_id FROM prekeys \
-                        WHERE user_id = $1 AND device_id = $2 \
-                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                       RETURNING key_id, public_key), \
-                     ky AS (DELETE FROM kyber_prekeys \
-                       WHERE (user_id, device_id, last_resort, key_id) = \
-                       (SELECT user_id, device_id, last_resort, key_id FROM kyber_prekeys \
-                        WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
-                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                       RETURNING key_id, public_key, signature) \
-                     SELECT ec.key_id, ec.public_key, ky.key_id, ky.public_key, ky.signature \
-                     FROM (SELECT) AS one LEFT JOIN ec ON true LEFT JOIN ky ON true",
-                    &[&db_id(user_id), &PRIMARY],
-                )
-                .await?;
-            let prekey = match row.get::<_, Option<i64>>(0) {
-                Some(id) => Some(PreKey {
-                    key_id: to_u32(id, "key id")?,
-                    public_key: row.get(1),
-                }),
-                None => None,
-            };
-            let kyber = match row.get::<_, Option<i64>>(2) {
-                Some(id) => Some(SignedPreKey {
-                    key_id: to_u32(id, "key id")?,
-                    public_key: row.get(3),
-                    signature: row.get(4),
-                }),
-                None => None,
-            };
-            Ok(Popped { prekey, kyber })
+        self.timed(async {
+            let client = self.client().await?;
+            let user = db_id(user_id);
+            let mut popped = Popped::default();
+            for round in 0..POP_ROUNDS {
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let want = (popped.prekey.is_none(), popped.kyber.is_none());
+                let row = client
+                    .fetch_one(POP, &[&user, &PRIMARY, &want.0, &want.1])
+                    .await?;
+                if let Some(id) = row.get::<_, Option<i64>>(0) {
+                    popped.prekey = Some(PreKey {
+                        key_id: to_u32(id, "key id")?,
+                        public_key: row.get(1),
+                    });
+                }
+                if let Some(id) = row.get::<_, Option<i64>>(2) {
+                    popped.kyber = Some(SignedPreKey {
+                        key_id: to_u32(id, "key id")?,
+                        public_key: row.get(3),
+                        signature: row.get(4),
+                    });
+                }
+                // Held by others: stored (seen by this statement's snapshot) yet not taken.
+                let ec_held = popped.prekey.is_none() && row.get::<_, bool>(5);
+                let kyber_held = popped.kyber.is_none() && row.get::<_, bool>(6);
+                if !ec_held && !kyber_held {
+                    break;
+                }
+            }
+            Ok(popped)
         })
         .await
     }
 }
+
+/// How often `pop_prekeys` looks again for a kind whose keys were all held by other takers.
+const POP_ROUNDS: usize = 20;
+
+/// Takes the lowest EC (if `$3`) and Kyber (if `$4`) one-time prekey of a device; also tells
+/// whether any of each kind is stored (as of the statement's start).
+const POP: &str = "\
+    WITH ec AS (DELETE FROM prekeys WHERE $3 AND (user_id, device_id, key_id) = \
+      (SELECT user_id, device_id, key_id FROM prekeys \
+       WHERE user_id = $1 AND device_id = $2 \
+       ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+      RETURNING key_id, public_key), \
+    ky AS (DELETE FROM kyber_prekeys WHERE $4 AND (user_id, device_id, last_resort, key_id) = \
+      (SELECT user_id, device_id, last_resort, key_id FROM kyber_prekeys \
+       WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
+       ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+      RETURNING key_id, public_key, signature) \
+    SELECT ec.key_id, ec.public_key, ky.key_id, ky.public_key, ky.signature, \
+      EXISTS (SELECT 1 FROM prekeys WHERE user_id = $1 AND device_id = $2), \
+      EXISTS (SELECT 1 FROM kyber_prekeys \
+              WHERE user_id = $1 AND device_id = $2 AND NOT last_resort) \
+    FROM (SELECT) AS one LEFT JOIN ec ON true LEFT JOIN ky ON true";
 
 /// Under the device lock: the stock after adding `ids` (stored ones are replaced, not added),
 /// or `TooManyPrekeys` if that is over `cap`. `from` is the table and the start of a

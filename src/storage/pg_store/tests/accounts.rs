@@ -139,3 +139,27 @@ async fn an_invite_registers_one_user_only() {
     assert!(s.user_by_name("two").await.unwrap().is_none());
     assert_eq!(s.totals().await.unwrap().invites, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_registrations_of_one_name_on_two_instances_one_wins() {
+    let Some((s1, url)) = store().await else {
+        return;
+    };
+    let s2 = PgStore::connect(&url).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            let name = if i % 3 == 0 { "Same" } else { "same" };
+            tokio::spawn(async move { s.create_user(name, "", "h".into(), None).await })
+        })
+        .collect();
+    let (mut won, mut taken) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::UsernameTaken) => taken += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((won, taken), (1, 31));
+}

@@ -157,22 +157,22 @@ async fn each_of_100_prekeys_is_handed_out_once_to_concurrent_takers_on_two_inst
     for i in 0..32 {
         let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
         tasks.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
+            // 4 × 4 + 28 × 3 = 100 takes: every one must get a key of each kind, even while
+            // the others' takes hold the lowest keys.
+            let mut got = (Vec::new(), Vec::new());
+            for _ in 0..if i < 4 { 4 } else { 3 } {
                 let popped = s.pop_prekeys(a).await.unwrap();
-                let (Some(ec), Some(ky)) = (popped.prekey, popped.kyber) else {
-                    return got;
-                };
-                got.push((ec.key_id, ky.key_id));
+                got.0.push(popped.prekey.expect("an EC prekey").key_id);
+                got.1.push(popped.kyber.expect("a Kyber prekey").key_id);
             }
+            got
         }));
     }
     let (mut ecs, mut kybers) = (Vec::new(), Vec::new());
     for t in tasks {
-        for (ec, ky) in t.await.unwrap() {
-            ecs.push(ec);
-            kybers.push(ky);
-        }
+        let (ec, ky) = t.await.unwrap();
+        ecs.extend(ec);
+        kybers.extend(ky);
     }
     ecs.sort_unstable();
     kybers.sort_unstable();
@@ -192,4 +192,35 @@ async fn each_of_100_prekeys_is_handed_out_once_to_concurrent_takers_on_two_inst
         (popped.prekey.map(|k| k.key_id), popped.kyber),
         (Some(7), None)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_device_creations_on_two_instances_one_wins_with_its_keys() {
+    let Some((s1, url)) = store().await else {
+        return;
+    };
+    let s2 = PgStore::connect(&url).await.unwrap();
+    let a = s1.create_user("a", "", "h".into(), None).await.unwrap().id;
+    let tasks: Vec<_> = (0..16u32)
+        .map(|i| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tokio::spawn(async move {
+                let keys = ec(i * 10..i * 10 + 1 + i);
+                s.create_device(a, &device("a.1"), &keys, &[])
+                    .await
+                    .map(|()| i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(i) => winners.push(i),
+            Err(StoreError::DeviceExists) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    // Only the winner's keys are stored.
+    assert_eq!(s2.stock(a).await.unwrap().prekeys, 1 + winners[0]);
 }
