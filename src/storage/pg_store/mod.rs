@@ -5,6 +5,8 @@
 //! one process:
 //! - A one-time prekey is taken by ONE statement that deletes the lowest key on its primary key
 //!   (`FOR UPDATE SKIP LOCKED`), so concurrent takers each get a different key, once.
+//! - Rows owned by a user or device are removed with it by `ON DELETE CASCADE`, in the
+//!   delete's own transaction: nothing is left behind for a later device to find.
 //! - Caps (prekeys, queue) are checked and written in one transaction holding the device row
 //!   (`FOR NO KEY UPDATE`): uploads and sends of one device run one after the other everywhere.
 //!   Pops only lower a stock, so they need not wait.
@@ -16,7 +18,16 @@
 //! Durability: every verb returns `Ok` only after its transaction (or autocommit statement)
 //! committed, with `synchronous_commit = on` for the store's sessions.
 //!
-//! A database that is down or stalled answers `StoreError::Unavailable` within `TIMEOUT`.
+//! A database that is down or stalled answers `StoreError::Unavailable` within `TIMEOUT`, and
+//! the pool connects again on its own once it is back.
+//!
+//! Sessions are set up through startup options (`synchronous_commit`, `statement_timeout`,
+//! `lock_timeout`) and statements are prepared once per connection: a pooler in front must keep
+//! sessions (PgBouncer in session mode, not transaction mode).
+//!
+//! Usernames and emails are compared with PostgreSQL's `lower()`: for usernames (ASCII only)
+//! that is the sled store's `to_lowercase()`; for a non-ASCII email it follows the database's
+//! locale (`C.UTF-8` or any UTF-8 one lowers as Rust does for nearly every letter).
 
 mod devices;
 mod keys;
