@@ -18,6 +18,11 @@ const COLUMNS: &str =
 const SIZE: &str = "octet_length(content) + octet_length(sender_address) \
                     + octet_length(recipient_address) + 24";
 
+/// Messages one sweep statement deletes at most.
+const SWEEP_BATCH: i64 = 5000;
+/// How long one sweep goes on deleting batches.
+const SWEEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl PgStore {
     /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
     /// message id is assigned here; the message is committed when this returns.
@@ -182,20 +187,31 @@ impl PgStore {
             .collect())
     }
 
-    /// Deletes messages queued before `cutoff_ms`; tells how many.
+    /// Deletes messages queued before `cutoff_ms`; tells how many. In batches of
+    /// `SWEEP_BATCH`, each committed on its own, for at most `SWEEP_TIME`: a large backlog is
+    /// worked off over several sweeps instead of one statement that runs into the timeout and
+    /// is rolled back every time.
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
-        self.retrying(move || async move {
+        let started = std::time::Instant::now();
+        let mut removed = 0;
+        loop {
             let n = self
-                .client()
-                .await?
-                .exec(
-                    "DELETE FROM messages WHERE timestamp < $1",
-                    &[&db_id(cutoff_ms)],
-                )
+                .retrying(move || async move {
+                    self.client()
+                        .await?
+                        .exec(
+                            "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+                             WHERE timestamp < $1 LIMIT $2)",
+                            &[&db_id(cutoff_ms), &SWEEP_BATCH],
+                        )
+                        .await
+                })
                 .await?;
-            Ok(n as usize)
-        })
-        .await
+            removed += n as usize;
+            if n < SWEEP_BATCH as u64 || started.elapsed() > SWEEP_TIME {
+                return Ok(removed);
+            }
+        }
     }
 
     pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {

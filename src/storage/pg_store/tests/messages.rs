@@ -75,3 +75,48 @@ async fn sweeps_remove_only_what_expired() {
     assert!(s.reset_grant(b"t2").await.unwrap().is_none());
     assert!(s.reset_grant(b"t3").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_large_backlog_is_swept_in_batches() {
+    let Some((s, _)) = store().await else { return };
+    let a = user_with_device(&s, "a").await;
+    s.enqueue(a, message("new", 1000), 10).await.unwrap();
+    // More than one batch of expired messages, written directly.
+    s.client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO messages (user_id, device_id, sender_address, sender_registration_id, \
+             content, recipient_address, timestamp) \
+             SELECT $1, 1, 's.1', 3, 'old', 'a.1', 10 FROM generate_series(1, 12000)",
+            &[&(a as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.sweep_expired(500).await.unwrap(), 12000);
+    assert_eq!(s.queue_len(a).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_stays_queued_for_a_device_deleted_during_sends_on_two_instances() {
+    let Some((s1, url)) = store().await else {
+        return;
+    };
+    let s2 = PgStore::connect(&url).await.unwrap();
+    let a = user_with_device(&s1, "a").await;
+    let sends: Vec<_> = (0..32)
+        .map(|i| {
+            let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
+            tokio::spawn(async move { s.enqueue(a, message("m", 1), 100).await })
+        })
+        .collect();
+    s2.delete_device(a).await.unwrap();
+    for t in sends {
+        match t.await.unwrap() {
+            Ok(_) | Err(StoreError::NoDevice) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(s1.queue_len(a).await.unwrap(), 0);
+    assert_eq!(s1.totals().await.unwrap().queued_messages, 0);
+}
