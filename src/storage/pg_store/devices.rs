@@ -1,6 +1,8 @@
 //! Devices: created together with their first keys, removed with all of them (by cascade).
 
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
+
+use super::Cached;
 
 use super::{db_id, keys, to_u32, PgStore, PRIMARY};
 use crate::models::{Device, PreKey, SignedPreKey};
@@ -12,7 +14,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_opt(
+                .fetch_opt(
                     "SELECT d.address, d.registration_id, d.identity_key, d.signed_prekey_id, \
                      d.signed_prekey, d.signed_prekey_signature, k.key_id, k.public_key, \
                      k.signature FROM devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
@@ -41,7 +43,7 @@ impl PgStore {
             let tx = client.transaction().await?;
             let (user, d) = (db_id(user_id), device);
             let key = &d.signed_prekey;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO devices (user_id, device_id, address, registration_id, identity_key, \
                  signed_prekey_id, signed_prekey, signed_prekey_signature) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -57,10 +59,10 @@ impl PgStore {
                 ],
             )
             .await?;
-            keys::upsert_prekeys(&*tx, user, prekeys).await?;
-            keys::upsert_kyber(&*tx, user, kyber, false).await?;
+            keys::upsert_prekeys(&tx, user, prekeys).await?;
+            keys::upsert_kyber(&tx, user, kyber, false).await?;
             if let Some(last_resort) = &d.last_resort_kyber {
-                keys::upsert_kyber(&*tx, user, std::slice::from_ref(last_resort), true).await?;
+                keys::upsert_kyber(&tx, user, std::slice::from_ref(last_resort), true).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -74,7 +76,7 @@ impl PgStore {
             let n = self
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
                     &[&db_id(user_id), &PRIMARY],
                 )
@@ -97,7 +99,7 @@ impl PgStore {
             let n = self
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "UPDATE devices SET signed_prekey_id = $3, signed_prekey = $4, \
                      signed_prekey_signature = $5 WHERE user_id = $1 AND device_id = $2",
                     &[
@@ -121,7 +123,7 @@ impl PgStore {
     pub async fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
         self.timed(async {
             let client = self.client().await?;
-            let (prekeys, kyber_prekeys) = keys::counts(&**client, db_id(user_id)).await?;
+            let (prekeys, kyber_prekeys) = keys::counts(&client, db_id(user_id)).await?;
             Ok(Stock {
                 prekeys,
                 kyber_prekeys,
@@ -134,8 +136,8 @@ impl PgStore {
 /// Locks the user's device row until the transaction ends, so that uploads and sends of one
 /// device are checked and written one at a time across every instance; `NoDevice` without one.
 /// `FOR NO KEY UPDATE`: it does not wait for (nor block) rows inserted under the device.
-pub(super) async fn lock_device(tx: &impl GenericClient, user_id: i64) -> Result<(), StoreError> {
-    tx.query_opt(
+pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), StoreError> {
+    tx.fetch_opt(
         "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE",
         &[&user_id, &PRIMARY],
     )

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::GenericClient;
+use super::Cached;
 
 use super::devices::lock_device;
 use super::{db_id, to_u32, PgStore, PRIMARY};
@@ -25,8 +25,8 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let user = db_id(user_id);
-            let count = check_cap(&*tx, user, "prekeys WHERE", ids, cap).await?;
-            upsert_prekeys(&*tx, user, new).await?;
+            let count = check_cap(&tx, user, "prekeys WHERE", ids, cap).await?;
+            upsert_prekeys(&tx, user, new).await?;
             tx.commit().await?;
             Ok(count)
         })
@@ -49,10 +49,10 @@ impl PgStore {
             let tx = client.transaction().await?;
             let user = db_id(user_id);
             let table = "kyber_prekeys WHERE NOT last_resort AND";
-            let count = check_cap(&*tx, user, table, ids, cap).await?;
-            upsert_kyber(&*tx, user, new, false).await?;
+            let count = check_cap(&tx, user, table, ids, cap).await?;
+            upsert_kyber(&tx, user, new, false).await?;
             if let Some(key) = last_resort {
-                upsert_kyber(&*tx, user, std::slice::from_ref(key), true).await?;
+                upsert_kyber(&tx, user, std::slice::from_ref(key), true).await?;
             }
             tx.commit().await?;
             Ok(count)
@@ -61,58 +61,80 @@ impl PgStore {
     }
 
     /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at
-    /// most once ever, in one statement (committed when it returns). Each `DELETE` names one
-    /// row by its primary key, chosen by a sub-select that skips rows other takers hold, so
-    /// concurrent takers (on any instance) get different keys and never wait for each other.
-    /// The last-resort Kyber key is never taken.
+    /// most once ever (committed when it returns). The last-resort Kyber key is never taken.
+    ///
+    /// One statement (`POP`) takes both. Each `DELETE` names one row by its primary key,
+    /// chosen by a sub-select that skips rows other takers hold, so concurrent takers (on any
+    /// instance) get different keys without waiting for each other. A kind can come back empty
+    /// while keys of it are still stored but all held by other takers (or by an upload
+    /// replacing them); then the statement runs again for that kind, until a key is had or
+    /// none is left (`POP_ROUNDS` at most).
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
-        self.retrying(move || async move {
-            let row = self
-                .client()
-                .await?
-                .query_one(
-                    "WITH ec AS (DELETE FROM prekeys WHERE (user_id, device_id, key_id) = \
-                       (SELECT user_id, device_id, key_id FROM prekeys \
-                        WHERE user_id = $1 AND device_id = $2 \
-                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                       RETURNING key_id, public_key), \
-                     ky AS (DELETE FROM kyber_prekeys \
-                       WHERE (user_id, device_id, last_resort, key_id) = \
-                       (SELECT user_id, device_id, last_resort, key_id FROM kyber_prekeys \
-                        WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
-                        ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                       RETURNING key_id, public_key, signature) \
-                     SELECT ec.key_id, ec.public_key, ky.key_id, ky.public_key, ky.signature \
-                     FROM (SELECT) AS one LEFT JOIN ec ON true LEFT JOIN ky ON true",
-                    &[&db_id(user_id), &PRIMARY],
-                )
-                .await?;
-            let prekey = match row.get::<_, Option<i64>>(0) {
-                Some(id) => Some(PreKey {
-                    key_id: to_u32(id, "key id")?,
-                    public_key: row.get(1),
-                }),
-                None => None,
-            };
-            let kyber = match row.get::<_, Option<i64>>(2) {
-                Some(id) => Some(SignedPreKey {
-                    key_id: to_u32(id, "key id")?,
-                    public_key: row.get(3),
-                    signature: row.get(4),
-                }),
-                None => None,
-            };
-            Ok(Popped { prekey, kyber })
+        self.timed(async {
+            let client = self.client().await?;
+            let user = db_id(user_id);
+            let mut popped = Popped::default();
+            for round in 0..POP_ROUNDS {
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let want = (popped.prekey.is_none(), popped.kyber.is_none());
+                let row = client
+                    .fetch_one(POP, &[&user, &PRIMARY, &want.0, &want.1])
+                    .await?;
+                if let Some(id) = row.get::<_, Option<i64>>(0) {
+                    popped.prekey = Some(PreKey {
+                        key_id: to_u32(id, "key id")?,
+                        public_key: row.get(1),
+                    });
+                }
+                if let Some(id) = row.get::<_, Option<i64>>(2) {
+                    popped.kyber = Some(SignedPreKey {
+                        key_id: to_u32(id, "key id")?,
+                        public_key: row.get(3),
+                        signature: row.get(4),
+                    });
+                }
+                // Held by others: stored (seen by this statement's snapshot) yet not taken.
+                let ec_held = popped.prekey.is_none() && row.get::<_, bool>(5);
+                let kyber_held = popped.kyber.is_none() && row.get::<_, bool>(6);
+                if !ec_held && !kyber_held {
+                    break;
+                }
+            }
+            Ok(popped)
         })
         .await
     }
 }
 
+/// How often `pop_prekeys` looks again for a kind whose keys were all held by other takers.
+const POP_ROUNDS: usize = 20;
+
+/// Takes the lowest EC (if `$3`) and Kyber (if `$4`) one-time prekey of a device; also tells
+/// whether any of each kind is stored (as of the statement's start).
+const POP: &str = "\
+    WITH ec AS (DELETE FROM prekeys WHERE $3 AND (user_id, device_id, key_id) = \
+      (SELECT user_id, device_id, key_id FROM prekeys \
+       WHERE user_id = $1 AND device_id = $2 \
+       ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+      RETURNING key_id, public_key), \
+    ky AS (DELETE FROM kyber_prekeys WHERE $4 AND (user_id, device_id, last_resort, key_id) = \
+      (SELECT user_id, device_id, last_resort, key_id FROM kyber_prekeys \
+       WHERE user_id = $1 AND device_id = $2 AND NOT last_resort \
+       ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+      RETURNING key_id, public_key, signature) \
+    SELECT ec.key_id, ec.public_key, ky.key_id, ky.public_key, ky.signature, \
+      EXISTS (SELECT 1 FROM prekeys WHERE user_id = $1 AND device_id = $2), \
+      EXISTS (SELECT 1 FROM kyber_prekeys \
+              WHERE user_id = $1 AND device_id = $2 AND NOT last_resort) \
+    FROM (SELECT) AS one LEFT JOIN ec ON true LEFT JOIN ky ON true";
+
 /// Under the device lock: the stock after adding `ids` (stored ones are replaced, not added),
 /// or `TooManyPrekeys` if that is over `cap`. `from` is the table and the start of a
 /// condition (`"prekeys WHERE"`).
 async fn check_cap(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     from: &str,
     ids: &[u32],
@@ -123,7 +145,7 @@ async fn check_cap(
     ids.sort_unstable();
     ids.dedup();
     let row = tx
-        .query_one(
+        .fetch_one(
             &format!(
                 "SELECT count(*), count(*) FILTER (WHERE key_id = ANY($3)) FROM {from} \
                  user_id = $1 AND device_id = $2"
@@ -142,7 +164,7 @@ async fn check_cap(
 /// Writes EC prekeys of the user's device, replacing stored ones with the same id (the last of
 /// a repeated id wins, as in the sled store).
 pub(super) async fn upsert_prekeys(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     keys: &[PreKey],
 ) -> Result<(), StoreError> {
@@ -152,7 +174,7 @@ pub(super) async fn upsert_prekeys(
     }
     let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
     let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO prekeys (user_id, device_id, key_id, public_key) \
          SELECT $1, $2, k.id, k.public FROM unnest($3::bigint[], $4::bytea[]) AS k(id, public) \
          ON CONFLICT (user_id, device_id, key_id) DO UPDATE SET public_key = excluded.public_key",
@@ -164,7 +186,7 @@ pub(super) async fn upsert_prekeys(
 
 /// Writes one-time Kyber prekeys, or (`last_resort`) replaces the device's last-resort one.
 pub(super) async fn upsert_kyber(
-    tx: &impl GenericClient,
+    tx: &impl Cached,
     user_id: i64,
     keys: &[SignedPreKey],
     last_resort: bool,
@@ -174,7 +196,7 @@ pub(super) async fn upsert_kyber(
         return Ok(());
     }
     if last_resort {
-        tx.execute(
+        tx.exec(
             "DELETE FROM kyber_prekeys WHERE user_id = $1 AND device_id = $2 AND last_resort",
             &[&user_id, &PRIMARY],
         )
@@ -183,7 +205,7 @@ pub(super) async fn upsert_kyber(
     let ids: Vec<i64> = unique.keys().map(|&id| i64::from(id)).collect();
     let public: Vec<&[u8]> = unique.values().map(|k| k.public_key.as_slice()).collect();
     let signatures: Vec<&[u8]> = unique.values().map(|k| k.signature.as_slice()).collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO kyber_prekeys (user_id, device_id, last_resort, key_id, public_key, signature) \
          SELECT $1, $2, $3, k.id, k.public, k.signature \
          FROM unnest($4::bigint[], $5::bytea[], $6::bytea[]) AS k(id, public, signature) \
@@ -196,12 +218,9 @@ pub(super) async fn upsert_kyber(
 }
 
 /// One-time keys in stock for the user's device: `(EC, Kyber)`.
-pub(super) async fn counts(
-    client: &impl GenericClient,
-    user_id: i64,
-) -> Result<(u32, u32), StoreError> {
+pub(super) async fn counts(client: &impl Cached, user_id: i64) -> Result<(u32, u32), StoreError> {
     let row = client
-        .query_one(
+        .fetch_one(
             "SELECT (SELECT count(*) FROM prekeys WHERE user_id = $1 AND device_id = $2), \
              (SELECT count(*) FROM kyber_prekeys \
               WHERE user_id = $1 AND device_id = $2 AND NOT last_resort)",

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tokio_postgres::Row;
 
 use super::devices::lock_device;
-use super::{db_id, to_u32, to_u64, PgStore, PRIMARY};
+use super::{db_id, to_u32, to_u64, Cached, PgStore, PRIMARY};
 use crate::models::Message;
 use crate::storage::{DeleteOutcome, StoreError};
 
@@ -17,6 +17,11 @@ const COLUMNS: &str =
 /// fixed 24 bytes for the numbers.
 const SIZE: &str = "octet_length(content) + octet_length(sender_address) \
                     + octet_length(recipient_address) + 24";
+
+/// Messages one sweep statement deletes at most.
+const SWEEP_BATCH: i64 = 5000;
+/// How long one sweep goes on deleting batches.
+const SWEEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl PgStore {
     /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
@@ -32,9 +37,9 @@ impl PgStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let user = db_id(recipient);
-            lock_device(&*tx, user).await?;
+            lock_device(&tx, user).await?;
             let queued: i64 = tx
-                .query_one(
+                .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
                     &[&user, &PRIMARY],
                 )
@@ -45,7 +50,7 @@ impl PgStore {
             }
             let m = message;
             let row = tx
-                .query_one(
+                .fetch_one(
                     "INSERT INTO messages (user_id, device_id, sender_address, \
                      sender_registration_id, content, recipient_address, timestamp) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -103,7 +108,7 @@ impl PgStore {
             let rows = self
                 .client()
                 .await?
-                .query(
+                .fetch_all(
                     &sql,
                     &[
                         &db_id(recipient),
@@ -128,7 +133,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
+                .fetch_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
                 .await?;
             row.as_ref().map(message).transpose()
         })
@@ -147,15 +152,15 @@ impl PgStore {
         let rows = self
             .retrying(|| async {
                 let client = self.client().await?;
-                Ok(client
-                    .query(
+                client
+                    .fetch_all(
                         "WITH gone AS (DELETE FROM messages \
                            WHERE user_id = $1 AND device_id = $2 AND id = ANY($3) RETURNING id) \
                          SELECT id, true FROM gone UNION ALL SELECT id, false FROM messages \
                          WHERE id = ANY($3) AND (user_id, device_id) <> ($1, $2)",
                         &[&db_id(recipient), &PRIMARY, &wanted],
                     )
-                    .await?)
+                    .await
             })
             .await?;
         let mut deleted = HashSet::new();
@@ -182,20 +187,31 @@ impl PgStore {
             .collect())
     }
 
-    /// Deletes messages queued before `cutoff_ms`; tells how many.
+    /// Deletes messages queued before `cutoff_ms`; tells how many. In batches of
+    /// `SWEEP_BATCH`, each committed on its own, for at most `SWEEP_TIME`: a large backlog is
+    /// worked off over several sweeps instead of one statement that runs into the timeout and
+    /// is rolled back every time.
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
-        self.retrying(move || async move {
+        let started = std::time::Instant::now();
+        let mut removed = 0;
+        loop {
             let n = self
-                .client()
-                .await?
-                .execute(
-                    "DELETE FROM messages WHERE timestamp < $1",
-                    &[&db_id(cutoff_ms)],
-                )
+                .retrying(move || async move {
+                    self.client()
+                        .await?
+                        .exec(
+                            "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+                             WHERE timestamp < $1 LIMIT $2)",
+                            &[&db_id(cutoff_ms), &SWEEP_BATCH],
+                        )
+                        .await
+                })
                 .await?;
-            Ok(n as usize)
-        })
-        .await
+            removed += n as usize;
+            if n < SWEEP_BATCH as u64 || started.elapsed() > SWEEP_TIME {
+                return Ok(removed);
+            }
+        }
     }
 
     pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
@@ -203,7 +219,7 @@ impl PgStore {
             let n: i64 = self
                 .client()
                 .await?
-                .query_one(
+                .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
                     &[&db_id(recipient), &PRIMARY],
                 )

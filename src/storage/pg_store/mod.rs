@@ -5,6 +5,8 @@
 //! one process:
 //! - A one-time prekey is taken by ONE statement that deletes the lowest key on its primary key
 //!   (`FOR UPDATE SKIP LOCKED`), so concurrent takers each get a different key, once.
+//! - Rows owned by a user or device are removed with it by `ON DELETE CASCADE`, in the
+//!   delete's own transaction: nothing is left behind for a later device to find.
 //! - Caps (prekeys, queue) are checked and written in one transaction holding the device row
 //!   (`FOR NO KEY UPDATE`): uploads and sends of one device run one after the other everywhere.
 //!   Pops only lower a stock, so they need not wait.
@@ -16,7 +18,16 @@
 //! Durability: every verb returns `Ok` only after its transaction (or autocommit statement)
 //! committed, with `synchronous_commit = on` for the store's sessions.
 //!
-//! A database that is down or stalled answers `StoreError::Unavailable` within `TIMEOUT`.
+//! A database that is down or stalled answers `StoreError::Unavailable` within `TIMEOUT`, and
+//! the pool connects again on its own once it is back.
+//!
+//! Sessions are set up through startup options (`synchronous_commit`, `statement_timeout`,
+//! `lock_timeout`) and statements are prepared once per connection: a pooler in front must keep
+//! sessions (PgBouncer in session mode, not transaction mode).
+//!
+//! Usernames and emails are compared with PostgreSQL's `lower()`: for usernames (ASCII only)
+//! that is the sled store's `to_lowercase()`; for a non-ASCII email it follows the database's
+//! locale (`C.UTF-8` or any UTF-8 one lowers as Rust does for nearly every letter).
 
 mod devices;
 mod keys;
@@ -34,6 +45,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Timeouts};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
 
 use super::{StoreError, Totals};
 
@@ -133,7 +145,7 @@ impl PgStore {
     /// Answers once the database does (`SELECT 1`), within `TIMEOUT`.
     pub async fn health(&self) -> Result<(), StoreError> {
         self.timed(async {
-            self.client().await?.query_one("SELECT 1", &[]).await?;
+            self.client().await?.fetch_one("SELECT 1", &[]).await?;
             Ok(())
         })
         .await
@@ -145,7 +157,7 @@ impl PgStore {
         self.timed(async {
             let client = self.client().await?;
             client
-                .execute(
+                .exec(
                     "INSERT INTO settings (key, value) VALUES ('jwt_secret', $1) \
                      ON CONFLICT (key) DO NOTHING",
                     &[&fresh],
@@ -153,7 +165,7 @@ impl PgStore {
                 .await?;
             // A second statement: it sees a secret another instance committed meanwhile.
             let row = client
-                .query_one("SELECT value FROM settings WHERE key = 'jwt_secret'", &[])
+                .fetch_one("SELECT value FROM settings WHERE key = 'jwt_secret'", &[])
                 .await?;
             Ok(row.get(0))
         })
@@ -166,7 +178,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_one(
+                .fetch_one(
                     "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM devices), \
                      (SELECT count(*) FROM messages), (SELECT count(*) FROM prekeys), \
                      (SELECT count(*) FROM kyber_prekeys WHERE NOT last_resort), \
@@ -187,6 +199,36 @@ impl PgStore {
         .await
     }
 }
+
+/// Statements through the connection's statement cache: each one is parsed once per connection,
+/// then runs in one round trip. For pooled connections and their transactions alike.
+trait Cached: deadpool_postgres::GenericClient {
+    async fn fetch_all(&self, sql: &str, params: &[&Param<'_>]) -> Result<Vec<Row>, StoreError> {
+        let statement = self.prepare_cached(sql).await?;
+        Ok(self.query(&statement, params).await?)
+    }
+
+    async fn fetch_one(&self, sql: &str, params: &[&Param<'_>]) -> Result<Row, StoreError> {
+        let statement = self.prepare_cached(sql).await?;
+        Ok(self.query_one(&statement, params).await?)
+    }
+
+    async fn fetch_opt(&self, sql: &str, params: &[&Param<'_>]) -> Result<Option<Row>, StoreError> {
+        let statement = self.prepare_cached(sql).await?;
+        Ok(self.query_opt(&statement, params).await?)
+    }
+
+    /// Runs a statement; tells how many rows it changed.
+    async fn exec(&self, sql: &str, params: &[&Param<'_>]) -> Result<u64, StoreError> {
+        let statement = self.prepare_cached(sql).await?;
+        Ok(self.execute(&statement, params).await?)
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient> Cached for C {}
+
+/// A statement parameter.
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
 /// Client TLS for `sslmode=require`: rustls with the web's root certificates.
 fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {

@@ -2,7 +2,7 @@
 
 use tokio_postgres::Row;
 
-use super::{db_id, to_u32, to_u64, PgStore};
+use super::{db_id, to_u32, to_u64, Cached, PgStore};
 use crate::models::User;
 use crate::storage::{ResetGrant, StoreError};
 
@@ -34,7 +34,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let taken = tx
-            .query_opt(
+            .fetch_opt(
                 "SELECT 1 FROM users WHERE lower(username) = lower($1)",
                 &[&username],
             )
@@ -44,7 +44,7 @@ impl PgStore {
         }
         if let Some(invite) = invite {
             let used = tx
-                .execute("DELETE FROM invites WHERE token_hash = $1", &[&invite])
+                .exec("DELETE FROM invites WHERE token_hash = $1", &[&invite])
                 .await?;
             if used == 0 {
                 return Err(StoreError::InvalidInvite);
@@ -52,7 +52,7 @@ impl PgStore {
         }
         // The unique indexes decide between concurrent creates (and check the email).
         let row = tx
-            .query_one(
+            .fetch_one(
                 &format!(
                     "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3) \
                      RETURNING {USER_COLUMNS}"
@@ -90,7 +90,7 @@ impl PgStore {
     ) -> Result<Option<User>, StoreError> {
         self.timed(async {
             let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
-            let row = self.client().await?.query_opt(&sql, &[value]).await?;
+            let row = self.client().await?.fetch_opt(&sql, &[value]).await?;
             row.as_ref().map(user).transpose()
         })
         .await
@@ -105,7 +105,7 @@ impl PgStore {
             let rows = self
                 .client()
                 .await?
-                .query(&sql, &[&db_id(after_id), &limit])
+                .fetch_all(&sql, &[&db_id(after_id), &limit])
                 .await?;
             rows.iter().map(user).collect()
         })
@@ -127,7 +127,7 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .query_opt(&sql, &[&db_id(user_id), &password_hash])
+                .fetch_opt(&sql, &[&db_id(user_id), &password_hash])
                 .await?;
             user(&row.ok_or(StoreError::NoUser)?)
         })
@@ -140,7 +140,7 @@ impl PgStore {
         self.retrying(move || async move {
             let client = self.client().await?;
             match client
-                .execute("DELETE FROM users WHERE id = $1", &[&db_id(user_id)])
+                .exec("DELETE FROM users WHERE id = $1", &[&db_id(user_id)])
                 .await?
             {
                 0 => Err(StoreError::NoUser),
@@ -159,7 +159,7 @@ impl PgStore {
         self.timed(async {
             self.client()
                 .await?
-                .execute(
+                .exec(
                     "INSERT INTO reset_tokens (token_hash, user_id, expires_at, token_version) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO UPDATE SET \
                      user_id = excluded.user_id, expires_at = excluded.expires_at, \
@@ -207,7 +207,7 @@ impl PgStore {
         token_hash: &[u8],
     ) -> Result<Option<ResetGrant>, StoreError> {
         self.timed(async {
-            let row = self.client().await?.query_opt(sql, &[&token_hash]).await?;
+            let row = self.client().await?.fetch_opt(sql, &[&token_hash]).await?;
             row.map(|row| {
                 Ok(ResetGrant {
                     user_id: to_u64(row.get(0)),
@@ -226,7 +226,7 @@ impl PgStore {
             let n = self
                 .client()
                 .await?
-                .execute(
+                .exec(
                     "DELETE FROM reset_tokens WHERE expires_at <= $1",
                     &[&db_id(now)],
                 )
@@ -245,7 +245,7 @@ impl PgStore {
         self.timed(async {
             self.client()
                 .await?
-                .execute(
+                .exec(
                     "INSERT INTO invites (token_hash, created_at) VALUES ($1, $2) \
                      ON CONFLICT (token_hash) DO UPDATE SET created_at = excluded.created_at",
                     &[&token_hash, &db_id(created_at)],
