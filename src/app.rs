@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::models::{Device, User};
 use crate::password::Hasher;
 use crate::ratelimit::RateLimits;
-use crate::storage::{Storage, StorageOptions};
+use crate::storage::{PgStore, Storage, StorageOptions};
 
 pub struct State {
     pub config: Config,
@@ -84,6 +84,16 @@ impl App {
 /// The store the configuration names, and the JWT secret: `--jwt-secret`, else the one kept
 /// beside the data (sled: a file in the data dir; PostgreSQL: a row, shared by every instance).
 async fn open_storage(config: &Config) -> crate::failure::Result<(Storage, Vec<u8>)> {
+    if let Some(url) = &config.database_url {
+        let pg = PgStore::connect(url)
+            .await
+            .map_err(|e| format!("cannot use the database: {e}"))?;
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.as_bytes().to_vec(),
+            None => pg.jwt_secret(&crate::auth::new_secret()).await?,
+        };
+        return Ok((Storage::Postgres(pg), secret));
+    }
     let storage = Storage::open_sled(
         &config.data_dir.join("db"),
         &StorageOptions {

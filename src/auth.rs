@@ -189,7 +189,7 @@ pub fn load_or_create_secret(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let secret = crate::crypto::b64::encode(&rand::random::<[u8; 48]>()).into_bytes();
+    let secret = new_secret();
     let tmp = data_dir.join("jwt_secret.tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -200,6 +200,11 @@ pub fn load_or_create_secret(
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(secret)
+}
+
+/// A fresh signing secret: 48 random bytes, base64 (so it can also be passed as text).
+pub fn new_secret() -> Vec<u8> {
+    crate::crypto::b64::encode(&rand::random::<[u8; 48]>()).into_bytes()
 }
 
 pub fn now_secs() -> u64 {

@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::models::{Device, Message, Popped, PreKey, SignedPreKey, User};
+pub use pg_store::PgStore;
 pub use sled_store::{
     holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,
     RestoreLimits, SledStore, Stock, StorageOptions, Totals, ID_CEILING,
@@ -69,6 +70,8 @@ pub enum StoreError {
 pub enum Storage {
     /// The default: a sled database in the data dir, one process.
     Sled(SledStore),
+    /// PostgreSQL: any number of processes on one database.
+    Postgres(PgStore),
 }
 
 impl Storage {
@@ -88,24 +91,28 @@ impl Storage {
     ) -> Result<User, StoreError> {
         match self {
             Storage::Sled(s) => s.create_user(username, email, password_hash, invite).await,
+            Storage::Postgres(p) => p.create_user(username, email, password_hash, invite).await,
         }
     }
 
     pub async fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
         match self {
             Storage::Sled(s) => s.user(id),
+            Storage::Postgres(p) => p.user(id).await,
         }
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         match self {
             Storage::Sled(s) => s.user_by_name(username),
+            Storage::Postgres(p) => p.user_by_name(username).await,
         }
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         match self {
             Storage::Sled(s) => s.user_by_email(email),
+            Storage::Postgres(p) => p.user_by_email(email).await,
         }
     }
 
@@ -113,6 +120,7 @@ impl Storage {
     pub async fn users_page(&self, after: u64, limit: usize) -> Result<Vec<User>, StoreError> {
         match self {
             Storage::Sled(s) => s.users_page(after, limit),
+            Storage::Postgres(p) => p.users_page(after, limit).await,
         }
     }
 
@@ -123,12 +131,14 @@ impl Storage {
     ) -> Result<User, StoreError> {
         match self {
             Storage::Sled(s) => s.set_password(user_id, password_hash).await,
+            Storage::Postgres(p) => p.set_password(user_id, password_hash).await,
         }
     }
 
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.delete_user(user_id).await,
+            Storage::Postgres(p) => p.delete_user(user_id).await,
         }
     }
 
@@ -139,6 +149,7 @@ impl Storage {
     ) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.put_reset_token(token_hash, grant).await,
+            Storage::Postgres(p) => p.put_reset_token(token_hash, grant).await,
         }
     }
 
@@ -148,18 +159,21 @@ impl Storage {
     ) -> Result<Option<ResetGrant>, StoreError> {
         match self {
             Storage::Sled(s) => s.take_reset_token(token_hash).await,
+            Storage::Postgres(p) => p.take_reset_token(token_hash).await,
         }
     }
 
     pub async fn reset_grant(&self, token_hash: &[u8]) -> Result<Option<ResetGrant>, StoreError> {
         match self {
             Storage::Sled(s) => s.reset_grant(token_hash),
+            Storage::Postgres(p) => p.reset_grant(token_hash).await,
         }
     }
 
     pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
         match self {
             Storage::Sled(s) => s.sweep_reset_tokens(now).await,
+            Storage::Postgres(p) => p.sweep_reset_tokens(now).await,
         }
     }
 
@@ -170,6 +184,7 @@ impl Storage {
     ) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.create_invite(token_hash, created_at).await,
+            Storage::Postgres(p) => p.create_invite(token_hash, created_at).await,
         }
     }
 
@@ -178,6 +193,7 @@ impl Storage {
     pub async fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
         match self {
             Storage::Sled(s) => s.device(user_id),
+            Storage::Postgres(p) => p.device(user_id).await,
         }
     }
 
@@ -190,12 +206,14 @@ impl Storage {
     ) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.create_device(user_id, device, prekeys, kyber).await,
+            Storage::Postgres(p) => p.create_device(user_id, device, prekeys, kyber).await,
         }
     }
 
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.delete_device(user_id).await,
+            Storage::Postgres(p) => p.delete_device(user_id).await,
         }
     }
 
@@ -206,12 +224,14 @@ impl Storage {
     ) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.set_signed_prekey(user_id, key).await,
+            Storage::Postgres(p) => p.set_signed_prekey(user_id, key).await,
         }
     }
 
     pub async fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
         match self {
             Storage::Sled(s) => s.stock(user_id),
+            Storage::Postgres(p) => p.stock(user_id).await,
         }
     }
 
@@ -223,6 +243,7 @@ impl Storage {
     ) -> Result<u32, StoreError> {
         match self {
             Storage::Sled(s) => s.add_prekeys(user_id, new, cap).await,
+            Storage::Postgres(p) => p.add_prekeys(user_id, new, cap).await,
         }
     }
 
@@ -235,12 +256,14 @@ impl Storage {
     ) -> Result<u32, StoreError> {
         match self {
             Storage::Sled(s) => s.add_kyber_prekeys(user_id, new, last_resort, cap).await,
+            Storage::Postgres(p) => p.add_kyber_prekeys(user_id, new, last_resort, cap).await,
         }
     }
 
     pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
         match self {
             Storage::Sled(s) => s.pop_prekeys(user_id).await,
+            Storage::Postgres(p) => p.pop_prekeys(user_id).await,
         }
     }
 
@@ -254,6 +277,7 @@ impl Storage {
     ) -> Result<Message, StoreError> {
         match self {
             Storage::Sled(s) => s.enqueue(recipient, message, cap).await,
+            Storage::Postgres(p) => p.enqueue(recipient, message, cap).await,
         }
     }
 
@@ -265,6 +289,7 @@ impl Storage {
     ) -> Result<Vec<Message>, StoreError> {
         match self {
             Storage::Sled(s) => s.messages(recipient, after, limit),
+            Storage::Postgres(p) => p.messages(recipient, after, limit).await,
         }
     }
 
@@ -277,12 +302,14 @@ impl Storage {
     ) -> Result<Vec<Message>, StoreError> {
         match self {
             Storage::Sled(s) => s.messages_page(recipient, after, limit, max_bytes),
+            Storage::Postgres(p) => p.messages_page(recipient, after, limit, max_bytes).await,
         }
     }
 
     pub async fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
         match self {
             Storage::Sled(s) => s.message(recipient, id),
+            Storage::Postgres(p) => p.message(recipient, id).await,
         }
     }
 
@@ -293,18 +320,21 @@ impl Storage {
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         match self {
             Storage::Sled(s) => s.delete_messages(recipient, ids).await,
+            Storage::Postgres(p) => p.delete_messages(recipient, ids).await,
         }
     }
 
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
             Storage::Sled(s) => s.sweep_expired(cutoff_ms).await,
+            Storage::Postgres(p) => p.sweep_expired(cutoff_ms).await,
         }
     }
 
     pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
         match self {
             Storage::Sled(s) => s.queue_len(recipient),
+            Storage::Postgres(p) => p.queue_len(recipient).await,
         }
     }
 
@@ -314,12 +344,14 @@ impl Storage {
     pub async fn count_totals(&self) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.count_totals().await,
+            Storage::Postgres(_) => Ok(()),
         }
     }
 
     pub async fn totals(&self) -> Result<Totals, StoreError> {
         match self {
             Storage::Sled(s) => s.totals(),
+            Storage::Postgres(p) => p.totals().await,
         }
     }
 
@@ -327,6 +359,9 @@ impl Storage {
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         match self {
             Storage::Sled(s) => s.backup(out).await,
+            Storage::Postgres(_) => Err(StoreError::Db(
+                "backup of a PostgreSQL store is not in this version; use pg_dump".into(),
+            )),
         }
     }
 
@@ -339,6 +374,13 @@ impl Storage {
                     .await
                     .map_err(|e| StoreError::Db(Box::new(e)))
             }
+            // PostgreSQL checks its own pages; what can be checked from here is that it answers.
+            Storage::Postgres(p) => p.health().await.map(|()| FsckReport {
+                lines: vec!["PostgreSQL answers; check its pages with its own tools \
+                             (amcheck, pg_checksums)"
+                    .into()],
+                damaged: false,
+            }),
         }
     }
 
@@ -349,6 +391,7 @@ impl Storage {
                 None => Ok(()),
                 Some(reason) => Err(StoreError::Unavailable(reason)),
             },
+            Storage::Postgres(p) => p.health().await,
         }
     }
 
@@ -357,6 +400,8 @@ impl Storage {
     pub async fn failed(&self) -> String {
         match self {
             Storage::Sled(s) => s.failed().await,
+            // A database outage passes (503s meanwhile); the process stays up.
+            Storage::Postgres(_) => std::future::pending().await,
         }
     }
 
@@ -364,6 +409,8 @@ impl Storage {
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.flush(),
+            // Every acknowledged write is committed already.
+            Storage::Postgres(_) => Ok(()),
         }
     }
 }

@@ -188,7 +188,10 @@ async fn the_documented_first_contact_runs_as_written() {
     let reply_id = sent["id"].clone();
     // 7. alice reads and deletes it.
     r.read_and_delete(&a, 1717, &sent).await;
-    assert_eq!((first_id, reply_id), (json!(3), json!(4)), "the ids shown");
+    // The ids the walk-through shows are sled's (one id sequence for users and messages).
+    if !crate::helpers::on_postgres() {
+        assert_eq!((first_id, reply_id), (json!(3), json!(4)), "the ids shown");
+    }
     // 8. Top-up.
     let stock = r.get("/prekeys/4242", &b).await;
     assert_eq!(stock, json!({"preKeyCount": 99, "kyberPreKeyCount": 99}));

@@ -17,12 +17,26 @@ pub fn on_postgres() -> bool {
     std::env::var_os(DATABASE_ENV).is_some()
 }
 
+/// For the tests of what only the sled store has (its files, restoring into a data dir): true,
+/// with a line saying so, when the suite runs on PostgreSQL.
+pub fn sled_only(what: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {what} is the sled store's");
+    }
+    skip
+}
+
+/// The database a data dir's in-process server used, for the binary started on the same dir.
+pub fn remembered_database(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(REMEMBERED)).ok()
+}
+
 /// The database URL for the server on `data_dir`: none on sled; on PostgreSQL the one this dir
 /// had before, or a new empty database.
 pub async fn database_for(data_dir: &Path) -> Option<String> {
     let base = std::env::var(DATABASE_ENV).ok()?;
-    let remembered = data_dir.join(REMEMBERED);
-    if let Ok(url) = std::fs::read_to_string(&remembered) {
+    if let Some(url) = remembered_database(data_dir) {
         return Some(url);
     }
     let name = format!("t_{:016x}", rand::random::<u64>());
@@ -37,7 +51,7 @@ pub async fn database_for(data_dir: &Path) -> Option<String> {
     drop(client);
     let _ = driver.await;
     let url = with_database(&base, &name);
-    std::fs::write(&remembered, &url).expect("remember the test database");
+    std::fs::write(data_dir.join(REMEMBERED), &url).expect("remember the test database");
     Some(url)
 }
 

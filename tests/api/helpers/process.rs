@@ -52,6 +52,10 @@ pub fn shell_command(prelude: &str) -> Command {
 pub fn binary_command(data_dir: &Path) -> Command {
     let mut cmd = bare_command();
     cmd.arg("--data-dir").arg(data_dir);
+    // The same store as the in-process server that made this data dir, if one did.
+    if let Some(url) = super::remembered_database(data_dir) {
+        cmd.arg("--database-url").arg(url);
+    }
     cmd
 }
 
