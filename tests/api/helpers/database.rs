@@ -17,16 +17,6 @@ pub fn on_postgres() -> bool {
     std::env::var_os(DATABASE_ENV).is_some()
 }
 
-/// For the tests of what only the sled store has (its files, restoring into a data dir): true,
-/// with a line saying so, when the suite runs on PostgreSQL.
-pub fn sled_only(what: &str) -> bool {
-    let skip = on_postgres();
-    if skip {
-        eprintln!("skipped on PostgreSQL: {what} is the sled store's");
-    }
-    skip
-}
-
 /// The database a data dir's in-process server used, for the binary started on the same dir.
 pub fn remembered_database(data_dir: &Path) -> Option<String> {
     std::fs::read_to_string(data_dir.join(REMEMBERED)).ok()
