@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::storage::pg_store::Incoming;
+use crate::storage::Storage;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, closes live
 /// sockets, lets requests in flight finish (up to `--shutdown-timeout`) and flushes storage.
@@ -16,6 +18,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sweeper = tokio::spawn(sweep(app.clone()));
+    let relay = relay_signals(&app);
     // Totals for `stats` and `/metrics` are counted once, now, rather than on a first request.
     let counter = app.clone();
     tokio::spawn(async move { counter.storage.count_totals().await });
@@ -49,6 +52,7 @@ pub async fn run(
     log::info!("at most {} open connections", limits.max_connections);
     crate::net::serve(listener, crate::routes::api(app.clone()), limits, shutdown).await;
     sweeper.abort();
+    relay.iter().for_each(|task| task.abort());
     admin.abort();
     if let Some(m) = metrics {
         m.abort();
@@ -57,6 +61,22 @@ pub async fn run(
     if let Err(e) = app.storage.close().await {
         log::error!("final flush failed: {e}");
     }
+}
+
+/// With several instances (PostgreSQL), connects the hub to the others: its signals go out,
+/// theirs come in (see `hub`). Nothing to do on sled.
+fn relay_signals(app: &App) -> Vec<tokio::task::JoinHandle<()>> {
+    let Storage::Postgres(pg) = &app.storage else {
+        return Vec::new();
+    };
+    let (outgoing, signals) = tokio::sync::mpsc::channel(crate::hub::SIGNAL_BUFFER);
+    app.hub.connect_remote(outgoing);
+    let here = app.clone();
+    pg.relay_signals(signals, move |incoming| match incoming {
+        Incoming::Signal(signal) => here.hub.apply(signal),
+        Incoming::Resync => here.hub.resync_all(),
+    })
+    .into()
 }
 
 /// Exits the process with status 1 shortly after storage fails. A graceful stop could hang

@@ -7,6 +7,7 @@ mod abuse;
 mod accounts;
 mod bundle;
 mod client;
+mod cluster;
 mod connections;
 mod cors;
 mod devices;

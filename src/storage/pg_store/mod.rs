@@ -33,6 +33,7 @@ mod devices;
 mod keys;
 mod messages;
 mod schema;
+mod signals;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -48,6 +49,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::{StoreError, Totals};
+pub use signals::Incoming;
 
 /// The longest any verb waits for the database (connecting, a pooled connection, a statement).
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +64,8 @@ const PRIMARY: i32 = 1;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// For the connection that listens to the other instances (`signals`).
+    config: Arc<tokio_postgres::Config>,
 }
 
 impl PgStore {
@@ -83,6 +87,7 @@ impl PgStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let shared = Arc::new(config.clone());
         let manager = match config.get_ssl_mode() {
             SslMode::Require => Manager::from_config(config, tls()?, manager_config),
             _ => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
@@ -97,7 +102,10 @@ impl PgStore {
             })
             .build()
             .map_err(|e| StoreError::Db(Box::new(e)))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            config: shared,
+        };
         store.timed(schema::migrate(&store)).await?;
         Ok(store)
     }

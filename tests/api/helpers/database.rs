@@ -17,6 +17,11 @@ pub fn on_postgres() -> bool {
     std::env::var_os(DATABASE_ENV).is_some()
 }
 
+/// Makes the servers on `data_dir` use the database at `url` (several instances, one database).
+pub fn share_database(data_dir: &Path, url: &str) {
+    std::fs::write(data_dir.join(REMEMBERED), url).expect("remember the shared database");
+}
+
 /// The database a data dir's in-process server used, for the binary started on the same dir.
 pub fn remembered_database(data_dir: &Path) -> Option<String> {
     std::fs::read_to_string(data_dir.join(REMEMBERED)).ok()
