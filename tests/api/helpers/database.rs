@@ -12,9 +12,17 @@ pub const DATABASE_ENV: &str = "SIGNAL_SERVER_TEST_DATABASE_URL";
 /// Where a data dir remembers its database.
 const REMEMBERED: &str = "test-database-url";
 
-/// Whether the suite runs on PostgreSQL.
+/// Set (by `.ci/run`) where running without PostgreSQL must fail rather than skip.
+const REQUIRE_ENV: &str = "SIGNAL_SERVER_TEST_REQUIRE_DATABASE";
+
+/// Whether the suite runs on PostgreSQL; panics when it must and cannot.
 pub fn on_postgres() -> bool {
-    std::env::var_os(DATABASE_ENV).is_some()
+    let on = std::env::var_os(DATABASE_ENV).is_some();
+    assert!(
+        on || std::env::var_os(REQUIRE_ENV).is_none(),
+        "{REQUIRE_ENV} is set but {DATABASE_ENV} is not: the PostgreSQL run has no database"
+    );
+    on
 }
 
 /// Makes the servers on `data_dir` use the database at `url` (several instances, one database).
