@@ -19,6 +19,7 @@ mod interop;
 mod keys;
 mod messages;
 mod ops;
+mod outage;
 mod process;
 mod routing;
 mod stress;
