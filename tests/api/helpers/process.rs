@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use signal_server::client::{self, Client, NewUser};
-use signal_server::crypto::KeyPair;
+use signal_server::client::{self, Client};
 
 use super::{TestUser, PASSWORD};
 
@@ -420,20 +419,12 @@ impl BinaryApi {
 
     /// Registers `username` (password `PASSWORD`); the user id.
     pub async fn register(&self, username: &str) -> u64 {
-        let user = NewUser {
-            username: username.to_string(),
-            password: PASSWORD.to_string(),
-            ..NewUser::default()
-        };
-        let info = self.client().register(&user).await;
-        info.unwrap_or_else(|e| panic!("register {username}: {e}"))
-            .id
+        super::new_user(&self.client(), username).await.id
     }
 
     /// Logs `username` in with `PASSWORD`; the token.
     pub async fn login(&self, username: &str) -> String {
-        let token = self.client().login(username, PASSWORD).await;
-        token.unwrap_or_else(|e| panic!("login {username}: {e}"))
+        super::login(&self.client(), username, PASSWORD).await
     }
 
     /// Registers `username`, logs in and creates a device with `prekeys` EC and `kyber` Kyber
@@ -445,19 +436,7 @@ impl BinaryApi {
         prekeys: u32,
         kyber: u32,
     ) -> TestUser {
-        let user = TestUser {
-            username: username.to_string(),
-            id: self.register(username).await,
-            token: self.login(username).await,
-            reg_id,
-            identity: KeyPair::generate(),
-        };
-        let device = user.device_body(1, prekeys, kyber, true);
-        let (status, body) = self
-            .post(&format!("/device/{reg_id}"), &user.token, device)
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "device of {username}: {body}");
-        user
+        super::new_user_with_device(&self.client(), username, reg_id, prekeys, kyber).await
     }
 }
 

@@ -181,27 +181,12 @@ impl TestServer {
 
     /// Registers `username` (password `PASSWORD`) and logs in.
     pub async fn user(&self, username: &str) -> TestUser {
-        let new = NewUser {
-            username: username.into(),
-            password: PASSWORD.into(),
-            ..NewUser::default()
-        };
-        let info = self.client().register(&new).await;
-        let info = info.unwrap_or_else(|e| panic!("register {username}: {e}"));
-        let token = self.login(username, PASSWORD).await;
-        TestUser {
-            username: username.to_string(),
-            id: info.id,
-            token,
-            reg_id: 0,
-            identity: KeyPair::generate(),
-        }
+        new_user(&self.client(), username).await
     }
 
     /// A password login that must succeed: the token.
     pub async fn login(&self, username: &str, password: &str) -> String {
-        let token = self.client().login(username, password).await;
-        token.unwrap_or_else(|e| panic!("login {username}: {e}"))
+        login(&self.client(), username, password).await
     }
 
     /// Registers a user and creates their device with `prekeys` EC and `kyber` Kyber one-time
@@ -213,13 +198,7 @@ impl TestServer {
         prekeys: u32,
         kyber: u32,
     ) -> TestUser {
-        let mut user = self.user(username).await;
-        user.reg_id = reg_id;
-        let device = user.new_device(1, prekeys, kyber, true);
-        let created = self.client_of(&user).create_device(&device).await;
-        let created = created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
-        assert_eq!(created.code, "device_created");
-        user
+        new_user_with_device(&self.client(), username, reg_id, prekeys, kyber).await
     }
 
     /// Stops the server gracefully and waits for it.
@@ -310,6 +289,49 @@ impl TestUser {
         body["kyberPreKeys"] = body.get("kyberPreKeys").cloned().unwrap_or(json!([]));
         body
     }
+}
+
+/// On any server (in-process or the binary, `client` without a token): registers `username`
+/// with `PASSWORD` and logs in.
+pub async fn new_user(client: &Client, username: &str) -> TestUser {
+    let new = NewUser {
+        username: username.into(),
+        password: PASSWORD.into(),
+        ..NewUser::default()
+    };
+    let info = client.register(&new).await;
+    let info = info.unwrap_or_else(|e| panic!("register {username}: {e}"));
+    TestUser {
+        username: username.to_string(),
+        id: info.id,
+        token: login(client, username, PASSWORD).await,
+        reg_id: 0,
+        identity: KeyPair::generate(),
+    }
+}
+
+/// A password login that must succeed: the token.
+pub async fn login(client: &Client, username: &str, password: &str) -> String {
+    let token = client.login(username, password).await;
+    token.unwrap_or_else(|e| panic!("login {username}: {e}"))
+}
+
+/// A new user (as `new_user`) with a device: `prekeys` EC and `kyber` Kyber one-time keys (ids
+/// 1..=n) and a last-resort Kyber key.
+pub async fn new_user_with_device(
+    client: &Client,
+    username: &str,
+    reg_id: u32,
+    prekeys: u32,
+    kyber: u32,
+) -> TestUser {
+    let mut user = new_user(client, username).await;
+    user.reg_id = reg_id;
+    let device = user.new_device(1, prekeys, kyber, true);
+    let created = client.with_token(&user.token).create_device(&device).await;
+    let created = created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
+    assert_eq!(created.code, "device_created");
+    user
 }
 
 /// The JSON text of a message addressed to a device with `registration_id`.
