@@ -42,15 +42,7 @@ pub(crate) async fn ws_connect(
 pub(crate) fn refused(result: Result<Ws, WsError>) -> (u16, Value) {
     match result {
         Ok(_) => panic!("the upgrade was accepted"),
-        Err(WsError::Http(res)) => {
-            let body = res
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
-            (res.status().as_u16(), body)
-        }
-        Err(e) => panic!("expected an HTTP refusal, got {e:?}"),
+        Err(e) => crate::helpers::refusal(e),
     }
 }
 

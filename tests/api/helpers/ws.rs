@@ -76,7 +76,7 @@ pub async fn wait_for_open_sockets(s: &TestServer, want: usize, bound: Duration)
 /// Opens a WebSocket on `path` with the given `Origin` (none: like a non-browser client);
 /// answers the handshake's HTTP status (101 when upgraded) and the JSON body of a refusal.
 pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16, Value) {
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = s.ws_url(path).into_client_request().expect("request");
     if let Some(origin) = origin {
         req.headers_mut()
@@ -88,7 +88,14 @@ pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16
     );
     match handshake.await.expect("WebSocket handshake timed out") {
         Ok((_socket, res)) => (res.status().as_u16(), Value::Null),
-        Err(Error::Http(res)) => {
+        Err(e) => refusal(e),
+    }
+}
+
+/// The HTTP status and JSON body (null when none) of a refused upgrade.
+pub fn refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, Value) {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(res) => {
             let body = res
                 .body()
                 .as_deref()
@@ -96,6 +103,6 @@ pub async fn ws_status(s: &TestServer, path: &str, origin: Option<&str>) -> (u16
                 .unwrap_or(Value::Null);
             (res.status().as_u16(), body)
         }
-        Err(e) => panic!("WebSocket handshake failed: {e:?}"),
+        e => panic!("expected an HTTP refusal, got {e:?}"),
     }
 }
