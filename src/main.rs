@@ -15,6 +15,7 @@ async fn main() {
         }
         return;
     }
+    let stop = shutdown_signal();
     log::info!("signal-server {} starting", env!("CARGO_PKG_VERSION"));
     let _lock = datadir::lock(&config.data_dir).unwrap_or_else(|e| fail(&e));
     let listen = config.listen;
@@ -27,7 +28,7 @@ async fn main() {
     log::info!("listening on http://{addr}");
     server::notify_systemd("READY=1");
     server::run(listener, app, async {
-        shutdown_signal().await;
+        stop.await;
         server::notify_systemd("STOPPING=1");
     })
     .await;
@@ -43,20 +44,31 @@ fn fail(message: &dyn std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the future is
+/// first polled: a SIGTERM right after the "listening" line must stop the server gracefully, not
+/// kill it with the signal's default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

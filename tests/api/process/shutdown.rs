@@ -102,3 +102,36 @@ async fn sigterm_with_open_websocket_still_exits() {
     );
     let _ = ws.close(None).await;
 }
+
+/// A SIGTERM that comes while the server is still starting (the unit is stopped during a slow
+/// start) stops it gracefully (exit 0), not by the signal's default action.
+#[tokio::test]
+async fn sigterm_during_start_is_a_graceful_stop() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = binary_command(dir.path());
+    serve_flags(&mut cmd, &[]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    // The first line the binary logs: it is starting, not yet listening.
+    let first = lines.next().expect("a log line").expect("utf-8");
+    assert!(first.contains("starting"), "{first}");
+    // SAFETY: kill(2) with our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let drained = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + BINARY_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let log = drained.join().unwrap_or_default().join("\n");
+    assert_eq!(status.code(), Some(0), "{status}\n{log}");
+}
