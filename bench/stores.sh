@@ -55,7 +55,7 @@ scenario_args() {
   case $1 in
     fetch) echo "--connections $CONNS --scenario fetch" ;;
     send) echo "--connections $CONNS --scenario send --users 64" ;;
-    bundle) echo "--connections $CONNS --scenario bundle --targets 64 --prekeys-per-target 400" ;;
+    bundle) echo "--connections $CONNS --scenario bundle --targets 64 --prekeys-per-target 1000" ;;
   esac
 }
 
