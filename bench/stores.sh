@@ -87,6 +87,7 @@ eval "$(bash tools/pg-test-cluster.sh start 2>/dev/null)"
 BASEURL=${SIGNAL_SERVER_TEST_DATABASE_URL%/postgres}
 pgstop() { bash tools/pg-test-cluster.sh stop "$PG_TEST_CLUSTER_DIR" 2>/dev/null; }
 trap 'cleanup; pgstop' EXIT
+trap 'exit 130' INT TERM
 n=0
 newdb() { n=$((n+1)); psql -q "$SIGNAL_SERVER_TEST_DATABASE_URL" -c "CREATE DATABASE ab$n"; echo "$BASEURL/ab$n"; }
 
