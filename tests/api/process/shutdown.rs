@@ -129,7 +129,10 @@ async fn sigterm_during_start_is_a_graceful_stop() {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     let log = drained.join().unwrap_or_default().join("\n");
