@@ -146,7 +146,7 @@ pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), St
     .map(drop)
 }
 
-fn device(row: &Row) -> Result<Device, StoreError> {
+pub(super) fn device(row: &Row) -> Result<Device, StoreError> {
     let last_resort = match row.get::<_, Option<i64>>(6) {
         Some(key_id) => Some(SignedPreKey {
             key_id: to_u32(key_id, "key id")?,

@@ -3,6 +3,7 @@
 //! parallel. Without the URL they are skipped, except under CI, where that is a failure.
 
 mod accounts;
+mod backup;
 mod keys;
 mod messages;
 mod outage;
