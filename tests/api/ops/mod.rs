@@ -8,6 +8,7 @@
 
 mod backup;
 mod metrics;
+mod migrate;
 mod operator;
 mod prometheus;
 mod proxy;
