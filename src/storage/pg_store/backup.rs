@@ -251,7 +251,7 @@ impl RestoreTarget for PgTarget<'_> {
 
     async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
         self.exists(
-            "SELECT 1 FROM users WHERE lower(username) = $1",
+            "SELECT 1 FROM users WHERE lower(username) = lower($1)",
             &[&lowercased],
         )
         .await
@@ -259,7 +259,7 @@ impl RestoreTarget for PgTarget<'_> {
 
     async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
         self.exists(
-            "SELECT 1 FROM users WHERE lower(email) = $1 AND email <> ''",
+            "SELECT 1 FROM users WHERE lower(email) = lower($1) AND email <> ''",
             &[&lowercased],
         )
         .await
@@ -278,7 +278,17 @@ impl RestoreTarget for PgTarget<'_> {
                     &i64::from(u.token_version),
                 ],
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The unique indexes lower with the database's locale: a non-ASCII email that
+                // Rust lowers differently is still refused, as a bad record.
+                StoreError::UsernameTaken | StoreError::EmailTaken => StoreError::Corrupt(format!(
+                    "user {}: username or email is an earlier user's (unique \
+                     case-insensitively)",
+                    u.id
+                )),
+                other => other,
+            })?;
         Ok(())
     }
 
