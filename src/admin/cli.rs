@@ -137,12 +137,7 @@ async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>> {
     let db = config.data_dir.join("db");
     let sum = crate::storage::restore_dir(&db, &mut input, &limits, &options)
         .await
-        .map_err(|e| match e {
-            crate::storage::StoreError::Corrupt(why) => {
-                format!("restore refused, the data dir is unchanged: {why}")
-            }
-            other => format!("restore failed, the data dir is unchanged: {other}"),
-        })?;
+        .map_err(|e| restore_error(e, "the data dir"))?;
     Ok(restored(&sum))
 }
 
@@ -156,13 +151,18 @@ async fn restore_postgres(config: &Config, url: &str, file: &Path) -> Result<Vec
     let sum = pg
         .restore(&mut input, &restore_limits(config))
         .await
-        .map_err(|e| match e {
-            crate::storage::StoreError::Corrupt(why) => {
-                format!("restore refused, the database is unchanged: {why}")
-            }
-            other => format!("restore failed, the database is unchanged: {other}"),
-        })?;
+        .map_err(|e| restore_error(e, "the database"))?;
     Ok(restored(&sum))
+}
+
+/// A refused backup (a bad record) or a failed restore, and that `kept` is as it was.
+fn restore_error(e: crate::storage::StoreError, kept: &str) -> String {
+    match e {
+        crate::storage::StoreError::Corrupt(why) => {
+            format!("restore refused, {kept} is unchanged: {why}")
+        }
+        other => format!("restore failed, {kept} is unchanged: {other}"),
+    }
 }
 
 fn restore_limits(config: &Config) -> crate::storage::RestoreLimits {

@@ -12,9 +12,9 @@ use std::io::{BufRead, Write};
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::{db_id, devices, messages, to_u32, to_u64, users, Cached, PgStore, PRIMARY};
+use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore, PRIMARY};
 use crate::crypto::b64;
-use crate::models::{Device, Message, SignedPreKey, User};
+use crate::models::{Device, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;
 use crate::storage::sled_store::{
     key_out, read_backup, DeviceRecord, MessageRecord, Record, RestoreTarget, UserRecord, Writer,
@@ -311,27 +311,7 @@ impl RestoreTarget for PgTarget<'_> {
     }
 
     async fn put_device(&mut self, user: u64, d: &Device) -> Result<(), StoreError> {
-        let key = &d.signed_prekey;
-        self.tx
-            .exec(
-                "INSERT INTO devices (user_id, device_id, address, registration_id, \
-                 identity_key, signed_prekey_id, signed_prekey, signed_prekey_signature) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &db_id(user),
-                    &PRIMARY,
-                    &d.address,
-                    &i64::from(d.registration_id),
-                    &d.identity_key,
-                    &i64::from(key.key_id),
-                    &key.public_key,
-                    &key.signature,
-                ],
-            )
-            .await?;
-        if let Some(k) = &d.last_resort_kyber {
-            put_kyber(self.tx, user, k, true).await?;
-        }
+        devices::insert_device(self.tx, db_id(user), d).await?;
         self.device = Some((user, d.clone()));
         Ok(())
     }
@@ -356,24 +336,19 @@ impl RestoreTarget for PgTarget<'_> {
         kind: KeyKind,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
+        let user = db_id(user);
         match kind {
             KeyKind::Ec => {
-                self.tx
-                    .exec(
-                        "INSERT INTO prekeys (user_id, device_id, key_id, public_key) \
-                         VALUES ($1, $2, $3, $4)",
-                        &[
-                            &db_id(user),
-                            &PRIMARY,
-                            &i64::from(key.key_id),
-                            &key.public_key,
-                        ],
-                    )
-                    .await?;
+                let key = PreKey {
+                    key_id: key.key_id,
+                    public_key: key.public_key.clone(),
+                };
+                keys::upsert_prekeys(self.tx, user, &[key]).await
             }
-            KeyKind::Kyber => put_kyber(self.tx, user, key, false).await?,
+            KeyKind::Kyber => {
+                keys::upsert_kyber(self.tx, user, std::slice::from_ref(key), false).await
+            }
         }
-        Ok(())
     }
 
     async fn has_message(&mut self, id: u64) -> Result<bool, StoreError> {
@@ -437,26 +412,4 @@ impl RestoreTarget for PgTarget<'_> {
             .await?;
         Ok(())
     }
-}
-
-async fn put_kyber(
-    tx: &Transaction<'_>,
-    user: u64,
-    key: &SignedPreKey,
-    last_resort: bool,
-) -> Result<(), StoreError> {
-    tx.exec(
-        "INSERT INTO kyber_prekeys (user_id, device_id, last_resort, key_id, public_key, \
-         signature) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &db_id(user),
-            &PRIMARY,
-            &last_resort,
-            &i64::from(key.key_id),
-            &key.public_key,
-            &key.signature,
-        ],
-    )
-    .await?;
-    Ok(())
 }

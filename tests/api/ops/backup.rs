@@ -206,14 +206,14 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
                 match kind {
                     0 => {
                         let (from, to) = (&users[i % 3], &users[(i + 1) % 3]);
-                        let id = deliver(&s, from, to, &format!("load {i}")).await;
+                        let id = deliver(&*s, from, to, &format!("load {i}")).await;
                         if !started.load(Ordering::SeqCst) {
                             seen.acked_before.push((id, to.id));
                         }
                     }
                     1 => {
                         let (requester, target) = (&users[i % 3], &users[(i + 2) % 3]);
-                        let (pre, kyber) = pop_bundle(&s, requester, target).await;
+                        let (pre, kyber) = pop_bundle(&*s, requester, target).await;
                         if !started.load(Ordering::SeqCst) {
                             seen.popped_before.push((target.id, pre, kyber));
                         }

@@ -5,41 +5,13 @@
 
 use std::path::Path;
 
-use super::{path, restore_summary};
+use super::{path, pop_bundle, restore_summary};
 use crate::helpers::{
-    database_rows, fresh_data_dir, message_text, on_postgres, operator_ok, Binary, BinaryApi,
-    TestUser, DATABASE_ENV,
+    database_rows, deliver, fresh_data_dir, on_postgres, operator_ok, Binary, BinaryApi, TestUser,
+    DATABASE_ENV,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// `from` sends `to` a message that must be accepted; its id.
-async fn send(api: &BinaryApi, from: &TestUser, to: &TestUser, body: &str) -> u64 {
-    let (status, res) = api
-        .post(
-            &format!("/messages/{}", from.reg_id),
-            &from.token,
-            json!({"recipient": to.username, "message": message_text(to.reg_id, body)}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "send: {res}");
-    res["id"].as_u64().expect("message id")
-}
-
-/// `requester` takes a bundle of `target`'s keys: the one-time (EC, Kyber) key ids in it.
-async fn bundle(
-    api: &BinaryApi,
-    requester: &TestUser,
-    target: &TestUser,
-) -> (Option<u64>, Option<u64>) {
-    let path = format!("/prekeybundle/{}/{}", target.username, requester.reg_id);
-    let (status, bundle) = api.get(&path, &requester.token).await;
-    assert_eq!(status, StatusCode::OK, "bundle: {bundle}");
-    let kyber = bundle["kyberPreKey"]["keyId"].as_u64();
-    // The last-resort Kyber key (id 999999 in the harness) stays.
-    let one_time = kyber.filter(|id| *id != 999_999);
-    (bundle["preKey"]["keyId"].as_u64(), one_time)
-}
 
 /// The messages queued for `user`, as served (every field).
 async fn queue(api: &BinaryApi, user: &TestUser) -> Vec<Value> {
@@ -57,9 +29,9 @@ async fn sled_deployment(dir: &Path, file: &Path) -> (TestUser, TestUser, Vec<Va
     let sled = Binary::start(dir, &[]).await;
     let alice = sled.user_with_device("alice", 7, 3, 2).await;
     let bob = sled.user_with_device("bob", 8, 1, 1).await;
-    send(&sled, &bob, &alice, "one").await;
-    send(&sled, &bob, &alice, "two").await;
-    assert_eq!(bundle(&sled, &bob, &alice).await, (Some(1), Some(1)));
+    deliver(&*sled, &bob, &alice, "one").await;
+    deliver(&*sled, &bob, &alice, "two").await;
+    assert_eq!(pop_bundle(&*sled, &bob, &alice).await, (Some(1), Some(1)));
     let queued = queue(&sled, &alice).await;
     assert_eq!(queued.len(), 2);
     assert!(
@@ -110,14 +82,14 @@ async fn a_sled_deployment_backed_up_and_restored_into_postgresql_is_served_from
     bob.token = pg.login("bob").await;
     assert_eq!(queue(&pg, &alice).await, queued, "alice's queue moved");
     // The keys left after the bundle taken on sled are handed out, each once, then none.
-    assert_eq!(bundle(&pg, &bob, &alice).await, (Some(2), Some(2)));
-    assert_eq!(bundle(&pg, &bob, &alice).await, (Some(3), None));
-    assert_eq!(bundle(&pg, &bob, &alice).await, (None, None));
-    assert_eq!(bundle(&pg, &alice, &bob).await, (Some(1), Some(1)));
+    assert_eq!(pop_bundle(&*pg, &bob, &alice).await, (Some(2), Some(2)));
+    assert_eq!(pop_bundle(&*pg, &bob, &alice).await, (Some(3), None));
+    assert_eq!(pop_bundle(&*pg, &bob, &alice).await, (None, None));
+    assert_eq!(pop_bundle(&*pg, &alice, &bob).await, (Some(1), Some(1)));
     // New ids continue above the moved ones.
     let ids = queued.iter().map(|m| m["id"].as_u64().expect("id"));
     let last = ids.max().expect("ids");
-    let id = send(&pg, &alice, &bob, "on postgres").await;
+    let id = deliver(&*pg, &alice, &bob, "on postgres").await;
     assert!(id > last, "message id {id} is not above {last}");
     let carol = pg.register("carol").await;
     assert!(carol > last, "user id {carol} is not above {last}");
