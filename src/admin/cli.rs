@@ -99,8 +99,14 @@ fn through_socket(
 }
 
 async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
+    let restoring = matches!(command, Command::Restore { .. });
+    if let (Command::Restore { file }, Some(url)) = (command, &config.database_url) {
+        // PostgreSQL: nothing of the data dir is read or written.
+        return restore_postgres(&config, url, file).await;
+    }
     // Only the server creates a database; restore is the one command that fills a new one.
-    if !matches!(command, Command::Restore { .. }) {
+    // On PostgreSQL the database is the server's, not the data dir's.
+    if !restoring && config.database_url.is_none() {
         crate::datadir::require_database(&config.data_dir)?;
     }
     if config.data_dir.exists() {
@@ -123,11 +129,7 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
 /// creates its JWT secret on first start.
 async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>> {
     let mut input = open_input(file)?;
-    let limits = crate::storage::RestoreLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_prekeys: config.max_prekeys,
-        max_queued_messages: config.max_queued_messages,
-    };
+    let limits = restore_limits(config);
     let options = crate::storage::StorageOptions {
         cache_capacity: config.cache_mb.saturating_mul(1 << 20),
         flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
@@ -135,14 +137,45 @@ async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>> {
     let db = config.data_dir.join("db");
     let sum = crate::storage::restore_dir(&db, &mut input, &limits, &options)
         .await
-        .map_err(|e| match e {
-            crate::storage::StoreError::Corrupt(why) => {
-                format!("restore refused, the data dir is unchanged: {why}")
-            }
-            other => format!("restore failed, the data dir is unchanged: {other}"),
-        })?;
-    let sum = serde_json::to_string(&sum).unwrap_or_default();
-    Ok(format!("restored {sum}\n").into_bytes())
+        .map_err(|e| restore_error(e, "the data dir"))?;
+    Ok(restored(&sum))
+}
+
+/// Restores a backup into the empty PostgreSQL database at `url`, all or nothing (one
+/// transaction), with the limits of the server's flags.
+async fn restore_postgres(config: &Config, url: &str, file: &Path) -> Result<Vec<u8>> {
+    let mut input = open_input(file)?;
+    let pg = crate::storage::PgStore::connect(url)
+        .await
+        .map_err(|e| format!("cannot use the database: {e}"))?;
+    let sum = pg
+        .restore(&mut input, &restore_limits(config))
+        .await
+        .map_err(|e| restore_error(e, "the database"))?;
+    Ok(restored(&sum))
+}
+
+/// A refused backup (a bad record) or a failed restore, and that `kept` is as it was.
+fn restore_error(e: crate::storage::StoreError, kept: &str) -> String {
+    match e {
+        crate::storage::StoreError::Corrupt(why) => {
+            format!("restore refused, {kept} is unchanged: {why}")
+        }
+        other => format!("restore failed, {kept} is unchanged: {other}"),
+    }
+}
+
+fn restore_limits(config: &Config) -> crate::storage::RestoreLimits {
+    crate::storage::RestoreLimits {
+        max_message_bytes: config.max_message_bytes,
+        max_prekeys: config.max_prekeys,
+        max_queued_messages: config.max_queued_messages,
+    }
+}
+
+fn restored(sum: &crate::storage::BackupSummary) -> Vec<u8> {
+    let sum = serde_json::to_string(sum).unwrap_or_default();
+    format!("restored {sum}\n").into_bytes()
 }
 
 /// The password of a new account: a line on standard input, or empty (generate one) when

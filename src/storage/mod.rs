@@ -370,9 +370,7 @@ impl Storage {
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         match self {
             Storage::Sled(s) => s.backup(out).await,
-            Storage::Postgres(_) => Err(StoreError::Db(
-                "backup of a PostgreSQL store is not in this version; use pg_dump".into(),
-            )),
+            Storage::Postgres(p) => p.backup(out).await,
         }
     }
 

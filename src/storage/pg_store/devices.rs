@@ -41,29 +41,10 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let (user, d) = (db_id(user_id), device);
-            let key = &d.signed_prekey;
-            tx.exec(
-                "INSERT INTO devices (user_id, device_id, address, registration_id, identity_key, \
-                 signed_prekey_id, signed_prekey, signed_prekey_signature) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &user,
-                    &PRIMARY,
-                    &d.address,
-                    &i64::from(d.registration_id),
-                    &d.identity_key,
-                    &i64::from(key.key_id),
-                    &key.public_key,
-                    &key.signature,
-                ],
-            )
-            .await?;
+            let user = db_id(user_id);
+            insert_device(&tx, user, device).await?;
             keys::upsert_prekeys(&tx, user, prekeys).await?;
             keys::upsert_kyber(&tx, user, kyber, false).await?;
-            if let Some(last_resort) = &d.last_resort_kyber {
-                keys::upsert_kyber(&tx, user, std::slice::from_ref(last_resort), true).await?;
-            }
             tx.commit().await?;
             Ok(())
         })
@@ -133,6 +114,35 @@ impl PgStore {
     }
 }
 
+/// Writes the user's device (`DeviceExists` if it has one) with its last-resort Kyber key.
+pub(super) async fn insert_device(
+    tx: &impl Cached,
+    user: i64,
+    d: &Device,
+) -> Result<(), StoreError> {
+    let key = &d.signed_prekey;
+    tx.exec(
+        "INSERT INTO devices (user_id, device_id, address, registration_id, identity_key, \
+         signed_prekey_id, signed_prekey, signed_prekey_signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &user,
+            &PRIMARY,
+            &d.address,
+            &i64::from(d.registration_id),
+            &d.identity_key,
+            &i64::from(key.key_id),
+            &key.public_key,
+            &key.signature,
+        ],
+    )
+    .await?;
+    if let Some(last_resort) = &d.last_resort_kyber {
+        keys::upsert_kyber(tx, user, std::slice::from_ref(last_resort), true).await?;
+    }
+    Ok(())
+}
+
 /// Locks the user's device row until the transaction ends, so that uploads and sends of one
 /// device are checked and written one at a time across every instance; `NoDevice` without one.
 /// `FOR NO KEY UPDATE`: it does not wait for (nor block) rows inserted under the device.
@@ -146,7 +156,7 @@ pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), St
     .map(drop)
 }
 
-fn device(row: &Row) -> Result<Device, StoreError> {
+pub(super) fn device(row: &Row) -> Result<Device, StoreError> {
     let last_resort = match row.get::<_, Option<i64>>(6) {
         Some(key_id) => Some(SignedPreKey {
             key_id: to_u32(key_id, "key id")?,

@@ -231,7 +231,7 @@ impl PgStore {
     }
 }
 
-fn message(row: &Row) -> Result<Message, StoreError> {
+pub(super) fn message(row: &Row) -> Result<Message, StoreError> {
     Ok(Message {
         id: to_u64(row.get(0)),
         sender_address: row.get(1),

@@ -6,7 +6,7 @@ use super::{db_id, to_u32, to_u64, Cached, PgStore};
 use crate::models::User;
 use crate::storage::{ResetGrant, StoreError};
 
-const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
+pub(super) const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
 
 impl PgStore {
     /// Creates a user; usernames and non-empty emails are unique case-insensitively. With
@@ -257,7 +257,7 @@ impl PgStore {
     }
 }
 
-fn user(row: &Row) -> Result<User, StoreError> {
+pub(super) fn user(row: &Row) -> Result<User, StoreError> {
     Ok(User {
         id: to_u64(row.get(0)),
         username: row.get(1),

@@ -19,7 +19,7 @@ pub const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct KeyRecord {
+pub(crate) struct KeyRecord {
     pub key_id: u32,
     pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,7 +28,7 @@ pub(super) struct KeyRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct UserRecord {
+pub(crate) struct UserRecord {
     pub id: u64,
     pub username: String,
     pub email: String,
@@ -38,7 +38,7 @@ pub(super) struct UserRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct DeviceRecord {
+pub(crate) struct DeviceRecord {
     pub user: u64,
     pub address: String,
     pub registration_id: u32,
@@ -49,7 +49,7 @@ pub(super) struct DeviceRecord {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct MessageRecord {
+pub(crate) struct MessageRecord {
     pub recipient: u64,
     pub id: u64,
     pub sender_address: String,
@@ -62,7 +62,7 @@ pub(super) struct MessageRecord {
 /// One line of a backup: `{"type": "<variant>", ...its fields}`.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-pub(super) enum Record {
+pub(crate) enum Record {
     Header {
         format: String,
         version: u32,
@@ -106,7 +106,7 @@ pub struct BackupSummary {
     pub reset_tokens: u64,
 }
 
-fn key_out(k: &SignedPreKey) -> KeyRecord {
+pub(crate) fn key_out(k: &SignedPreKey) -> KeyRecord {
     KeyRecord {
         key_id: k.key_id,
         public_key: b64::encode(&k.public_key),
@@ -115,13 +115,29 @@ fn key_out(k: &SignedPreKey) -> KeyRecord {
 }
 
 /// Writes records, one a line, counting them for the end record.
-struct Writer<'a> {
+pub(crate) struct Writer<'a> {
     out: &'a mut (dyn Write + Send),
     records: u64,
 }
 
-impl Writer<'_> {
-    fn put(&mut self, r: &Record) -> Result<(), StoreError> {
+impl<'a> Writer<'a> {
+    /// A writer to `out` that has written the header.
+    pub(crate) fn start(out: &'a mut (dyn Write + Send)) -> Result<Writer<'a>, StoreError> {
+        let mut w = Writer { out, records: 0 };
+        w.put(&Record::Header {
+            format: FORMAT.into(),
+            version: VERSION,
+        })?;
+        Ok(w)
+    }
+
+    /// Writes the end record, which counts every record before it.
+    pub(crate) fn end(mut self) -> Result<(), StoreError> {
+        let records = self.records;
+        self.put(&Record::End { records })
+    }
+
+    pub(crate) fn put(&mut self, r: &Record) -> Result<(), StoreError> {
         let line = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         writeln!(self.out, "{line}").map_err(|source| StoreError::Io {
             doing: "writing the backup".into(),
@@ -140,11 +156,7 @@ impl SledStore {
     /// Writes every record to `out`. Writers wait while the trees are read.
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         let _exclusive = self.gate.write().await;
-        let mut w = Writer { out, records: 0 };
-        w.put(&Record::Header {
-            format: FORMAT.into(),
-            version: VERSION,
-        })?;
+        let mut w = Writer::start(out)?;
         let sum = BackupSummary {
             users: self.back_up_users(&mut w)?,
             devices: self.back_up_devices(&mut w)?,
@@ -154,8 +166,7 @@ impl SledStore {
             invites: self.back_up_invites(&mut w)?,
             reset_tokens: self.back_up_reset_tokens(&mut w)?,
         };
-        let records = w.records;
-        w.put(&Record::End { records })?;
+        w.end()?;
         Ok(sum)
     }
 

@@ -44,13 +44,17 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::StoreError;
 pub use backup::BackupSummary;
+/// The backup format and the restore's rules, shared with the PostgreSQL store.
+pub(crate) use backup::{key_out, DeviceRecord, MessageRecord, Record, UserRecord, Writer};
 use commit::Committer;
 pub use devices::Stock;
 pub use fsck::FsckReport;
 pub use messages::DeleteOutcome;
+pub(crate) use restore::read_backup;
 pub use restore::restore_dir;
 pub use restore_checks::ID_CEILING;
 pub use restore_rules::RestoreLimits;
+pub(crate) use restore_rules::RestoreTarget;
 pub use totals::Totals;
 pub use users::ResetGrant;
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use super::backup::{BackupSummary, Record};
-use super::restore_rules::{RestoreLimits, Restoring};
+use super::restore_rules::{RestoreLimits, RestoreTarget, Restoring};
 use super::{SledStore, StorageOptions, StoreError};
 
 /// Restores `input` into the database directory `db`, which must not exist or hold no records.
@@ -127,25 +127,35 @@ impl SledStore {
                 "restore needs an empty database".into(),
             ));
         }
-        let mut lines = Lines::new(input, limits.max_line_bytes());
-        let mut restoring = Restoring::new(self, limits);
-        while let Some((n, line)) = lines.next()? {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let record: Record = serde_json::from_slice(line)
-                .map_err(|e| StoreError::Corrupt(format!("line {n}: {e}")))?;
-            restoring.take(record).map_err(|e| match e {
-                StoreError::Corrupt(why) => StoreError::Corrupt(format!("line {n}: {why}")),
-                other => other,
-            })?;
-        }
-        let (sum, max_id) = restoring.finish()?;
+        let (sum, max_id) = read_backup(input, limits, self).await?;
         self.meta.insert("id_offset", &(max_id + 1).to_be_bytes())?;
         self.id_offset
             .store(max_id + 1, std::sync::atomic::Ordering::Relaxed);
         Ok(sum)
     }
+}
+
+/// Reads a backup into `target`, every record checked (`Restoring`); answers what was restored
+/// and the largest id in it. The first bad line ends it with an error naming that line.
+pub(crate) async fn read_backup<T: RestoreTarget>(
+    input: &mut (dyn BufRead + Send),
+    limits: &RestoreLimits,
+    target: T,
+) -> Result<(BackupSummary, u64), StoreError> {
+    let mut lines = Lines::new(input, limits.max_line_bytes());
+    let mut restoring = Restoring::new(target, limits);
+    while let Some((n, line)) = lines.next()? {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(line)
+            .map_err(|e| StoreError::Corrupt(format!("line {n}: {e}")))?;
+        restoring.take(record).await.map_err(|e| match e {
+            StoreError::Corrupt(why) => StoreError::Corrupt(format!("line {n}: {why}")),
+            other => other,
+        })?;
+    }
+    restoring.finish()
 }
 
 /// Lines of at most `max` bytes, read without ever holding more than `max + 1` bytes of one:

@@ -1,8 +1,11 @@
 //! A restore's checks that need what came before (uniqueness, the users and devices a record
-//! names, counts per device and queue, the header and end records) and the writes of a record
+//! names, counts per device and queue, the header and end records), then the write of a record
 //! that passed them and `restore_checks`. A record that names a user comes after that user's
 //! record, as `backup` writes them, so every check is a lookup in the database being built; only
 //! per-user counts are kept in memory.
+//!
+//! The rules are the same whatever store is being filled: the store only answers lookups and
+//! takes writes (`RestoreTarget`; sled's trees here, a PostgreSQL transaction in `pg_store`).
 
 use std::collections::HashMap;
 
@@ -10,8 +13,34 @@ use super::backup::{
     BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
 };
 use super::restore_checks::{bad, check_id, device_in, message_in, prekey_in, token_hash, user_in};
-use super::{encode, keys, SledStore, StoreError};
+use super::{encode, keys, ResetGrant, SledStore, StoreError};
+use crate::models::{Device, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind};
+
+/// The store a restore fills: lookups of what was restored so far, and the writes of records
+/// that passed every check. Usernames and emails are looked up lowercased.
+pub(crate) trait RestoreTarget {
+    async fn user(&mut self, id: u64) -> Result<Option<User>, StoreError>;
+    async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError>;
+    async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError>;
+    async fn put_user(&mut self, user: &User) -> Result<(), StoreError>;
+    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError>;
+    async fn put_device(&mut self, user: u64, device: &Device) -> Result<(), StoreError>;
+    /// A one-time prekey (`signature` empty for EC keys).
+    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError>;
+    async fn put_prekey(
+        &mut self,
+        user: u64,
+        kind: KeyKind,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError>;
+    async fn has_message(&mut self, id: u64) -> Result<bool, StoreError>;
+    async fn put_message(&mut self, recipient: u64, message: &Message) -> Result<(), StoreError>;
+    async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError>;
+    async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError>;
+    async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError>;
+    async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError>;
+}
 
 /// The server's limits that a restore applies as the API would.
 #[derive(Debug, Clone)]
@@ -32,8 +61,8 @@ impl RestoreLimits {
 }
 
 /// The state of a restore between records.
-pub(super) struct Restoring<'a> {
-    db: &'a SledStore,
+pub(crate) struct Restoring<'a, T: RestoreTarget> {
+    db: T,
     limits: &'a RestoreLimits,
     sum: BackupSummary,
     /// Records so far, the header included: what the end record must say.
@@ -48,8 +77,8 @@ pub(super) struct Restoring<'a> {
     queues: HashMap<u64, u32>,
 }
 
-impl<'a> Restoring<'a> {
-    pub fn new(db: &'a SledStore, limits: &'a RestoreLimits) -> Restoring<'a> {
+impl<'a, T: RestoreTarget> Restoring<'a, T> {
+    pub fn new(db: T, limits: &'a RestoreLimits) -> Restoring<'a, T> {
         Restoring {
             db,
             limits,
@@ -64,7 +93,7 @@ impl<'a> Restoring<'a> {
     }
 
     /// Checks one record and writes it; the first record must be the header, the last the end.
-    pub fn take(&mut self, record: Record) -> Result<(), StoreError> {
+    pub async fn take(&mut self, record: Record) -> Result<(), StoreError> {
         if self.ended {
             return bad("a record after the end record".into());
         }
@@ -77,18 +106,18 @@ impl<'a> Restoring<'a> {
         match record {
             Record::Header { format, version } => self.header(&format, version)?,
             Record::End { records } => self.end(records)?,
-            Record::User(u) => self.user(u)?,
-            Record::Device(d) => self.device(d)?,
-            Record::PreKey { user, key } => self.prekey(user, key, KeyKind::Ec)?,
-            Record::KyberPreKey { user, key } => self.prekey(user, key, KeyKind::Kyber)?,
-            Record::Message(m) => self.message(m)?,
-            Record::Invite { hash, created } => self.invite(&hash, created)?,
+            Record::User(u) => self.user(u).await?,
+            Record::Device(d) => self.device(d).await?,
+            Record::PreKey { user, key } => self.prekey(user, key, KeyKind::Ec).await?,
+            Record::KyberPreKey { user, key } => self.prekey(user, key, KeyKind::Kyber).await?,
+            Record::Message(m) => self.message(m).await?,
+            Record::Invite { hash, created } => self.invite(&hash, created).await?,
             Record::ResetToken {
                 hash,
                 user,
                 expires,
                 version,
-            } => self.reset_token(&hash, user, expires, version)?,
+            } => self.reset_token(&hash, user, expires, version).await?,
         }
         self.records += 1;
         Ok(())
@@ -123,43 +152,38 @@ impl<'a> Restoring<'a> {
         Ok(())
     }
 
-    fn user(&mut self, r: UserRecord) -> Result<(), StoreError> {
+    async fn user(&mut self, r: UserRecord) -> Result<(), StoreError> {
         let user = user_in(r)?;
         let id = user.id;
-        let key = keys::user(id);
         let name = user.username.to_lowercase();
         let email = user.email.to_lowercase();
-        if self.db.users.contains_key(key)? {
+        if self.db.user(id).await?.is_some() {
             return bad(format!("user id {id} twice"));
         }
-        if self.db.usernames.contains_key(name.as_bytes())? {
+        if self.db.username_taken(&name).await? {
             return bad(format!(
                 "user {id}: username {} is an earlier user's (usernames are unique \
                  case-insensitively)",
                 user.username
             ));
         }
-        if !email.is_empty() && self.db.emails.contains_key(email.as_bytes())? {
+        if !email.is_empty() && self.db.email_taken(&email).await? {
             return bad(format!(
                 "user {id}: email is an earlier user's (emails are unique case-insensitively)"
             ));
         }
-        self.db.usernames.insert(name.as_bytes(), &key)?;
-        if !email.is_empty() {
-            self.db.emails.insert(email.as_bytes(), &key)?;
-        }
-        self.db.users.insert(key, encode(&user))?;
+        self.db.put_user(&user).await?;
         self.sum.users += 1;
         self.max_id = self.max_id.max(id);
         Ok(())
     }
 
-    fn device(&mut self, r: DeviceRecord) -> Result<(), StoreError> {
+    async fn device(&mut self, r: DeviceRecord) -> Result<(), StoreError> {
         let (user, device) = device_in(r)?;
-        let Some(owner) = self.db.user(user)? else {
+        let Some(owner) = self.db.user(user).await? else {
             return bad(format!("a device of unknown user {user}"));
         };
-        if self.db.devices.contains_key(keys::user(user))? {
+        if self.db.device(user).await?.is_some() {
             return bad(format!("a second device of user {user}"));
         }
         match requests::parse_address(&device.address) {
@@ -170,24 +194,23 @@ impl<'a> Restoring<'a> {
                 ))
             }
         }
-        self.db.devices.insert(keys::user(user), encode(&device))?;
+        self.db.put_device(user, &device).await?;
         self.sum.devices += 1;
         Ok(())
     }
 
     /// A one-time prekey, at most `--max-prekeys` of each kind per device.
-    fn prekey(&mut self, user: u64, key: KeyRecord, kind: KeyKind) -> Result<(), StoreError> {
-        let (what, tree) = match kind {
-            KeyKind::Ec => ("one-time prekey", &self.db.prekeys),
-            KeyKind::Kyber => ("one-time Kyber prekey", &self.db.kyber_prekeys),
+    async fn prekey(&mut self, user: u64, key: KeyRecord, kind: KeyKind) -> Result<(), StoreError> {
+        let what = match kind {
+            KeyKind::Ec => "one-time prekey",
+            KeyKind::Kyber => "one-time Kyber prekey",
         };
-        if !self.db.devices.contains_key(keys::user(user))? {
+        if self.db.device(user).await?.is_none() {
             return bad(format!("a {what} of user {user}, who has no device"));
         }
         let key = prekey_in(what, key, kind)?;
         let id = key.key_id;
-        let k = keys::prekey(user, id);
-        if tree.contains_key(k)? {
+        if self.db.has_prekey(user, kind, id).await? {
             return bad(format!("{what} {id} of user {user} twice"));
         }
         let stock = self.stock.entry(user).or_default();
@@ -202,25 +225,20 @@ impl<'a> Restoring<'a> {
                 self.limits.max_prekeys
             ));
         }
+        self.db.put_prekey(user, kind, &key).await?;
         match kind {
-            KeyKind::Ec => {
-                tree.insert(k, key.public_key)?;
-                self.sum.prekeys += 1;
-            }
-            KeyKind::Kyber => {
-                tree.insert(k, encode(&key))?;
-                self.sum.kyber_prekeys += 1;
-            }
+            KeyKind::Ec => self.sum.prekeys += 1,
+            KeyKind::Kyber => self.sum.kyber_prekeys += 1,
         }
         Ok(())
     }
 
     /// A queued message, checked as `POST /messages` checks it: to the recipient's device (its
     /// address, and its registrationId inside the content), within the size and queue limits.
-    fn message(&mut self, r: MessageRecord) -> Result<(), StoreError> {
+    async fn message(&mut self, r: MessageRecord) -> Result<(), StoreError> {
         let (recipient, m) = message_in(r, self.limits.max_message_bytes)?;
         let id = m.id;
-        let Some(device) = self.db.device(recipient)? else {
+        let Some(device) = self.db.device(recipient).await? else {
             return bad(format!(
                 "message {id} for user {recipient}, who has no device"
             ));
@@ -236,7 +254,7 @@ impl<'a> Restoring<'a> {
                  its recipient's device"
             ));
         }
-        if self.db.message_index.contains_key(id.to_be_bytes())? {
+        if self.db.has_message(id).await? {
             return bad(format!("message id {id} twice"));
         }
         let queued = self.queues.entry(recipient).or_default();
@@ -247,30 +265,25 @@ impl<'a> Restoring<'a> {
                 self.limits.max_queued_messages
             ));
         }
-        self.db
-            .message_index
-            .insert(id.to_be_bytes(), &keys::index_value(recipient, m.timestamp))?;
-        self.db
-            .messages
-            .insert(keys::message(recipient, id), encode(&m))?;
+        self.db.put_message(recipient, &m).await?;
         self.sum.messages += 1;
         self.max_id = self.max_id.max(id);
         Ok(())
     }
 
-    fn invite(&mut self, hash: &str, created: u64) -> Result<(), StoreError> {
+    async fn invite(&mut self, hash: &str, created: u64) -> Result<(), StoreError> {
         let hash = token_hash("invite", hash)?;
-        if self.db.invites.contains_key(&hash)? {
+        if self.db.has_invite(&hash).await? {
             return bad("an invite twice".into());
         }
-        self.db.invites.insert(hash, &created.to_be_bytes())?;
+        self.db.put_invite(&hash, created).await?;
         self.sum.invites += 1;
         Ok(())
     }
 
     /// A pending password reset. One of an account deleted since it was issued can never be used
     /// (ids are not handed out again: new ids start above it), so it is left out, not refused.
-    fn reset_token(
+    async fn reset_token(
         &mut self,
         hash: &str,
         user: u64,
@@ -279,17 +292,111 @@ impl<'a> Restoring<'a> {
     ) -> Result<(), StoreError> {
         check_id("reset token's user id", user)?;
         let hash = token_hash("reset token", hash)?;
-        if self.db.reset_tokens.contains_key(&hash)? {
+        if self.db.has_reset_token(&hash).await? {
             return bad("a reset token twice".into());
         }
         self.max_id = self.max_id.max(user);
-        if !self.db.users.contains_key(keys::user(user))? {
+        if self.db.user(user).await?.is_none() {
             return Ok(());
         }
-        self.db
-            .reset_tokens
-            .insert(hash, &keys::reset_grant(user, expires, version))?;
+        let grant = ResetGrant {
+            user_id: user,
+            token_version: version,
+            expires_at: expires,
+        };
+        self.db.put_reset_token(&hash, &grant).await?;
         self.sum.reset_tokens += 1;
+        Ok(())
+    }
+}
+
+/// The sled store as a restore fills it: its trees and their indexes.
+impl RestoreTarget for &SledStore {
+    async fn user(&mut self, id: u64) -> Result<Option<User>, StoreError> {
+        SledStore::user(self, id)
+    }
+
+    async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        Ok(self.usernames.contains_key(lowercased.as_bytes())?)
+    }
+
+    async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        Ok(self.emails.contains_key(lowercased.as_bytes())?)
+    }
+
+    async fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
+        let key = keys::user(user.id);
+        self.usernames
+            .insert(user.username.to_lowercase().as_bytes(), &key)?;
+        if !user.email.is_empty() {
+            self.emails
+                .insert(user.email.to_lowercase().as_bytes(), &key)?;
+        }
+        self.users.insert(key, encode(user))?;
+        Ok(())
+    }
+
+    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError> {
+        SledStore::device(self, user)
+    }
+
+    async fn put_device(&mut self, user: u64, device: &Device) -> Result<(), StoreError> {
+        self.devices.insert(keys::user(user), encode(device))?;
+        Ok(())
+    }
+
+    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError> {
+        let tree = match kind {
+            KeyKind::Ec => &self.prekeys,
+            KeyKind::Kyber => &self.kyber_prekeys,
+        };
+        Ok(tree.contains_key(keys::prekey(user, id))?)
+    }
+
+    async fn put_prekey(
+        &mut self,
+        user: u64,
+        kind: KeyKind,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError> {
+        let k = keys::prekey(user, key.key_id);
+        match kind {
+            KeyKind::Ec => self.prekeys.insert(k, key.public_key.as_slice())?,
+            KeyKind::Kyber => self.kyber_prekeys.insert(k, encode(key))?,
+        };
+        Ok(())
+    }
+
+    async fn has_message(&mut self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.message_index.contains_key(id.to_be_bytes())?)
+    }
+
+    async fn put_message(&mut self, recipient: u64, m: &Message) -> Result<(), StoreError> {
+        self.message_index.insert(
+            m.id.to_be_bytes(),
+            &keys::index_value(recipient, m.timestamp),
+        )?;
+        self.messages
+            .insert(keys::message(recipient, m.id), encode(m))?;
+        Ok(())
+    }
+
+    async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.invites.contains_key(hash)?)
+    }
+
+    async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError> {
+        self.invites.insert(hash, &created.to_be_bytes())?;
+        Ok(())
+    }
+
+    async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.reset_tokens.contains_key(hash)?)
+    }
+
+    async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError> {
+        let value = keys::reset_grant(grant.user_id, grant.expires_at, grant.token_version);
+        self.reset_tokens.insert(hash, &value)?;
         Ok(())
     }
 }

@@ -43,10 +43,7 @@ pub async fn database_for(data_dir: &Path) -> Option<String> {
         return Some(url);
     }
     let name = format!("t_{:016x}", rand::random::<u64>());
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("{DATABASE_ENV}={base}: {e}"));
-    let driver = tokio::spawn(connection);
+    let (client, driver) = connect(&base).await;
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
@@ -56,6 +53,80 @@ pub async fn database_for(data_dir: &Path) -> Option<String> {
     let url = with_database(&base, &name);
     std::fs::write(data_dir.join(REMEMBERED), &url).expect("remember the test database");
     Some(url)
+}
+
+/// A new data dir; on PostgreSQL with a new empty database of its own (what a restore fills),
+/// which the binary started on the dir is given.
+pub async fn fresh_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    database_for(dir.path()).await;
+    dir
+}
+
+/// The tables whose rows a backup carries.
+const DATA_TABLES: [&str; 7] = [
+    "users",
+    "devices",
+    "prekeys",
+    "kyber_prekeys",
+    "messages",
+    "reset_tokens",
+    "invites",
+];
+
+/// The rows of data (users, devices, keys, messages, tokens, invites) the data dir's PostgreSQL
+/// database holds; 0 before its schema was created. Only on PostgreSQL.
+pub async fn database_rows(data_dir: &Path) -> i64 {
+    let url = remembered_database(data_dir).expect("a data dir with a test database");
+    let (client, driver) = connect(&url).await;
+    let created: bool = client
+        .query_one("SELECT to_regclass('users') IS NOT NULL", &[])
+        .await
+        .expect("look for the schema")
+        .get(0);
+    let mut rows = 0;
+    if created {
+        for table in DATA_TABLES {
+            let sql = format!("SELECT count(*) FROM {table}");
+            let n: i64 = client.query_one(&sql, &[]).await.expect("count").get(0);
+            rows += n;
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    rows
+}
+
+/// Whether a session other than the caller's is inside a transaction on the data dir's database
+/// (a restore under way). Only on PostgreSQL.
+pub async fn transaction_open(data_dir: &Path) -> bool {
+    let url = remembered_database(data_dir).expect("a data dir with a test database");
+    let (client, driver) = connect(&url).await;
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("sessions")
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    n > 0
+}
+
+/// A client on `url`, and its connection's task (ends once the client is dropped).
+async fn connect(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    (client, tokio::spawn(connection))
 }
 
 /// `base` (postgres://user@host:port/db?params) with another database name.

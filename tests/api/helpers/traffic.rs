@@ -2,6 +2,7 @@
 //! succeed, the ids of a queue, a config on an existing data dir, and a stop that waits until
 //! the database is closed (so that the binary can open it next).
 
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,10 +10,51 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use signal_server::Config;
 
-use super::{message_text, TestServer, TestUser, BINARY_BOUND};
+use super::{message_text, BinaryApi, TestServer, TestUser, BINARY_BOUND};
+
+/// The JSON calls the shared steps make, on a server in-process or the binary.
+pub trait Api {
+    fn get(&self, path: &str, token: &str) -> impl Future<Output = (StatusCode, Value)>;
+    fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> impl Future<Output = (StatusCode, Value)>;
+}
+
+impl Api for TestServer {
+    fn get(&self, path: &str, token: &str) -> impl Future<Output = (StatusCode, Value)> {
+        TestServer::get(self, path, token)
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> impl Future<Output = (StatusCode, Value)> {
+        TestServer::post(self, path, token, body)
+    }
+}
+
+impl Api for BinaryApi {
+    fn get(&self, path: &str, token: &str) -> impl Future<Output = (StatusCode, Value)> {
+        BinaryApi::get(self, path, token)
+    }
+
+    fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> impl Future<Output = (StatusCode, Value)> {
+        BinaryApi::post(self, path, token, body)
+    }
+}
 
 /// A successful send from `from` to `to`; the message id.
-pub async fn deliver(s: &TestServer, from: &TestUser, to: &TestUser, body: &str) -> u64 {
+pub async fn deliver(s: &impl Api, from: &TestUser, to: &TestUser, body: &str) -> u64 {
     let (status, res) = s
         .post(
             &format!("/messages/{}", from.reg_id),

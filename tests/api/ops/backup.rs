@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::{assert_plain, cli_err, cli_ok, data_dir, path, pop_bundle, restore_summary};
 use crate::helpers::{
-    bare_command, deliver, file_mode, operator_ok, run, stop_closed, TestServer, BINARY_BOUND,
-    PASSWORD,
+    bare_command, deliver, file_mode, fresh_data_dir, operator_ok, run, stop_closed, TestServer,
+    BINARY_BOUND, PASSWORD,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -206,14 +206,14 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
                 match kind {
                     0 => {
                         let (from, to) = (&users[i % 3], &users[(i + 1) % 3]);
-                        let id = deliver(&s, from, to, &format!("load {i}")).await;
+                        let id = deliver(&*s, from, to, &format!("load {i}")).await;
                         if !started.load(Ordering::SeqCst) {
                             seen.acked_before.push((id, to.id));
                         }
                     }
                     1 => {
                         let (requester, target) = (&users[i % 3], &users[(i + 2) % 3]);
-                        let (pre, kyber) = pop_bundle(&s, requester, target).await;
+                        let (pre, kyber) = pop_bundle(&*s, requester, target).await;
                         if !started.load(Ordering::SeqCst) {
                             seen.popped_before.push((target.id, pre, kyber));
                         }
@@ -308,7 +308,7 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
     stop_closed(s).await;
 
     // Restore into a fresh data dir, then back it up again (both offline, by the binary).
-    let fresh = tempfile::tempdir().expect("tempdir");
+    let fresh = fresh_data_dir().await;
     let run = operator_ok(fresh.path(), &["restore", &file_arg], None).await;
     let summary = restore_summary(&run);
     let count = |m: &BTreeMap<u64, BTreeSet<u64>>| m.values().map(BTreeSet::len).sum::<usize>();

@@ -8,6 +8,7 @@
 
 mod backup;
 mod metrics;
+mod migrate;
 mod operator;
 mod prometheus;
 mod proxy;
@@ -17,13 +18,13 @@ mod restore;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::helpers::{bare_command, feed_text, run, Binary, Run, TestServer, TestUser};
+use crate::helpers::{bare_command, feed_text, run, Api, Binary, Run, TestServer, TestUser};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// `requester` pops a bundle of `target`: the one-time EC and Kyber key ids handed out.
 async fn pop_bundle(
-    s: &TestServer,
+    s: &impl Api,
     requester: &TestUser,
     target: &TestUser,
 ) -> (Option<u64>, Option<u64>) {

@@ -3,6 +3,10 @@
 //! past its limit, and a restore is all or nothing (a failed or killed one leaves the data dir
 //! as it was, and a retry works).
 //!
+//! On PostgreSQL (`SIGNAL_SERVER_TEST_DATABASE_URL`) every data dir a restore fills has a new
+//! empty database of its own (`fresh_data_dir`), the restore goes into it (`--database-url`),
+//! and "nothing behind" means that database holds no rows.
+//!
 //! Crafted backups start from a real one (a server with two users, devices, keys and a queued
 //! message, backed up by `Storage::backup`), edited line by line; the end record's count is
 //! recomputed unless a test is about it.
@@ -14,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use super::restore_summary;
 use crate::helpers::{
-    message_text, operator_command, run, stop_closed, Feed, Run, TestServer, BINARY_BOUND, PASSWORD,
+    database_rows, fresh_data_dir, message_text, on_postgres, operator_command, run, stop_closed,
+    transaction_open, Feed, Run, TestServer, BINARY_BOUND, PASSWORD,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -30,7 +35,7 @@ fn restore_file(dir: &Path, file: &Path) -> Run {
 }
 
 /// A restore that must be refused, cleanly (no panic), naming `why`, and leave no database.
-fn assert_refused(dir: &Path, file: &Path, why: &str) {
+async fn assert_refused(dir: &Path, file: &Path, why: &str) {
     let run = restore_file(dir, file);
     assert!(
         !run.success(),
@@ -41,15 +46,23 @@ fn assert_refused(dir: &Path, file: &Path, why: &str) {
         "restore of a backup with {why} did not refuse it clearly: {}",
         run.stderr
     );
-    assert_no_database(dir);
+    assert_no_database(dir).await;
 }
 
-/// The data dir holds no database and no half-restored one.
-fn assert_no_database(dir: &Path) {
+/// The data dir holds no database and no half-restored one; on PostgreSQL its database holds
+/// no rows either.
+async fn assert_no_database(dir: &Path) {
     for name in ["db", "db.restoring"] {
         assert!(
             !dir.join(name).exists(),
             "{name} was left in the data dir by a failed restore"
+        );
+    }
+    if on_postgres() {
+        assert_eq!(
+            database_rows(dir).await,
+            0,
+            "a failed restore left rows in the database"
         );
     }
 }
@@ -135,7 +148,7 @@ fn renumber(records: &mut [Value], from: u64, to: u64) {
 #[tokio::test]
 async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_restored_ones() {
     let records = real_records().await;
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = fresh_data_dir().await;
     let alice = user_id(&records, "alice");
     for (id, name) in [
         (u64::MAX, "max"),
@@ -145,13 +158,13 @@ async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_resto
         let mut crafted = records.clone();
         renumber(&mut crafted, alice, id);
         let file = write_backup(work.path(), &format!("{name}.jsonl"), &crafted);
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert_refused(dir.path(), &file, &format!("user id {id}"));
+        let dir = fresh_data_dir().await;
+        assert_refused(dir.path(), &file, &format!("user id {id}")).await;
     }
     let mut crafted = records.clone();
     first_of(&mut crafted, "message")["id"] = json!(0);
     let file = write_backup(work.path(), "zero.jsonl", &crafted);
-    assert_refused(work.path(), &file, "message id 0");
+    assert_refused(work.path(), &file, "message id 0").await;
 
     // The largest id allowed restores; the next registration gets an id above it, and the
     // restored user keeps her account and her queue.
@@ -159,7 +172,7 @@ async fn ids_at_or_over_the_ceiling_are_refused_and_new_ids_continue_above_resto
     let mut crafted = records.clone();
     renumber(&mut crafted, alice, top);
     let file = write_backup(work.path(), "top.jsonl", &crafted);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = fresh_data_dir().await;
     restore_summary(&restore_file(dir.path(), &file));
     let s = TestServer::start_in(dir).await;
     let carol = s.user("carol").await;
@@ -203,8 +216,8 @@ async fn a_restore_that_fails_part_way_leaves_nothing_behind_and_a_retry_works()
                     "passwordHash": good[1]["passwordHash"], "tokenVersion": 0}),
     );
     let bad = write_backup(work.path(), "bad.jsonl", &bad);
-    let dir = tempfile::tempdir().expect("tempdir");
-    assert_refused(dir.path(), &bad, "a bad line after 3,000 users");
+    let dir = fresh_data_dir().await;
+    assert_refused(dir.path(), &bad, "a bad line after 3,000 users").await;
     let run = restore_file(dir.path(), &bad);
     assert!(
         run.stderr.contains("line 3002"),
@@ -245,7 +258,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         .iter()
         .map(Value::to_string)
         .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = fresh_data_dir().await;
     let building = dir.path().join("db.restoring");
     let mut child = operator_command(dir.path(), &["restore", "-"])
         .stdin(Stdio::piped())
@@ -259,9 +272,9 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         .expect("feed");
     // The users are in (the input stays open, so the restore waits for more); kill it.
     let deadline = Instant::now() + BINARY_BOUND;
-    while !building.exists() {
-        assert!(Instant::now() < deadline, "no db.restoring while restoring");
-        std::thread::sleep(Duration::from_millis(20));
+    while !restore_under_way(dir.path()).await {
+        assert!(Instant::now() < deadline, "no restore under way");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::thread::sleep(Duration::from_secs(1));
     child.kill().expect("kill");
@@ -271,6 +284,13 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
         !dir.path().join("db").exists(),
         "a killed restore left a db"
     );
+    if on_postgres() {
+        assert_eq!(
+            database_rows(dir.path()).await,
+            0,
+            "a killed restore left rows"
+        );
+    }
 
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_backup(work.path(), "real.jsonl", &records);
@@ -286,6 +306,16 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
     s.stop().await;
 }
 
+/// Whether a restore into `dir` is writing: sled builds `db.restoring`; on PostgreSQL the
+/// restore's transaction is open.
+async fn restore_under_way(dir: &Path) -> bool {
+    if on_postgres() {
+        transaction_open(dir).await
+    } else {
+        dir.join("db.restoring").exists()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The API's rules
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +323,7 @@ async fn a_killed_restore_leaves_no_database_and_the_next_one_cleans_up() {
 #[tokio::test]
 async fn usernames_and_emails_differing_only_in_case_are_refused() {
     let records = real_records().await;
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = fresh_data_dir().await;
     let mut crafted = records.clone();
     first_of(&mut crafted, "user")["email"] = json!("Alice@Example.org");
     let mut twin = first_of(&mut crafted, "user").clone();
@@ -307,20 +337,20 @@ async fn usernames_and_emails_differing_only_in_case_are_refused() {
         + 1;
     crafted.insert(at, twin.clone());
     let file = write_backup(work.path(), "name.jsonl", &crafted);
-    assert_refused(work.path(), &file, "usernames alice and ALICE");
+    assert_refused(work.path(), &file, "usernames alice and ALICE").await;
 
     crafted.remove(at);
     twin["username"] = json!("alice2");
     twin["email"] = json!("alice@EXAMPLE.org");
     crafted.insert(at, twin);
     let file = write_backup(work.path(), "email.jsonl", &crafted);
-    assert_refused(work.path(), &file, "emails differing only in case");
+    assert_refused(work.path(), &file, "emails differing only in case").await;
 }
 
 #[tokio::test]
 async fn a_line_over_the_limit_is_refused_without_being_read_whole() {
     let header = real_records().await[0].to_string();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = fresh_data_dir().await;
     const LINE: u64 = 100 << 20;
     let feed: Feed = Box::new(move |mut stdin| {
         let mut fed = 0u64;
@@ -358,7 +388,7 @@ async fn a_line_over_the_limit_is_refused_without_being_read_whole() {
         "the restore held {} kB for a 100 MB line",
         run.peak_kb
     );
-    assert_no_database(dir.path());
+    assert_no_database(dir.path()).await;
 }
 
 /// One edit of a real backup that a restore must refuse.
@@ -485,18 +515,18 @@ fn cases() -> Vec<Case> {
 #[tokio::test]
 async fn records_that_break_the_api_rules_are_refused() {
     let records = real_records().await;
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = fresh_data_dir().await;
     for (n, case) in cases().iter().enumerate() {
         let mut crafted = records.clone();
         (case.edit)(&mut crafted);
         let file = write_backup(work.path(), &format!("case{n}.jsonl"), &crafted);
-        assert_refused(work.path(), &file, case.why);
+        assert_refused(work.path(), &file, case.why).await;
     }
     // The end record's count is checked.
     let mut lines: Vec<String> = records.iter().map(Value::to_string).collect();
     lines.push(json!({"type": "end", "records": records.len() + 1}).to_string());
     let file = write_lines(work.path(), "count.jsonl", &lines);
-    assert_refused(work.path(), &file, "a wrong end count");
+    assert_refused(work.path(), &file, "a wrong end count").await;
     // The unedited backup restores (the cases above fail for their edit alone).
     let file = write_backup(work.path(), "real.jsonl", &records);
     restore_summary(&restore_file(work.path(), &file));

@@ -4,6 +4,7 @@
 //! is set (as `.ci/run` does), where that is a failure.
 
 mod accounts;
+mod backup;
 mod keys;
 mod messages;
 mod outage;

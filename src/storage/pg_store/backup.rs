@@ -1,0 +1,415 @@
+//! Backup and restore in the sled store's format (`sled_store::backup`), so that a deployment
+//! moves between the stores with `backup` on one and `restore` into the other.
+//!
+//! A backup reads ONE snapshot (a `REPEATABLE READ, READ ONLY` transaction: writers are not
+//! held up) and streams each table through a portal, `BATCH` rows at a time, in the order the
+//! sled store writes its records. A restore is ONE transaction into an empty database, committed
+//! only once every record passed the same checks as a sled restore (`Restoring`); a refused,
+//! failed or killed one is rolled back and leaves the database empty.
+
+use std::io::{BufRead, Write};
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::{IsolationLevel, Row};
+
+use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore, PRIMARY};
+use crate::crypto::b64;
+use crate::models::{Device, Message, PreKey, SignedPreKey, User};
+use crate::requests::KeyKind;
+use crate::storage::sled_store::{
+    key_out, read_backup, DeviceRecord, MessageRecord, Record, RestoreTarget, UserRecord, Writer,
+};
+use crate::storage::{BackupSummary, ResetGrant, RestoreLimits, StoreError};
+
+/// Rows fetched from a portal at a time: what a backup holds of one table at once.
+const BATCH: i32 = 1000;
+
+/// The tables a backup carries; a restore needs them all empty.
+const DATA_TABLES: &str = "users, devices, prekeys, kyber_prekeys, messages, reset_tokens, invites";
+
+impl PgStore {
+    /// Writes every record to `out`, from one snapshot of the database.
+    pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // A large table streams for longer than the sessions' statement timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+        let mut w = Writer::start(out)?;
+        let sum = BackupSummary {
+            users: stream(&tx, &mut w, USERS, user_record).await?,
+            devices: stream(&tx, &mut w, DEVICES, device_record).await?,
+            prekeys: stream(&tx, &mut w, PREKEYS, prekey_record).await?,
+            kyber_prekeys: stream(&tx, &mut w, KYBER_PREKEYS, kyber_record).await?,
+            messages: stream(&tx, &mut w, MESSAGES, message_record).await?,
+            invites: stream(&tx, &mut w, INVITES, invite_record).await?,
+            reset_tokens: stream(&tx, &mut w, RESET_TOKENS, reset_token_record).await?,
+        };
+        w.end()?;
+        tx.commit().await?;
+        Ok(sum)
+    }
+
+    /// Loads a backup into this database, which must hold no records, in one transaction;
+    /// new ids (both sequences) continue above the largest restored one.
+    pub async fn restore(
+        &self,
+        input: &mut (dyn BufRead + Send),
+        limits: &RestoreLimits,
+    ) -> Result<BackupSummary, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // No server writes meanwhile (they wait, then time out), and no statement of a large
+        // restore is cut off by the sessions' statement timeout.
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = 0; LOCK TABLE {DATA_TABLES} IN EXCLUSIVE MODE"
+        ))
+        .await?;
+        let any = DATA_TABLES
+            .split(", ")
+            .map(|t| format!("EXISTS (SELECT 1 FROM {t})"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let holds_records: bool = tx.query_one(&format!("SELECT {any}"), &[]).await?.get(0);
+        if holds_records {
+            return Err(StoreError::Corrupt(
+                "restore needs an empty database, and this one holds records".into(),
+            ));
+        }
+        let target = PgTarget {
+            tx: &tx,
+            device: None,
+        };
+        let (sum, max_id) = read_backup(input, limits, target).await?;
+        if max_id > 0 {
+            for sequence in ["user_ids", "message_ids"] {
+                tx.query_one(
+                    &format!(
+                        "SELECT setval('{sequence}', GREATEST($1, last_value)) FROM {sequence}"
+                    ),
+                    &[&db_id(max_id)],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(sum)
+    }
+}
+
+/// Streams the rows of `sql` as records; answers how many.
+async fn stream(
+    tx: &Transaction<'_>,
+    w: &mut Writer<'_>,
+    sql: &str,
+    record: fn(&Row) -> Result<Record, StoreError>,
+) -> Result<u64, StoreError> {
+    let portal = tx.bind(sql, &[]).await?;
+    let mut n = 0;
+    loop {
+        let rows = tx.query_portal(&portal, BATCH).await?;
+        if rows.is_empty() {
+            return Ok(n);
+        }
+        for row in &rows {
+            w.put(&record(row)?)?;
+            n += 1;
+        }
+    }
+}
+
+// Each table in the sled store's key order. Only the primary device's rows exist today.
+
+const USERS: &str =
+    "SELECT id, username, email, password_hash, token_version FROM users ORDER BY id";
+
+/// The columns `devices::device` reads, then the user id.
+const DEVICES: &str = "SELECT d.address, d.registration_id, d.identity_key, d.signed_prekey_id, \
+     d.signed_prekey, d.signed_prekey_signature, k.key_id, k.public_key, k.signature, d.user_id \
+     FROM devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
+     AND (k.user_id, k.device_id) = (d.user_id, d.device_id) \
+     WHERE d.device_id = 1 ORDER BY d.user_id";
+
+const PREKEYS: &str = "SELECT user_id, key_id, public_key FROM prekeys WHERE device_id = 1 \
+     ORDER BY user_id, key_id";
+
+const KYBER_PREKEYS: &str = "SELECT user_id, key_id, public_key, signature FROM kyber_prekeys \
+     WHERE device_id = 1 AND NOT last_resort ORDER BY user_id, key_id";
+
+/// The columns `messages::message` reads, then the recipient.
+const MESSAGES: &str = "SELECT id, sender_address, sender_registration_id, content, \
+     recipient_address, timestamp, user_id FROM messages WHERE device_id = 1 \
+     ORDER BY user_id, device_id, id";
+
+const INVITES: &str = "SELECT token_hash, created_at FROM invites ORDER BY token_hash";
+
+/// Grants of deleted accounts are left out, as the sled store leaves them out.
+const RESET_TOKENS: &str = "SELECT t.token_hash, t.user_id, t.expires_at, t.token_version \
+     FROM reset_tokens t WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.user_id) \
+     ORDER BY t.token_hash";
+
+fn user_record(row: &Row) -> Result<Record, StoreError> {
+    let u = users::user(row)?;
+    Ok(Record::User(UserRecord {
+        id: u.id,
+        username: u.username,
+        email: u.email,
+        password_hash: u.password_hash,
+        token_version: u.token_version,
+    }))
+}
+
+fn device_record(row: &Row) -> Result<Record, StoreError> {
+    let d = devices::device(row)?;
+    Ok(Record::Device(DeviceRecord {
+        user: to_u64(row.get(9)),
+        address: d.address,
+        registration_id: d.registration_id,
+        identity_key: b64::encode(&d.identity_key),
+        signed_pre_key: key_out(&d.signed_prekey),
+        last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+    }))
+}
+
+fn prekey_record(row: &Row) -> Result<Record, StoreError> {
+    let mut key = key_out(&SignedPreKey {
+        key_id: to_u32(row.get(1), "key id")?,
+        public_key: row.get(2),
+        signature: Vec::new(),
+    });
+    key.signature = None;
+    Ok(Record::PreKey {
+        user: to_u64(row.get(0)),
+        key,
+    })
+}
+
+fn kyber_record(row: &Row) -> Result<Record, StoreError> {
+    let key = SignedPreKey {
+        key_id: to_u32(row.get(1), "key id")?,
+        public_key: row.get(2),
+        signature: row.get(3),
+    };
+    Ok(Record::KyberPreKey {
+        user: to_u64(row.get(0)),
+        key: key_out(&key),
+    })
+}
+
+fn message_record(row: &Row) -> Result<Record, StoreError> {
+    let m = messages::message(row)?;
+    Ok(Record::Message(MessageRecord {
+        recipient: to_u64(row.get(6)),
+        id: m.id,
+        sender_address: m.sender_address,
+        sender_registration_id: m.sender_registration_id,
+        content: m.content,
+        recipient_address: m.recipient_address,
+        timestamp: m.timestamp,
+    }))
+}
+
+fn invite_record(row: &Row) -> Result<Record, StoreError> {
+    Ok(Record::Invite {
+        hash: b64::encode(row.get::<_, &[u8]>(0)),
+        created: to_u64(row.get(1)),
+    })
+}
+
+fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
+    Ok(Record::ResetToken {
+        hash: b64::encode(row.get::<_, &[u8]>(0)),
+        user: to_u64(row.get(1)),
+        expires: to_u64(row.get(2)),
+        version: to_u32(row.get(3), "token version")?,
+    })
+}
+
+/// A restore's writes, into its one transaction.
+struct PgTarget<'a> {
+    tx: &'a Transaction<'a>,
+    /// The device looked up last: a device's records come together.
+    device: Option<(u64, Device)>,
+}
+
+impl PgTarget<'_> {
+    async fn exists(&self, sql: &str, params: &[&super::Param<'_>]) -> Result<bool, StoreError> {
+        Ok(self.tx.fetch_opt(sql, params).await?.is_some())
+    }
+}
+
+impl RestoreTarget for PgTarget<'_> {
+    async fn user(&mut self, id: u64) -> Result<Option<User>, StoreError> {
+        let sql = format!("SELECT {} FROM users WHERE id = $1", users::USER_COLUMNS);
+        let row = self.tx.fetch_opt(&sql, &[&db_id(id)]).await?;
+        row.as_ref().map(users::user).transpose()
+    }
+
+    async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        self.exists(
+            "SELECT 1 FROM users WHERE lower(username) = lower($1)",
+            &[&lowercased],
+        )
+        .await
+    }
+
+    async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        self.exists(
+            "SELECT 1 FROM users WHERE lower(email) = lower($1) AND email <> ''",
+            &[&lowercased],
+        )
+        .await
+    }
+
+    async fn put_user(&mut self, u: &User) -> Result<(), StoreError> {
+        self.tx
+            .exec(
+                "INSERT INTO users (id, username, email, password_hash, token_version) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &db_id(u.id),
+                    &u.username,
+                    &u.email,
+                    &u.password_hash,
+                    &i64::from(u.token_version),
+                ],
+            )
+            .await
+            .map_err(|e| match e {
+                // The unique indexes lower with the database's locale: a non-ASCII email that
+                // Rust lowers differently is still refused, as a bad record.
+                StoreError::UsernameTaken | StoreError::EmailTaken => StoreError::Corrupt(format!(
+                    "user {}: username or email is an earlier user's (unique \
+                     case-insensitively)",
+                    u.id
+                )),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError> {
+        if let Some((cached, device)) = &self.device {
+            if *cached == user {
+                return Ok(Some(device.clone()));
+            }
+        }
+        let sql = DEVICES.replace(
+            "WHERE d.device_id = 1",
+            "WHERE d.device_id = 1 AND d.user_id = $1",
+        );
+        let Some(row) = self.tx.fetch_opt(&sql, &[&db_id(user)]).await? else {
+            return Ok(None);
+        };
+        let device = devices::device(&row)?;
+        self.device = Some((user, device.clone()));
+        Ok(Some(device))
+    }
+
+    async fn put_device(&mut self, user: u64, d: &Device) -> Result<(), StoreError> {
+        devices::insert_device(self.tx, db_id(user), d).await?;
+        self.device = Some((user, d.clone()));
+        Ok(())
+    }
+
+    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError> {
+        let sql = match kind {
+            KeyKind::Ec => {
+                "SELECT 1 FROM prekeys WHERE user_id = $1 AND device_id = $2 AND key_id = $3"
+            }
+            KeyKind::Kyber => {
+                "SELECT 1 FROM kyber_prekeys WHERE user_id = $1 AND device_id = $2 \
+                 AND key_id = $3 AND NOT last_resort"
+            }
+        };
+        self.exists(sql, &[&db_id(user), &PRIMARY, &i64::from(id)])
+            .await
+    }
+
+    async fn put_prekey(
+        &mut self,
+        user: u64,
+        kind: KeyKind,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError> {
+        let user = db_id(user);
+        match kind {
+            KeyKind::Ec => {
+                let key = PreKey {
+                    key_id: key.key_id,
+                    public_key: key.public_key.clone(),
+                };
+                keys::upsert_prekeys(self.tx, user, &[key]).await
+            }
+            KeyKind::Kyber => {
+                keys::upsert_kyber(self.tx, user, std::slice::from_ref(key), false).await
+            }
+        }
+    }
+
+    async fn has_message(&mut self, id: u64) -> Result<bool, StoreError> {
+        self.exists("SELECT 1 FROM messages WHERE id = $1", &[&db_id(id)])
+            .await
+    }
+
+    async fn put_message(&mut self, recipient: u64, m: &Message) -> Result<(), StoreError> {
+        self.tx
+            .exec(
+                "INSERT INTO messages (id, user_id, device_id, sender_address, \
+                 sender_registration_id, content, recipient_address, timestamp) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &db_id(m.id),
+                    &db_id(recipient),
+                    &PRIMARY,
+                    &m.sender_address,
+                    &i64::from(m.sender_registration_id),
+                    &m.content,
+                    &m.recipient_address,
+                    &db_id(m.timestamp),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        self.exists("SELECT 1 FROM invites WHERE token_hash = $1", &[&hash])
+            .await
+    }
+
+    async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError> {
+        self.tx
+            .exec(
+                "INSERT INTO invites (token_hash, created_at) VALUES ($1, $2)",
+                &[&hash, &db_id(created)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        self.exists("SELECT 1 FROM reset_tokens WHERE token_hash = $1", &[&hash])
+            .await
+    }
+
+    async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError> {
+        self.tx
+            .exec(
+                "INSERT INTO reset_tokens (token_hash, user_id, expires_at, token_version) \
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &hash,
+                    &db_id(grant.user_id),
+                    &db_id(grant.expires_at),
+                    &i64::from(grant.token_version),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
