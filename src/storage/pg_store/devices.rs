@@ -143,19 +143,6 @@ pub(super) async fn insert_device(
     Ok(())
 }
 
-/// Locks the user's device row until the transaction ends, so that uploads and sends of one
-/// device are checked and written one at a time across every instance; `NoDevice` without one.
-/// `FOR NO KEY UPDATE`: it does not wait for (nor block) rows inserted under the device.
-pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), StoreError> {
-    tx.fetch_opt(
-        "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE",
-        &[&user_id, &PRIMARY],
-    )
-    .await?
-    .ok_or(StoreError::NoDevice)
-    .map(drop)
-}
-
 pub(super) fn device(row: &Row) -> Result<Device, StoreError> {
     let last_resort = match row.get::<_, Option<i64>>(6) {
         Some(key_id) => Some(SignedPreKey {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use super::Cached;
 
-use super::devices::lock_device;
 use super::{db_id, to_u32, PgStore, PRIMARY};
 use crate::models::{Popped, PreKey, SignedPreKey};
 use crate::storage::StoreError;
@@ -229,4 +228,17 @@ pub(super) async fn counts(client: &impl Cached, user_id: i64) -> Result<(u32, u
         .await?;
     let n = |i: usize| u32::try_from(row.get::<_, i64>(i)).unwrap_or(u32::MAX);
     Ok((n(0), n(1)))
+}
+
+/// Locks the user's device row until the transaction ends, so that uploads and sends of one
+/// device are checked and written one at a time across every instance; `NoDevice` without one.
+/// `FOR NO KEY UPDATE`: it does not wait for (nor block) rows inserted under the device.
+pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), StoreError> {
+    tx.fetch_opt(
+        "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE",
+        &[&user_id, &PRIMARY],
+    )
+    .await?
+    .ok_or(StoreError::NoDevice)
+    .map(drop)
 }

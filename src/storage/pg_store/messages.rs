@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use tokio_postgres::Row;
 
-use super::devices::lock_device;
+use super::keys::lock_device;
 use super::{db_id, to_u32, to_u64, Cached, PgStore, PRIMARY};
 use crate::models::Message;
 use crate::storage::{DeleteOutcome, StoreError};
