@@ -88,8 +88,12 @@ BASEURL=${SIGNAL_SERVER_TEST_DATABASE_URL%/postgres}
 pgstop() { bash tools/pg-test-cluster.sh stop "$PG_TEST_CLUSTER_DIR" 2>/dev/null; }
 trap 'cleanup; pgstop' EXIT
 trap 'exit 130' INT TERM
-n=0
-newdb() { n=$((n+1)); psql -q "$SIGNAL_SERVER_TEST_DATABASE_URL" -c "CREATE DATABASE ab$n"; echo "$BASEURL/ab$n"; }
+# A new, empty database; its URL. (Called in $(...): no counter survives the subshell.)
+newdb() {
+  local name="bench_$(date +%s%N)"
+  psql -q "$SIGNAL_SERVER_TEST_DATABASE_URL" -c "CREATE DATABASE $name" >&2
+  echo "$BASEURL/$name"
+}
 
 pg_one() {
   for s in fetch send bundle; do
