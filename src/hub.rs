@@ -47,6 +47,8 @@ struct Entry {
     at_ms: u64,
     pushes: mpsc::Sender<u64>,
     _close: watch::Sender<()>,
+    /// Closed (its sender dropped) when the connection's session has ended.
+    ended: watch::Receiver<()>,
 }
 
 pub struct Hub {
@@ -81,6 +83,11 @@ pub struct Registration {
     pub closed: watch::Receiver<()>,
     /// Changes when every session should re-read its queue.
     pub resync: watch::Receiver<()>,
+    /// Held for as long as the session runs: a newer connection of the same device waits for
+    /// it to be dropped (the older session's acks applied) before it reads the queue.
+    pub running: watch::Sender<()>,
+    /// The replaced connection's `running`, to wait for.
+    pub replaced: Option<watch::Receiver<()>>,
 }
 
 /// Counts one open WebSocket for as long as it lives.
@@ -97,6 +104,7 @@ impl Hub {
     pub fn register(&self, user: u64) -> Registration {
         let (pushes_tx, pushes) = mpsc::channel(PUSH_BUFFER);
         let (close, closed) = watch::channel(());
+        let (running, ended) = watch::channel(());
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -106,15 +114,18 @@ impl Hub {
             at_ms,
             pushes: pushes_tx,
             _close: close,
+            ended,
         };
         // The replaced entry drops here, which closes the older connection.
-        self.lock().insert(user, entry);
+        let replaced = self.lock().insert(user, entry).map(|old| old.ended);
         self.signal(Signal::Opened { user, at_ms });
         Registration {
             conn,
             pushes,
             closed,
             resync: self.resync.subscribe(),
+            running,
+            replaced,
         }
     }
 
@@ -251,6 +262,18 @@ mod tests {
             at_ms: u64::MAX,
         });
         assert!(reg.closed.changed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_newer_connection_can_wait_for_the_replaced_session_to_end() {
+        let hub = Hub::default();
+        let first = hub.register(7);
+        assert!(first.replaced.is_none());
+        let second = hub.register(7);
+        let mut replaced = second.replaced.expect("the first connection");
+        assert!(replaced.has_changed().is_ok(), "still running");
+        drop(first.running);
+        assert!(replaced.changed().await.is_err(), "ended");
     }
 
     #[test]

@@ -21,6 +21,8 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client silent for this long (no pong, no frame) is gone.
 const IDLE_LIMIT: Duration = Duration::from_secs(75);
 const BACKLOG_PAGE: usize = 500;
+/// Longest a new connection waits for the session it replaces to end.
+const REPLACED_WAIT: Duration = Duration::from_secs(5);
 /// Stored bytes of one backlog page: a client that stops reading holds at most this much.
 const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
@@ -93,7 +95,14 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         mut pushes,
         closed,
         mut resync,
+        running,
+        replaced,
     } = app.hub.register(user_id);
+    // Acks the replaced session received before this connection opened are applied before this
+    // one reads the queue (a client that acks, closes and reconnects gets no acked message).
+    if let Some(mut replaced) = replaced {
+        let _ = tokio::time::timeout(REPLACED_WAIT, replaced.changed()).await;
+    }
     let (tx, mut rx) = socket.split();
     let mut out = Outbox {
         tx,
@@ -104,27 +113,24 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         ids: HashSet::new(),
         keep: app.hub.has_remote(),
     };
-    match send_queue(&app, user_id, &mut sent, &mut out).await {
-        Ok(()) => {}
-        Err(e) => {
-            log::debug!("websocket of user {user_id} ended during backlog: {e}");
-            app.hub.unregister(user_id, conn);
-            out.close().await;
-            return;
+    let backlog = match send_queue(&app, user_id, &mut sent, &mut out).await {
+        Ok(()) => out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await,
+        Err(e) => Err(e),
+    };
+    match backlog {
+        Ok(()) => {
+            let mut feeds = Feeds {
+                pushes: &mut pushes,
+                resync: &mut resync,
+                rx: &mut rx,
+            };
+            live(&app, user_id, &mut out, &mut feeds, sent).await;
         }
-    };
-    if let Err(e) = out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await {
-        log::debug!("websocket of user {user_id} ended during backlog: {e}");
-        app.hub.unregister(user_id, conn);
-        out.close().await;
-        return;
+        Err(e) => log::debug!("websocket of user {user_id} ended during backlog: {e}"),
     }
-    let mut feeds = Feeds {
-        pushes: &mut pushes,
-        resync: &mut resync,
-        rx: &mut rx,
-    };
-    live(&app, user_id, &mut out, &mut feeds, sent).await;
+    // Every ack this session took is applied: a newer connection may read the queue now, while
+    // this one says goodbye to a client that may be gone.
+    drop(running);
     app.hub.unregister(user_id, conn);
     out.close().await;
 }
