@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::helpers::{
-    database_for, message_text, on_postgres, read_backlog, share_database, ws_connect, Binary,
-    BinaryApi, TestUser, Ws, DATABASE_ENV,
+    database_for, ec_prekeys, message_text, on_postgres, read_backlog, share_database, ws_connect,
+    Binary, BinaryApi, TestUser, Ws, DATABASE_ENV,
 };
 
 /// Longer than any signal takes, far shorter than the 30 s re-read that would hide a lost one.
@@ -261,6 +261,35 @@ async fn the_queue_cap_is_exact_under_sends_on_every_instance() {
         }
     }
     assert_eq!(accepted, 50, "the cap is --max-queued-messages 50");
+}
+
+#[tokio::test]
+async fn the_prekey_cap_is_exact_under_uploads_on_every_instance() {
+    let Some(c) = cluster(3, &["--max-prekeys", "50"]).await else {
+        return;
+    };
+    let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
+    // 30 uploads of 5 new keys each (distinct ids), spread over the instances: 10 fit.
+    let mut tasks = Vec::new();
+    for i in 0..30u32 {
+        let (api, token) = (c.nodes[i as usize % 3].api(), bob.token.clone());
+        let keys = ec_prekeys(i * 5 + 1..=i * 5 + 5);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "preKeys": keys });
+            api.post("/prekeys/4242", &token, body).await
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.expect("upload") {
+            (StatusCode::OK, _) => accepted += 1,
+            (StatusCode::BAD_REQUEST, body) => assert_eq!(body["code"], "reached_max_prekeys"),
+            (status, body) => panic!("unexpected {status} {body}"),
+        }
+    }
+    assert_eq!(accepted, 10, "the cap is --max-prekeys 50, uploads of 5");
+    let (_, stock) = c.nodes[2].get("/prekeys/4242", &bob.token).await;
+    assert_eq!(stock["preKeyCount"], 50);
 }
 
 #[tokio::test]
