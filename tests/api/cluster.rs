@@ -347,3 +347,56 @@ async fn killing_an_instance_mid_send_loses_no_acknowledged_message() {
         assert!(stored.contains(id), "acknowledged message {id} is missing");
     }
 }
+
+#[tokio::test]
+async fn instances_ride_out_a_database_outage_and_deliver_live_after_it() {
+    use crate::outage::{through, Relay};
+    if !on_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL ({DATABASE_ENV})");
+        return;
+    }
+    // Three instances reach the database through a relay that the test cuts and restores.
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let direct = database_for(dirs[0].path()).await.expect("database URL");
+    let (target, _) = through(&direct, "127.0.0.1:1".parse().expect("addr"));
+    let relay = Relay::to(target).await;
+    let (_, url) = through(&direct, relay.addr);
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        share_database(dir.path(), &url);
+        nodes.push(Binary::start(dir.path(), &[]).await);
+    }
+    let bob = nodes[0].user_with_device("bob", 4242, 0, 0).await;
+    let alice = nodes[1].user_with_device("alice", 1717, 0, 0).await;
+
+    relay.cut();
+    for node in &nodes {
+        let (status, body) = node.get("/auth/users/me", &bob.token).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["code"], "unavailable");
+    }
+    relay.restore();
+    for node in &nodes {
+        wait_for_health(node).await;
+    }
+    // The listeners are back too: a message sent through one arrives live on another.
+    let mut ws = ws_connect(&nodes[2].ws_url("/messages/4242/ws"), &bob.token).await;
+    assert!(read_backlog(&mut ws).await.is_empty());
+    let (status, sent) = send(&nodes[0], &alice, "bob", "after the outage").await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    assert_eq!(next_message(&mut ws).await, sent["id"].as_u64());
+}
+
+/// Waits (bounded) until the instance answers `/health` with 200.
+async fn wait_for_health(node: &BinaryApi) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((StatusCode::OK, _)) = node.try_call("GET", "/health", None, None).await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

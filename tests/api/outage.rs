@@ -20,15 +20,15 @@ use crate::helpers::{database_for, on_postgres, TestServer, DATABASE_ENV};
 const ANSWER: Duration = Duration::from_secs(20);
 
 /// A TCP relay to `target` that can be cut and restored.
-struct Relay {
-    addr: SocketAddr,
+pub struct Relay {
+    pub addr: SocketAddr,
     open: Arc<AtomicBool>,
     pipes: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 impl Relay {
-    async fn to(target: SocketAddr) -> Relay {
+    pub async fn to(target: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(AtomicBool::new(true));
@@ -55,14 +55,14 @@ impl Relay {
     }
 
     /// Drops every connection and refuses new ones.
-    fn cut(&self) {
+    pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         for pipe in self.pipes.lock().unwrap().drain(..) {
             pipe.abort();
         }
     }
 
-    fn restore(&self) {
+    pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }
@@ -75,7 +75,7 @@ impl Drop for Relay {
 }
 
 /// The address `url` (postgres://user@HOST:PORT/db) names, and `url` with `addr` in its place.
-fn through(url: &str, addr: SocketAddr) -> (SocketAddr, String) {
+pub fn through(url: &str, addr: SocketAddr) -> (SocketAddr, String) {
     let rest = url.split_once("://").expect("scheme").1;
     let authority = rest.split('/').next().expect("authority");
     let host_port = authority.rsplit('@').next().expect("host");
