@@ -94,14 +94,8 @@ async fn open_storage(config: &Config) -> crate::failure::Result<(Storage, Vec<u
         };
         return Ok((Storage::Postgres(pg), secret));
     }
-    let storage = Storage::open_sled(
-        &config.data_dir.join("db"),
-        &StorageOptions {
-            cache_capacity: config.cache_mb.saturating_mul(1 << 20),
-            flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
-        },
-    )
-    .map_err(|e| format!("cannot open the database: {e}"))?;
+    let storage = Storage::open_sled(&config.data_dir.join("db"), &StorageOptions::of(config))
+        .map_err(|e| format!("cannot open the database: {e}"))?;
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
         .map_err(|e| format!("JWT secret: {e}"))?;
     Ok((storage, secret))

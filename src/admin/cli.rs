@@ -130,10 +130,7 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
 async fn restore(config: &Config, file: &Path) -> Result<Vec<u8>> {
     let mut input = open_input(file)?;
     let limits = restore_limits(config);
-    let options = crate::storage::StorageOptions {
-        cache_capacity: config.cache_mb.saturating_mul(1 << 20),
-        flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
-    };
+    let options = crate::storage::StorageOptions::of(config);
     let db = config.data_dir.join("db");
     let sum = crate::storage::restore_dir(&db, &mut input, &limits, &options)
         .await

@@ -180,14 +180,8 @@ async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, 
                     return;
                 }
             },
-            _ = reread.tick(), if sent.keep => {
-                if let Err(e) = send_queue(app, user_id, &mut sent, out).await {
-                    log::debug!("websocket of user {user_id} ended: {e}");
-                    return;
-                }
-            },
-            changed = feeds.resync.changed(), if sent.keep => {
-                if changed.is_err() { return; }
+            due = resync_due(&mut reread, feeds.resync), if sent.keep => {
+                if !due { return; }
                 if let Err(e) = send_queue(app, user_id, &mut sent, out).await {
                     log::debug!("websocket of user {user_id} ended: {e}");
                     return;
@@ -208,6 +202,15 @@ async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, 
                 if out.send(Frame::ping(Vec::new())).await.is_err() { return; }
             }
         }
+    }
+}
+
+/// When to re-read the queue: every `RESYNC_EVERY`, and whenever the hub asks. False once the hub
+/// is gone (shutdown).
+async fn resync_due(every: &mut tokio::time::Interval, asked: &mut watch::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = every.tick() => true,
+        changed = asked.changed() => changed.is_ok(),
     }
 }
 

@@ -125,6 +125,16 @@ pub struct StorageOptions {
     pub flush_timeout: std::time::Duration,
 }
 
+impl StorageOptions {
+    /// The sled settings of the server's flags (`--cache-mb`, `--flush-timeout`).
+    pub fn of(config: &crate::config::Config) -> StorageOptions {
+        StorageOptions {
+            cache_capacity: config.cache_mb.saturating_mul(1 << 20),
+            flush_timeout: std::time::Duration::from_secs(config.flush_timeout),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
