@@ -38,7 +38,15 @@ pub struct SignedPreKey {
     pub signature: Vec<u8>,
 }
 
-/// A user's one device.
+/// One device of one account: what keys, a message queue and a live connection belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceRef {
+    pub user: u64,
+    /// The id in the device's address (`<username>.<id>`).
+    pub device: u32,
+}
+
+/// A device of an account: the primary (created by `POST /device`) or a linked one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {
     /// `<username>.<deviceId>`.
@@ -48,6 +56,30 @@ pub struct Device {
     pub identity_key: Vec<u8>,
     pub signed_prekey: SignedPreKey,
     pub last_resort_kyber: Option<SignedPreKey>,
+}
+
+impl Device {
+    /// The device id, from the address (validated when the device was stored).
+    pub fn id(&self) -> u32 {
+        crate::requests::address_device_id(&self.address).unwrap_or(0)
+    }
+
+    /// The device of `user` this is.
+    pub fn of(&self, user: u64) -> DeviceRef {
+        DeviceRef {
+            user,
+            device: self.id(),
+        }
+    }
+}
+
+/// One ciphertext of a send to several devices of one account.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub device: u32,
+    /// The registrationId the sender believes the device has.
+    pub registration_id: u32,
+    pub message: Message,
 }
 
 /// A queued end-to-end-encrypted message; `content` is opaque to the server.
