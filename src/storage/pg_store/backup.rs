@@ -14,7 +14,7 @@ use tokio_postgres::{IsolationLevel, Row};
 
 use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore, PRIMARY};
 use crate::crypto::b64;
-use crate::models::{Device, Message, PreKey, SignedPreKey, User};
+use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;
 use crate::storage::sled_store::{
     key_out, read_backup, DeviceRecord, MessageRecord, Record, RestoreTarget, UserRecord, Writer,
@@ -80,10 +80,7 @@ impl PgStore {
                 "restore needs an empty database, and this one holds records".into(),
             ));
         }
-        let target = PgTarget {
-            tx: &tx,
-            device: None,
-        };
+        let target = PgTarget { tx: &tx };
         let (sum, max_id) = read_backup(input, limits, target).await?;
         if max_id > 0 {
             for sequence in ["user_ids", "message_ids"] {
@@ -165,14 +162,11 @@ fn user_record(row: &Row) -> Result<Record, StoreError> {
 
 fn device_record(row: &Row) -> Result<Record, StoreError> {
     let d = devices::device(row)?;
-    Ok(Record::Device(DeviceRecord {
-        user: to_u64(row.get(9)),
-        address: d.address,
-        registration_id: d.registration_id,
-        identity_key: b64::encode(&d.identity_key),
-        signed_pre_key: key_out(&d.signed_prekey),
-        last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-    }))
+    Ok(Record::Device(DeviceRecord::of(
+        to_u64(row.get(9)),
+        &d,
+        false,
+    )))
 }
 
 fn prekey_record(row: &Row) -> Result<Record, StoreError> {
@@ -184,6 +178,7 @@ fn prekey_record(row: &Row) -> Result<Record, StoreError> {
     key.signature = None;
     Ok(Record::PreKey {
         user: to_u64(row.get(0)),
+        device: None,
         key,
     })
 }
@@ -196,21 +191,18 @@ fn kyber_record(row: &Row) -> Result<Record, StoreError> {
     };
     Ok(Record::KyberPreKey {
         user: to_u64(row.get(0)),
+        device: None,
         key: key_out(&key),
     })
 }
 
 fn message_record(row: &Row) -> Result<Record, StoreError> {
     let m = messages::message(row)?;
-    Ok(Record::Message(MessageRecord {
-        recipient: to_u64(row.get(6)),
-        id: m.id,
-        sender_address: m.sender_address,
-        sender_registration_id: m.sender_registration_id,
-        content: m.content,
-        recipient_address: m.recipient_address,
-        timestamp: m.timestamp,
-    }))
+    Ok(Record::Message(MessageRecord::of(
+        to_u64(row.get(6)),
+        None,
+        m,
+    )))
 }
 
 fn invite_record(row: &Row) -> Result<Record, StoreError> {
@@ -232,8 +224,6 @@ fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
 /// A restore's writes, into its one transaction.
 struct PgTarget<'a> {
     tx: &'a Transaction<'a>,
-    /// The device looked up last: a device's records come together.
-    device: Option<(u64, Device)>,
 }
 
 impl PgTarget<'_> {
@@ -292,31 +282,37 @@ impl RestoreTarget for PgTarget<'_> {
         Ok(())
     }
 
-    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError> {
-        if let Some((cached, device)) = &self.device {
-            if *cached == user {
-                return Ok(Some(device.clone()));
-            }
-        }
+    async fn devices(&mut self, user: u64) -> Result<Vec<Device>, StoreError> {
         let sql = DEVICES.replace(
             "WHERE d.device_id = 1",
             "WHERE d.device_id = 1 AND d.user_id = $1",
         );
-        let Some(row) = self.tx.fetch_opt(&sql, &[&db_id(user)]).await? else {
-            return Ok(None);
-        };
-        let device = devices::device(&row)?;
-        self.device = Some((user, device.clone()));
-        Ok(Some(device))
+        let row = self.tx.fetch_opt(&sql, &[&db_id(user)]).await?;
+        row.as_ref().map(devices::device).into_iter().collect()
     }
 
-    async fn put_device(&mut self, user: u64, d: &Device) -> Result<(), StoreError> {
+    async fn put_device(
+        &mut self,
+        user: u64,
+        d: &Device,
+        linked: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if linked.is_some() {
+            return Err(StoreError::Corrupt(
+                "linked devices are not restored into PostgreSQL yet".into(),
+            ));
+        }
         devices::insert_device(self.tx, db_id(user), d).await?;
-        self.device = Some((user, d.clone()));
         Ok(())
     }
 
-    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError> {
+    async fn has_prekey(
+        &mut self,
+        device: DeviceRef,
+        kind: KeyKind,
+        id: u32,
+    ) -> Result<bool, StoreError> {
+        let user = device.user;
         let sql = match kind {
             KeyKind::Ec => {
                 "SELECT 1 FROM prekeys WHERE user_id = $1 AND device_id = $2 AND key_id = $3"
@@ -332,11 +328,11 @@ impl RestoreTarget for PgTarget<'_> {
 
     async fn put_prekey(
         &mut self,
-        user: u64,
+        device: DeviceRef,
         kind: KeyKind,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
-        let user = db_id(user);
+        let user = db_id(device.user);
         match kind {
             KeyKind::Ec => {
                 let key = PreKey {
@@ -356,7 +352,8 @@ impl RestoreTarget for PgTarget<'_> {
             .await
     }
 
-    async fn put_message(&mut self, recipient: u64, m: &Message) -> Result<(), StoreError> {
+    async fn put_message(&mut self, recipient: DeviceRef, m: &Message) -> Result<(), StoreError> {
+        let recipient = recipient.user;
         self.tx
             .exec(
                 "INSERT INTO messages (id, user_id, device_id, sender_address, \
