@@ -5,7 +5,8 @@
 //! cargo test --features interop --test api interop::
 //! ```
 //!
-//! Every test starts the built binary on a temp data dir (`crate::helpers::Binary`) and drives it
+//! Every test starts the built binary on a temp data dir (`crate::helpers::Binary`; on PostgreSQL
+//! when `SIGNAL_SERVER_TEST_DATABASE_URL` is set, like the rest of the suite) and drives it
 //! with the client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs` and
 //! `examples/linked.rs`):
 //! - `one_device`: device creation with libsignal keys, bundle fetch, PQXDH, Double Ratchet
@@ -22,13 +23,14 @@ mod one_device;
 
 use std::time::Duration;
 
-use crate::helpers::{Binary, PASSWORD};
+use crate::helpers::{fresh_data_dir, Binary, PASSWORD};
 use client::{Api, Client, Received};
 use libsignal_protocol_syft::CiphertextMessageType;
 
-/// The built binary on a fresh data dir, which lives as long as the returned guard.
+/// The built binary on a fresh data dir (and, when the suite runs on PostgreSQL, a fresh
+/// database), which lives as long as the returned guard.
 async fn start_server() -> (tempfile::TempDir, Binary, Api) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = fresh_data_dir().await;
     let server = Binary::start(dir.path(), &[]).await;
     let api = Api::new(&server.base);
     (dir, server, api)
