@@ -22,7 +22,7 @@ pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c5f_6462;
 
 /// Migration n (1-based) is `MIGRATIONS[n - 1]`; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE SEQUENCE user_ids;
 CREATE SEQUENCE message_ids;
