@@ -272,7 +272,10 @@ async fn each_device_has_its_own_keys_and_queue() {
         Err(StoreError::QueueFull)
     ));
     s.enqueue(at(a, 1), message("for 1", 1), 1).await.unwrap();
-    assert_eq!(s.messages(at(a, 2), 0, 10).await.unwrap(), [m.clone()]);
+    assert_eq!(
+        s.messages(at(a, 2), 0, 10).await.unwrap(),
+        std::slice::from_ref(&m)
+    );
     assert_eq!(s.message(at(a, 1), m.id).await.unwrap(), None);
     use DeleteOutcome::*;
     assert_eq!(
