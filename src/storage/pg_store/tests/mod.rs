@@ -98,7 +98,10 @@ fn the_verbs_futures_can_run_on_any_runtime_thread() {
         send(s.create_device(1, &device("a.1"), &[], &[]));
         send(s.add_prekeys(one(1), &[], 1));
         send(s.pop_prekeys(one(1)));
+        send(s.link_device(1, &device("a.2"), &[], &[], 6));
+        send(s.unlink_device(one(1)));
         send(s.enqueue(one(1), message("x", 1), 1));
+        send(s.enqueue_all(1, None, Vec::new(), 1));
         send(s.delete_messages(one(1), &[]));
         send(s.messages_page(one(1), 0, 1, 1));
         send(s.totals());
