@@ -318,3 +318,29 @@ async fn linked_devices_made_here_back_up_and_restore_to_the_same_text() {
         carol.id
     );
 }
+
+#[tokio::test]
+async fn a_primary_whose_id_is_not_1_gets_its_keys_and_queue_back() {
+    let Some((pg, _)) = store().await else { return };
+    let (_dir, sled) = temp();
+    let sled = Storage::Sled(sled);
+    let zed = sled
+        .create_user("zed", "", HASH.into(), None)
+        .await
+        .unwrap();
+    sled.create_device(zed.id, &device("zed.3"), &ec(1..=2), &[kyber(1)])
+        .await
+        .unwrap();
+    let m = Message {
+        recipient_address: "zed.3".into(),
+        ..to("zed", 7)
+    };
+    sled.enqueue(at(zed.id, 3), m, 10).await.unwrap();
+    let first = backup_of(&sled).await;
+    pg.restore(&mut first.as_bytes(), &limits()).await.unwrap();
+    let pg = Storage::Postgres(pg);
+    assert_eq!(backup_of(&pg).await, first);
+    let stock = pg.stock(at(zed.id, 3)).await.unwrap();
+    assert_eq!((stock.prekeys, stock.kyber_prekeys), (2, 1));
+    assert_eq!(pg.messages(at(zed.id, 3), 0, 10).await.unwrap().len(), 1);
+}
