@@ -3,7 +3,7 @@
 
 use super::{fresh_database, one, store};
 use crate::models::{Device, Message, SignedPreKey};
-use crate::storage::fixtures::{device, ec};
+use crate::storage::fixtures::{device, ec, primary};
 use crate::storage::sled_store::temp;
 use crate::storage::{BackupSummary, ResetGrant, RestoreLimits};
 
@@ -60,10 +60,10 @@ async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
     let gone = a.create_user("gone", "", HASH.into(), None).await.unwrap();
     a.delete_user(gone.id).await.unwrap();
     for (id, name) in ids.iter().zip(["alice", "bob"]) {
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
     }
-    a.pop_prekeys(ids[0]).await.unwrap();
+    a.pop_prekeys(primary(ids[0])).await.unwrap();
     a.create_invite(&[3; 32], 11).await.unwrap();
     let grant = ResetGrant {
         user_id: ids[1],
