@@ -10,11 +10,11 @@ use crate::storage::{check_devices, StoreError};
 
 impl PgStore {
     /// Queues one message per device of account `recipient`, all or none, in one transaction
-    /// holding its device rows (locked in id order, each the lock `enqueue` takes): first
-    /// `check_devices` against them (without `skip`; `DevicesChanged`), then every queue's
-    /// `cap` (`QueueFull`). Ids are drawn from the sequence under those locks, in the order
-    /// given; each message gets its device's address as recipient. Returns them in the order
-    /// given.
+    /// holding its device rows (locked in id order, each the lock `enqueue` takes): `NoDevice`
+    /// if it has none, then `check_devices` against them (without `skip`; `DevicesChanged`),
+    /// then every queue's `cap` (`QueueFull`). Ids are drawn from the sequence under those
+    /// locks, in the order given; each message gets its device's address as recipient. Returns
+    /// them in the order given.
     pub async fn enqueue_all(
         &self,
         recipient: u64,
@@ -32,6 +32,9 @@ impl PgStore {
                 .into_iter()
                 .map(|(d, _)| d)
                 .collect();
+            if devices.is_empty() {
+                return Err(StoreError::NoDevice);
+            }
             check_devices(&devices, skip, outgoing).map_err(StoreError::DevicesChanged)?;
             if outgoing.is_empty() {
                 return Ok(Vec::new());
