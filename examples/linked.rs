@@ -14,17 +14,9 @@
 //! The server URL is `--server URL`, or the first argument, or `SIGNAL_SERVER_URL`, or
 //! `http://127.0.0.1:8000`. Like `chat`, it needs the `interop` feature (libsignal).
 
-#[cfg(feature = "interop")]
 #[path = "support/libsignal_client.rs"]
 mod client;
 
-#[cfg(not(feature = "interop"))]
-fn main() {
-    eprintln!("this example needs libsignal: cargo run --example linked --features interop");
-    std::process::exit(2);
-}
-
-#[cfg(feature = "interop")]
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -33,7 +25,6 @@ async fn main() {
     }
 }
 
-#[cfg(feature = "interop")]
 async fn run() -> client::Result<()> {
     use client::{Api, Client};
 
@@ -122,7 +113,6 @@ async fn run() -> client::Result<()> {
 }
 
 /// `--server URL`, or the first argument, or `SIGNAL_SERVER_URL`, or the default.
-#[cfg(feature = "interop")]
 fn server_url() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let given = match args.as_slice() {
