@@ -97,7 +97,8 @@ pub struct Mismatch {
 pub const LINKED_IDS: std::ops::RangeInclusive<u32> = 2..=127;
 
 /// Checks a send's ciphertexts against the recipient's `devices` (without `skip`, the sending
-/// device when an account writes to itself): every device once, with its registrationId. Stale
+/// device when an account writes to itself): every device once, with its registrationId (a
+/// device named twice counts as extra; the API refuses that earlier, as invalid data). Stale
 /// registration ids are reported first: a client fixes those before its device list.
 pub fn check_devices(
     devices: &[Device],
@@ -106,8 +107,11 @@ pub fn check_devices(
 ) -> Result<(), Mismatch> {
     let expected: Vec<&Device> = devices.iter().filter(|d| Some(d.id()) != skip).collect();
     let mut mismatch = Mismatch::default();
-    for o in outgoing {
+    for (i, o) in outgoing.iter().enumerate() {
+        let named_before = outgoing[..i].iter().any(|p| p.device == o.device);
         match expected.iter().find(|d| d.id() == o.device) {
+            // A device named twice would get two copies: the second is one too many.
+            _ if named_before => mismatch.extra.push(o.device),
             Some(d) if d.registration_id != o.registration_id => mismatch.stale.push(o.device),
             Some(_) => {}
             None => mismatch.extra.push(o.device),
@@ -608,5 +612,62 @@ mod tests {
             std::mem::size_of_val(&s.messages_page(one, 0, 10, 1000)),
         ];
         assert!(sizes.iter().all(|&n| n <= 1024), "{sizes:?}");
+    }
+
+    fn to(device: u32, registration_id: u32) -> Outgoing {
+        Outgoing {
+            device,
+            registration_id,
+            message: fixtures::message("x", 1),
+        }
+    }
+
+    #[test]
+    fn a_send_names_every_expected_device_once_with_its_registration_id() {
+        let mut linked = fixtures::device("a.2");
+        linked.registration_id = 8;
+        let devices = [fixtures::device("a.1"), linked];
+        assert_eq!(check_devices(&devices, None, &[to(2, 8), to(1, 7)]), Ok(()));
+        assert_eq!(check_devices(&devices, Some(2), &[to(1, 7)]), Ok(()));
+        let stale = check_devices(&devices, None, &[to(1, 7), to(2, 9), to(4, 1)]);
+        assert_eq!(stale.unwrap_err().stale, [2], "stale first, alone");
+        let mismatch = check_devices(&devices, Some(1), &[to(1, 7), to(3, 1)]).unwrap_err();
+        assert_eq!((mismatch.missing, mismatch.extra), (vec![2], vec![1, 3]));
+        let twice = check_devices(&devices, None, &[to(1, 7), to(2, 8), to(2, 8)]);
+        assert_eq!(twice.unwrap_err().extra, [2]);
+    }
+
+    #[test]
+    fn a_link_needs_a_primary_its_identity_a_free_registration_id_and_room() {
+        let primary = fixtures::device("a.3");
+        let mut new = fixtures::device("");
+        new.registration_id = 9;
+        assert!(matches!(
+            check_link(&[], &new, 6),
+            Err(StoreError::NoDevice)
+        ));
+        assert_eq!(
+            check_link(std::slice::from_ref(&primary), &new, 6).unwrap(),
+            2
+        );
+        let mut two = fixtures::device("a.2");
+        two.registration_id = 10;
+        let both = [primary.clone(), two];
+        assert_eq!(check_link(&both, &new, 6).unwrap(), 4, "3 is the primary's");
+        assert!(matches!(
+            check_link(&both, &new, 2),
+            Err(StoreError::TooManyDevices)
+        ));
+        new.registration_id = 10;
+        assert!(matches!(
+            check_link(&both, &new, 6),
+            Err(StoreError::RegistrationIdTaken)
+        ));
+        new.identity_key = vec![6; 33];
+        assert!(matches!(
+            check_link(&both, &new, 6),
+            Err(StoreError::IdentityKeyMismatch)
+        ));
+        assert_eq!(linked_address("Alice.b.1", 4), "Alice.b.4");
     }
 }
