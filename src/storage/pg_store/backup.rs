@@ -248,32 +248,6 @@ fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
     })
 }
 
-/// Writes a linked device with its last-resort Kyber key (`devices::insert_device` writes
-/// primaries).
-async fn insert_linked(tx: &Transaction<'_>, at: DeviceRef, d: &Device) -> Result<(), StoreError> {
-    let key = &d.signed_prekey;
-    tx.exec(
-        "INSERT INTO devices (user_id, device_id, is_primary, address, registration_id, \
-         identity_key, signed_prekey_id, signed_prekey, signed_prekey_signature) \
-         VALUES ($1, $2, false, $3, $4, $5, $6, $7, $8)",
-        &[
-            &db_id(at.user),
-            &device_id(at.device),
-            &d.address,
-            &i64::from(d.registration_id),
-            &d.identity_key,
-            &i64::from(key.key_id),
-            &key.public_key,
-            &key.signature,
-        ],
-    )
-    .await?;
-    if let Some(last_resort) = &d.last_resort_kyber {
-        keys::upsert_kyber_of(tx, at, std::slice::from_ref(last_resort), true).await?;
-    }
-    Ok(())
-}
-
 /// A restore's writes, into its one transaction.
 struct PgTarget<'a> {
     tx: &'a Transaction<'a>,
@@ -347,10 +321,7 @@ impl RestoreTarget for PgTarget<'_> {
         d: &Device,
         linked: Option<u64>,
     ) -> Result<(), StoreError> {
-        match linked {
-            None => devices::insert_device(self.tx, db_id(user), d).await,
-            Some(_) => insert_linked(self.tx, d.of(user), d).await,
-        }
+        devices::insert(self.tx, d.of(user), d, linked.is_none()).await
     }
 
     async fn has_prekey(

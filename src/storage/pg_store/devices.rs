@@ -255,23 +255,9 @@ pub(super) async fn lock_devices(
         .collect()
 }
 
-/// Writes the account's primary device (`DeviceExists` if it has one) with its last-resort
-/// Kyber key; its id is the one in its address. For a restore, which carries primaries only.
-pub(super) async fn insert_device(
-    tx: &impl Cached,
-    user: i64,
-    d: &Device,
-) -> Result<(), StoreError> {
-    let at = DeviceRef {
-        user: u64::try_from(user).unwrap_or_default(),
-        device: d.id(),
-    };
-    insert(tx, at, d, true).await
-}
-
 /// Writes a device at `at` (`DeviceExists` if that id, or for a `primary` the account's
 /// primary, is taken) with its last-resort Kyber key.
-async fn insert(
+pub(super) async fn insert(
     tx: &impl Cached,
     at: DeviceRef,
     d: &Device,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::Cached;
 
 use super::devices::device_id;
-use super::{db_id, to_u32, PgStore, PRIMARY};
+use super::{db_id, to_u32, PgStore};
 use crate::models::{DeviceRef, Popped, PreKey, SignedPreKey};
 use crate::storage::StoreError;
 
@@ -157,34 +157,6 @@ async fn check_cap(
         return Err(StoreError::TooManyPrekeys);
     }
     Ok(count as u32)
-}
-
-/// Writes EC prekeys of the primary device when it has the id `PRIMARY` (what a restore
-/// carries).
-pub(super) async fn upsert_prekeys(
-    tx: &impl Cached,
-    user_id: i64,
-    keys: &[PreKey],
-) -> Result<(), StoreError> {
-    upsert_prekeys_of(tx, primary(user_id), keys).await
-}
-
-/// Writes one-time Kyber prekeys of the primary device when it has the id `PRIMARY` (what a
-/// restore carries).
-pub(super) async fn upsert_kyber(
-    tx: &impl Cached,
-    user_id: i64,
-    keys: &[SignedPreKey],
-    last_resort: bool,
-) -> Result<(), StoreError> {
-    upsert_kyber_of(tx, primary(user_id), keys, last_resort).await
-}
-
-fn primary(user_id: i64) -> DeviceRef {
-    DeviceRef {
-        user: u64::try_from(user_id).unwrap_or_default(),
-        device: PRIMARY as u32,
-    }
 }
 
 /// Writes EC prekeys of a device, replacing stored ones with the same id (the last of a

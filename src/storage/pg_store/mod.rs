@@ -63,9 +63,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 4;
 /// Connections per process.
 const POOL_SIZE: usize = 16;
-/// The id of the primary device of every account a restore brings (the backup format carries
-/// primaries only, at `<username>.1`).
-const PRIMARY: i32 = 1;
 
 /// A handle on the database; cheap to clone (the pool is shared).
 #[derive(Clone)]
