@@ -7,6 +7,7 @@
 //! (`TestUser::device`), so the helpers of other areas act on it too.
 
 mod linking;
+mod routes;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
