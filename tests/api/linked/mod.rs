@@ -6,6 +6,7 @@
 //! calls every file of the area makes; a linked device is a `TestUser` of its account
 //! (`TestUser::device`), so the helpers of other areas act on it too.
 
+mod bundles;
 mod linking;
 mod routes;
 
