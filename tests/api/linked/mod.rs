@@ -9,6 +9,7 @@
 mod bundles;
 mod linking;
 mod routes;
+mod sending;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
