@@ -10,6 +10,7 @@ mod bundles;
 mod linking;
 mod routes;
 mod sending;
+mod websocket;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
