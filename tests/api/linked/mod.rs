@@ -7,6 +7,7 @@
 //! (`TestUser::device`), so the helpers of other areas act on it too.
 
 mod bundles;
+mod concurrency;
 mod linking;
 mod routes;
 mod sending;
