@@ -46,6 +46,12 @@ pub struct DeviceRef {
     pub device: u32,
 }
 
+impl std::fmt::Display for DeviceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {} of user {}", self.device, self.user)
+    }
+}
+
 /// A device of an account: the primary (created by `POST /device`) or a linked one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {
@@ -166,14 +172,65 @@ impl From<&SignedPreKey> for SignedPreKeyOut {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceOut<'a> {
-    pub address: &'a str,
+pub struct DeviceOut {
+    pub address: String,
     pub registration_id: u32,
     pub identity_key: String,
     pub signed_pre_key_id: u32,
     pub pre_key_count: u32,
     pub kyber_pre_key_count: u32,
     pub has_last_resort_kyber_pre_key: bool,
+}
+
+/// One entry of `GET /v2/devices`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedDeviceOut {
+    pub device_id: u32,
+    #[serde(flatten)]
+    pub device: DeviceOut,
+}
+
+/// `201` of `POST /v2/devices`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedOut<'a> {
+    pub device_id: u32,
+    pub address: &'a str,
+}
+
+/// `GET /v2/prekeybundle`: one bundle per device of the account.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundlesOut {
+    pub identity_key: String,
+    pub devices: Vec<DeviceBundleOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceBundleOut {
+    pub device_id: u32,
+    pub registration_id: u32,
+    pub signed_pre_key: SignedPreKeyOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_key: Option<PreKeyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kyber_pre_key: Option<SignedPreKeyOut>,
+}
+
+/// `201` of `POST /v2/messages`.
+#[derive(Serialize)]
+pub struct SentAllOut {
+    pub timestamp: u64,
+    pub messages: Vec<SentToOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentToOut {
+    pub device_id: u32,
+    pub id: u64,
 }
 
 #[derive(Serialize)]

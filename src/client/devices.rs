@@ -94,8 +94,13 @@ impl Client {
 
     /// `POST /v2/devices` (201): links a new device to the account; the server picks its id.
     pub async fn link_device(&self, device: &LinkDevice) -> Result<Linked, Error> {
-        self.call(Method::POST, "/v2/devices", Some(device), StatusCode::CREATED)
-            .await
+        self.call(
+            Method::POST,
+            "/v2/devices",
+            Some(device),
+            StatusCode::CREATED,
+        )
+        .await
     }
 
     /// `GET /v2/devices` (200): every device of the account, the primary first.

@@ -1,14 +1,15 @@
 //! Message queues: one per device, in id order. Ids come from a sequence drawn under the
 //! device lock, so within one queue ids grow in commit order (what paging relies on).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::Row;
 
+use super::devices::{device_id, lock_devices};
 use super::keys::lock_device;
-use super::{db_id, to_u32, to_u64, Cached, PgStore, PRIMARY};
-use crate::models::Message;
-use crate::storage::{DeleteOutcome, StoreError};
+use super::{db_id, to_u32, to_u64, Cached, PgStore};
+use crate::models::{Device, DeviceRef, Message, Outgoing};
+use crate::storage::{check_devices, DeleteOutcome, StoreError};
 
 const COLUMNS: &str =
     "id, sender_address, sender_registration_id, content, recipient_address, timestamp";
@@ -24,11 +25,12 @@ const SWEEP_BATCH: i64 = 5000;
 const SWEEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl PgStore {
-    /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
-    /// message id is assigned here; the message is committed when this returns.
+    /// Queues a message for one device unless its queue holds `cap` messages already
+    /// (`NoDevice` if it is gone). The message id is assigned here; the message is committed
+    /// when this returns.
     pub async fn enqueue(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
@@ -36,12 +38,12 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let user = db_id(recipient);
-            lock_device(&tx, user).await?;
+            let (user, device) = (db_id(recipient.user), device_id(recipient.device));
+            lock_device(&tx, recipient).await?;
             let queued: i64 = tx
                 .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-                    &[&user, &PRIMARY],
+                    &[&user, &device],
                 )
                 .await?
                 .get(0);
@@ -56,7 +58,7 @@ impl PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     &[
                         &user,
-                        &PRIMARY,
+                        &device,
                         &m.sender_address,
                         &i64::from(m.sender_registration_id),
                         &m.content,
@@ -74,10 +76,121 @@ impl PgStore {
         .await
     }
 
-    /// The oldest `limit` queued messages of `recipient` with an id above `after`.
-    pub async fn messages(
+    /// Queues one message per device of account `recipient`, all or none, in one transaction
+    /// holding its device rows (locked in id order, each the lock `enqueue` takes): first
+    /// `check_devices` against them (without `skip`; `DevicesChanged`), then every queue's
+    /// `cap` (`QueueFull`). Ids are drawn from the sequence under those locks, in the order
+    /// given; each message gets its device's address as recipient. Returns them in the order
+    /// given.
+    pub async fn enqueue_all(
         &self,
         recipient: u64,
+        skip: Option<u32>,
+        outgoing: Vec<Outgoing>,
+        cap: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let outgoing = &outgoing;
+        self.retrying(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let user = db_id(recipient);
+            let devices: Vec<Device> = lock_devices(&tx, user)
+                .await?
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            check_devices(&devices, skip, outgoing).map_err(StoreError::DevicesChanged)?;
+            if outgoing.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Messages each queue gets, and has.
+            let mut adding: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+            for o in outgoing {
+                adding.entry(o.device).or_default().0 += 1;
+            }
+            let ids: Vec<i32> = adding.keys().map(|&d| device_id(d)).collect();
+            let queued = tx
+                .fetch_all(
+                    "SELECT device_id, count(*) FROM messages \
+                     WHERE user_id = $1 AND device_id = ANY($2) GROUP BY device_id",
+                    &[&user, &ids],
+                )
+                .await?;
+            for row in &queued {
+                let device = u32::try_from(row.get::<_, i32>(0)).unwrap_or_default();
+                if let Some(entry) = adding.get_mut(&device) {
+                    entry.1 = row.get(1);
+                }
+            }
+            if adding
+                .values()
+                .any(|&(new, has)| has + new > i64::from(cap))
+            {
+                return Err(StoreError::QueueFull);
+            }
+            let mut drawn: Vec<i64> = tx
+                .fetch_all(
+                    "SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)",
+                    &[&(outgoing.len() as i64)],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            drawn.sort_unstable();
+            let stored: Vec<Message> = outgoing
+                .iter()
+                .zip(&drawn)
+                .map(|(o, &id)| Message {
+                    id: to_u64(id),
+                    recipient_address: devices.iter().find(|d| d.id() == o.device).map_or_else(
+                        || o.message.recipient_address.clone(),
+                        |d| d.address.clone(),
+                    ),
+                    ..o.message.clone()
+                })
+                .collect();
+            let devices: Vec<i32> = outgoing.iter().map(|o| device_id(o.device)).collect();
+            let senders: Vec<&str> = stored.iter().map(|m| m.sender_address.as_str()).collect();
+            let registrations: Vec<i64> = stored
+                .iter()
+                .map(|m| i64::from(m.sender_registration_id))
+                .collect();
+            let contents: Vec<&str> = stored.iter().map(|m| m.content.as_str()).collect();
+            let recipients: Vec<&str> = stored
+                .iter()
+                .map(|m| m.recipient_address.as_str())
+                .collect();
+            let timestamps: Vec<i64> = stored.iter().map(|m| db_id(m.timestamp)).collect();
+            tx.exec(
+                "INSERT INTO messages (id, user_id, device_id, sender_address, \
+                 sender_registration_id, content, recipient_address, timestamp) \
+                 SELECT m.id, $1, m.device, m.sender, m.registration, m.content, m.recipient, \
+                 m.timestamp FROM unnest($2::bigint[], $3::integer[], $4::text[], \
+                 $5::bigint[], $6::text[], $7::text[], $8::bigint[]) \
+                 AS m(id, device, sender, registration, content, recipient, timestamp)",
+                &[
+                    &user,
+                    &drawn,
+                    &devices,
+                    &senders,
+                    &registrations,
+                    &contents,
+                    &recipients,
+                    &timestamps,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// The oldest `limit` queued messages of one device with an id above `after`.
+    pub async fn messages(
+        &self,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
@@ -90,7 +203,7 @@ impl PgStore {
     /// the rest is never sent.
     pub async fn messages_page(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
         max_bytes: usize,
@@ -111,8 +224,8 @@ impl PgStore {
                 .fetch_all(
                     &sql,
                     &[
-                        &db_id(recipient),
-                        &PRIMARY,
+                        &db_id(recipient.user),
+                        &device_id(recipient.device),
                         &db_id(after),
                         &limit,
                         &max_bytes,
@@ -124,8 +237,12 @@ impl PgStore {
         .await
     }
 
-    /// One queued message of `recipient`, if it is still there.
-    pub async fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+    /// One queued message of one device, if it is still there.
+    pub async fn message(
+        &self,
+        recipient: DeviceRef,
+        id: u64,
+    ) -> Result<Option<Message>, StoreError> {
         self.timed(async {
             let sql = format!(
                 "SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2"
@@ -133,19 +250,27 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .fetch_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
+                .fetch_opt(
+                    &sql,
+                    &[
+                        &db_id(recipient.user),
+                        &device_id(recipient.device),
+                        &db_id(id),
+                    ],
+                )
                 .await?;
             row.as_ref().map(message).transpose()
         })
         .await
     }
 
-    /// Deletes the given messages of `recipient`, reporting per id (an id repeated is deleted
-    /// once, then not found); committed when it returns. One statement: what it deleted, and
-    /// which of the other ids are someone else's.
+    /// Deletes the given messages of one device's queue, reporting per id (an id repeated is
+    /// deleted once, then not found; another queue's, even another device's of the same
+    /// account, is `NotOwner`); committed when it returns. One statement: what it deleted, and
+    /// which of the other ids are in another queue.
     pub async fn delete_messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         let wanted: Vec<i64> = ids.iter().map(|&id| db_id(id)).collect();
@@ -158,7 +283,11 @@ impl PgStore {
                            WHERE user_id = $1 AND device_id = $2 AND id = ANY($3) RETURNING id) \
                          SELECT id, true FROM gone UNION ALL SELECT id, false FROM messages \
                          WHERE id = ANY($3) AND (user_id, device_id) <> ($1, $2)",
-                        &[&db_id(recipient), &PRIMARY, &wanted],
+                        &[
+                            &db_id(recipient.user),
+                            &device_id(recipient.device),
+                            &wanted,
+                        ],
                     )
                     .await
             })
@@ -214,14 +343,14 @@ impl PgStore {
         }
     }
 
-    pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
+    pub async fn queue_len(&self, recipient: DeviceRef) -> Result<u32, StoreError> {
         self.timed(async {
             let n: i64 = self
                 .client()
                 .await?
                 .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-                    &[&db_id(recipient), &PRIMARY],
+                    &[&db_id(recipient.user), &device_id(recipient.device)],
                 )
                 .await?
                 .get(0);

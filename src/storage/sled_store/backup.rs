@@ -314,6 +314,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::models::PreKey;
+    use crate::storage::fixtures::primary;
     use crate::storage::RestoreLimits;
 
     const HASH: &str = "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -369,8 +370,8 @@ mod tests {
             recipient_address: "Alice.1".into(),
             timestamp: 5,
         };
-        let m = a.enqueue(u.id, m, 10).await.unwrap();
-        a.pop_prekeys(u.id).await.unwrap();
+        let m = a.enqueue(primary(u.id), m, 10).await.unwrap();
+        a.pop_prekeys(primary(u.id)).await.unwrap();
         let mut first = Vec::new();
         let sum = a.backup(&mut first).await.unwrap();
         assert_eq!(
@@ -393,7 +394,7 @@ mod tests {
             String::from_utf8(first).unwrap(),
             String::from_utf8(second).unwrap()
         );
-        assert_eq!(b.stock(u.id).unwrap().prekeys, 2);
+        assert_eq!(b.stock(primary(u.id)).unwrap().prekeys, 2);
         assert_eq!(b.user_by_name("alice").unwrap().unwrap().id, u.id);
         let later = b.create_user("bob", "", "h".into(), None).await.unwrap();
         assert!(later.id > m.id);

@@ -146,14 +146,25 @@ mod tests {
             .create_device(a.id, &device(), &fixtures::ec(0..9), &[])
             .await
             .is_err());
-        s.add_prekeys(a.id, &fixtures::ec(3..8), 100).await.unwrap();
-        s.pop_prekeys(b.id).await.unwrap();
-        let m = s.enqueue(a.id, message(), 10).await.unwrap();
+        s.add_prekeys(fixtures::primary(a.id), &fixtures::ec(3..8), 100)
+            .await
+            .unwrap();
+        s.pop_prekeys(fixtures::primary(b.id)).await.unwrap();
+        let m = s
+            .enqueue(fixtures::primary(a.id), message(), 10)
+            .await
+            .unwrap();
         for _ in 0..3 {
-            s.enqueue(b.id, message(), 10).await.unwrap();
-            s.enqueue(c.id, message(), 10).await.unwrap();
+            s.enqueue(fixtures::primary(b.id), message(), 10)
+                .await
+                .unwrap();
+            s.enqueue(fixtures::primary(c.id), message(), 10)
+                .await
+                .unwrap();
         }
-        s.delete_messages(a.id, &[m.id, 12345]).await.unwrap();
+        s.delete_messages(fixtures::primary(a.id), &[m.id, 12345])
+            .await
+            .unwrap();
         s.delete_device(b.id).await.unwrap();
         s.delete_user(c.id).await.unwrap();
 

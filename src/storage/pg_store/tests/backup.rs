@@ -1,9 +1,9 @@
 //! Backup and restore in the sled store's format: a sled backup restored here backs up to the
 //! same text, a restore is all or nothing into an empty database, and new ids continue above.
 
-use super::{fresh_database, store};
+use super::{fresh_database, one, store};
 use crate::models::{Device, Message, SignedPreKey};
-use crate::storage::fixtures::{device, ec};
+use crate::storage::fixtures::{device, ec, primary};
 use crate::storage::sled_store::temp;
 use crate::storage::{BackupSummary, ResetGrant, RestoreLimits};
 
@@ -60,10 +60,10 @@ async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
     let gone = a.create_user("gone", "", HASH.into(), None).await.unwrap();
     a.delete_user(gone.id).await.unwrap();
     for (id, name) in ids.iter().zip(["alice", "bob"]) {
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
     }
-    a.pop_prekeys(ids[0]).await.unwrap();
+    a.pop_prekeys(primary(ids[0])).await.unwrap();
     a.create_invite(&[3; 32], 11).await.unwrap();
     let grant = ResetGrant {
         user_id: ids[1],
@@ -90,10 +90,10 @@ async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_
         String::from_utf8(second).unwrap()
     );
     let alice = pg.user_by_name("ALICE").await.unwrap().unwrap();
-    assert_eq!(pg.stock(alice.id).await.unwrap().prekeys, 2);
-    let popped = pg.pop_prekeys(alice.id).await.unwrap();
+    assert_eq!(pg.stock(one(alice.id)).await.unwrap().prekeys, 2);
+    let popped = pg.pop_prekeys(one(alice.id)).await.unwrap();
     assert!(popped.prekey.is_some() && popped.kyber.is_some());
-    let top = pg.messages(alice.id, 0, 10).await.unwrap();
+    let top = pg.messages(one(alice.id), 0, 10).await.unwrap();
     assert_eq!(top.len(), 2);
     let carol = pg
         .create_user("carol", "", HASH.into(), None)
@@ -104,7 +104,7 @@ async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_
     pg.create_device(carol.id, &device("carol.1"), &[], &[])
         .await
         .unwrap();
-    let m = pg.enqueue(carol.id, to("carol", 7), 10).await.unwrap();
+    let m = pg.enqueue(one(carol.id), to("carol", 7), 10).await.unwrap();
     assert!(m.id > last, "message id {} is not above {last}", m.id);
 }
 
