@@ -60,6 +60,7 @@ async fn a_v2_send_answers_201_and_queues_each_device_its_own_message() {
         assert_eq!(fields, BTreeSet::from(["deviceId", "id"]), "{sent}");
     }
     assert_ne!(id_for(&sent, 1), id_for(&sent, 2));
+    assert_eq!(device_ids(entries), [2, 1], "in the order of the request");
     for (device, id, content) in [(&alice, 1, "not json {"), (&second, 2, "for 2")] {
         let q = queue(&s, device).await;
         let want = json!({
@@ -212,6 +213,7 @@ async fn a_full_queue_on_one_device_refuses_the_whole_send() {
     let s = TestServer::start_with(&["--no-rate-limit", "--max-queued-messages", "2"]).await;
     let [alice, second] = alice_with_two(&s, 0, 0).await;
     let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let old = ["old 1", "old 2"].map(|body| message_text(11, body));
     send(&s, &bob, &alice, "old 1").await;
     send(&s, &bob, &alice, "old 2").await;
     let both = || vec![to(1, 11, "new"), to(2, 12, "new")];
@@ -223,14 +225,14 @@ async fn a_full_queue_on_one_device_refuses_the_whole_send() {
         "the primary's queue is full",
     );
     assert!(queue(&s, &second).await.is_empty(), "device 2 got nothing");
-    assert_eq!(contents(&queue(&s, &alice).await), ["old 1", "old 2"]);
+    assert_eq!(contents(&queue(&s, &alice).await), old);
     // Room on every device again: the same send goes through.
     let first = crate::messages::ids(&queue(&s, &alice).await)[0];
     let (status, _) = s.delete("/messages/11", &alice.token, json!([first])).await;
     assert_eq!(status, StatusCode::OK);
     sent_v2(&s, &bob, "alice", both()).await;
     assert_eq!(contents(&queue(&s, &second).await), ["new"]);
-    assert_eq!(contents(&queue(&s, &alice).await), ["old 2", "new"]);
+    assert_eq!(contents(&queue(&s, &alice).await), [old[1].as_str(), "new"]);
 }
 
 #[tokio::test]
@@ -284,6 +286,11 @@ async fn bad_bodies_are_refused_and_store_nothing() {
             json!({"messages": [to(1, 11, "a"), to(2, 12, "b")]}),
             "recipient",
             "no recipient",
+        ),
+        (
+            json!({"recipient": "alice", "messages": (1..=128).map(|d| to(d, 11, "m")).collect::<Vec<_>>()}),
+            "messages",
+            "128 items",
         ),
     ];
     for (body, field, what) in invalid {
