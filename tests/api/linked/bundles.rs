@@ -155,6 +155,15 @@ async fn each_device_hands_out_its_lowest_keys_once_then_its_last_resort_key() {
 #[tokio::test]
 async fn a_v2_bundle_of_ones_own_account_leaves_out_the_asking_device() {
     let s = TestServer::start().await;
+    // A single-device account asking for itself: no entry, and still a 200.
+    let bob = s.user_with_device("bob", 22, 1, 1).await;
+    let (status, own) = bundles(&s, &bob, "bob", "").await;
+    assert_eq!(
+        (status, &own["devices"]),
+        (StatusCode::OK, &json!([])),
+        "{own}"
+    );
+    assert_eq!(counts(&s, &bob).await, (1, 1));
     let [alice, second, third] = alice_with_three(&s, 1, 1).await;
     assert_eq!(device_ids(&devices_of(&s, &second, "alice").await), [1, 3]);
     assert_eq!(

@@ -249,13 +249,21 @@ async fn a_link_without_a_primary_is_400_no_device() {
         "no primary yet",
     );
     assert_no_device(&s, &nodev, "after the refused link").await;
-    // The primary is created by POST /device as before, and then linking works.
+    assert_eq!(
+        listed(&s, &nodev).await,
+        Vec::<Value>::new(),
+        "no device: an empty list"
+    );
+    // The primary is created by POST /device as before; its id, the one in its address, is
+    // not given to a linked device.
     let created = s
         .client_of(&nodev)
-        .create_device(&nodev.new_device(1, 0, 0, true))
+        .create_device(&nodev.new_device(2, 0, 0, true))
         .await;
     created.expect("create the primary");
-    assert_eq!(s.link_device(&nodev, 12, 0, 0).await.0, 2);
+    assert_eq!(s.link_device(&nodev, 12, 0, 0).await.0, 3);
+    assert_eq!(s.link_device(&nodev, 13, 0, 0).await.0, 4);
+    assert_eq!(listed_ids(&s, &nodev).await, [2, 3, 4]);
 }
 
 #[tokio::test]
@@ -273,6 +281,15 @@ async fn links_beyond_max_devices_are_403_too_many_devices_and_change_nothing() 
     assert_eq!(id, 2, "room again, at the freed id");
     let body = link_json(&alice, 15);
     assert_link_refused(&s, &alice, &body, refused, &[1, 2, 3], "full again").await;
+}
+
+#[tokio::test]
+async fn max_devices_1_turns_linking_off() {
+    let s = TestServer::start_with(&["--no-rate-limit", "--max-devices", "1"]).await;
+    let alice = s.user_with_device("alice", 11, 0, 0).await;
+    let refused = (StatusCode::FORBIDDEN, "too_many_devices");
+    let body = link_json(&alice, 12);
+    assert_link_refused(&s, &alice, &body, refused, &[1], "a second device").await;
 }
 
 #[tokio::test]
@@ -431,6 +448,7 @@ async fn the_old_device_delete_removes_every_device_of_the_account() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_no_device(&s, &alice, "after DELETE /device/").await;
+    assert_eq!(listed(&s, &alice).await, Vec::<Value>::new());
     let answer = s.get("/messages/12", &second.token).await;
     assert_error(
         &answer,
