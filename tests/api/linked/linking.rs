@@ -59,7 +59,15 @@ async fn a_link_answers_201_with_the_lowest_free_device_id_and_its_address() {
             json!({"deviceId": id, "address": format!("AliceD.{id}")})
         );
     }
-    assert_eq!(listed_ids(&s, &alice).await, [1, 2, 3, 4]);
+    // An `address` in the body is ignored: the server picks the id.
+    let mut addressed = link_json(&alice, 15);
+    addressed["address"] = json!("mallory.9");
+    let answer = link(&s, &alice, "", &addressed).await;
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+    assert_eq!(answer.1, json!({"deviceId": 5, "address": "AliceD.5"}));
+    assert_eq!(listed_ids(&s, &alice).await, [1, 2, 3, 4, 5]);
+    let anonymous = s.send("GET", "/v2/devices", None, None).await;
+    assert_401(&anonymous, "GET /v2/devices without a token");
 }
 
 #[tokio::test]
@@ -241,6 +249,14 @@ async fn a_link_reusing_a_registration_id_of_the_account_is_400_invalid_data() {
 async fn a_link_without_a_primary_is_400_no_device() {
     let s = TestServer::start().await;
     let nodev = user_for(&s, "nodev", 11).await;
+    // The body is checked first: a bad signature is the body's error, even without a primary.
+    let mut bad = link_json(&nodev, 12);
+    bad["signedPreKey"]["signature"] = flip(&bad["signedPreKey"]["signature"], 5, 0x01);
+    assert_invalid(
+        &link(&s, &nodev, "", &bad).await,
+        "signedPreKey",
+        "a bad signature",
+    );
     let answer = link(&s, &nodev, "", &link_json(&nodev, 12)).await;
     assert_error(
         &answer,
@@ -273,6 +289,13 @@ async fn links_beyond_max_devices_are_403_too_many_devices_and_change_nothing() 
     let refused = (StatusCode::FORBIDDEN, "too_many_devices");
     let body = link_json(&alice, 14);
     assert_link_refused(&s, &alice, &body, refused, &[1, 2, 3], "a fourth device").await;
+    // The identity key and the registrationId are checked before the room.
+    let answer = link(&s, &alice, "", &link_json(&alice, 12)).await;
+    assert_invalid(&answer, "registrationId", "a used regId on a full account");
+    let mut stranger = alice.device(14);
+    stranger.secret = rand::random();
+    let answer = link(&s, &alice, "", &link_json(&stranger, 14)).await;
+    assert_invalid(&answer, "identityKey", "another identity on a full account");
     s.client_of(&alice)
         .unlink_device(2)
         .await
@@ -355,6 +378,7 @@ async fn unlinking_answers_204_and_removes_the_device_its_keys_and_its_queue() {
     let bob = s.user_with_device("bob", 22, 0, 0).await;
     let messages = vec![to(1, 11, "one"), to(2, 12, "two"), to(3, 13, "three")];
     sent_v2(&s, &bob, "alice", messages).await;
+    let from_second = send(&s, &second, &bob, "sent by device 2").await;
     for (id, slash) in [(2, ""), (3, "/")] {
         let path = format!("/v2/devices/{id}{slash}");
         let (status, body) = s.call("DELETE", &path, Some(&alice.token), None).await;
@@ -383,6 +407,12 @@ async fn unlinking_answers_204_and_removes_the_device_its_keys_and_its_queue() {
         "the primary keeps its queue"
     );
     assert_eq!(counts(&s, &alice).await, (1, 0), "and its keys");
+    let kept = queue(&s, &bob).await;
+    assert_eq!(
+        kept,
+        vec![from_second],
+        "what device 2 sent stays queued for bob"
+    );
 }
 
 #[tokio::test]

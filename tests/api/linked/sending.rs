@@ -73,6 +73,11 @@ async fn a_v2_send_answers_201_and_queues_each_device_its_own_message() {
         assert!((before..=after).contains(&t), "device {id}: {t}");
     }
     assert!(queue(&s, &bob).await.is_empty(), "nothing for the sender");
+    // The same with a trailing slash.
+    let body = json!({"recipient": "alice", "messages": [to(1, 11, "/"), to(2, 12, "/")]});
+    let (status, res) = s.post("/v2/messages/22/", &bob.token, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    assert_eq!(contents(&queue(&s, &second).await), ["for 2", "/"]);
 }
 
 #[tokio::test]
@@ -377,7 +382,7 @@ async fn v2_send_errors_of_the_recipient_and_of_the_caller() {
 }
 
 #[tokio::test]
-async fn a_throttled_send_stores_nothing() {
+async fn a_throttled_send_stores_nothing_and_a_send_counts_once_whatever_its_devices() {
     let s = TestServer::start_with(&[]).await;
     let [alice, second] = alice_with_two(&s, 0, 0).await;
     let bob = s.user_with_device("bob", 22, 0, 0).await;
@@ -404,6 +409,8 @@ async fn a_throttled_send_stores_nothing() {
         throttled.is_some(),
         "5000 sends in a row were never throttled"
     );
+    // A send to two devices is one send of the budget, not two.
+    assert!(accepted >= 200, "throttled after {accepted} sends");
     for device in [&alice, &second] {
         let path = format!("/messages/{}?limit=1000", device.reg_id);
         let (status, q) = s.get(&path, &alice.token).await;

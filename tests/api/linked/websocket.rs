@@ -165,3 +165,17 @@ async fn the_old_device_delete_closes_the_socket_of_every_device() {
     }
     wait_for_open_sockets(&s, 0, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn deleting_the_account_closes_the_socket_of_every_device() {
+    let s = TestServer::start().await;
+    let [alice, second] = alice_with_two(&s, 0, 0).await;
+    let mut sockets = open_all(&s, &[&alice, &second]).await;
+    let body = json!({"current_password": PASSWORD});
+    let (status, _) = s.delete("/auth/users/me", &second.token, body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for ws in sockets.iter_mut() {
+        wait_closed(ws).await;
+    }
+    wait_for_open_sockets(&s, 0, Duration::from_secs(10)).await;
+}
