@@ -1,0 +1,99 @@
+//! Sends to every device across `kill -9` of the built binary: after a restart each send is in
+//! every device's queue or in none, and every acknowledged one is there.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::to;
+use crate::helpers::{fresh_data_dir, link_device, Binary};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_server_keeps_each_v2_send_in_every_queue_or_in_none() {
+    const TASKS: usize = 6;
+    /// Kill once this many sends were acknowledged, with the others still under way.
+    const KILL_AFTER: usize = 40;
+    let dir = fresh_data_dir().await;
+    let mut server = Binary::start(dir.path(), &[]).await;
+    let alice = server.user_with_device("alice", 11, 0, 0).await;
+    for reg_id in [12, 13] {
+        link_device(&server.client(), &alice, reg_id, 0, 0).await;
+    }
+    let bob = server.user_with_device("bob", 22, 0, 0).await;
+
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
+    let enough = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (api, token) = (server.api(), bob.token.clone());
+        let (acked, unexpected, enough) = (acked.clone(), unexpected.clone(), enough.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let content = format!("t{t}-{i}");
+                let messages: Vec<Value> = [(1, 11), (2, 12), (3, 13)]
+                    .map(|(device, reg_id)| to(device, reg_id, &content))
+                    .into();
+                let body = json!({"recipient": "alice", "messages": messages});
+                match api
+                    .try_call("POST", "/v2/messages/22", Some(&token), Some(&body))
+                    .await
+                {
+                    Ok((StatusCode::CREATED, _)) => {
+                        let mut acked = acked.lock().unwrap();
+                        acked.insert(content);
+                        if acked.len() == KILL_AFTER {
+                            enough.notify_one();
+                        }
+                    }
+                    Ok((status, body)) => {
+                        unexpected.lock().unwrap().push(format!("{status} {body}"));
+                        break;
+                    }
+                    // The server is gone; whether this send was stored is unknown.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(60), enough.notified()).await;
+    waited.expect("the sends were not acknowledged in time");
+    server.sigkill();
+    for task in tasks {
+        task.await.expect("sender task");
+    }
+    assert!(unexpected.lock().unwrap().is_empty(), "{unexpected:?}");
+
+    let server = Binary::start(dir.path(), &[]).await;
+    let mut queues = Vec::new();
+    let mut ids = BTreeSet::new();
+    for reg_id in [11, 12, 13] {
+        let path = format!("/messages/{reg_id}?limit=1000");
+        let (status, queue) = server.get(&path, &alice.token).await;
+        assert_eq!(status, StatusCode::OK, "{queue}");
+        let queue = queue.as_array().expect("a list").clone();
+        let contents: BTreeSet<String> = queue
+            .iter()
+            .map(|m| m["content"].as_str().expect("content").to_string())
+            .collect();
+        assert_eq!(
+            contents.len(),
+            queue.len(),
+            "regId {reg_id}: a send queued twice"
+        );
+        for m in &queue {
+            assert!(
+                ids.insert(m["id"].as_u64().expect("id")),
+                "an id used twice: {m}"
+            );
+        }
+        queues.push(contents);
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.is_subset(&queues[0]), "an acknowledged send was lost");
+    assert_eq!(queues[0], queues[1], "devices 1 and 2 hold other sends");
+    assert_eq!(queues[0], queues[2], "devices 1 and 3 hold other sends");
+}
