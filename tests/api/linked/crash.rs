@@ -1,5 +1,6 @@
-//! Sends to every device across `kill -9` of the built binary: after a restart each send is in
-//! every device's queue or in none, and every acknowledged one is there.
+//! Multi-device writes across `kill -9` of the built binary: after a restart each send to every
+//! device is in every device's queue or in none, every acknowledged one is there, and so is
+//! every acknowledged link and unlink.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -96,4 +97,31 @@ async fn a_killed_server_keeps_each_v2_send_in_every_queue_or_in_none() {
     assert!(acked.is_subset(&queues[0]), "an acknowledged send was lost");
     assert_eq!(queues[0], queues[1], "devices 1 and 2 hold other sends");
     assert_eq!(queues[0], queues[2], "devices 1 and 3 hold other sends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_and_unlinks_answered_before_a_kill_are_kept() {
+    let dir = fresh_data_dir().await;
+    let mut server = Binary::start(dir.path(), &[]).await;
+    let alice = server.user_with_device("alice", 11, 0, 0).await;
+    for (reg_id, keys) in [(12, 2), (13, 0), (14, 3)] {
+        link_device(&server.client(), &alice, reg_id, keys, keys).await;
+    }
+    let unlinked = server
+        .client()
+        .with_token(&alice.token)
+        .unlink_device(3)
+        .await;
+    unlinked.expect("unlink 3");
+    // Killed right after the answers: what they acknowledged must be on disk.
+    server.sigkill();
+
+    let server = Binary::start(dir.path(), &[]).await;
+    let devices = server.client().with_token(&alice.token).devices().await;
+    let devices = devices.expect("the devices after the restart");
+    let kept: Vec<(u32, u32, u32)> = devices
+        .iter()
+        .map(|d| (d.device_id, d.info.registration_id, d.info.pre_key_count))
+        .collect();
+    assert_eq!(kept, [(1, 11, 0), (2, 12, 2), (4, 14, 3)]);
 }
