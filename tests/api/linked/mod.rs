@@ -3,13 +3,15 @@
 //! (`routes`), bundles of every device and the old bundle on the primary (`bundles`), sends to
 //! every device and the old send on the primary (`sending`), live delivery to each device
 //! (`websocket`), the rules under concurrent requests (`concurrency`) and across `kill -9` of the
-//! binary (`crash`), and operator commands and backups (`operations`). The helpers here are the
-//! calls every file of the area makes; a linked device is a `TestUser` of its account
-//! (`TestUser::device`), so the helpers of other areas act on it too.
+//! binary (`crash`), on several instances of one database (`instances`), and operator commands
+//! and backups (`operations`). The helpers here are the calls every file of the area makes; a
+//! linked device is a `TestUser` of its account (`TestUser::device`), so the helpers of other
+//! areas act on it too.
 
 mod bundles;
 mod concurrency;
 mod crash;
+mod instances;
 mod linking;
 mod operations;
 mod routes;
