@@ -132,7 +132,9 @@ pub fn check_devices(
 
 /// The id a newly linked device gets: the lowest in `LINKED_IDS` no device of the account has.
 pub fn free_device_id(devices: &[Device]) -> Option<u32> {
-    LINKED_IDS.into_iter().find(|id| devices.iter().all(|d| d.id() != *id))
+    LINKED_IDS
+        .into_iter()
+        .find(|id| devices.iter().all(|d| d.id() != *id))
 }
 
 /// Checks a device to link against the account's `devices` (the primary first), in the order
@@ -443,9 +445,7 @@ impl Storage {
     ) -> Result<Vec<Message>, StoreError> {
         match self {
             Storage::Sled(s) => s.enqueue_all(recipient, skip, outgoing, cap).await,
-            Storage::Postgres(p) => {
-                Box::pin(p.enqueue_all(recipient, skip, outgoing, cap)).await
-            }
+            Storage::Postgres(p) => Box::pin(p.enqueue_all(recipient, skip, outgoing, cap)).await,
         }
     }
 
