@@ -249,3 +249,45 @@ async fn get_device_shows_the_device_its_reg_id_names_or_else_the_primary() {
         }
     }
 }
+
+#[tokio::test]
+async fn v2_paths_answer_405_to_other_methods_and_404_to_ids_that_are_not_numbers() {
+    let s = TestServer::start().await;
+    let [alice, _second] = alice_with_two(&s, 0, 0).await;
+    let wrong_method = [
+        ("PUT", "/v2/devices"),
+        ("DELETE", "/v2/devices/"),
+        ("GET", "/v2/devices/2"),
+        ("POST", "/v2/devices/2/"),
+        ("GET", "/v2/messages/11"),
+        ("DELETE", "/v2/messages/11/"),
+        ("POST", "/v2/prekeybundle/alice/11"),
+        ("DELETE", "/v2/prekeybundle/alice/11/"),
+    ];
+    let unknown = [
+        ("DELETE", "/v2/devices/x"),
+        ("GET", "/v2/devices/2/3"),
+        ("POST", "/v2/messages/x"),
+        ("GET", "/v2/prekeybundle/alice/x"),
+        ("GET", "/v2/prekeybundle/alice"),
+        ("GET", "/v2"),
+    ];
+    for token in [None, Some(alice.token.as_str())] {
+        for (method, path) in wrong_method {
+            let answer = s.call(method, path, token, None).await;
+            let what = format!("{method} {path}, token {}", token.is_some());
+            assert_error(
+                &answer,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                what,
+            );
+        }
+        for (method, path) in unknown {
+            let answer = s.call(method, path, token, None).await;
+            let what = format!("{method} {path}, token {}", token.is_some());
+            assert_error(&answer, StatusCode::NOT_FOUND, "not_found", what);
+        }
+    }
+    assert_eq!(listed_ids(&s, &alice).await, [1, 2]);
+}
