@@ -509,3 +509,35 @@ async fn the_old_device_delete_removes_every_device_of_the_account() {
     let m = send(&s, &bob, &alice, "to the new primary").await;
     assert_eq!(queue(&s, &alice).await, vec![m]);
 }
+
+#[tokio::test]
+async fn a_primary_with_another_id_is_listed_first_and_its_id_is_never_linked() {
+    let s = TestServer::start().await;
+    let alice = user_for(&s, "alice", 11).await;
+    let primary = alice.new_device(5, 0, 0, true);
+    s.client_of(&alice)
+        .create_device(&primary)
+        .await
+        .expect("primary 5");
+    let mut ids = Vec::new();
+    for reg_id in 12..=16 {
+        ids.push(s.link_device(&alice, reg_id, 1, 0).await.0);
+    }
+    assert_eq!(ids, [2, 3, 4, 6, 7]);
+    assert_eq!(listed_ids(&s, &alice).await, [5, 2, 3, 4, 6, 7]);
+    // The v2 bundle lists the devices in the same order.
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    let (status, b) = s.get("/v2/prekeybundle/alice/22", &bob.token).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let devices = b["devices"].as_array().expect("devices");
+    assert_eq!(device_ids(devices), [5, 2, 3, 4, 6, 7]);
+    let answer = s
+        .call("DELETE", "/v2/devices/5", Some(&alice.token), None)
+        .await;
+    assert_error(
+        &answer,
+        StatusCode::FORBIDDEN,
+        "primary_device",
+        "the primary, id 5",
+    );
+}
