@@ -1,15 +1,15 @@
 //! Message queues: one per device, in id order. Ids come from a sequence drawn under the
 //! device lock, so within one queue ids grow in commit order (what paging relies on).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use tokio_postgres::Row;
 
-use super::devices::{device_id, lock_devices};
+use super::devices::device_id;
 use super::keys::lock_device;
 use super::{db_id, to_u32, to_u64, Cached, PgStore};
-use crate::models::{Device, DeviceRef, Message, Outgoing};
-use crate::storage::{check_devices, DeleteOutcome, StoreError};
+use crate::models::{DeviceRef, Message};
+use crate::storage::{DeleteOutcome, StoreError};
 
 const COLUMNS: &str =
     "id, sender_address, sender_registration_id, content, recipient_address, timestamp";
@@ -72,117 +72,6 @@ impl PgStore {
                 id: to_u64(row.get(0)),
                 ..m.clone()
             })
-        })
-        .await
-    }
-
-    /// Queues one message per device of account `recipient`, all or none, in one transaction
-    /// holding its device rows (locked in id order, each the lock `enqueue` takes): first
-    /// `check_devices` against them (without `skip`; `DevicesChanged`), then every queue's
-    /// `cap` (`QueueFull`). Ids are drawn from the sequence under those locks, in the order
-    /// given; each message gets its device's address as recipient. Returns them in the order
-    /// given.
-    pub async fn enqueue_all(
-        &self,
-        recipient: u64,
-        skip: Option<u32>,
-        outgoing: Vec<Outgoing>,
-        cap: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        let outgoing = &outgoing;
-        self.retrying(move || async move {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let user = db_id(recipient);
-            let devices: Vec<Device> = lock_devices(&tx, user)
-                .await?
-                .into_iter()
-                .map(|(d, _)| d)
-                .collect();
-            check_devices(&devices, skip, outgoing).map_err(StoreError::DevicesChanged)?;
-            if outgoing.is_empty() {
-                return Ok(Vec::new());
-            }
-            // Messages each queue gets, and has.
-            let mut adding: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
-            for o in outgoing {
-                adding.entry(o.device).or_default().0 += 1;
-            }
-            let ids: Vec<i32> = adding.keys().map(|&d| device_id(d)).collect();
-            let queued = tx
-                .fetch_all(
-                    "SELECT device_id, count(*) FROM messages \
-                     WHERE user_id = $1 AND device_id = ANY($2) GROUP BY device_id",
-                    &[&user, &ids],
-                )
-                .await?;
-            for row in &queued {
-                let device = u32::try_from(row.get::<_, i32>(0)).unwrap_or_default();
-                if let Some(entry) = adding.get_mut(&device) {
-                    entry.1 = row.get(1);
-                }
-            }
-            if adding
-                .values()
-                .any(|&(new, has)| has + new > i64::from(cap))
-            {
-                return Err(StoreError::QueueFull);
-            }
-            let mut drawn: Vec<i64> = tx
-                .fetch_all(
-                    "SELECT nextval('message_ids') FROM generate_series(1, $1::bigint)",
-                    &[&(outgoing.len() as i64)],
-                )
-                .await?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            drawn.sort_unstable();
-            let stored: Vec<Message> = outgoing
-                .iter()
-                .zip(&drawn)
-                .map(|(o, &id)| Message {
-                    id: to_u64(id),
-                    recipient_address: devices.iter().find(|d| d.id() == o.device).map_or_else(
-                        || o.message.recipient_address.clone(),
-                        |d| d.address.clone(),
-                    ),
-                    ..o.message.clone()
-                })
-                .collect();
-            let devices: Vec<i32> = outgoing.iter().map(|o| device_id(o.device)).collect();
-            let senders: Vec<&str> = stored.iter().map(|m| m.sender_address.as_str()).collect();
-            let registrations: Vec<i64> = stored
-                .iter()
-                .map(|m| i64::from(m.sender_registration_id))
-                .collect();
-            let contents: Vec<&str> = stored.iter().map(|m| m.content.as_str()).collect();
-            let recipients: Vec<&str> = stored
-                .iter()
-                .map(|m| m.recipient_address.as_str())
-                .collect();
-            let timestamps: Vec<i64> = stored.iter().map(|m| db_id(m.timestamp)).collect();
-            tx.exec(
-                "INSERT INTO messages (id, user_id, device_id, sender_address, \
-                 sender_registration_id, content, recipient_address, timestamp) \
-                 SELECT m.id, $1, m.device, m.sender, m.registration, m.content, m.recipient, \
-                 m.timestamp FROM unnest($2::bigint[], $3::integer[], $4::text[], \
-                 $5::bigint[], $6::text[], $7::text[], $8::bigint[]) \
-                 AS m(id, device, sender, registration, content, recipient, timestamp)",
-                &[
-                    &user,
-                    &drawn,
-                    &devices,
-                    &senders,
-                    &registrations,
-                    &contents,
-                    &recipients,
-                    &timestamps,
-                ],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(stored)
         })
         .await
     }

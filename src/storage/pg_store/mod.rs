@@ -35,6 +35,7 @@
 
 mod backup;
 mod devices;
+mod fanout;
 mod keys;
 mod messages;
 mod schema;

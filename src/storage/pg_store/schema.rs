@@ -111,9 +111,10 @@ CREATE TABLE settings (
 );
 "#,
     r#"
--- Every device so far is its account's primary; from now on each insert says which it is.
+-- Every device so far is its account's primary. This build names the column in each insert;
+-- the default serves instances of the version before, still running during a rolling upgrade,
+-- which create primaries only (a second one per account is refused by the index).
 ALTER TABLE devices ADD COLUMN is_primary boolean NOT NULL DEFAULT true;
-ALTER TABLE devices ALTER COLUMN is_primary DROP DEFAULT;
 CREATE UNIQUE INDEX devices_one_primary ON devices (user_id) WHERE is_primary;
 
 -- A device's id changes with it: its keys and queue follow.
