@@ -125,7 +125,7 @@ pub async fn next_frame(ws: &mut Ws) -> Value {
     }
 }
 
-/// Waits (bounded) until the server closes the socket; fails on any text frame before that.
+/// Waits (bounded) until the server closes the socket; fails on any data frame before that.
 pub async fn wait_closed(ws: &mut Ws) {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
