@@ -65,6 +65,12 @@ impl App {
 
     /// The caller's device with the `<regId>` of the path (any device of the account).
     pub async fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
+        // Most calls come from the primary: one read, no listing.
+        if let Some(primary) = self.storage.device(user.id).await? {
+            if u64::from(primary.registration_id) == reg_id {
+                return Ok(primary);
+            }
+        }
         let devices = self.storage.devices(user.id).await?;
         if devices.is_empty() {
             return Err(ApiError::NoDevice);

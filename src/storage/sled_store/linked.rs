@@ -60,8 +60,18 @@ impl SledStore {
         self.slot(device)?.ok_or(StoreError::NoDevice)
     }
 
+    /// The primary's device id, from its record's first field (the address) alone: every
+    /// per-device verb asks, so the rest of the record is not decoded.
     fn primary_id(&self, user_id: u64) -> Result<Option<u32>, StoreError> {
-        Ok(self.device(user_id)?.map(|d| d.id()))
+        match self.devices.get(keys::user(user_id))? {
+            Some(v) => {
+                let address: String = decode(&v)?;
+                Ok(Some(
+                    crate::requests::address_device_id(&address).unwrap_or(0),
+                ))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Links a device (see `Storage::link_device`).
