@@ -9,7 +9,8 @@
 #
 # PostgreSQL: a throwaway cluster from tools/pg-test-cluster.sh (fsync on), a fresh database per
 # scenario. BENCH_BEFORE=DIR adds a second sled server binary (DIR/signal-server, e.g. a release
-# build of an older commit) measured beside this one. Knobs: BENCH_SECONDS (8), BENCH_WARMUP (2).
+# build of an older commit) measured beside this one. Knobs: BENCH_SECONDS (8), BENCH_WARMUP (2),
+# BENCH_PG=0 to measure sled (and the baseline) only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/dev/null}
@@ -82,6 +83,14 @@ sled_round() { # sled_round ORDER...
     esac
   done
 }
+
+if [[ ${BENCH_PG:-1} == 0 ]]; then
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
+  sled_round baseline before after
+  sled_round after before baseline
+  echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
+  exit 0
+fi
 
 eval "$(bash tools/pg-test-cluster.sh start 2>/dev/null)"
 BASEURL=${SIGNAL_SERVER_TEST_DATABASE_URL%/postgres}

@@ -63,17 +63,22 @@ impl App {
         })))
     }
 
-    /// The caller's device, checked against the `<regId>` of the path.
+    /// The caller's device with the `<regId>` of the path (any device of the account).
     pub async fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
-        let device = self
-            .storage
-            .device(user.id)
-            .await?
-            .ok_or(ApiError::NoDevice)?;
-        if u64::from(device.registration_id) != reg_id {
-            return Err(ApiError::DeviceChanged);
+        // Most calls come from the primary: one read, no listing.
+        if let Some(primary) = self.storage.device(user.id).await? {
+            if u64::from(primary.registration_id) == reg_id {
+                return Ok(primary);
+            }
         }
-        Ok(device)
+        let devices = self.storage.devices(user.id).await?;
+        if devices.is_empty() {
+            return Err(ApiError::NoDevice);
+        }
+        devices
+            .into_iter()
+            .find(|d| u64::from(d.registration_id) == reg_id)
+            .ok_or(ApiError::DeviceChanged)
     }
 
     pub fn max_body(&self) -> u64 {

@@ -77,6 +77,11 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_MAX_PREKEYS", default_value_t = 100)]
     pub max_prekeys: u32,
 
+    /// Most devices an account may have, the primary included (1 to 127).
+    #[arg(long, env = "SIGNAL_SERVER_MAX_DEVICES", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=127))]
+    pub max_devices: u32,
+
     /// Largest accepted message content, in bytes.
     #[arg(
         long,

@@ -30,6 +30,16 @@ pub enum ApiError {
     RecipientNoDevice,
     DeviceExists,
     DeviceChanged,
+    TooManyDevices,
+    NoSuchDevice,
+    PrimaryDevice,
+    /// A send named devices with other registration ids than they have.
+    StaleDevices(Vec<u32>),
+    /// A send left out devices of the recipient, or named devices it does not have.
+    MismatchedDevices {
+        missing: Vec<u32>,
+        extra: Vec<u32>,
+    },
     NoRecipient,
     RecipientIdentityChanged,
     ReachedMaxPrekeys,
@@ -73,12 +83,16 @@ impl ApiError {
             | ApiError::DeviceChanged
             | ApiError::RecipientIdentityChanged
             | ApiError::RegistrationClosed
+            | ApiError::TooManyDevices
+            | ApiError::PrimaryDevice
             | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::StaleDevices(_) => StatusCode::GONE,
+            ApiError::MismatchedDevices { .. } => StatusCode::CONFLICT,
             ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchDevice => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +111,11 @@ impl ApiError {
             ApiError::NoDevice | ApiError::RecipientNoDevice => "no_device",
             ApiError::DeviceExists => "device_exists",
             ApiError::DeviceChanged => "device_changed",
+            ApiError::TooManyDevices => "too_many_devices",
+            ApiError::NoSuchDevice => "no_such_device",
+            ApiError::PrimaryDevice => "primary_device",
+            ApiError::StaleDevices(_) => "stale_devices",
+            ApiError::MismatchedDevices { .. } => "mismatched_devices",
             ApiError::NoRecipient => "no_recipient",
             ApiError::RecipientIdentityChanged => "recipient_identity_changed",
             ApiError::ReachedMaxPrekeys => "reached_max_prekeys",
@@ -128,6 +147,17 @@ impl ApiError {
             ApiError::RecipientNoDevice => "Recipient has not yet registered a device",
             ApiError::DeviceExists => "A device already exists for this user.",
             ApiError::DeviceChanged => "The registration id does not match the registered device.",
+            ApiError::TooManyDevices => "The account has the most devices allowed.",
+            ApiError::NoSuchDevice => "The account has no device with that id.",
+            ApiError::PrimaryDevice => {
+                "The primary device cannot be unlinked; delete it with DELETE /device/."
+            }
+            ApiError::StaleDevices(_) => {
+                "Some devices have a new registration id; fetch their bundles again."
+            }
+            ApiError::MismatchedDevices { .. } => {
+                "The devices named are not the recipient's; adjust the device list."
+            }
             ApiError::NoRecipient => "No user with that username exists.",
             ApiError::RecipientIdentityChanged => {
                 "The message's registration id does not match the recipient's device."
@@ -152,11 +182,18 @@ impl ApiError {
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Body<'a> {
     code: &'a str,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a FieldErrors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale_devices: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_devices: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_devices: Option<&'a [u32]>,
 }
 
 impl Reply for ApiError {
@@ -168,10 +205,22 @@ impl Reply for ApiError {
             ApiError::InvalidData(errors) => Some(errors),
             _ => None,
         };
+        let (mut stale_devices, mut missing_devices, mut extra_devices) = (None, None, None);
+        match &self {
+            ApiError::StaleDevices(stale) => stale_devices = Some(stale.as_slice()),
+            ApiError::MismatchedDevices { missing, extra } => {
+                missing_devices = Some(missing.as_slice());
+                extra_devices = Some(extra.as_slice());
+            }
+            _ => {}
+        }
         let body = Body {
             code: self.code(),
             message: self.message(),
             errors,
+            stale_devices,
+            missing_devices,
+            extra_devices,
         };
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
@@ -208,6 +257,22 @@ impl From<crate::storage::StoreError> for ApiError {
             }
             StoreError::DeviceExists => ApiError::DeviceExists,
             StoreError::NoDevice => ApiError::NoDevice,
+            StoreError::TooManyDevices => ApiError::TooManyDevices,
+            StoreError::NoSuchDevice => ApiError::NoSuchDevice,
+            StoreError::PrimaryDevice => ApiError::PrimaryDevice,
+            StoreError::RegistrationIdTaken => ApiError::field(
+                "registrationId",
+                "Another device of the account has this registration id.",
+            ),
+            StoreError::IdentityKeyMismatch => ApiError::field(
+                "identityKey",
+                "A linked device must have the account's identity key.",
+            ),
+            StoreError::DevicesChanged(m) if !m.stale.is_empty() => ApiError::StaleDevices(m.stale),
+            StoreError::DevicesChanged(m) => ApiError::MismatchedDevices {
+                missing: m.missing,
+                extra: m.extra,
+            },
             StoreError::TooManyPrekeys => ApiError::ReachedMaxPrekeys,
             StoreError::QueueFull => ApiError::QueueFull,
             StoreError::InvalidInvite => {

@@ -1,5 +1,5 @@
 //! Live delivery: which device has an open WebSocket, and a channel to push to it. A newer
-//! connection for the same user replaces the older one; a connection that cannot keep up is
+//! connection for the same device replaces the older one; a connection that cannot keep up is
 //! dropped (its client reconnects and gets the backlog from the queue, where nothing was deleted).
 //!
 //! A push carries only the message id: the session reads the message from the queue when it
@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::models::DeviceRef;
+
 /// Pushes a connection may hold before it counts as too slow.
 const PUSH_BUFFER: usize = 1024;
 
@@ -32,12 +34,13 @@ pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30)
 /// What one instance tells the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// Message `id` was queued for `user`.
-    Queued { user: u64, id: u64 },
-    /// `user`'s device or account was deleted: close their connection.
-    Close { user: u64 },
-    /// `user` opened a connection at `at_ms` (wall clock): close older ones.
-    Opened { user: u64, at_ms: u64 },
+    /// Message `id` was queued for `device`.
+    Queued { device: DeviceRef, id: u64 },
+    /// A device was unlinked (`device: Some`), or every device of the account deleted: close
+    /// their connections.
+    Close { user: u64, device: Option<u32> },
+    /// `device` opened a connection at `at_ms` (wall clock): close older ones.
+    Opened { device: DeviceRef, at_ms: u64 },
 }
 
 /// What the hub keeps of a connection; dropping it closes the connection.
@@ -52,7 +55,7 @@ struct Entry {
 }
 
 pub struct Hub {
-    conns: Mutex<HashMap<u64, Entry>>,
+    conns: Mutex<HashMap<DeviceRef, Entry>>,
     next_conn: AtomicU64,
     open: Arc<AtomicUsize>,
     /// Where signals for the other instances go, when there are others.
@@ -100,8 +103,8 @@ impl Drop for OpenSocket {
 }
 
 impl Hub {
-    /// Registers a connection for `user`, closing the one it replaces.
-    pub fn register(&self, user: u64) -> Registration {
+    /// Registers a connection for `device`, closing the one it replaces.
+    pub fn register(&self, device: DeviceRef) -> Registration {
         let (pushes_tx, pushes) = mpsc::channel(PUSH_BUFFER);
         let (close, closed) = watch::channel(());
         let (running, ended) = watch::channel(());
@@ -117,8 +120,8 @@ impl Hub {
             ended,
         };
         // The replaced entry drops here, which closes the older connection.
-        let replaced = self.lock().insert(user, entry).map(|old| old.ended);
-        self.signal(Signal::Opened { user, at_ms });
+        let replaced = self.lock().insert(device, entry).map(|old| old.ended);
+        self.signal(Signal::Opened { device, at_ms });
         Registration {
             conn,
             pushes,
@@ -129,35 +132,49 @@ impl Hub {
         }
     }
 
-    /// Removes `conn` if it is still the user's current connection.
-    pub fn unregister(&self, user: u64, conn: u64) {
+    /// Removes `conn` if it is still the device's current connection.
+    pub fn unregister(&self, device: DeviceRef, conn: u64) {
         let mut conns = self.lock();
-        if conns.get(&user).is_some_and(|e| e.conn == conn) {
-            conns.remove(&user);
+        if conns.get(&device).is_some_and(|e| e.conn == conn) {
+            conns.remove(&device);
         }
     }
 
-    /// Tells the user's open connection, if any (here or on another instance), that message
+    /// Tells the device's open connection, if any (here or on another instance), that message
     /// `id` was queued.
-    pub fn deliver(&self, user: u64, id: u64) {
-        self.deliver_here(user, id);
-        self.signal(Signal::Queued { user, id });
+    pub fn deliver(&self, device: DeviceRef, id: u64) {
+        self.deliver_here(device, id);
+        self.signal(Signal::Queued { device, id });
     }
 
-    fn deliver_here(&self, user: u64, id: u64) {
+    fn deliver_here(&self, device: DeviceRef, id: u64) {
         let mut conns = self.lock();
-        if let Some(entry) = conns.get(&user) {
+        if let Some(entry) = conns.get(&device) {
             if entry.pushes.try_send(id).is_err() {
                 // Too slow or gone: dropping the entry closes that connection.
-                conns.remove(&user);
+                conns.remove(&device);
             }
         }
     }
 
-    /// Closes the user's connection, here or on another instance (device or account deleted).
-    pub fn close(&self, user: u64) {
-        self.lock().remove(&user);
-        self.signal(Signal::Close { user });
+    /// Closes the connection of an unlinked device, here or on another instance.
+    pub fn close(&self, device: DeviceRef) {
+        self.lock().remove(&device);
+        self.signal(Signal::Close {
+            user: device.user,
+            device: Some(device.device),
+        });
+    }
+
+    /// Closes the connections of every device of an account (devices or account deleted).
+    pub fn close_account(&self, user: u64) {
+        self.close_here(user, None);
+        self.signal(Signal::Close { user, device: None });
+    }
+
+    fn close_here(&self, user: u64, device: Option<u32>) {
+        self.lock()
+            .retain(|d, _| d.user != user || device.is_some_and(|id| id != d.device));
     }
 
     /// Sends this hub's signals to `remote` from now on (several instances).
@@ -179,15 +196,13 @@ impl Hub {
     /// Applies another instance's signal.
     pub fn apply(&self, signal: Signal) {
         match signal {
-            Signal::Queued { user, id } => self.deliver_here(user, id),
-            Signal::Close { user } => {
-                self.lock().remove(&user);
-            }
-            Signal::Opened { user, at_ms } => {
+            Signal::Queued { device, id } => self.deliver_here(device, id),
+            Signal::Close { user, device } => self.close_here(user, device),
+            Signal::Opened { device, at_ms } => {
                 let mut conns = self.lock();
                 // Only an older connection: a newer one here may have raced the signal.
-                if conns.get(&user).is_some_and(|e| e.at_ms <= at_ms) {
-                    conns.remove(&user);
+                if conns.get(&device).is_some_and(|e| e.at_ms <= at_ms) {
+                    conns.remove(&device);
                 }
             }
         }
@@ -216,7 +231,7 @@ impl Hub {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceRef, Entry>> {
         self.conns
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -227,16 +242,18 @@ impl Hub {
 mod tests {
     use super::*;
 
+    const D7: DeviceRef = DeviceRef { user: 7, device: 1 };
+
     #[tokio::test]
     async fn a_newer_connection_replaces_the_older() {
         let hub = Hub::default();
-        let mut first = hub.register(7);
-        let mut second = hub.register(7);
+        let mut first = hub.register(D7);
+        let mut second = hub.register(D7);
         assert!(first.closed.changed().await.is_err());
-        hub.unregister(7, first.conn); // stale: must not remove the newer one
-        hub.deliver(7, 1);
+        hub.unregister(D7, first.conn); // stale: must not remove the newer one
+        hub.deliver(D7, 1);
         assert_eq!(second.pushes.recv().await, Some(1));
-        hub.unregister(7, second.conn);
+        hub.unregister(D7, second.conn);
         assert!(second.closed.changed().await.is_err());
     }
 
@@ -245,20 +262,26 @@ mod tests {
         let hub = Hub::default();
         let (tx, mut out) = mpsc::channel(SIGNAL_BUFFER);
         hub.connect_remote(tx);
-        let mut reg = hub.register(7);
+        let mut reg = hub.register(D7);
         assert!(matches!(
             out.recv().await,
-            Some(Signal::Opened { user: 7, .. })
+            Some(Signal::Opened { device: D7, .. })
         ));
-        hub.apply(Signal::Queued { user: 7, id: 9 });
+        hub.apply(Signal::Queued { device: D7, id: 9 });
         assert_eq!(reg.pushes.recv().await, Some(9));
-        hub.deliver(7, 10);
-        assert_eq!(out.recv().await, Some(Signal::Queued { user: 7, id: 10 }));
+        hub.deliver(D7, 10);
+        assert_eq!(
+            out.recv().await,
+            Some(Signal::Queued { device: D7, id: 10 })
+        );
         // A connection opened elsewhere before this one does not close it; a later one does.
-        hub.apply(Signal::Opened { user: 7, at_ms: 0 });
+        hub.apply(Signal::Opened {
+            device: D7,
+            at_ms: 0,
+        });
         assert_eq!(reg.pushes.recv().await, Some(10));
         hub.apply(Signal::Opened {
-            user: 7,
+            device: D7,
             at_ms: u64::MAX,
         });
         assert!(reg.closed.changed().await.is_err());
@@ -267,13 +290,32 @@ mod tests {
     #[tokio::test]
     async fn a_newer_connection_can_wait_for_the_replaced_session_to_end() {
         let hub = Hub::default();
-        let first = hub.register(7);
+        let first = hub.register(D7);
         assert!(first.replaced.is_none());
-        let second = hub.register(7);
+        let second = hub.register(D7);
         let mut replaced = second.replaced.expect("the first connection");
         assert!(replaced.has_changed().is_ok(), "still running");
         drop(first.running);
         assert!(replaced.changed().await.is_err(), "ended");
+    }
+
+    #[tokio::test]
+    async fn closing_a_device_leaves_the_account_s_other_devices_connected() {
+        let hub = Hub::default();
+        let d8 = DeviceRef { user: 7, device: 2 };
+        let other = DeviceRef { user: 8, device: 1 };
+        let (mut a, mut b, mut c) = (hub.register(D7), hub.register(d8), hub.register(other));
+        hub.close(d8);
+        assert!(b.closed.changed().await.is_err());
+        hub.deliver(D7, 1);
+        assert_eq!(a.pushes.recv().await, Some(1));
+        hub.apply(Signal::Close {
+            user: 7,
+            device: None,
+        });
+        assert!(a.closed.changed().await.is_err());
+        hub.deliver(other, 2);
+        assert_eq!(c.pushes.recv().await, Some(2));
     }
 
     #[test]

@@ -38,7 +38,21 @@ pub struct SignedPreKey {
     pub signature: Vec<u8>,
 }
 
-/// A user's one device.
+/// One device of one account: what keys, a message queue and a live connection belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceRef {
+    pub user: u64,
+    /// The id in the device's address (`<username>.<id>`).
+    pub device: u32,
+}
+
+impl std::fmt::Display for DeviceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {} of user {}", self.device, self.user)
+    }
+}
+
+/// A device of an account: the primary (created by `POST /device`) or a linked one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {
     /// `<username>.<deviceId>`.
@@ -48,6 +62,30 @@ pub struct Device {
     pub identity_key: Vec<u8>,
     pub signed_prekey: SignedPreKey,
     pub last_resort_kyber: Option<SignedPreKey>,
+}
+
+impl Device {
+    /// The device id, from the address (validated when the device was stored).
+    pub fn id(&self) -> u32 {
+        crate::requests::address_device_id(&self.address).unwrap_or(0)
+    }
+
+    /// The device of `user` this is.
+    pub fn of(&self, user: u64) -> DeviceRef {
+        DeviceRef {
+            user,
+            device: self.id(),
+        }
+    }
+}
+
+/// One ciphertext of a send to several devices of one account.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub device: u32,
+    /// The registrationId the sender believes the device has.
+    pub registration_id: u32,
+    pub message: Message,
 }
 
 /// A queued end-to-end-encrypted message; `content` is opaque to the server.
@@ -134,14 +172,65 @@ impl From<&SignedPreKey> for SignedPreKeyOut {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceOut<'a> {
-    pub address: &'a str,
+pub struct DeviceOut {
+    pub address: String,
     pub registration_id: u32,
     pub identity_key: String,
     pub signed_pre_key_id: u32,
     pub pre_key_count: u32,
     pub kyber_pre_key_count: u32,
     pub has_last_resort_kyber_pre_key: bool,
+}
+
+/// One entry of `GET /v2/devices`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedDeviceOut {
+    pub device_id: u32,
+    #[serde(flatten)]
+    pub device: DeviceOut,
+}
+
+/// `201` of `POST /v2/devices`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedOut<'a> {
+    pub device_id: u32,
+    pub address: &'a str,
+}
+
+/// `GET /v2/prekeybundle`: one bundle per device of the account.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundlesOut {
+    pub identity_key: String,
+    pub devices: Vec<DeviceBundleOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceBundleOut {
+    pub device_id: u32,
+    pub registration_id: u32,
+    pub signed_pre_key: SignedPreKeyOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_key: Option<PreKeyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kyber_pre_key: Option<SignedPreKeyOut>,
+}
+
+/// `201` of `POST /v2/messages`.
+#[derive(Serialize)]
+pub struct SentAllOut {
+    pub timestamp: u64,
+    pub messages: Vec<SentToOut>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentToOut {
+    pub device_id: u32,
+    pub id: u64,
 }
 
 #[derive(Serialize)]

@@ -10,6 +10,9 @@ use crate::error::{ApiError, FieldError, FieldErrors};
 use crate::models::{PreKey, SignedPreKey};
 use crate::validate::{self, messages, Fields};
 
+mod linked;
+pub use linked::{DeviceMessage, SendAll};
+
 pub const MAX_REGISTRATION_ID: u64 = 999_999;
 pub const MAX_KEY_ID: u64 = 16_777_215;
 pub const MAX_USERNAME_CHARS: usize = 150;
@@ -236,9 +239,24 @@ pub struct NewDevice {
 impl NewDevice {
     /// Parses a device registration; `max_prekeys` caps each one-time list.
     pub fn parse(value: &Value, max_prekeys: usize) -> Result<NewDevice, ApiError> {
+        NewDevice::parse_with(value, max_prekeys, true)
+    }
+
+    /// Parses a device to link (`POST /v2/devices`): the same body without `address` (the
+    /// server picks the id; an address given is ignored).
+    pub fn parse_linked(value: &Value, max_prekeys: usize) -> Result<NewDevice, ApiError> {
+        NewDevice::parse_with(value, max_prekeys, false)
+    }
+
+    fn parse_with(
+        value: &Value,
+        max_prekeys: usize,
+        with_address: bool,
+    ) -> Result<NewDevice, ApiError> {
         let mut f = Fields::new(validate::object(value)?);
-        let address = f
-            .string("address", true)
+        let address = with_address
+            .then(|| f.string("address", true))
+            .flatten()
             .and_then(|a| match parse_address(a) {
                 Some(parts) => Some(parts),
                 None => {
@@ -317,6 +335,11 @@ fn nested<T>(
             None
         }
     }
+}
+
+/// The device id at the end of a stored address.
+pub fn address_device_id(address: &str) -> Option<u32> {
+    address.rsplit_once('.')?.1.parse().ok()
 }
 
 /// `<username>.<deviceId>` → (username, deviceId in 1..=127).

@@ -29,6 +29,10 @@ pub const ROUTES: &[Route] = &[
     route("/prekeybundle/:username/:regId", &["GET"]),
     route("/messages/:regId", &["GET", "POST", "DELETE"]),
     route("/messages/:regId/ws", &["GET"]),
+    route("/v2/devices", &["GET", "POST"]),
+    route("/v2/devices/:deviceId", &["DELETE"]),
+    route("/v2/prekeybundle/:username/:regId", &["GET"]),
+    route("/v2/messages/:regId", &["POST"]),
     route("/", &["GET"]),
 ];
 
@@ -74,6 +78,10 @@ fn template_of(path: &str) -> Option<&'static str> {
         ["prekeybundle", _, r] if id(r) => "/prekeybundle/:username/:regId",
         ["messages", r] if id(r) => "/messages/:regId",
         ["messages", r, "ws"] if id(r) => "/messages/:regId/ws",
+        ["v2", "devices"] => "/v2/devices",
+        ["v2", "devices", d] if id(d) => "/v2/devices/:deviceId",
+        ["v2", "prekeybundle", _, r] if id(r) => "/v2/prekeybundle/:username/:regId",
+        ["v2", "messages", r] if id(r) => "/v2/messages/:regId",
         [] => "/",
         _ => return None,
     };
@@ -90,6 +98,7 @@ mod tests {
             let path = route
                 .template
                 .replace(":regId", "7")
+                .replace(":deviceId", "2")
                 .replace(":username", "alice")
                 .replace('*', "1");
             assert_eq!(find(&path).map(|r| r.template), Some(route.template));

@@ -30,6 +30,8 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .unify()
         .or(message_routes(&app))
         .unify()
+        .or(v2_routes(&app))
+        .unify()
         .or(crate::cors::preflight(&app.cors))
         .unify()
         .recover(recover)
@@ -378,7 +380,8 @@ fn device_routes(app: &App) -> BoxedFilter<(Response,)> {
         .then(devices::create)
         .map(reply);
     // GET /device/<anything>
-    let show = device_path()
+    let show = warp::path("device")
+        .and(warp::path::tail())
         .and(warp::get())
         .and(with_app(a))
         .and(auth(a))
@@ -486,6 +489,57 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .or(delete)
         .unify()
         .or(live)
+        .unify()
+        .boxed()
+}
+
+/// The multi-device routes.
+fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    // POST /v2/devices
+    let link = warp::path!("v2" / "devices")
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(devices::link)
+        .map(reply);
+    // GET /v2/devices
+    let list = warp::path!("v2" / "devices")
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(devices::list)
+        .map(reply);
+    // DELETE /v2/devices/<deviceId>
+    let unlink = warp::path!("v2" / "devices" / u64)
+        .and(warp::delete())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(devices::unlink)
+        .map(reply);
+    // GET /v2/prekeybundle/<username>/<regId>
+    let bundles = warp::path!("v2" / "prekeybundle" / String / u64)
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .then(keys::bundles)
+        .map(reply);
+    // POST /v2/messages/<regId>
+    let send = warp::path!("v2" / "messages" / u64)
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(body())
+        .then(messages::send_all)
+        .map(reply);
+    link.or(list)
+        .unify()
+        .or(unlink)
+        .unify()
+        .or(bundles)
+        .unify()
+        .or(send)
         .unify()
         .boxed()
 }

@@ -2,13 +2,18 @@
 //! (`libsignal-protocol-syft`) doing the cryptography: PQXDH (X3DH + Kyber) to start a session
 //! from a prekey bundle, then the Double Ratchet for every message.
 //!
-//! Shared by `examples/chat.rs` and `tests/api/interop.rs` (both include it with `#[path]`). Keys
-//! and sessions live in libsignal's in-memory store, so a client lasts as long as the process. The
-//! requests go through the typed client (`signal_server::client`); answers are handed to the
-//! callers as JSON values, as the server sent them.
+//! Shared by `examples/chat.rs`, `examples/linked.rs` and `tests/api/interop/` (all include it
+//! with `#[path]`). A `Client` is one device of one account; `linked_devices.rs` adds the
+//! accounts with several devices (`/v2/...`). Keys and sessions live in libsignal's in-memory
+//! store, so a client lasts as long as the process. The requests go through the typed client
+//! (`signal_server::client`); answers of the one-device routes are handed to the callers as JSON
+//! values, as the server sent them.
 //!
 //! libsignal's store traits are `?Send`, so everything here runs on one task (never spawn it).
 #![allow(dead_code)]
+
+#[path = "linked_devices.rs"]
+mod linked_devices;
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -41,6 +46,12 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// Builds an error from a message.
 pub fn fail<T>(message: impl Into<String>) -> Result<T> {
     Err(message.into().into())
+}
+
+/// The server's refusal (status, `code`, body) when that is what `e` is, e.g. the 409 or 410 of
+/// `Client::send_all`.
+pub fn refusal(e: &Error) -> Option<&http::Refusal> {
+    e.downcast_ref::<http::Error>()?.refusal()
 }
 
 pub fn unb64(value: &Value, what: &str) -> Result<Vec<u8>> {
@@ -159,7 +170,8 @@ impl Api {
     }
 }
 
-/// One account with one device: its token, its libsignal identity and keys, its sessions.
+/// One device of an account: the account's token and identity, the device's libsignal keys and
+/// its sessions (one per peer device).
 pub struct Client {
     pub api: Api,
     pub username: String,
@@ -169,9 +181,10 @@ pub struct Client {
     pub identity: IdentityKeyPair,
     /// libsignal's own store: identity, prekeys (with private halves), sessions.
     pub store: InMemSignalProtocolStore,
-    /// Registration ids of the peers we talk to, by username: the server checks that a
-    /// message's inner `registrationId` is the recipient device's.
-    peers: HashMap<String, u32>,
+    /// The registration id of every peer device we have a session with: the server checks it
+    /// against the recipient device's (the inner `registrationId` of `POST /messages`, the one
+    /// beside each ciphertext of `POST /v2/messages`).
+    peers: HashMap<ProtocolAddress, u32>,
 }
 
 /// What the client uploaded, so callers can check what the server hands out.
@@ -180,6 +193,14 @@ pub struct Uploaded {
     pub kyber_pre_key_ids: Vec<u32>,
     pub last_resort_kyber_id: Option<u32>,
     pub signed_pre_key_id: u32,
+}
+
+/// The public keys a new device uploads (`POST /device`, `POST /v2/devices`).
+struct DeviceKeys {
+    pre_keys: Vec<http::PreKey>,
+    signed_pre_key: SignedKey,
+    kyber_pre_keys: Vec<SignedKey>,
+    last_resort: Option<SignedKey>,
 }
 
 /// A message decrypted by `Client::decrypt`.
@@ -202,15 +223,32 @@ impl Client {
         api.http.register(&new).await?;
         let token = api.http.login(username, password).await?;
 
+        let identity = IdentityKeyPair::generate(&mut OsRng.unwrap_err());
+        Client::install(api, username, &token, identity, None)
+    }
+
+    /// A device of the account `username` with the identity key pair `identity`: a new
+    /// registration id (never `taken`), an empty store, device id 1 until linked as another.
+    fn install(
+        api: &Api,
+        username: &str,
+        token: &str,
+        identity: IdentityKeyPair,
+        taken: Option<u32>,
+    ) -> Result<Client> {
         let mut rng = OsRng.unwrap_err();
-        let identity = IdentityKeyPair::generate(&mut rng);
         // libsignal's registration ids are 14 bits, 1..=16380 (the server takes 0..=999999).
-        let registration_id = rng.random_range(1..=16380);
+        let registration_id = loop {
+            let id = rng.random_range(1..=16380);
+            if Some(id) != taken {
+                break id;
+            }
+        };
         let store = InMemSignalProtocolStore::new(identity, registration_id)?;
         Ok(Client {
             api: api.clone(),
             username: username.to_string(),
-            token,
+            token: token.to_string(),
             registration_id,
             device_id: DeviceId::new(1).expect("device id 1"),
             identity,
@@ -279,6 +317,30 @@ impl Client {
         kyber_pre_key_ids: impl IntoIterator<Item = u32>,
         last_resort_kyber_id: Option<u32>,
     ) -> Result<Uploaded> {
+        let (keys, uploaded) = self
+            .new_keys(pre_key_ids, kyber_pre_key_ids, last_resort_kyber_id)
+            .await?;
+        let device = NewDevice {
+            address: format!("{}.{}", self.username, self.device_id),
+            identity_key: self.identity.identity_key().serialize().to_vec(),
+            registration_id: self.registration_id,
+            pre_keys: keys.pre_keys,
+            signed_pre_key: keys.signed_pre_key,
+            kyber_pre_keys: keys.kyber_pre_keys,
+            last_resort_kyber_pre_key: keys.last_resort,
+        };
+        self.http().create_device(&device).await?;
+        Ok(uploaded)
+    }
+
+    /// A device's first keys (see `create_device`), saved in the store with their private halves:
+    /// the public halves for the server, and what they are.
+    async fn new_keys(
+        &mut self,
+        pre_key_ids: impl IntoIterator<Item = u32>,
+        kyber_pre_key_ids: impl IntoIterator<Item = u32>,
+        last_resort_kyber_id: Option<u32>,
+    ) -> Result<(DeviceKeys, Uploaded)> {
         let mut rng = OsRng.unwrap_err();
         let signed_pre_key_id = 1;
         let signed = KeyPair::generate(&mut rng);
@@ -316,10 +378,7 @@ impl Client {
             Some(id) => Some(self.new_kyber_pre_key(id).await?),
             None => None,
         };
-        let device = NewDevice {
-            address: format!("{}.{}", self.username, self.device_id),
-            identity_key: self.identity.identity_key().serialize().to_vec(),
-            registration_id: self.registration_id,
+        let keys = DeviceKeys {
             pre_keys,
             signed_pre_key: SignedKey {
                 key_id: signed_pre_key_id,
@@ -327,10 +386,9 @@ impl Client {
                 signature: signed_signature,
             },
             kyber_pre_keys: kyber,
-            last_resort_kyber_pre_key: last_resort,
+            last_resort,
         };
-        self.http().create_device(&device).await?;
-        Ok(uploaded)
+        Ok((keys, uploaded))
     }
 
     /// Tops up one-time EC prekeys: `POST /prekeys/<regId>`.
@@ -396,12 +454,12 @@ impl Client {
             &mut rng,
         )
         .await?;
-        self.peers
-            .insert(address.name().to_string(), bundle.registration_id()?);
+        self.peers.insert(address, bundle.registration_id()?);
         Ok(json)
     }
 
-    /// The peer's libsignal address: its username and device 1 (one device per user).
+    /// The peer's libsignal address on the one-device routes: its username and device 1 (the
+    /// primary, the only device the old routes reach).
     fn peer_address(&self, username: &str) -> ProtocolAddress {
         ProtocolAddress::new(username.to_string(), DeviceId::new(1).expect("device id 1"))
     }
@@ -414,14 +472,30 @@ impl Client {
         text: &str,
     ) -> Result<(CiphertextMessageType, Value)> {
         let address = self.peer_address(username);
+        let (kind, message) = self.encrypt(&address, text).await?;
+        let stored = self
+            .http()
+            .send(self.registration_id, username, &message)
+            .await?;
+        Ok((kind, to_json(&stored)?))
+    }
+
+    /// Encrypts `text` for the peer device `address` (a session must exist): the ciphertext
+    /// type and the envelope the server stores verbatim, `{"registrationId", "type", "body"}`
+    /// (the old routes read `registrationId` from it; the new ones leave it alone).
+    async fn encrypt(
+        &mut self,
+        address: &ProtocolAddress,
+        text: &str,
+    ) -> Result<(CiphertextMessageType, String)> {
         let registration_id = *self
             .peers
-            .get(username)
-            .ok_or_else(|| format!("no session with {username}"))?;
+            .get(address)
+            .ok_or_else(|| format!("no session with {address}"))?;
         let mut rng = OsRng.unwrap_err();
         let ciphertext = message_encrypt(
             text.as_bytes(),
-            &address,
+            address,
             &mut self.store.session_store,
             &mut self.store.identity_store,
             SystemTime::now(),
@@ -429,18 +503,12 @@ impl Client {
         )
         .await?;
         let kind = ciphertext.message_type();
-        // The server stores `message` verbatim; it only reads `registrationId` from it.
         let inner = json!({
             "registrationId": registration_id,
             "type": kind as u8,
             "body": B64.encode(ciphertext.serialize()),
         });
-        let message = inner.to_string();
-        let stored = self
-            .http()
-            .send(self.registration_id, username, &message)
-            .await?;
-        Ok((kind, to_json(&stored)?))
+        Ok((kind, inner.to_string()))
     }
 
     /// Decrypts one message as the server delivers it (`{"id", "senderAddress",
@@ -489,7 +557,7 @@ impl Client {
         )
         .await?;
         if let Some(reg) = message["senderRegistrationID"].as_u64() {
-            self.peers.insert(address.name().to_string(), reg as u32);
+            self.peers.insert(address.clone(), reg as u32);
         }
         Ok(Received {
             id,

@@ -35,6 +35,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
     };
     match command {
         Command::Users(UsersCommand::List) => {
+            // `device` lists every device's address (the primary first); `queued` is their sum.
             w(out, "id\tusername\temail\tdevice\tqueued".into());
             let mut after = 0;
             loop {
@@ -42,9 +43,16 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 let Some(last) = page.last() else { break };
                 after = last.id;
                 for user in page {
-                    let device = app.storage.device(user.id).await?;
-                    let queued = app.storage.queue_len(user.id).await?;
-                    let address = device.map_or_else(|| "-".to_string(), |d| d.address);
+                    let devices = app.storage.devices(user.id).await?;
+                    let mut queued = 0u64;
+                    for d in &devices {
+                        queued += u64::from(app.storage.queue_len(d.of(user.id)).await?);
+                    }
+                    let addresses: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
+                    let address = match addresses.is_empty() {
+                        true => "-".to_string(),
+                        false => addresses.join(","),
+                    };
                     w(
                         out,
                         format!(
@@ -58,7 +66,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         Command::Users(UsersCommand::Delete { username }) => {
             let user = find(app, &username).await?;
             app.storage.delete_user(user.id).await?;
-            app.hub.close(user.id);
+            app.hub.close_account(user.id);
             w(
                 out,
                 format!("deleted user {} (id {})", user.username, user.id),

@@ -40,6 +40,17 @@ struct Body {
     errors: Option<Value>,
 }
 
+impl Refusal {
+    /// A list of device ids in the refusal's body: `staleDevices` of a 410, `missingDevices` and
+    /// `extraDevices` of a 409 (empty when absent).
+    pub fn devices(&self, field: &str) -> Vec<u32> {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| serde_json::from_value(v.get(field)?.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
 impl Error {
     pub(crate) fn refused(status: u16, body: &[u8], retry_after: Option<u64>) -> Error {
         let parsed = serde_json::from_slice::<Body>(body).ok();

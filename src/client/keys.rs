@@ -70,6 +70,28 @@ pub struct Bundle {
     pub kyber_pre_key: Option<SignedPreKey>,
 }
 
+/// `GET /v2/prekeybundle/<username>/<regId>`: a bundle per device of the account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bundles {
+    #[serde(with = "base64_bytes")]
+    pub identity_key: Vec<u8>,
+    pub devices: Vec<DeviceBundle>,
+}
+
+/// One device's part of `Bundles`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceBundle {
+    pub device_id: u32,
+    pub registration_id: u32,
+    pub signed_pre_key: SignedPreKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_key: Option<PreKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kyber_pre_key: Option<SignedPreKey>,
+}
+
 impl Client {
     /// `POST /prekeys/<regId>` (200 `prekeys_stored`): 1–100 one-time EC prekeys.
     pub async fn upload_prekeys(&self, reg_id: u32, keys: &[PreKey]) -> Result<Stored, Error> {
@@ -109,6 +131,15 @@ impl Client {
     pub async fn bundle(&self, username: &str, reg_id: u32) -> Result<Bundle, Error> {
         let name = percent_encoding::utf8_percent_encode(username, PATH_SEGMENT);
         let path = format!("/prekeybundle/{name}/{reg_id}");
+        self.call(Method::GET, &path, None::<&()>, StatusCode::OK)
+            .await
+    }
+
+    /// `GET /v2/prekeybundle/<username>/<regId>` (200): one bundle per device of `username`
+    /// (without the calling device when it asks for its own account), each taking one-time keys.
+    pub async fn bundles(&self, username: &str, reg_id: u32) -> Result<Bundles, Error> {
+        let name = percent_encoding::utf8_percent_encode(username, PATH_SEGMENT);
+        let path = format!("/v2/prekeybundle/{name}/{reg_id}");
         self.call(Method::GET, &path, None::<&()>, StatusCode::OK)
             .await
     }

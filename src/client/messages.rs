@@ -35,7 +35,48 @@ pub enum Deleted {
     NonExistent,
 }
 
+/// One ciphertext of `POST /v2/messages/<regId>`, for one device of the recipient.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceMessage {
+    pub device_id: u32,
+    /// That device's registrationId, as the sender knows it (410 `stale_devices` if changed).
+    pub registration_id: u32,
+    /// Opaque to the server.
+    pub content: String,
+}
+
+/// `201` of `POST /v2/messages/<regId>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SentAll {
+    pub timestamp: u64,
+    pub messages: Vec<SentTo>,
+}
+
+/// The id a message got in one device's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentTo {
+    pub device_id: u32,
+    pub id: u64,
+}
+
 impl Client {
+    /// `POST /v2/messages/<regId>` (201): one ciphertext per device of `recipient`, queued all
+    /// or none. The device list must match the recipient's (409 `mismatched_devices`, 410
+    /// `stale_devices`; see [`Refusal::devices`](super::Refusal::devices)).
+    pub async fn send_all(
+        &self,
+        reg_id: u32,
+        recipient: &str,
+        messages: &[DeviceMessage],
+    ) -> Result<SentAll, Error> {
+        let body = json!({"recipient": recipient, "messages": messages});
+        let path = format!("/v2/messages/{reg_id}");
+        self.call(Method::POST, &path, Some(&body), StatusCode::CREATED)
+            .await
+    }
+
     /// `POST /messages/<regId>` (201): `message` is the JSON text of an object whose
     /// `registrationId` is the recipient device's (see `docs/API.md`, the message envelope).
     pub async fn send(

@@ -22,10 +22,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use accounts::{NewUser, Token, UserInfo};
-pub use devices::{DeviceInfo, NewDevice};
+pub use devices::{DeviceInfo, LinkDevice, Linked, ListedDevice, NewDevice};
 pub use error::{Error, Refusal};
-pub use keys::{Bundle, Counts, KyberUpload, PreKey, SignedPreKey, Stored};
-pub use messages::{Deleted, QueuedMessage};
+pub use keys::{Bundle, Bundles, Counts, DeviceBundle, KyberUpload, PreKey, SignedPreKey, Stored};
+pub use messages::{Deleted, DeviceMessage, QueuedMessage, SentAll, SentTo};
 pub use ws::{Frame, Session, WsAuth};
 
 /// Called before each request (`status` is `None`) and after each answer (with its status and

@@ -1,4 +1,5 @@
-//! The caller's one device: create, read, delete.
+//! The caller's devices: the primary (`/device/`: create, read, delete with every other) and
+//! the linked ones (`/v2/devices`: link, list, unlink).
 
 use warp::http::StatusCode;
 
@@ -6,7 +7,7 @@ use super::{json, no_content, Answer};
 use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{CodeOut, Device, DeviceOut, User};
+use crate::models::{CodeOut, Device, DeviceOut, DeviceRef, LinkedOut, ListedDeviceOut, User};
 use crate::requests::NewDevice;
 
 /// POST /device/<anything>
@@ -39,32 +40,96 @@ pub async fn create(app: App, user: User, body: Body) -> Answer {
     )
 }
 
-/// GET /device/<anything>
-pub async fn show(app: App, user: User) -> Answer {
-    let device = app
+/// GET /device/<anything>: the caller's device whose registrationId follows `/device/`, else
+/// the primary.
+pub async fn show(tail: warp::path::Tail, app: App, user: User) -> Answer {
+    let mut devices = app.storage.devices(user.id).await?;
+    let wanted = tail.as_str().trim_end_matches('/').parse::<u32>().ok();
+    let at = devices
+        .iter()
+        .position(|d| Some(d.registration_id) == wanted)
+        .unwrap_or(0);
+    if devices.is_empty() {
+        return Err(ApiError::NoDevice);
+    }
+    let device = devices.swap_remove(at);
+    let out = device_out(&app, &device, user.id).await?;
+    json(StatusCode::OK, &out)
+}
+
+async fn device_out(app: &App, device: &Device, user: u64) -> Result<DeviceOut, ApiError> {
+    let stock = app.storage.stock(device.of(user)).await?;
+    Ok(DeviceOut {
+        address: device.address.clone(),
+        registration_id: device.registration_id,
+        identity_key: crate::crypto::b64::encode(&device.identity_key),
+        signed_pre_key_id: device.signed_prekey.key_id,
+        pre_key_count: stock.prekeys,
+        kyber_pre_key_count: stock.kyber_prekeys,
+        has_last_resort_kyber_pre_key: device.last_resort_kyber.is_some(),
+    })
+}
+
+/// DELETE /device/<anything>: every device of the account.
+pub async fn delete(app: App, user: User) -> Answer {
+    app.storage.delete_device(user.id).await?;
+    app.hub.close_account(user.id);
+    log::info!("user {} deleted their devices", user.id);
+    no_content()
+}
+
+/// POST /v2/devices
+pub async fn link(app: App, user: User, body: Body) -> Answer {
+    let value = body.json(app.max_body()).await?;
+    let new = NewDevice::parse_linked(&value, app.config.max_prekeys as usize)?;
+    let device = Device {
+        address: String::new(),
+        registration_id: new.registration_id,
+        identity_key: new.identity_key,
+        signed_prekey: new.signed_prekey,
+        last_resort_kyber: new.last_resort_kyber,
+    };
+    let linked = app
         .storage
-        .device(user.id)
-        .await?
-        .ok_or(ApiError::NoDevice)?;
-    let stock = app.storage.stock(user.id).await?;
+        .link_device(
+            user.id,
+            &device,
+            &new.prekeys,
+            &new.kyber_prekeys,
+            app.config.max_devices,
+        )
+        .await?;
+    log::info!("user {} linked device {}", user.id, linked.id());
     json(
-        StatusCode::OK,
-        &DeviceOut {
-            address: &device.address,
-            registration_id: device.registration_id,
-            identity_key: crate::crypto::b64::encode(&device.identity_key),
-            signed_pre_key_id: device.signed_prekey.key_id,
-            pre_key_count: stock.prekeys,
-            kyber_pre_key_count: stock.kyber_prekeys,
-            has_last_resort_kyber_pre_key: device.last_resort_kyber.is_some(),
+        StatusCode::CREATED,
+        &LinkedOut {
+            device_id: linked.id(),
+            address: &linked.address,
         },
     )
 }
 
-/// DELETE /device/<anything>
-pub async fn delete(app: App, user: User) -> Answer {
-    app.storage.delete_device(user.id).await?;
-    app.hub.close(user.id);
-    log::info!("user {} deleted their device", user.id);
+/// GET /v2/devices
+pub async fn list(app: App, user: User) -> Answer {
+    let devices = app.storage.devices(user.id).await?;
+    let mut out = Vec::with_capacity(devices.len());
+    for d in &devices {
+        out.push(ListedDeviceOut {
+            device_id: d.id(),
+            device: device_out(&app, d, user.id).await?,
+        });
+    }
+    json(StatusCode::OK, &out)
+}
+
+/// DELETE /v2/devices/<deviceId>
+pub async fn unlink(device_id: u64, app: App, user: User) -> Answer {
+    let device = DeviceRef {
+        user: user.id,
+        device: u32::try_from(device_id).map_err(|_| ApiError::NoSuchDevice)?,
+    };
+    app.storage.unlink_device(device).await?;
+    app.hub.close(device);
+    log::info!("user {} unlinked device {device_id}", user.id);
     no_content()
 }

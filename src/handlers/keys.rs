@@ -6,16 +6,19 @@ use super::{json, Answer};
 use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{BundleOut, CodeOut, PreKeyCountOut, PreKeyOut, SignedPreKeyOut, User};
+use crate::models::{
+    BundleOut, BundlesOut, CodeOut, DeviceBundleOut, PreKeyCountOut, PreKeyOut, SignedPreKeyOut,
+    User,
+};
 use crate::requests;
 
 /// POST /prekeys/<regId>
 pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    app.own_device(&user, reg_id).await?;
+    let device = app.own_device(&user, reg_id).await?.of(user.id);
     let value = body.json(app.max_body()).await?;
     let keys = requests::prekey_upload(&value)?;
     app.storage
-        .add_prekeys(user.id, &keys, app.config.max_prekeys)
+        .add_prekeys(device, &keys, app.config.max_prekeys)
         .await?;
     json(
         StatusCode::OK,
@@ -32,7 +35,12 @@ pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answ
     let value = body.json(app.max_body()).await?;
     let (keys, last_resort) = requests::kyber_upload(&value, &device.identity_key)?;
     app.storage
-        .add_kyber_prekeys(user.id, &keys, last_resort.as_ref(), app.config.max_prekeys)
+        .add_kyber_prekeys(
+            device.of(user.id),
+            &keys,
+            last_resort.as_ref(),
+            app.config.max_prekeys,
+        )
         .await?;
     json(
         StatusCode::OK,
@@ -45,8 +53,8 @@ pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answ
 
 /// GET /prekeys/<regId>
 pub async fn stock(reg_id: u64, app: App, user: User) -> Answer {
-    app.own_device(&user, reg_id).await?;
-    let stock = app.storage.stock(user.id).await?;
+    let device = app.own_device(&user, reg_id).await?;
+    let stock = app.storage.stock(device.of(user.id)).await?;
     json(
         StatusCode::OK,
         &PreKeyCountOut {
@@ -61,7 +69,9 @@ pub async fn upload_signed(reg_id: u64, app: App, user: User, body: Body) -> Ans
     let device = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let key = requests::signed_prekey_upload(&value, &device.identity_key)?;
-    app.storage.set_signed_prekey(user.id, &key).await?;
+    app.storage
+        .set_signed_prekey(device.of(user.id), &key)
+        .await?;
     json(
         StatusCode::OK,
         &CodeOut {
@@ -71,22 +81,26 @@ pub async fn upload_signed(reg_id: u64, app: App, user: User, body: Body) -> Ans
     )
 }
 
-/// GET /prekeybundle/<username>/<regId>
-pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answer {
-    app.own_device(&user, reg_id).await?;
-    let name = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
-    let target = app
-        .storage
+/// The account named in a bundle path (percent-decoded, any case).
+async fn recipient(app: &App, username: &str) -> Result<User, ApiError> {
+    let name = percent_encoding::percent_decode_str(username).decode_utf8_lossy();
+    app.storage
         .user_by_name(&name)
         .await?
-        .ok_or(ApiError::NoRecipient)?;
+        .ok_or(ApiError::NoRecipient)
+}
+
+/// GET /prekeybundle/<username>/<regId>: the recipient's primary device.
+pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answer {
+    app.own_device(&user, reg_id).await?;
+    let target = recipient(&app, &username).await?;
     let device = app
         .storage
         .device(target.id)
         .await?
         .ok_or(ApiError::RecipientNoDevice)?;
     app.limits.bundle(user.id, target.id)?;
-    let popped = app.storage.pop_prekeys(target.id).await?;
+    let popped = app.storage.pop_prekeys(device.of(target.id)).await?;
     let kyber = popped.kyber.as_ref().or(device.last_resort_kyber.as_ref());
     json(
         StatusCode::OK,
@@ -97,6 +111,49 @@ pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answ
             pre_key: popped.prekey.as_ref().map(PreKeyOut::from),
             signed_pre_key: SignedPreKeyOut::from(&device.signed_prekey),
             kyber_pre_key: kyber.map(SignedPreKeyOut::from),
+        },
+    )
+}
+
+/// GET /v2/prekeybundle/<username>/<regId>: every device of the recipient (without the calling
+/// device when it asks for its own account), each giving one-time keys once.
+pub async fn bundles(username: String, reg_id: u64, app: App, user: User) -> Answer {
+    let caller = app.own_device(&user, reg_id).await?;
+    let target = recipient(&app, &username).await?;
+    let mut devices = app.storage.devices(target.id).await?;
+    let identity_key = match devices.first() {
+        Some(primary) => crate::crypto::b64::encode(&primary.identity_key),
+        None => return Err(ApiError::RecipientNoDevice),
+    };
+    if target.id == user.id {
+        devices.retain(|d| d.id() != caller.id());
+    }
+    app.limits.bundle(user.id, target.id)?;
+    // Concurrent pops share their flush.
+    let pops = devices
+        .iter()
+        .map(|d| app.storage.pop_prekeys(d.of(target.id)));
+    let popped = futures_util::future::try_join_all(pops).await?;
+    let devices = devices
+        .iter()
+        .zip(&popped)
+        .map(|(d, p)| DeviceBundleOut {
+            device_id: d.id(),
+            registration_id: d.registration_id,
+            signed_pre_key: SignedPreKeyOut::from(&d.signed_prekey),
+            pre_key: p.prekey.as_ref().map(PreKeyOut::from),
+            kyber_pre_key: p
+                .kyber
+                .as_ref()
+                .or(d.last_resort_kyber.as_ref())
+                .map(SignedPreKeyOut::from),
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &BundlesOut {
+            identity_key,
+            devices,
         },
     )
 }

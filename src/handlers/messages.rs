@@ -7,11 +7,11 @@ use crate::app::App;
 use crate::auth::now_millis;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{Message, MessageOut, User};
-use crate::requests::{self, Send};
+use crate::models::{DeviceRef, Message, MessageOut, Outgoing, SentAllOut, SentToOut, User};
+use crate::requests::{self, Send, SendAll};
 use crate::storage::DeleteOutcome;
 
-/// POST /messages/<regId>
+/// POST /messages/<regId>: to the recipient's primary device.
 pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
@@ -29,6 +29,7 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
     if u64::from(device.registration_id) != req.registration_id {
         return Err(ApiError::RecipientIdentityChanged);
     }
+    let to = device.of(recipient.id);
     app.limits.send(user.id)?;
     let message = Message {
         id: 0,
@@ -40,16 +41,80 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
     };
     let message = app
         .storage
-        .enqueue(recipient.id, message, app.config.max_queued_messages)
+        .enqueue(to, message, app.config.max_queued_messages)
         .await
-        .map_err(|e| match e {
-            crate::storage::StoreError::NoDevice => ApiError::RecipientNoDevice,
-            e => e.into(),
-        })?;
+        .map_err(recipient_error)?;
     let text = serde_json::to_string(&MessageOut::from(&message))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.hub.deliver(recipient.id, message.id);
+    app.hub.deliver(to, message.id);
     Ok(created_json(text))
+}
+
+/// A recipient without a device is the recipient's `no_device`, not the caller's.
+fn recipient_error(e: crate::storage::StoreError) -> ApiError {
+    match e {
+        crate::storage::StoreError::NoDevice => ApiError::RecipientNoDevice,
+        e => e.into(),
+    }
+}
+
+/// POST /v2/messages/<regId>: one ciphertext per device of the recipient, all or none.
+pub async fn send_all(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+    let sender = app.own_device(&user, reg_id).await?;
+    let value = body.json(app.max_body()).await?;
+    let req = SendAll::parse(&value, app.config.max_message_bytes)?;
+    let recipient = app
+        .storage
+        .user_by_name(req.recipient)
+        .await?
+        .ok_or(ApiError::NoRecipient)?;
+    app.limits.send(user.id)?;
+    // Writing to one's own account (sync copies) goes to the other devices.
+    let skip = (recipient.id == user.id).then(|| sender.id());
+    let timestamp = now_millis();
+    let outgoing = req
+        .messages
+        .into_iter()
+        .map(|m| Outgoing {
+            device: m.device_id,
+            registration_id: m.registration_id,
+            message: Message {
+                id: 0,
+                sender_address: sender.address.clone(),
+                sender_registration_id: sender.registration_id,
+                content: m.content,
+                recipient_address: String::new(),
+                timestamp,
+            },
+        })
+        .collect();
+    let queued = app
+        .storage
+        .enqueue_all(recipient.id, skip, outgoing, app.config.max_queued_messages)
+        .await
+        .map_err(recipient_error)?;
+    let mut messages = Vec::with_capacity(queued.len());
+    for m in &queued {
+        let device = requests::address_device_id(&m.recipient_address).unwrap_or_default();
+        app.hub.deliver(
+            DeviceRef {
+                user: recipient.id,
+                device,
+            },
+            m.id,
+        );
+        messages.push(SentToOut {
+            device_id: device,
+            id: m.id,
+        });
+    }
+    json(
+        StatusCode::CREATED,
+        &SentAllOut {
+            timestamp,
+            messages,
+        },
+    )
 }
 
 fn created_json(text: String) -> warp::reply::Response {
@@ -68,11 +133,11 @@ pub const PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>
 pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
-    app.own_device(&user, reg_id).await?;
+    let device = app.own_device(&user, reg_id).await?.of(user.id);
     let limit = requests::limit(query.as_deref())?;
     let messages = app
         .storage
-        .messages_page(user.id, 0, limit, PAGE_BYTES)
+        .messages_page(device, 0, limit, PAGE_BYTES)
         .await?;
     let out: Vec<MessageOut> = messages.iter().map(MessageOut::from).collect();
     json(StatusCode::OK, &out)
@@ -80,10 +145,10 @@ pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> A
 
 /// DELETE /messages/<regId>
 pub async fn delete(reg_id: u64, app: App, user: User, body: Body) -> Answer {
-    app.own_device(&user, reg_id).await?;
+    let device = app.own_device(&user, reg_id).await?.of(user.id);
     let value = body.json(app.max_body()).await?;
     let ids = requests::message_ids(&value)?;
-    let outcomes = app.storage.delete_messages(user.id, &ids).await?;
+    let outcomes = app.storage.delete_messages(device, &ids).await?;
     let out: Vec<&str> = outcomes.iter().map(|o| outcome_text(*o)).collect();
     json(StatusCode::OK, &out)
 }

@@ -113,7 +113,7 @@ pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
     let [current] = requests::strings(&value, ["current_password"])?;
     let _claim = check_current_password(&app, &user, current).await?;
     app.storage.delete_user(user.id).await?;
-    app.hub.close(user.id);
+    app.hub.close_account(user.id);
     log::info!("user {} deleted", user.id);
     no_content()
 }

@@ -15,7 +15,7 @@ use warp::ws::{Message as Frame, WebSocket, Ws};
 use super::Answer;
 use crate::app::App;
 use crate::hub::{Registration, RESYNC_EVERY};
-use crate::models::{Message, MessageOut, User};
+use crate::models::{DeviceRef, Message, MessageOut, User};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client silent for this long (no pong, no frame) is gone.
@@ -28,12 +28,12 @@ const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>/ws
 pub async fn upgrade(reg_id: u64, app: App, user: User, ws: Ws) -> Answer {
-    app.own_device(&user, reg_id).await?;
+    let device = app.own_device(&user, reg_id).await?.of(user.id);
     let frame_limit = app.max_body() as usize;
     Ok(ws
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| session(app, user.id, socket))
+        .on_upgrade(move |socket| session(app, device, socket))
         .into_response())
 }
 
@@ -86,7 +86,7 @@ impl Outbox {
     }
 }
 
-async fn session(app: App, user_id: u64, socket: WebSocket) {
+async fn session(app: App, device: DeviceRef, socket: WebSocket) {
     // Declared first so it drops last: the socket counts as open until it is gone.
     let _open = app.hub.open_socket();
     // Register before reading the backlog so that nothing queued in between is missed.
@@ -97,7 +97,7 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         mut resync,
         running,
         replaced,
-    } = app.hub.register(user_id);
+    } = app.hub.register(device);
     // Acks the replaced session received before this connection opened are applied before this
     // one reads the queue (a client that acks, closes and reconnects gets no acked message).
     if let Some(mut replaced) = replaced {
@@ -113,7 +113,7 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
         ids: HashSet::new(),
         keep: app.hub.has_remote(),
     };
-    let backlog = match send_queue(&app, user_id, &mut sent, &mut out).await {
+    let backlog = match send_queue(&app, device, &mut sent, &mut out).await {
         Ok(()) => out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await,
         Err(e) => Err(e),
     };
@@ -124,14 +124,14 @@ async fn session(app: App, user_id: u64, socket: WebSocket) {
                 resync: &mut resync,
                 rx: &mut rx,
             };
-            live(&app, user_id, &mut out, &mut feeds, sent).await;
+            live(&app, device, &mut out, &mut feeds, sent).await;
         }
-        Err(e) => log::debug!("websocket of user {user_id} ended during backlog: {e}"),
+        Err(e) => log::debug!("websocket of {device} ended during backlog: {e}"),
     }
     // Every ack this session took is applied: a newer connection may read the queue now, while
     // this one says goodbye to a client that may be gone.
     drop(running);
-    app.hub.unregister(user_id, conn);
+    app.hub.unregister(device, conn);
     out.close().await;
 }
 
@@ -164,7 +164,13 @@ struct Feeds<'a> {
 
 /// After the backlog: pushes, client frames (acks), pings and, with other instances, a re-read
 /// of the queue every `RESYNC_EVERY`, until either side ends it.
-async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, mut sent: Sent) {
+async fn live(
+    app: &App,
+    device: DeviceRef,
+    out: &mut Outbox,
+    feeds: &mut Feeds<'_>,
+    mut sent: Sent,
+) {
     // Pings keep the connection from counting as idle while no message comes.
     let mut ping = tokio::time::interval(PING_EVERY.min(out.timeout / 2));
     let mut reread = tokio::time::interval(RESYNC_EVERY);
@@ -175,15 +181,15 @@ async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, 
             _ = out.closed.changed() => return,
             push = feeds.pushes.recv() => {
                 let Some(id) = push else { return };
-                if let Err(e) = push_message(app, user_id, id, &mut sent, out).await {
-                    log::debug!("websocket of user {user_id} ended: {e}");
+                if let Err(e) = push_message(app, device, id, &mut sent, out).await {
+                    log::debug!("websocket of {device} ended: {e}");
                     return;
                 }
             },
             due = resync_due(&mut reread, feeds.resync), if sent.keep => {
                 if !due { return; }
-                if let Err(e) = send_queue(app, user_id, &mut sent, out).await {
-                    log::debug!("websocket of user {user_id} ended: {e}");
+                if let Err(e) = send_queue(app, device, &mut sent, out).await {
+                    log::debug!("websocket of {device} ended: {e}");
                     return;
                 }
             },
@@ -192,7 +198,7 @@ async fn live(app: &App, user_id: u64, out: &mut Outbox, feeds: &mut Feeds<'_>, 
                     last_heard = Instant::now();
                     if frame.is_close() { return; }
                     if let Ok(text) = frame.to_str() {
-                        handle_client_frame(app, user_id, text).await;
+                        handle_client_frame(app, device, text).await;
                     }
                 }
                 Some(Err(_)) | None => return,
@@ -218,7 +224,7 @@ async fn resync_due(every: &mut tokio::time::Interval, asked: &mut watch::Receiv
 /// instances, ids no longer queued are then forgotten, so the set stays as small as the queue.
 async fn send_queue(
     app: &App,
-    user_id: u64,
+    device: DeviceRef,
     sent: &mut Sent,
     out: &mut Outbox,
 ) -> Result<(), String> {
@@ -227,7 +233,7 @@ async fn send_queue(
     loop {
         let page = app
             .storage
-            .messages_page(user_id, last_read, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
+            .messages_page(device, last_read, BACKLOG_PAGE, BACKLOG_PAGE_BYTES)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let Some(last) = page.last() else { break };
@@ -253,7 +259,7 @@ async fn send_queue(
 /// "everything below". A message acknowledged meanwhile is skipped too.
 async fn push_message(
     app: &App,
-    user_id: u64,
+    device: DeviceRef,
     id: u64,
     sent: &mut Sent,
     out: &mut Outbox,
@@ -263,7 +269,7 @@ async fn push_message(
     }
     match app
         .storage
-        .message(user_id, id)
+        .message(device, id)
         .await
         .map_err(|e| format!("{e:?}"))?
     {
@@ -273,7 +279,7 @@ async fn push_message(
 }
 
 /// `{"type": "ack", "ids": [...]}` deletes the caller's own messages; anything else is ignored.
-async fn handle_client_frame(app: &App, user_id: u64, text: &str) {
+async fn handle_client_frame(app: &App, device: DeviceRef, text: &str) {
     let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
         return;
     };
@@ -281,7 +287,7 @@ async fn handle_client_frame(app: &App, user_id: u64, text: &str) {
         return;
     }
     let ids = &frame.ids[..frame.ids.len().min(crate::requests::MAX_DELETE_IDS)];
-    if let Err(e) = app.storage.delete_messages(user_id, ids).await {
-        log::error!("ack of user {user_id} failed: {e:?}");
+    if let Err(e) = app.storage.delete_messages(device, ids).await {
+        log::error!("ack of {device} failed: {e:?}");
     }
 }

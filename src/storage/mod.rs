@@ -20,7 +20,7 @@ pub(crate) use sled_store::fixtures;
 use std::io::Write;
 use std::path::Path;
 
-use crate::models::{Device, Message, Popped, PreKey, SignedPreKey, User};
+use crate::models::{Device, DeviceRef, Message, Outgoing, Popped, PreKey, SignedPreKey, User};
 pub use pg_store::PgStore;
 pub use sled_store::{
     holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,
@@ -42,6 +42,19 @@ pub enum StoreError {
     DeviceExists,
     #[error("the user has no device")]
     NoDevice,
+    #[error("the account has the most devices allowed")]
+    TooManyDevices,
+    #[error("the account has no device with that id")]
+    NoSuchDevice,
+    #[error("the primary device cannot be unlinked")]
+    PrimaryDevice,
+    #[error("another device of the account has that registration id")]
+    RegistrationIdTaken,
+    #[error("the identity key is not the account's")]
+    IdentityKeyMismatch,
+    /// A send to several devices named another set of devices than the recipient has.
+    #[error("the devices named are not the recipient's")]
+    DevicesChanged(Mismatch),
     #[error("no such user")]
     NoUser,
     #[error("the device has the most prekeys allowed")]
@@ -67,6 +80,92 @@ pub enum StoreError {
     /// Storage has failed (an I/O error or a stalled flush); nothing was acknowledged.
     #[error("storage has failed ({0}); check free disk space, then restart signal-server")]
     Unavailable(String),
+}
+
+/// How a send's device list differs from the recipient's devices (`check_devices`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Named with another registrationId than the device has (reinstalled).
+    pub stale: Vec<u32>,
+    /// Devices of the recipient the send left out.
+    pub missing: Vec<u32>,
+    /// Device ids the recipient does not have.
+    pub extra: Vec<u32>,
+}
+
+/// Lowest and highest id a linked device gets.
+pub const LINKED_IDS: std::ops::RangeInclusive<u32> = 2..=127;
+
+/// Checks a send's ciphertexts against the recipient's `devices` (without `skip`, the sending
+/// device when an account writes to itself): every device once, with its registrationId (a
+/// device named twice counts as extra; the API refuses that earlier, as invalid data). Stale
+/// registration ids are reported first: a client fixes those before its device list.
+pub fn check_devices(
+    devices: &[Device],
+    skip: Option<u32>,
+    outgoing: &[Outgoing],
+) -> Result<(), Mismatch> {
+    let expected: Vec<&Device> = devices.iter().filter(|d| Some(d.id()) != skip).collect();
+    let mut mismatch = Mismatch::default();
+    for (i, o) in outgoing.iter().enumerate() {
+        let named_before = outgoing[..i].iter().any(|p| p.device == o.device);
+        match expected.iter().find(|d| d.id() == o.device) {
+            // A device named twice would get two copies: the second is one too many.
+            _ if named_before => mismatch.extra.push(o.device),
+            Some(d) if d.registration_id != o.registration_id => mismatch.stale.push(o.device),
+            Some(_) => {}
+            None => mismatch.extra.push(o.device),
+        }
+    }
+    if !mismatch.stale.is_empty() {
+        mismatch.missing.clear();
+        mismatch.extra.clear();
+        return Err(mismatch);
+    }
+    mismatch.missing = expected
+        .iter()
+        .map(|d| d.id())
+        .filter(|id| !outgoing.iter().any(|o| o.device == *id))
+        .collect();
+    if mismatch.missing.is_empty() && mismatch.extra.is_empty() {
+        Ok(())
+    } else {
+        Err(mismatch)
+    }
+}
+
+/// The id a newly linked device gets: the lowest in `LINKED_IDS` no device of the account has.
+pub fn free_device_id(devices: &[Device]) -> Option<u32> {
+    LINKED_IDS
+        .into_iter()
+        .find(|id| devices.iter().all(|d| d.id() != *id))
+}
+
+/// Checks a device to link against the account's `devices` (the primary first), in the order
+/// the API reports: a primary, the identity key, a free registrationId, then room.
+pub fn check_link(devices: &[Device], new: &Device, max_devices: u32) -> Result<u32, StoreError> {
+    let primary = devices.first().ok_or(StoreError::NoDevice)?;
+    if primary.identity_key != new.identity_key {
+        return Err(StoreError::IdentityKeyMismatch);
+    }
+    if devices
+        .iter()
+        .any(|d| d.registration_id == new.registration_id)
+    {
+        return Err(StoreError::RegistrationIdTaken);
+    }
+    if devices.len() >= max_devices as usize {
+        return Err(StoreError::TooManyDevices);
+    }
+    free_device_id(devices).ok_or(StoreError::TooManyDevices)
+}
+
+/// The address of device `id` of the account whose primary has `primary_address`.
+pub fn linked_address(primary_address: &str, id: u32) -> String {
+    let name = primary_address
+        .rsplit_once('.')
+        .map_or(primary_address, |(name, _)| name);
+    format!("{name}.{id}")
 }
 
 #[derive(Clone)]
@@ -195,6 +294,7 @@ impl Storage {
 
     // ---- devices and keys ----
 
+    /// The account's primary device (the one `POST /device` created).
     pub async fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
         match self {
             Storage::Sled(s) => s.device(user_id),
@@ -202,6 +302,18 @@ impl Storage {
         }
     }
 
+    /// Every device of the account: the primary first, then the linked ones by id; empty when
+    /// it has none.
+    pub async fn devices(&self, user_id: u64) -> Result<Vec<Device>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.devices(user_id),
+            Storage::Postgres(p) => Box::pin(p.devices(user_id)).await,
+        }
+    }
+
+    /// Creates the account's primary device (its id is the one in its address) with its first
+    /// one-time keys, all or nothing: `DeviceExists` if the account has one, `NoUser` if the
+    /// account is gone.
     pub async fn create_device(
         &self,
         user_id: u64,
@@ -217,6 +329,39 @@ impl Storage {
         }
     }
 
+    /// Links a device to the account (`device.address` is ignored): checked by `check_link`
+    /// against the devices the account has at that moment (concurrent links and deletes are
+    /// serialised), given the lowest free id with nothing left under it from an earlier device,
+    /// and stored with its first one-time keys, all or nothing. Returns it as stored.
+    pub async fn link_device(
+        &self,
+        user_id: u64,
+        device: &Device,
+        prekeys: &[PreKey],
+        kyber: &[SignedPreKey],
+        max_devices: u32,
+    ) -> Result<Device, StoreError> {
+        match self {
+            Storage::Sled(s) => {
+                s.link_device(user_id, device, prekeys, kyber, max_devices)
+                    .await
+            }
+            Storage::Postgres(p) => {
+                Box::pin(p.link_device(user_id, device, prekeys, kyber, max_devices)).await
+            }
+        }
+    }
+
+    /// Removes a linked device, its keys and its queue: `NoSuchDevice`, or `PrimaryDevice` for
+    /// the primary.
+    pub async fn unlink_device(&self, device: DeviceRef) -> Result<(), StoreError> {
+        match self {
+            Storage::Sled(s) => s.unlink_device(device).await,
+            Storage::Postgres(p) => Box::pin(p.unlink_device(device)).await,
+        }
+    }
+
+    /// Removes every device of the account with their keys and queues (`NoDevice` if none).
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.delete_device(user_id).await,
@@ -226,61 +371,62 @@ impl Storage {
 
     pub async fn set_signed_prekey(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.set_signed_prekey(user_id, key).await,
-            Storage::Postgres(p) => Box::pin(p.set_signed_prekey(user_id, key)).await,
+            Storage::Sled(s) => s.set_signed_prekey(device, key).await,
+            Storage::Postgres(p) => Box::pin(p.set_signed_prekey(device, key)).await,
         }
     }
 
-    pub async fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
+    pub async fn stock(&self, device: DeviceRef) -> Result<Stock, StoreError> {
         match self {
-            Storage::Sled(s) => s.stock(user_id),
-            Storage::Postgres(p) => Box::pin(p.stock(user_id)).await,
+            Storage::Sled(s) => s.stock(device),
+            Storage::Postgres(p) => Box::pin(p.stock(device)).await,
         }
     }
 
     pub async fn add_prekeys(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         new: &[PreKey],
         cap: u32,
     ) -> Result<u32, StoreError> {
         match self {
-            Storage::Sled(s) => s.add_prekeys(user_id, new, cap).await,
-            Storage::Postgres(p) => Box::pin(p.add_prekeys(user_id, new, cap)).await,
+            Storage::Sled(s) => s.add_prekeys(device, new, cap).await,
+            Storage::Postgres(p) => Box::pin(p.add_prekeys(device, new, cap)).await,
         }
     }
 
     pub async fn add_kyber_prekeys(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         new: &[SignedPreKey],
         last_resort: Option<&SignedPreKey>,
         cap: u32,
     ) -> Result<u32, StoreError> {
         match self {
-            Storage::Sled(s) => s.add_kyber_prekeys(user_id, new, last_resort, cap).await,
+            Storage::Sled(s) => s.add_kyber_prekeys(device, new, last_resort, cap).await,
             Storage::Postgres(p) => {
-                Box::pin(p.add_kyber_prekeys(user_id, new, last_resort, cap)).await
+                Box::pin(p.add_kyber_prekeys(device, new, last_resort, cap)).await
             }
         }
     }
 
-    pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+    pub async fn pop_prekeys(&self, device: DeviceRef) -> Result<Popped, StoreError> {
         match self {
-            Storage::Sled(s) => s.pop_prekeys(user_id).await,
-            Storage::Postgres(p) => Box::pin(p.pop_prekeys(user_id)).await,
+            Storage::Sled(s) => s.pop_prekeys(device).await,
+            Storage::Postgres(p) => Box::pin(p.pop_prekeys(device)).await,
         }
     }
 
     // ---- messages ----
 
+    /// Queues a message for one device (`NoDevice` if it is gone, `QueueFull` at `cap`).
     pub async fn enqueue(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
@@ -290,9 +436,26 @@ impl Storage {
         }
     }
 
-    pub async fn messages(
+    /// Queues one message per device of account `recipient`, all or none: first
+    /// `check_devices` against the devices it has at that moment (without `skip`;
+    /// `DevicesChanged`), then each queue's `cap` (`QueueFull`). Fills in each message's id and
+    /// recipient address; returns them in the order given.
+    pub async fn enqueue_all(
         &self,
         recipient: u64,
+        skip: Option<u32>,
+        outgoing: Vec<Outgoing>,
+        cap: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.enqueue_all(recipient, skip, outgoing, cap).await,
+            Storage::Postgres(p) => Box::pin(p.enqueue_all(recipient, skip, outgoing, cap)).await,
+        }
+    }
+
+    pub async fn messages(
+        &self,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
@@ -304,7 +467,7 @@ impl Storage {
 
     pub async fn messages_page(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
         max_bytes: usize,
@@ -317,16 +480,21 @@ impl Storage {
         }
     }
 
-    pub async fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+    pub async fn message(
+        &self,
+        recipient: DeviceRef,
+        id: u64,
+    ) -> Result<Option<Message>, StoreError> {
         match self {
             Storage::Sled(s) => s.message(recipient, id),
             Storage::Postgres(p) => Box::pin(p.message(recipient, id)).await,
         }
     }
 
+    /// Deletes messages of one device's queue; another queue's message is `NotOwner`.
     pub async fn delete_messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         match self {
@@ -342,7 +510,7 @@ impl Storage {
         }
     }
 
-    pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
+    pub async fn queue_len(&self, recipient: DeviceRef) -> Result<u32, StoreError> {
         match self {
             Storage::Sled(s) => s.queue_len(recipient),
             Storage::Postgres(p) => Box::pin(p.queue_len(recipient)).await,
@@ -435,13 +603,71 @@ mod tests {
         let (_dir, sled) = sled_store::temp();
         let s = Storage::Sled(sled);
         let message = fixtures::message("x", 1);
+        let one = DeviceRef { user: 1, device: 1 };
         let sizes = [
-            std::mem::size_of_val(&s.enqueue(1, message, 10)),
-            std::mem::size_of_val(&s.pop_prekeys(1)),
+            std::mem::size_of_val(&s.enqueue(one, message, 10)),
+            std::mem::size_of_val(&s.pop_prekeys(one)),
             std::mem::size_of_val(&s.device(1)),
             std::mem::size_of_val(&s.user_by_name("a")),
-            std::mem::size_of_val(&s.messages_page(1, 0, 10, 1000)),
+            std::mem::size_of_val(&s.messages_page(one, 0, 10, 1000)),
         ];
         assert!(sizes.iter().all(|&n| n <= 1024), "{sizes:?}");
+    }
+
+    fn to(device: u32, registration_id: u32) -> Outgoing {
+        Outgoing {
+            device,
+            registration_id,
+            message: fixtures::message("x", 1),
+        }
+    }
+
+    #[test]
+    fn a_send_names_every_expected_device_once_with_its_registration_id() {
+        let mut linked = fixtures::device("a.2");
+        linked.registration_id = 8;
+        let devices = [fixtures::device("a.1"), linked];
+        assert_eq!(check_devices(&devices, None, &[to(2, 8), to(1, 7)]), Ok(()));
+        assert_eq!(check_devices(&devices, Some(2), &[to(1, 7)]), Ok(()));
+        let stale = check_devices(&devices, None, &[to(1, 7), to(2, 9), to(4, 1)]);
+        assert_eq!(stale.unwrap_err().stale, [2], "stale first, alone");
+        let mismatch = check_devices(&devices, Some(1), &[to(1, 7), to(3, 1)]).unwrap_err();
+        assert_eq!((mismatch.missing, mismatch.extra), (vec![2], vec![1, 3]));
+        let twice = check_devices(&devices, None, &[to(1, 7), to(2, 8), to(2, 8)]);
+        assert_eq!(twice.unwrap_err().extra, [2]);
+    }
+
+    #[test]
+    fn a_link_needs_a_primary_its_identity_a_free_registration_id_and_room() {
+        let primary = fixtures::device("a.3");
+        let mut new = fixtures::device("");
+        new.registration_id = 9;
+        assert!(matches!(
+            check_link(&[], &new, 6),
+            Err(StoreError::NoDevice)
+        ));
+        assert_eq!(
+            check_link(std::slice::from_ref(&primary), &new, 6).unwrap(),
+            2
+        );
+        let mut two = fixtures::device("a.2");
+        two.registration_id = 10;
+        let both = [primary.clone(), two];
+        assert_eq!(check_link(&both, &new, 6).unwrap(), 4, "3 is the primary's");
+        assert!(matches!(
+            check_link(&both, &new, 2),
+            Err(StoreError::TooManyDevices)
+        ));
+        new.registration_id = 10;
+        assert!(matches!(
+            check_link(&both, &new, 6),
+            Err(StoreError::RegistrationIdTaken)
+        ));
+        new.identity_key = vec![6; 33];
+        assert!(matches!(
+            check_link(&both, &new, 6),
+            Err(StoreError::IdentityKeyMismatch)
+        ));
+        assert_eq!(linked_address("Alice.b.1", 4), "Alice.b.4");
     }
 }

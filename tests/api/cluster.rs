@@ -13,39 +13,12 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::helpers::{
-    database_for, ec_prekeys, message_text, on_postgres, read_backlog, share_database, ws_connect,
-    Binary, BinaryApi, TestUser, Ws, DATABASE_ENV,
+    database_for, ec_prekeys, instances, message_text, on_postgres, read_backlog, share_database,
+    ws_connect, Binary, BinaryApi, TestUser, Ws, DATABASE_ENV,
 };
 
 /// Longer than any signal takes, far shorter than the 30 s re-read that would hide a lost one.
 const LIVE: Duration = Duration::from_secs(10);
-
-/// Instances of the binary, each with its own data dir, on one fresh database.
-struct Cluster {
-    nodes: Vec<Binary>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-/// `n` instances with the test flags and `extra` on one new database; none (with a line saying
-/// why) on sled.
-async fn cluster(n: usize, extra: &[&str]) -> Option<Cluster> {
-    if !on_postgres() {
-        eprintln!("skipped: several instances need PostgreSQL ({DATABASE_ENV})");
-        return None;
-    }
-    let dirs: Vec<_> = (0..n)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let url = database_for(dirs[0].path()).await.expect("database URL");
-    for dir in &dirs[1..] {
-        share_database(dir.path(), &url);
-    }
-    let mut nodes = Vec::new();
-    for dir in &dirs {
-        nodes.push(Binary::start(dir.path(), extra).await);
-    }
-    Some(Cluster { nodes, _dirs: dirs })
-}
 
 async fn send(api: &BinaryApi, from: &TestUser, to: &str, body: &str) -> (StatusCode, Value) {
     let message = json!({"recipient": to, "message": message_text(4242, body)});
@@ -99,7 +72,7 @@ async fn closed(ws: &mut Ws) -> bool {
 
 #[tokio::test]
 async fn a_token_from_one_instance_works_on_the_others() {
-    let Some(c) = cluster(3, &[]).await else {
+    let Some(c) = instances(3, &[]).await else {
         return;
     };
     c.nodes[0].register("alice").await;
@@ -113,7 +86,7 @@ async fn a_token_from_one_instance_works_on_the_others() {
 
 #[tokio::test]
 async fn each_prekey_is_handed_out_once_across_instances_even_when_one_is_killed() {
-    let Some(mut c) = cluster(3, &[]).await else {
+    let Some(mut c) = instances(3, &[]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 100, 0).await;
@@ -180,7 +153,7 @@ async fn each_prekey_is_handed_out_once_across_instances_even_when_one_is_killed
 
 #[tokio::test]
 async fn a_message_sent_through_one_instance_arrives_live_on_another_once() {
-    let Some(c) = cluster(3, &[]).await else {
+    let Some(c) = instances(3, &[]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
@@ -203,7 +176,7 @@ async fn a_message_sent_through_one_instance_arrives_live_on_another_once() {
 
 #[tokio::test]
 async fn a_newer_socket_on_one_instance_closes_the_older_on_another() {
-    let Some(c) = cluster(2, &[]).await else {
+    let Some(c) = instances(2, &[]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
@@ -219,7 +192,7 @@ async fn a_newer_socket_on_one_instance_closes_the_older_on_another() {
 
 #[tokio::test]
 async fn deleting_a_device_on_one_instance_closes_its_socket_on_another() {
-    let Some(c) = cluster(2, &[]).await else {
+    let Some(c) = instances(2, &[]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
@@ -234,7 +207,7 @@ async fn deleting_a_device_on_one_instance_closes_its_socket_on_another() {
 
 #[tokio::test]
 async fn the_queue_cap_is_exact_under_sends_on_every_instance() {
-    let Some(c) = cluster(3, &["--max-queued-messages", "50"]).await else {
+    let Some(c) = instances(3, &["--max-queued-messages", "50"]).await else {
         return;
     };
     c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
@@ -265,7 +238,7 @@ async fn the_queue_cap_is_exact_under_sends_on_every_instance() {
 
 #[tokio::test]
 async fn the_prekey_cap_is_exact_under_uploads_on_every_instance() {
-    let Some(c) = cluster(3, &["--max-prekeys", "50"]).await else {
+    let Some(c) = instances(3, &["--max-prekeys", "50"]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;
@@ -294,7 +267,7 @@ async fn the_prekey_cap_is_exact_under_uploads_on_every_instance() {
 
 #[tokio::test]
 async fn killing_an_instance_mid_send_loses_no_acknowledged_message() {
-    let Some(mut c) = cluster(2, &[]).await else {
+    let Some(mut c) = instances(2, &[]).await else {
         return;
     };
     let bob = c.nodes[0].user_with_device("bob", 4242, 0, 0).await;

@@ -93,6 +93,7 @@ async fn a_preflight_on_every_route_is_204_with_its_methods_without_a_token() {
         let path = route
             .template
             .replace(":regId", "7")
+            .replace(":deviceId", "2")
             .replace(":username", "alice")
             .replace('*', "7");
         for path in [path.clone(), format!("{path}/")] {

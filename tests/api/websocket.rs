@@ -8,7 +8,7 @@ use crate::helpers::*;
 use crate::messages::{
     alice_and_bob, assert_deleted, id, ids, queue, send, send_all, wait_for_queue,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::timeout;
@@ -46,27 +46,11 @@ pub(crate) fn refused(result: Result<Ws, WsError>) -> (u16, Value) {
     }
 }
 
-/// The next text frame, as JSON (pings and pongs skipped).
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let frame = timeout(WAIT, ws.next())
-            .await
-            .expect("no frame from the server in time")
-            .expect("the socket ended")
-            .expect("WebSocket error");
-        match frame {
-            Frame::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON frame"),
-            Frame::Ping(_) | Frame::Pong(_) => continue,
-            other => panic!("unexpected frame: {other:?}"),
-        }
-    }
-}
-
 /// Reads the backlog: message frames up to `queue_empty`; answers the messages.
 pub(crate) async fn backlog(ws: &mut Ws) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
-        let frame = next_json(ws).await;
+        let frame = next_frame(ws).await;
         match frame["type"].as_str() {
             Some("queue_empty") => {
                 assert_eq!(frame, json!({"type": "queue_empty"}));
@@ -77,32 +61,6 @@ pub(crate) async fn backlog(ws: &mut Ws) -> Vec<Value> {
                 out.push(frame["message"].clone());
             }
             _ => panic!("unexpected frame: {frame}"),
-        }
-    }
-}
-
-/// Waits until the server closes the socket; fails on any message frame before that.
-async fn expect_closed(ws: &mut Ws) {
-    loop {
-        match timeout(WAIT, ws.next())
-            .await
-            .expect("the server did not close the socket in time")
-        {
-            None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => return,
-            Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
-            Some(Ok(other)) => panic!("unexpected frame before close: {other:?}"),
-        }
-    }
-}
-
-/// Asserts that nothing but pings arrives for a short while.
-async fn expect_silence(ws: &mut Ws, wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return,
-            Ok(Some(Ok(Frame::Ping(_) | Frame::Pong(_)))) => continue,
-            Ok(other) => panic!("expected nothing, got {other:?}"),
         }
     }
 }
@@ -189,7 +147,7 @@ async fn ws_sends_the_backlog_oldest_first_then_queue_empty() {
 
     // Empty queue: just queue_empty.
     let mut ws = ws_open(&s, &bob).await;
-    assert_eq!(next_json(&mut ws).await, json!({"type": "queue_empty"}));
+    assert_eq!(next_frame(&mut ws).await, json!({"type": "queue_empty"}));
     let _ = ws.close(None).await;
     drop(ws);
 
@@ -201,11 +159,11 @@ async fn ws_sends_the_backlog_oldest_first_then_queue_empty() {
     let mut ws = ws_open(&s, &bob).await;
     for m in &sent {
         assert_eq!(
-            next_json(&mut ws).await,
+            next_frame(&mut ws).await,
             json!({"type": "message", "message": m})
         );
     }
-    assert_eq!(next_json(&mut ws).await, json!({"type": "queue_empty"}));
+    assert_eq!(next_frame(&mut ws).await, json!({"type": "queue_empty"}));
     assert_eq!(
         queue(&s, &bob).await,
         sent,
@@ -223,7 +181,7 @@ async fn ws_delivers_a_new_message_live() {
     for i in 0..3 {
         let m = send(&s, &alice, &bob, &format!("live {i}")).await;
         assert_eq!(
-            next_json(&mut ws).await,
+            next_frame(&mut ws).await,
             json!({"type": "message", "message": m})
         );
     }
@@ -231,7 +189,7 @@ async fn ws_delivers_a_new_message_live() {
     send(&s, &bob, &alice, "not for bob").await;
     let own = send(&s, &bob, &bob, "for bob").await;
     assert_eq!(
-        next_json(&mut ws).await,
+        next_frame(&mut ws).await,
         json!({"type": "message", "message": own})
     );
 }
@@ -266,7 +224,7 @@ async fn ws_delivers_every_message_live_when_senders_race() {
     // Concurrent sends finish in any order; every one must still arrive live.
     let mut got = std::collections::BTreeSet::new();
     while got.len() < sent.len() {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         assert_eq!(frame["type"], "message", "{frame}");
         assert!(
             got.insert(frame["message"]["id"].as_u64().unwrap()),
@@ -289,7 +247,7 @@ async fn ws_ack_deletes_the_acknowledged_messages() {
     ack(&mut ws, &[999_999_999]).await;
     let m4 = send(&s, &alice, &bob, "four").await;
     assert_eq!(
-        next_json(&mut ws).await,
+        next_frame(&mut ws).await,
         json!({"type": "message", "message": m4})
     );
     ack(&mut ws, &[m2, id(&m4)]).await;
@@ -305,7 +263,7 @@ async fn ws_redelivers_an_unacknowledged_message_on_the_next_connection() {
     assert_eq!(backlog(&mut ws).await, vec![queued.clone()]);
     let live = send(&s, &alice, &bob, "live").await;
     assert_eq!(
-        next_json(&mut ws).await,
+        next_frame(&mut ws).await,
         json!({"type": "message", "message": live})
     );
     let _ = ws.close(None).await;
@@ -331,10 +289,10 @@ async fn ws_a_newer_connection_replaces_the_older_one() {
         .await
         .expect("second upgrade");
     assert!(backlog(&mut new).await.is_empty());
-    expect_closed(&mut old).await;
+    wait_closed(&mut old).await;
     let m = send(&s, &alice, &bob, "to the newest").await;
     assert_eq!(
-        next_json(&mut new).await,
+        next_frame(&mut new).await,
         json!({"type": "message", "message": m})
     );
 }
@@ -348,7 +306,7 @@ async fn ws_deleting_the_device_closes_the_socket() {
     assert!(backlog(&mut ws).await.is_empty());
     let (status, _) = s.call("DELETE", "/device/", Some(&bob.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    expect_closed(&mut ws).await;
+    wait_closed(&mut ws).await;
 }
 
 #[tokio::test]
@@ -366,7 +324,7 @@ async fn ws_deleting_the_account_closes_the_socket() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    expect_closed(&mut ws).await;
+    wait_closed(&mut ws).await;
 }
 
 #[tokio::test]
@@ -384,7 +342,7 @@ async fn ws_a_user_cannot_ack_another_users_messages() {
     assert_eq!(ids(&queue(&s, &bob).await), [to_bob]);
     // Mixed in one ack, too.
     let to_alice = id(&send(&s, &bob, &alice, "again").await);
-    assert_eq!(next_json(&mut ws).await["message"]["id"], to_alice);
+    assert_eq!(next_frame(&mut ws).await["message"]["id"], to_alice);
     ack(&mut ws, &[to_bob, to_alice]).await;
     wait_for_queue(&s, &alice, &[]).await;
     assert_eq!(ids(&queue(&s, &bob).await), [to_bob]);
@@ -438,11 +396,11 @@ async fn no_user_reads_deletes_or_acks_another_users_messages() {
     );
     ack(&mut eve_ws, &[id(&for_bob), id(&live_for_bob)]).await;
     let own = id(&send(&s, &alice, &eve, "for eve").await);
-    assert_eq!(next_json(&mut eve_ws).await["message"]["id"], own);
+    assert_eq!(next_frame(&mut eve_ws).await["message"]["id"], own);
     ack(&mut eve_ws, &[own]).await;
     wait_for_queue(&s, &eve, &[]).await;
     assert_eq!(queue(&s, &bob).await, vec![for_bob, live_for_bob]);
-    expect_silence(&mut bob_ws, Duration::from_millis(200)).await;
+    assert_silent(&mut bob_ws, Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
@@ -456,5 +414,5 @@ async fn graceful_stop_completes_while_a_websocket_is_open() {
     timeout(Duration::from_secs(30), s.stop())
         .await
         .expect("stop() hung with a WebSocket open");
-    expect_closed(&mut ws).await;
+    wait_closed(&mut ws).await;
 }

@@ -6,15 +6,19 @@
 //! sled store writes its records. A restore is ONE transaction into an empty database, committed
 //! only once every record passed the same checks as a sled restore (`Restoring`); a refused,
 //! failed or killed one is rolled back and leaves the database empty.
+//!
+//! Devices are rows of their own, keyed by the id in their address: a linked device's keys and
+//! queue are restored under that id, with nothing in the file that depends on either store.
 
 use std::io::{BufRead, Write};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore, PRIMARY};
+use super::devices::device_id;
+use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore};
 use crate::crypto::b64;
-use crate::models::{Device, Message, PreKey, SignedPreKey, User};
+use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;
 use crate::storage::sled_store::{
     key_out, read_backup, DeviceRecord, MessageRecord, Record, RestoreTarget, UserRecord, Writer,
@@ -42,7 +46,7 @@ impl PgStore {
         let mut w = Writer::start(out)?;
         let sum = BackupSummary {
             users: stream(&tx, &mut w, USERS, user_record).await?,
-            devices: stream(&tx, &mut w, DEVICES, device_record).await?,
+            devices: stream(&tx, &mut w, &devices_where(""), device_record).await?,
             prekeys: stream(&tx, &mut w, PREKEYS, prekey_record).await?,
             kyber_prekeys: stream(&tx, &mut w, KYBER_PREKEYS, kyber_record).await?,
             messages: stream(&tx, &mut w, MESSAGES, message_record).await?,
@@ -80,10 +84,7 @@ impl PgStore {
                 "restore needs an empty database, and this one holds records".into(),
             ));
         }
-        let target = PgTarget {
-            tx: &tx,
-            device: None,
-        };
+        let target = PgTarget { tx: &tx };
         let (sum, max_id) = read_backup(input, limits, target).await?;
         if max_id > 0 {
             for sequence in ["user_ids", "message_ids"] {
@@ -122,28 +123,39 @@ async fn stream(
     }
 }
 
-// Each table in the sled store's key order. Only the primary device's rows exist today.
+// Each table in the sled store's order: by user, then device by device (the primary first,
+// then linked devices by id), then by key or message id.
 
 const USERS: &str =
     "SELECT id, username, email, password_hash, token_version FROM users ORDER BY id";
 
-/// The columns `devices::device` reads, then the user id.
-const DEVICES: &str = "SELECT d.address, d.registration_id, d.identity_key, d.signed_prekey_id, \
-     d.signed_prekey, d.signed_prekey_signature, k.key_id, k.public_key, k.signature, d.user_id \
-     FROM devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
-     AND (k.user_id, k.device_id) = (d.user_id, d.device_id) \
-     WHERE d.device_id = 1 ORDER BY d.user_id";
+/// The devices (`filter`: a `WHERE` clause, or nothing) in the backup's order: the columns
+/// `devices::device` reads, then the user id and whether it is the primary.
+fn devices_where(filter: &str) -> String {
+    format!(
+        "SELECT d.address, d.registration_id, d.identity_key, d.signed_prekey_id, \
+         d.signed_prekey, d.signed_prekey_signature, k.key_id, k.public_key, k.signature, \
+         d.user_id, d.is_primary FROM devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
+         AND (k.user_id, k.device_id) = (d.user_id, d.device_id) {filter} \
+         ORDER BY d.user_id, d.is_primary DESC, d.device_id"
+    )
+}
 
-const PREKEYS: &str = "SELECT user_id, key_id, public_key FROM prekeys WHERE device_id = 1 \
-     ORDER BY user_id, key_id";
+/// Each row then names its device: whether it is the primary, and its id.
+const PREKEYS: &str = "SELECT p.user_id, p.key_id, p.public_key, d.is_primary, p.device_id \
+     FROM prekeys p JOIN devices d ON (d.user_id, d.device_id) = (p.user_id, p.device_id) \
+     ORDER BY p.user_id, d.is_primary DESC, p.device_id, p.key_id";
 
-const KYBER_PREKEYS: &str = "SELECT user_id, key_id, public_key, signature FROM kyber_prekeys \
-     WHERE device_id = 1 AND NOT last_resort ORDER BY user_id, key_id";
+const KYBER_PREKEYS: &str = "SELECT p.user_id, p.key_id, p.public_key, d.is_primary, \
+     p.device_id, p.signature FROM kyber_prekeys p \
+     JOIN devices d ON (d.user_id, d.device_id) = (p.user_id, p.device_id) \
+     WHERE NOT p.last_resort ORDER BY p.user_id, d.is_primary DESC, p.device_id, p.key_id";
 
-/// The columns `messages::message` reads, then the recipient.
-const MESSAGES: &str = "SELECT id, sender_address, sender_registration_id, content, \
-     recipient_address, timestamp, user_id FROM messages WHERE device_id = 1 \
-     ORDER BY user_id, device_id, id";
+/// The columns `messages::message` reads, then the recipient and its device.
+const MESSAGES: &str = "SELECT m.id, m.sender_address, m.sender_registration_id, m.content, \
+     m.recipient_address, m.timestamp, m.user_id, d.is_primary, m.device_id FROM messages m \
+     JOIN devices d ON (d.user_id, d.device_id) = (m.user_id, m.device_id) \
+     ORDER BY m.user_id, d.is_primary DESC, m.device_id, m.id";
 
 const INVITES: &str = "SELECT token_hash, created_at FROM invites ORDER BY token_hash";
 
@@ -165,14 +177,22 @@ fn user_record(row: &Row) -> Result<Record, StoreError> {
 
 fn device_record(row: &Row) -> Result<Record, StoreError> {
     let d = devices::device(row)?;
-    Ok(Record::Device(DeviceRecord {
-        user: to_u64(row.get(9)),
-        address: d.address,
-        registration_id: d.registration_id,
-        identity_key: b64::encode(&d.identity_key),
-        signed_pre_key: key_out(&d.signed_prekey),
-        last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-    }))
+    let linked = !row.get::<_, bool>(10);
+    Ok(Record::Device(DeviceRecord::of(
+        to_u64(row.get(9)),
+        &d,
+        linked,
+    )))
+}
+
+/// How a key or message row names its device (columns `primary` and `primary + 1`): by id if
+/// linked, by nothing if the primary.
+fn named(row: &Row, primary: usize) -> Result<Option<u32>, StoreError> {
+    if row.get::<_, bool>(primary) {
+        return Ok(None);
+    }
+    let id: i32 = row.get(primary + 1);
+    to_u32(id.into(), "device id").map(Some)
 }
 
 fn prekey_record(row: &Row) -> Result<Record, StoreError> {
@@ -184,6 +204,7 @@ fn prekey_record(row: &Row) -> Result<Record, StoreError> {
     key.signature = None;
     Ok(Record::PreKey {
         user: to_u64(row.get(0)),
+        device: named(row, 3)?,
         key,
     })
 }
@@ -192,25 +213,23 @@ fn kyber_record(row: &Row) -> Result<Record, StoreError> {
     let key = SignedPreKey {
         key_id: to_u32(row.get(1), "key id")?,
         public_key: row.get(2),
-        signature: row.get(3),
+        signature: row.get(5),
     };
     Ok(Record::KyberPreKey {
         user: to_u64(row.get(0)),
+        device: named(row, 3)?,
         key: key_out(&key),
     })
 }
 
 fn message_record(row: &Row) -> Result<Record, StoreError> {
     let m = messages::message(row)?;
-    Ok(Record::Message(MessageRecord {
-        recipient: to_u64(row.get(6)),
-        id: m.id,
-        sender_address: m.sender_address,
-        sender_registration_id: m.sender_registration_id,
-        content: m.content,
-        recipient_address: m.recipient_address,
-        timestamp: m.timestamp,
-    }))
+    let device = named(row, 7)?;
+    Ok(Record::Message(MessageRecord::of(
+        to_u64(row.get(6)),
+        device,
+        m,
+    )))
 }
 
 fn invite_record(row: &Row) -> Result<Record, StoreError> {
@@ -232,8 +251,6 @@ fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
 /// A restore's writes, into its one transaction.
 struct PgTarget<'a> {
     tx: &'a Transaction<'a>,
-    /// The device looked up last: a device's records come together.
-    device: Option<(u64, Device)>,
 }
 
 impl PgTarget<'_> {
@@ -292,31 +309,27 @@ impl RestoreTarget for PgTarget<'_> {
         Ok(())
     }
 
-    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError> {
-        if let Some((cached, device)) = &self.device {
-            if *cached == user {
-                return Ok(Some(device.clone()));
-            }
-        }
-        let sql = DEVICES.replace(
-            "WHERE d.device_id = 1",
-            "WHERE d.device_id = 1 AND d.user_id = $1",
-        );
-        let Some(row) = self.tx.fetch_opt(&sql, &[&db_id(user)]).await? else {
-            return Ok(None);
-        };
-        let device = devices::device(&row)?;
-        self.device = Some((user, device.clone()));
-        Ok(Some(device))
+    async fn devices(&mut self, user: u64) -> Result<Vec<Device>, StoreError> {
+        let sql = devices_where("WHERE d.user_id = $1");
+        let rows = self.tx.fetch_all(&sql, &[&db_id(user)]).await?;
+        rows.iter().map(devices::device).collect()
     }
 
-    async fn put_device(&mut self, user: u64, d: &Device) -> Result<(), StoreError> {
-        devices::insert_device(self.tx, db_id(user), d).await?;
-        self.device = Some((user, d.clone()));
-        Ok(())
+    async fn put_device(
+        &mut self,
+        user: u64,
+        d: &Device,
+        linked: Option<u64>,
+    ) -> Result<(), StoreError> {
+        devices::insert(self.tx, d.of(user), d, linked.is_none()).await
     }
 
-    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError> {
+    async fn has_prekey(
+        &mut self,
+        at: DeviceRef,
+        kind: KeyKind,
+        id: u32,
+    ) -> Result<bool, StoreError> {
         let sql = match kind {
             KeyKind::Ec => {
                 "SELECT 1 FROM prekeys WHERE user_id = $1 AND device_id = $2 AND key_id = $3"
@@ -326,27 +339,27 @@ impl RestoreTarget for PgTarget<'_> {
                  AND key_id = $3 AND NOT last_resort"
             }
         };
-        self.exists(sql, &[&db_id(user), &PRIMARY, &i64::from(id)])
-            .await
+        let params: [&super::Param<'_>; 3] =
+            [&db_id(at.user), &device_id(at.device), &i64::from(id)];
+        self.exists(sql, &params).await
     }
 
     async fn put_prekey(
         &mut self,
-        user: u64,
+        at: DeviceRef,
         kind: KeyKind,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
-        let user = db_id(user);
         match kind {
             KeyKind::Ec => {
                 let key = PreKey {
                     key_id: key.key_id,
                     public_key: key.public_key.clone(),
                 };
-                keys::upsert_prekeys(self.tx, user, &[key]).await
+                keys::upsert_prekeys_of(self.tx, at, &[key]).await
             }
             KeyKind::Kyber => {
-                keys::upsert_kyber(self.tx, user, std::slice::from_ref(key), false).await
+                keys::upsert_kyber_of(self.tx, at, std::slice::from_ref(key), false).await
             }
         }
     }
@@ -356,7 +369,7 @@ impl RestoreTarget for PgTarget<'_> {
             .await
     }
 
-    async fn put_message(&mut self, recipient: u64, m: &Message) -> Result<(), StoreError> {
+    async fn put_message(&mut self, to: DeviceRef, m: &Message) -> Result<(), StoreError> {
         self.tx
             .exec(
                 "INSERT INTO messages (id, user_id, device_id, sender_address, \
@@ -364,8 +377,8 @@ impl RestoreTarget for PgTarget<'_> {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     &db_id(m.id),
-                    &db_id(recipient),
-                    &PRIMARY,
+                    &db_id(to.user),
+                    &device_id(to.device),
                     &m.sender_address,
                     &i64::from(m.sender_registration_id),
                     &m.content,

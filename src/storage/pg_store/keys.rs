@@ -1,12 +1,13 @@
-//! One-time prekeys: uploads under a per-device cap (checked under the device lock), and the
-//! pop that hands each key out once (one statement per pop, on the primary key).
+//! One-time prekeys, per device: uploads under a per-device cap (checked under the device
+//! lock), and the pop that hands each key out once (one statement per pop, on the primary key).
 
 use std::collections::BTreeMap;
 
 use super::Cached;
 
-use super::{db_id, to_u32, PgStore, PRIMARY};
-use crate::models::{Popped, PreKey, SignedPreKey};
+use super::devices::device_id;
+use super::{db_id, to_u32, PgStore};
+use crate::models::{DeviceRef, Popped, PreKey, SignedPreKey};
 use crate::storage::StoreError;
 
 impl PgStore {
@@ -14,7 +15,7 @@ impl PgStore {
     /// storing nothing, if the stock would exceed `cap`. Returns the new stock.
     pub async fn add_prekeys(
         &self,
-        user_id: u64,
+        at: DeviceRef,
         new: &[PreKey],
         cap: u32,
     ) -> Result<u32, StoreError> {
@@ -23,9 +24,8 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let user = db_id(user_id);
-            let count = check_cap(&tx, user, "prekeys WHERE", ids, cap).await?;
-            upsert_prekeys(&tx, user, new).await?;
+            let count = check_cap(&tx, at, "prekeys WHERE", ids, cap).await?;
+            upsert_prekeys_of(&tx, at, new).await?;
             tx.commit().await?;
             Ok(count)
         })
@@ -36,7 +36,7 @@ impl PgStore {
     /// counts the one-time ones.
     pub async fn add_kyber_prekeys(
         &self,
-        user_id: u64,
+        at: DeviceRef,
         new: &[SignedPreKey],
         last_resort: Option<&SignedPreKey>,
         cap: u32,
@@ -46,12 +46,11 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let user = db_id(user_id);
             let table = "kyber_prekeys WHERE NOT last_resort AND";
-            let count = check_cap(&tx, user, table, ids, cap).await?;
-            upsert_kyber(&tx, user, new, false).await?;
+            let count = check_cap(&tx, at, table, ids, cap).await?;
+            upsert_kyber_of(&tx, at, new, false).await?;
             if let Some(key) = last_resort {
-                upsert_kyber(&tx, user, std::slice::from_ref(key), true).await?;
+                upsert_kyber_of(&tx, at, std::slice::from_ref(key), true).await?;
             }
             tx.commit().await?;
             Ok(count)
@@ -59,7 +58,7 @@ impl PgStore {
         .await
     }
 
-    /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at
+    /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a device, each at
     /// most once ever (committed when it returns). The last-resort Kyber key is never taken.
     ///
     /// One statement (`POP`) takes both. Each `DELETE` names one row by its primary key,
@@ -68,10 +67,10 @@ impl PgStore {
     /// while keys of it are still stored but all held by other takers (or by an upload
     /// replacing them); then the statement runs again for that kind, until a key is had or
     /// none is left (`POP_ROUNDS` at most).
-    pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+    pub async fn pop_prekeys(&self, at: DeviceRef) -> Result<Popped, StoreError> {
         self.timed(async {
             let client = self.client().await?;
-            let user = db_id(user_id);
+            let (user, device) = (db_id(at.user), device_id(at.device));
             let mut popped = Popped::default();
             for round in 0..POP_ROUNDS {
                 if round > 0 {
@@ -79,7 +78,7 @@ impl PgStore {
                 }
                 let want = (popped.prekey.is_none(), popped.kyber.is_none());
                 let row = client
-                    .fetch_one(POP, &[&user, &PRIMARY, &want.0, &want.1])
+                    .fetch_one(POP, &[&user, &device, &want.0, &want.1])
                     .await?;
                 if let Some(id) = row.get::<_, Option<i64>>(0) {
                     popped.prekey = Some(PreKey {
@@ -134,12 +133,12 @@ const POP: &str = "\
 /// condition (`"prekeys WHERE"`).
 async fn check_cap(
     tx: &impl Cached,
-    user_id: i64,
+    at: DeviceRef,
     from: &str,
     ids: &[u32],
     cap: u32,
 ) -> Result<u32, StoreError> {
-    lock_device(tx, user_id).await?;
+    lock_device(tx, at).await?;
     let mut ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -149,7 +148,7 @@ async fn check_cap(
                 "SELECT count(*), count(*) FILTER (WHERE key_id = ANY($3)) FROM {from} \
                  user_id = $1 AND device_id = $2"
             ),
-            &[&user_id, &PRIMARY, &ids],
+            &[&db_id(at.user), &device_id(at.device), &ids],
         )
         .await?;
     let (stored, replaced): (i64, i64) = (row.get(0), row.get(1));
@@ -160,11 +159,11 @@ async fn check_cap(
     Ok(count as u32)
 }
 
-/// Writes EC prekeys of the user's device, replacing stored ones with the same id (the last of
-/// a repeated id wins, as in the sled store).
-pub(super) async fn upsert_prekeys(
+/// Writes EC prekeys of a device, replacing stored ones with the same id (the last of a
+/// repeated id wins, as in the sled store).
+pub(super) async fn upsert_prekeys_of(
     tx: &impl Cached,
-    user_id: i64,
+    at: DeviceRef,
     keys: &[PreKey],
 ) -> Result<(), StoreError> {
     let unique: BTreeMap<u32, &PreKey> = keys.iter().map(|k| (k.key_id, k)).collect();
@@ -177,16 +176,16 @@ pub(super) async fn upsert_prekeys(
         "INSERT INTO prekeys (user_id, device_id, key_id, public_key) \
          SELECT $1, $2, k.id, k.public FROM unnest($3::bigint[], $4::bytea[]) AS k(id, public) \
          ON CONFLICT (user_id, device_id, key_id) DO UPDATE SET public_key = excluded.public_key",
-        &[&user_id, &PRIMARY, &ids, &public],
+        &[&db_id(at.user), &device_id(at.device), &ids, &public],
     )
     .await?;
     Ok(())
 }
 
 /// Writes one-time Kyber prekeys, or (`last_resort`) replaces the device's last-resort one.
-pub(super) async fn upsert_kyber(
+pub(super) async fn upsert_kyber_of(
     tx: &impl Cached,
-    user_id: i64,
+    at: DeviceRef,
     keys: &[SignedPreKey],
     last_resort: bool,
 ) -> Result<(), StoreError> {
@@ -194,10 +193,11 @@ pub(super) async fn upsert_kyber(
     if unique.is_empty() {
         return Ok(());
     }
+    let (user_id, device) = (db_id(at.user), device_id(at.device));
     if last_resort {
         tx.exec(
             "DELETE FROM kyber_prekeys WHERE user_id = $1 AND device_id = $2 AND last_resort",
-            &[&user_id, &PRIMARY],
+            &[&user_id, &device],
         )
         .await?;
     }
@@ -210,33 +210,33 @@ pub(super) async fn upsert_kyber(
          FROM unnest($4::bigint[], $5::bytea[], $6::bytea[]) AS k(id, public, signature) \
          ON CONFLICT (user_id, device_id, last_resort, key_id) \
          DO UPDATE SET public_key = excluded.public_key, signature = excluded.signature",
-        &[&user_id, &PRIMARY, &last_resort, &ids, &public, &signatures],
+        &[&user_id, &device, &last_resort, &ids, &public, &signatures],
     )
     .await?;
     Ok(())
 }
 
-/// One-time keys in stock for the user's device: `(EC, Kyber)`.
-pub(super) async fn counts(client: &impl Cached, user_id: i64) -> Result<(u32, u32), StoreError> {
+/// One-time keys in stock for a device: `(EC, Kyber)`.
+pub(super) async fn counts(client: &impl Cached, at: DeviceRef) -> Result<(u32, u32), StoreError> {
     let row = client
         .fetch_one(
             "SELECT (SELECT count(*) FROM prekeys WHERE user_id = $1 AND device_id = $2), \
              (SELECT count(*) FROM kyber_prekeys \
               WHERE user_id = $1 AND device_id = $2 AND NOT last_resort)",
-            &[&user_id, &PRIMARY],
+            &[&db_id(at.user), &device_id(at.device)],
         )
         .await?;
     let n = |i: usize| u32::try_from(row.get::<_, i64>(i)).unwrap_or(u32::MAX);
     Ok((n(0), n(1)))
 }
 
-/// Locks the user's device row until the transaction ends, so that uploads and sends of one
-/// device are checked and written one at a time across every instance; `NoDevice` without one.
+/// Locks one device row until the transaction ends, so that uploads and sends of one device
+/// are checked and written one at a time across every instance; `NoDevice` without it.
 /// `FOR NO KEY UPDATE`: it does not wait for (nor block) rows inserted under the device.
-pub(super) async fn lock_device(tx: &impl Cached, user_id: i64) -> Result<(), StoreError> {
+pub(super) async fn lock_device(tx: &impl Cached, at: DeviceRef) -> Result<(), StoreError> {
     tx.fetch_opt(
         "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE",
-        &[&user_id, &PRIMARY],
+        &[&db_id(at.user), &device_id(at.device)],
     )
     .await?
     .ok_or(StoreError::NoDevice)

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 
 use tokio_postgres::Row;
 
+use super::devices::device_id;
 use super::keys::lock_device;
-use super::{db_id, to_u32, to_u64, Cached, PgStore, PRIMARY};
-use crate::models::Message;
+use super::{db_id, to_u32, to_u64, Cached, PgStore};
+use crate::models::{DeviceRef, Message};
 use crate::storage::{DeleteOutcome, StoreError};
 
 const COLUMNS: &str =
@@ -24,11 +25,12 @@ const SWEEP_BATCH: i64 = 5000;
 const SWEEP_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl PgStore {
-    /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
-    /// message id is assigned here; the message is committed when this returns.
+    /// Queues a message for one device unless its queue holds `cap` messages already
+    /// (`NoDevice` if it is gone). The message id is assigned here; the message is committed
+    /// when this returns.
     pub async fn enqueue(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
@@ -36,12 +38,12 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let user = db_id(recipient);
-            lock_device(&tx, user).await?;
+            let (user, device) = (db_id(recipient.user), device_id(recipient.device));
+            lock_device(&tx, recipient).await?;
             let queued: i64 = tx
                 .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-                    &[&user, &PRIMARY],
+                    &[&user, &device],
                 )
                 .await?
                 .get(0);
@@ -56,7 +58,7 @@ impl PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     &[
                         &user,
-                        &PRIMARY,
+                        &device,
                         &m.sender_address,
                         &i64::from(m.sender_registration_id),
                         &m.content,
@@ -74,10 +76,10 @@ impl PgStore {
         .await
     }
 
-    /// The oldest `limit` queued messages of `recipient` with an id above `after`.
+    /// The oldest `limit` queued messages of one device with an id above `after`.
     pub async fn messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
@@ -90,7 +92,7 @@ impl PgStore {
     /// the rest is never sent.
     pub async fn messages_page(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
         max_bytes: usize,
@@ -111,8 +113,8 @@ impl PgStore {
                 .fetch_all(
                     &sql,
                     &[
-                        &db_id(recipient),
-                        &PRIMARY,
+                        &db_id(recipient.user),
+                        &device_id(recipient.device),
                         &db_id(after),
                         &limit,
                         &max_bytes,
@@ -124,8 +126,12 @@ impl PgStore {
         .await
     }
 
-    /// One queued message of `recipient`, if it is still there.
-    pub async fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+    /// One queued message of one device, if it is still there.
+    pub async fn message(
+        &self,
+        recipient: DeviceRef,
+        id: u64,
+    ) -> Result<Option<Message>, StoreError> {
         self.timed(async {
             let sql = format!(
                 "SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2"
@@ -133,19 +139,27 @@ impl PgStore {
             let row = self
                 .client()
                 .await?
-                .fetch_opt(&sql, &[&db_id(recipient), &PRIMARY, &db_id(id)])
+                .fetch_opt(
+                    &sql,
+                    &[
+                        &db_id(recipient.user),
+                        &device_id(recipient.device),
+                        &db_id(id),
+                    ],
+                )
                 .await?;
             row.as_ref().map(message).transpose()
         })
         .await
     }
 
-    /// Deletes the given messages of `recipient`, reporting per id (an id repeated is deleted
-    /// once, then not found); committed when it returns. One statement: what it deleted, and
-    /// which of the other ids are someone else's.
+    /// Deletes the given messages of one device's queue, reporting per id (an id repeated is
+    /// deleted once, then not found; another queue's, even another device's of the same
+    /// account, is `NotOwner`); committed when it returns. One statement: what it deleted, and
+    /// which of the other ids are in another queue.
     pub async fn delete_messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         let wanted: Vec<i64> = ids.iter().map(|&id| db_id(id)).collect();
@@ -158,7 +172,11 @@ impl PgStore {
                            WHERE user_id = $1 AND device_id = $2 AND id = ANY($3) RETURNING id) \
                          SELECT id, true FROM gone UNION ALL SELECT id, false FROM messages \
                          WHERE id = ANY($3) AND (user_id, device_id) <> ($1, $2)",
-                        &[&db_id(recipient), &PRIMARY, &wanted],
+                        &[
+                            &db_id(recipient.user),
+                            &device_id(recipient.device),
+                            &wanted,
+                        ],
                     )
                     .await
             })
@@ -214,14 +232,14 @@ impl PgStore {
         }
     }
 
-    pub async fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
+    pub async fn queue_len(&self, recipient: DeviceRef) -> Result<u32, StoreError> {
         self.timed(async {
             let n: i64 = self
                 .client()
                 .await?
                 .fetch_one(
                     "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-                    &[&db_id(recipient), &PRIMARY],
+                    &[&db_id(recipient.user), &device_id(recipient.device)],
                 )
                 .await?
                 .get(0);

@@ -9,7 +9,11 @@
 //!   delete's own transaction: nothing is left behind for a later device to find.
 //! - Caps (prekeys, queue) are checked and written in one transaction holding the device row
 //!   (`FOR NO KEY UPDATE`): uploads and sends of one device run one after the other everywhere.
-//!   Pops only lower a stock, so they need not wait.
+//!   A send to every device of an account holds all its device rows, locked in id order (so
+//!   sends never deadlock each other). Pops only lower a stock, so they need not wait.
+//! - Links, unlinks and deletes of an account's devices hold its user row (`FOR NO KEY
+//!   UPDATE`, `devices::lock_account`), then its device rows: two links never take one id nor
+//!   both pass the account's most devices.
 //! - Message ids come from a sequence, drawn under the device lock and committed before it is
 //!   released: one queue's visible ids only grow, so paging by "after this id" misses nothing.
 //! - All-or-nothing writes are one transaction; deadlocks and serialization failures are
@@ -31,6 +35,7 @@
 
 mod backup;
 mod devices;
+mod fanout;
 mod keys;
 mod messages;
 mod schema;
@@ -58,8 +63,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 4;
 /// Connections per process.
 const POOL_SIZE: usize = 16;
-/// The only device of an account today; every device-owned row carries its id already.
-const PRIMARY: i32 = 1;
 
 /// A handle on the database; cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -294,7 +297,7 @@ impl From<tokio_postgres::Error> for StoreError {
             match db.constraint() {
                 Some(schema::USERNAME_KEY) => return StoreError::UsernameTaken,
                 Some(schema::EMAIL_KEY) => return StoreError::EmailTaken,
-                Some(schema::DEVICE_KEY) => return StoreError::DeviceExists,
+                Some(schema::DEVICE_KEY | schema::PRIMARY_KEY) => return StoreError::DeviceExists,
                 _ => {}
             }
         }

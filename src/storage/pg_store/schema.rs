@@ -2,8 +2,9 @@
 //! instance applies the missing ones at start (under an advisory lock, so instances starting
 //! together apply each once) and refuses a database newer than it knows.
 //!
-//! Designed for several devices per account: every device-owned row is keyed by
-//! (user_id, device_id); device 1 is the only one today.
+//! Several devices per account: every device-owned row is keyed by (user_id, device_id), the
+//! id in the device's address. Migration 2 marks the primary (`is_primary`, one per account)
+//! and lets a device's id change with its rows following it (`ON UPDATE CASCADE`).
 
 use super::PgStore;
 use crate::storage::StoreError;
@@ -12,6 +13,8 @@ use crate::storage::StoreError;
 pub(super) const USERNAME_KEY: &str = "users_username_key";
 pub(super) const EMAIL_KEY: &str = "users_email_key";
 pub(super) const DEVICE_KEY: &str = "devices_pkey";
+/// At most one primary device per account.
+pub(super) const PRIMARY_KEY: &str = "devices_one_primary";
 /// A device for a user that is gone.
 pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
 
@@ -19,7 +22,8 @@ pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c5f_6462;
 
 /// Migration n (1-based) is `MIGRATIONS[n - 1]`; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE user_ids;
 CREATE SEQUENCE message_ids;
 
@@ -105,7 +109,31 @@ CREATE TABLE settings (
     key text PRIMARY KEY,
     value bytea NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Every device so far is its account's primary. This build names the column in each insert;
+-- the default serves instances of the version before, still running during a rolling upgrade,
+-- which create primaries only (a second one per account is refused by the index).
+ALTER TABLE devices ADD COLUMN is_primary boolean NOT NULL DEFAULT true;
+CREATE UNIQUE INDEX devices_one_primary ON devices (user_id) WHERE is_primary;
+
+-- A device's id changes with it: its keys and queue follow.
+ALTER TABLE prekeys DROP CONSTRAINT prekeys_user_id_device_id_fkey,
+    ADD CONSTRAINT prekeys_user_id_device_id_fkey FOREIGN KEY (user_id, device_id)
+    REFERENCES devices ON DELETE CASCADE ON UPDATE CASCADE;
+ALTER TABLE kyber_prekeys DROP CONSTRAINT kyber_prekeys_user_id_device_id_fkey,
+    ADD CONSTRAINT kyber_prekeys_user_id_device_id_fkey FOREIGN KEY (user_id, device_id)
+    REFERENCES devices ON DELETE CASCADE ON UPDATE CASCADE;
+ALTER TABLE messages DROP CONSTRAINT messages_user_id_device_id_fkey,
+    ADD CONSTRAINT messages_user_id_device_id_fkey FOREIGN KEY (user_id, device_id)
+    REFERENCES devices ON DELETE CASCADE ON UPDATE CASCADE;
+
+-- The primary's id is the one in its address (`<username>.<id>`), as for every device now.
+UPDATE devices SET device_id = substring(address FROM '\.([0-9]{1,9})$')::integer
+    WHERE address ~ '\.[0-9]{1,9}$'
+    AND device_id <> substring(address FROM '\.([0-9]{1,9})$')::integer;
+"#,
+];
 
 /// The schema version this build writes and reads.
 pub(super) const VERSION: i32 = MIGRATIONS.len() as i32;

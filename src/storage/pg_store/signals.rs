@@ -14,6 +14,7 @@ use tokio_postgres::{AsyncMessage, Socket};
 
 use super::{tls, PgStore};
 use crate::hub::Signal;
+use crate::models::DeviceRef;
 
 const CHANNEL: &str = "signal_server";
 /// Signals sent in one statement at the most.
@@ -123,12 +124,21 @@ where
     }
 }
 
-/// `<instance hex> q <user> <id>`, `<instance> c <user>`, `<instance> o <user> <at_ms>`.
+/// `<instance hex> q <user> <device> <id>`, `<instance> c <user> [<device>]`,
+/// `<instance> o <user> <device> <at_ms>`.
 fn encode(instance: u64, signal: Signal) -> String {
     match signal {
-        Signal::Queued { user, id } => format!("{instance:x} q {user} {id}"),
-        Signal::Close { user } => format!("{instance:x} c {user}"),
-        Signal::Opened { user, at_ms } => format!("{instance:x} o {user} {at_ms}"),
+        Signal::Queued { device: d, id } => {
+            format!("{instance:x} q {} {} {id}", d.user, d.device)
+        }
+        Signal::Close { user, device: None } => format!("{instance:x} c {user}"),
+        Signal::Close {
+            user,
+            device: Some(device),
+        } => format!("{instance:x} c {user} {device}"),
+        Signal::Opened { device: d, at_ms } => {
+            format!("{instance:x} o {} {} {at_ms}", d.user, d.device)
+        }
     }
 }
 
@@ -141,11 +151,23 @@ fn decode(instance: u64, payload: &str) -> Option<Signal> {
     }
     let kind = parts.next()?;
     let user = parts.next()?.parse().ok()?;
+    let device = parts.next().map(str::parse::<u32>);
     let arg = parts.next().map(str::parse::<u64>);
-    match (kind, arg) {
-        ("q", Some(Ok(id))) => Some(Signal::Queued { user, id }),
-        ("c", None) => Some(Signal::Close { user }),
-        ("o", Some(Ok(at_ms))) => Some(Signal::Opened { user, at_ms }),
+    if parts.next().is_some() {
+        return None;
+    }
+    let at = |device| DeviceRef { user, device };
+    match (kind, device, arg) {
+        ("q", Some(Ok(d)), Some(Ok(id))) => Some(Signal::Queued { device: at(d), id }),
+        ("c", None, None) => Some(Signal::Close { user, device: None }),
+        ("c", Some(Ok(d)), None) => Some(Signal::Close {
+            user,
+            device: Some(d),
+        }),
+        ("o", Some(Ok(d)), Some(Ok(at_ms))) => Some(Signal::Opened {
+            device: at(d),
+            at_ms,
+        }),
         _ => None,
     }
 }
@@ -157,17 +179,35 @@ mod tests {
     #[test]
     fn signals_read_back_as_written_and_own_ones_are_ignored() {
         for signal in [
-            Signal::Queued { user: 7, id: 9 },
-            Signal::Close { user: 7 },
-            Signal::Opened {
+            Signal::Queued {
+                device: DeviceRef { user: 7, device: 2 },
+                id: 9,
+            },
+            Signal::Close {
                 user: 7,
+                device: None,
+            },
+            Signal::Close {
+                user: 7,
+                device: Some(3),
+            },
+            Signal::Opened {
+                device: DeviceRef { user: 7, device: 1 },
                 at_ms: 1_700_000_000_000,
             },
         ] {
             assert_eq!(decode(1, &encode(2, signal)), Some(signal));
             assert_eq!(decode(2, &encode(2, signal)), None);
         }
-        for junk in ["", "zz q 1 2", "1 q x 2", "1 q 1", "1 c 1 2", "1 x 1 2"] {
+        for junk in [
+            "",
+            "zz q 1 2 3",
+            "1 q x 1 2",
+            "1 q 1 2",
+            "1 c 1 x",
+            "1 c 1 2 3",
+            "1 x 1 2 3",
+        ] {
             assert_eq!(decode(2, junk), None, "{junk:?}");
         }
     }

@@ -2,6 +2,7 @@
 
 use tokio_postgres::Row;
 
+use super::devices::lock_devices;
 use super::{db_id, to_u32, to_u64, Cached, PgStore};
 use crate::models::User;
 use crate::storage::{ResetGrant, StoreError};
@@ -134,18 +135,22 @@ impl PgStore {
         .await
     }
 
-    /// Deletes a user with their device, keys and queued messages (one statement: the rest
-    /// follows by `ON DELETE CASCADE`). Messages they sent to others stay.
+    /// Deletes a user with their devices, keys and queued messages (the rest follows the user
+    /// row by `ON DELETE CASCADE`). Messages they sent to others stay. The user row, then the
+    /// device rows in id order, are locked first: the order every verb locks them in, so a send
+    /// to all of the account's devices meanwhile waits instead of deadlocking.
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
         self.retrying(move || async move {
-            let client = self.client().await?;
-            match client
-                .exec("DELETE FROM users WHERE id = $1", &[&db_id(user_id)])
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let user = db_id(user_id);
+            tx.fetch_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
                 .await?
-            {
-                0 => Err(StoreError::NoUser),
-                _ => Ok(()),
-            }
+                .ok_or(StoreError::NoUser)?;
+            lock_devices(&tx, user).await?;
+            tx.exec("DELETE FROM users WHERE id = $1", &[&user]).await?;
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }

@@ -1,21 +1,27 @@
 //! Backup and restore in a portable format: JSON lines, one record per line, binary values in
 //! base64. A backup is taken while the server runs and sees every tree at one instant (writers are
-//! held at the gate while the records are read); derived data (indexes, counts) is not written
-//! but rebuilt on restore, so the format does not depend on this version's key layouts. This
-//! module holds the format and the writer; `restore` reads it back, all or nothing, checking each
-//! record (`restore_checks`, `restore_rules`).
+//! held at the gate while the records are read); derived data (indexes, counts, slots) is not
+//! written but rebuilt on restore, so the format does not depend on this version's key layouts.
+//! This module holds the format and the writer; `restore` reads it back, all or nothing,
+//! checking each record (`restore_checks`, `restore_rules`).
+//!
+//! Version 2 added linked devices: a device record says whether it is linked (absent: the
+//! account's primary), and a key or message record names its device by id (absent: the
+//! primary). A version 1 file is a version 2 file without either, so a restore reads both.
+//! Records come in the order a restore needs: users, then each user's devices (the primary
+//! first, then linked devices by id), then keys and messages device by device in that order.
 
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys;
-use super::{decode, SledStore, StoreError};
+use super::linked::LinkedDevice;
+use super::{decode, keys, SledStore, StoreError};
 use crate::crypto::b64;
 use crate::models::{Device, Message, SignedPreKey, User};
 
 pub const FORMAT: &str = "signal-server-backup";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -36,10 +42,14 @@ pub(crate) struct UserRecord {
     pub token_version: u32,
 }
 
+/// A device; its id is the one in its address.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeviceRecord {
     pub user: u64,
+    /// A linked device; absent (false) for the account's primary.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub linked: bool,
     pub address: String,
     pub registration_id: u32,
     pub identity_key: String,
@@ -51,6 +61,9 @@ pub(crate) struct DeviceRecord {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MessageRecord {
     pub recipient: u64,
+    /// The recipient's device; absent for the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
     pub id: u64,
     pub sender_address: String,
     pub sender_registration_id: u32,
@@ -69,12 +82,17 @@ pub(crate) enum Record {
     },
     User(UserRecord),
     Device(DeviceRecord),
+    /// A one-time prekey of device `device` of `user` (absent: the primary).
     PreKey {
         user: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<u32>,
         key: KeyRecord,
     },
     KyberPreKey {
         user: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<u32>,
         key: KeyRecord,
     },
     Message(MessageRecord),
@@ -94,7 +112,41 @@ pub(crate) enum Record {
     },
 }
 
-/// What a backup or restore carried.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl DeviceRecord {
+    pub(crate) fn of(user: u64, d: &Device, linked: bool) -> DeviceRecord {
+        DeviceRecord {
+            user,
+            linked,
+            address: d.address.clone(),
+            registration_id: d.registration_id,
+            identity_key: b64::encode(&d.identity_key),
+            signed_pre_key: key_out(&d.signed_prekey),
+            last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+        }
+    }
+}
+
+impl MessageRecord {
+    /// A message queued for `device` of `recipient` (`None`: the primary).
+    pub(crate) fn of(recipient: u64, device: Option<u32>, m: Message) -> MessageRecord {
+        MessageRecord {
+            recipient,
+            device,
+            id: m.id,
+            sender_address: m.sender_address,
+            sender_registration_id: m.sender_registration_id,
+            content: m.content,
+            recipient_address: m.recipient_address,
+            timestamp: m.timestamp,
+        }
+    }
+}
+
+/// What a backup or restore carried (`devices` counts linked devices too).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupSummary {
     pub users: u64,
@@ -148,9 +200,22 @@ impl<'a> Writer<'a> {
     }
 }
 
-fn user_of(key: &[u8]) -> u64 {
-    keys::decode_u64(key).unwrap_or(0)
+/// A device a backup carries, and the slot its keys and queue are kept under.
+struct Kept {
+    user: u64,
+    device: Device,
+    linked: bool,
+    slot: u64,
 }
+
+impl Kept {
+    /// How its keys and messages name it: by id if linked, by nothing if the primary.
+    fn named(&self) -> Option<u32> {
+        self.linked.then(|| self.device.id())
+    }
+}
+
+type Visit<'v> = &'v mut dyn FnMut(&Kept) -> Result<(), StoreError>;
 
 impl SledStore {
     /// Writes every record to `out`. Writers wait while the trees are read.
@@ -186,84 +251,99 @@ impl SledStore {
         Ok(n)
     }
 
-    fn back_up_devices(&self, w: &mut Writer) -> Result<u64, StoreError> {
-        let mut n = 0;
+    /// Visits every device a backup carries, in the backup's order: by user, the primary first,
+    /// then the linked devices by id. Left out: what an interrupted delete left behind (a
+    /// device of a removed account, a linked device without its primary, keys and messages
+    /// under a slot no device has), none of which a client can reach; a restore refuses such
+    /// records, so every backup this writes can be restored.
+    fn each_device(&self, visit: Visit) -> Result<(), StoreError> {
         for entry in self.devices.iter() {
             let (k, v) = entry?;
-            if !self.kept(user_of(&k), false)? {
+            if !self.users.contains_key(&k)? {
                 continue;
             }
-            let d: Device = decode(&v)?;
-            w.put(&Record::Device(DeviceRecord {
-                user: user_of(&k),
-                address: d.address,
-                registration_id: d.registration_id,
-                identity_key: b64::encode(&d.identity_key),
-                signed_pre_key: key_out(&d.signed_prekey),
-                last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
-            }))?;
-            n += 1;
+            let user = keys::decode_u64(&k).unwrap_or(0);
+            let primary = Kept {
+                user,
+                device: decode(&v)?,
+                linked: false,
+                slot: user,
+            };
+            visit(&primary)?;
+            for entry in self.linked_devices.scan_prefix(&k) {
+                let linked: LinkedDevice = decode(&entry?.1)?;
+                visit(&Kept {
+                    user,
+                    device: linked.device,
+                    linked: true,
+                    slot: linked.slot,
+                })?;
+            }
         }
+        Ok(())
+    }
+
+    fn back_up_devices(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
+        self.each_device(&mut |d| {
+            w.put(&Record::Device(DeviceRecord::of(
+                d.user, &d.device, d.linked,
+            )))?;
+            n += 1;
+            Ok(())
+        })?;
         Ok(n)
     }
 
     fn back_up_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
         let mut n = 0;
-        for entry in self.prekeys.iter() {
-            let (k, v) = entry?;
-            if !self.kept(user_of(&k), true)? {
-                continue;
+        self.each_device(&mut |d| {
+            for entry in self.prekeys.scan_prefix(keys::user(d.slot)) {
+                let (k, v) = entry?;
+                let key = KeyRecord {
+                    key_id: keys::prekey_id(&k).unwrap_or(0),
+                    public_key: b64::encode(&v),
+                    signature: None,
+                };
+                w.put(&Record::PreKey {
+                    user: d.user,
+                    device: d.named(),
+                    key,
+                })?;
+                n += 1;
             }
-            let key = KeyRecord {
-                key_id: keys::prekey_id(&k).unwrap_or(0),
-                public_key: b64::encode(&v),
-                signature: None,
-            };
-            w.put(&Record::PreKey {
-                user: user_of(&k),
-                key,
-            })?;
-            n += 1;
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
     fn back_up_kyber_prekeys(&self, w: &mut Writer) -> Result<u64, StoreError> {
         let mut n = 0;
-        for entry in self.kyber_prekeys.iter() {
-            let (k, v) = entry?;
-            if !self.kept(user_of(&k), true)? {
-                continue;
+        self.each_device(&mut |d| {
+            for entry in self.kyber_prekeys.scan_prefix(keys::user(d.slot)) {
+                let key: SignedPreKey = decode(&entry?.1)?;
+                w.put(&Record::KyberPreKey {
+                    user: d.user,
+                    device: d.named(),
+                    key: key_out(&key),
+                })?;
+                n += 1;
             }
-            let key: SignedPreKey = decode(&v)?;
-            w.put(&Record::KyberPreKey {
-                user: user_of(&k),
-                key: key_out(&key),
-            })?;
-            n += 1;
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
     fn back_up_messages(&self, w: &mut Writer) -> Result<u64, StoreError> {
         let mut n = 0;
-        for entry in self.messages.iter() {
-            let (k, v) = entry?;
-            if !self.kept(user_of(&k), true)? {
-                continue;
+        self.each_device(&mut |d| {
+            for entry in self.messages.scan_prefix(keys::user(d.slot)) {
+                let m: Message = decode(&entry?.1)?;
+                w.put(&Record::Message(MessageRecord::of(d.user, d.named(), m)))?;
+                n += 1;
             }
-            let m: Message = decode(&v)?;
-            w.put(&Record::Message(MessageRecord {
-                recipient: user_of(&k),
-                id: m.id,
-                sender_address: m.sender_address,
-                sender_registration_id: m.sender_registration_id,
-                content: m.content,
-                recipient_address: m.recipient_address,
-                timestamp: m.timestamp,
-            }))?;
-            n += 1;
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
@@ -280,13 +360,14 @@ impl SledStore {
         Ok(n)
     }
 
+    /// Pending resets, but for those of deleted accounts (which can never be used).
     fn back_up_reset_tokens(&self, w: &mut Writer) -> Result<u64, StoreError> {
         let mut n = 0;
         for entry in self.reset_tokens.iter() {
             let (k, v) = entry?;
             let field =
                 |r: std::ops::Range<usize>| v.get(r).and_then(keys::decode_u64).unwrap_or(0);
-            if !self.kept(field(0..8), false)? {
+            if !self.users.contains_key(keys::user(field(0..8)))? {
                 continue;
             }
             w.put(&Record::ResetToken {
@@ -299,26 +380,19 @@ impl SledStore {
         }
         Ok(n)
     }
-
-    /// Whether records of `user` belong in a backup. Left out: what an interrupted delete left
-    /// behind (keys or messages of a removed device, anything of a removed account) and reset
-    /// grants of deleted accounts, none of which a client can reach; a restore refuses records
-    /// of unknown users, so every backup this writes can be restored.
-    fn kept(&self, user: u64, needs_device: bool) -> Result<bool, StoreError> {
-        let key = keys::user(user);
-        Ok(self.users.contains_key(key)? && (!needs_device || self.devices.contains_key(key)?))
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::models::PreKey;
+    use crate::models::{DeviceRef, Outgoing, PreKey};
+    use crate::storage::fixtures::{device, ec, message, primary};
     use crate::storage::RestoreLimits;
 
-    const HASH: &str = "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    pub(in crate::storage::sled_store) const HASH: &str =
+        "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-    fn limits() -> RestoreLimits {
+    pub(in crate::storage::sled_store) fn limits() -> RestoreLimits {
         RestoreLimits {
             max_message_bytes: 65_536,
             max_prekeys: 100,
@@ -369,8 +443,8 @@ mod tests {
             recipient_address: "Alice.1".into(),
             timestamp: 5,
         };
-        let m = a.enqueue(u.id, m, 10).await.unwrap();
-        a.pop_prekeys(u.id).await.unwrap();
+        let m = a.enqueue(primary(u.id), m, 10).await.unwrap();
+        a.pop_prekeys(primary(u.id)).await.unwrap();
         let mut first = Vec::new();
         let sum = a.backup(&mut first).await.unwrap();
         assert_eq!(
@@ -393,7 +467,7 @@ mod tests {
             String::from_utf8(first).unwrap(),
             String::from_utf8(second).unwrap()
         );
-        assert_eq!(b.stock(u.id).unwrap().prekeys, 2);
+        assert_eq!(b.stock(primary(u.id)).unwrap().prekeys, 2);
         assert_eq!(b.user_by_name("alice").unwrap().unwrap().id, u.id);
         let later = b.create_user("bob", "", "h".into(), None).await.unwrap();
         assert!(later.id > m.id);
@@ -430,5 +504,159 @@ mod tests {
             b.restore(&mut out.as_slice(), &limits()).await.unwrap(),
             sum
         );
+    }
+
+    fn kyber(key_id: u32) -> SignedPreKey {
+        let mut public_key = vec![8u8; 1569];
+        public_key[1] = 0;
+        SignedPreKey {
+            key_id,
+            public_key,
+            signature: vec![1; 64],
+        }
+    }
+
+    /// Device `id` of user 1 (alice).
+    fn alice(id: u32) -> DeviceRef {
+        DeviceRef {
+            user: 1,
+            device: id,
+        }
+    }
+
+    /// Alice (user 1: primary `alice.1`, registrationId 7; linked devices 2 and 3,
+    /// registrationIds 12 and 11, device 2 linked last so that its slot is above device 3's)
+    /// and bob (user 2, a primary only), with one-time keys on every device and messages
+    /// queued for each, sent to one device and to all of alice's.
+    pub(in crate::storage::sled_store) async fn linked_store() -> (tempfile::TempDir, SledStore) {
+        let (dir, s) = super::super::temp();
+        for name in ["alice", "bob"] {
+            s.create_user(name, &format!("{name}@x.org"), HASH.into(), None)
+                .await
+                .unwrap();
+        }
+        let first = Device {
+            last_resort_kyber: Some(kyber(900)),
+            ..device("alice.1")
+        };
+        s.create_device(1, &first, &ec(1..=3), &[kyber(1)])
+            .await
+            .unwrap();
+        s.create_device(2, &device("bob.1"), &ec(1..=2), &[])
+            .await
+            .unwrap();
+        for registration_id in [10, 11, 12] {
+            let linked = Device {
+                registration_id,
+                last_resort_kyber: Some(kyber(901)),
+                ..device("alice.9")
+            };
+            s.link_device(1, &linked, &ec(1..=2), &[kyber(5)], 6)
+                .await
+                .unwrap();
+            if registration_id == 11 {
+                s.unlink_device(alice(2)).await.unwrap();
+            }
+        }
+        let to = |device, registration_id| Outgoing {
+            device,
+            registration_id,
+            message: message("opaque, not JSON", 6),
+        };
+        s.enqueue_all(1, None, vec![to(1, 7), to(2, 12), to(3, 11)], 10)
+            .await
+            .unwrap();
+        for (recipient, address) in [(primary(1), "alice.1"), (primary(2), "bob.1")] {
+            let old_style = Message {
+                recipient_address: address.into(),
+                ..message(r#"{"registrationId":7}"#, 5)
+            };
+            s.enqueue(recipient, old_style, 10).await.unwrap();
+        }
+        s.pop_prekeys(alice(3)).await.unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn linked_devices_come_back_with_their_keys_and_queues_and_ids_continue_above() {
+        let (_dir, a) = linked_store().await;
+        let mut first = Vec::new();
+        let sum = a.backup(&mut first).await.unwrap();
+        let counts = |s: &BackupSummary| (s.devices, s.prekeys, s.kyber_prekeys, s.messages);
+        assert_eq!(counts(&sum), (4, 8, 2, 5));
+        let text = String::from_utf8(first).unwrap();
+        // Devices by their ids, primaries first; never a slot.
+        let devices: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(r#""type":"device""#))
+            .collect();
+        assert!(devices[0].contains("alice.1") && !devices[0].contains("linked"));
+        assert!(devices[1].contains(r#""linked":true"#) && devices[1].contains("alice.2"));
+        assert!(text.contains(r#""device":3"#) && !text.contains("slot"));
+
+        let (_dir2, b) = super::super::temp();
+        let restored = b.restore(&mut text.as_bytes(), &limits()).await.unwrap();
+        assert_eq!(restored, sum);
+        let mut second = Vec::new();
+        b.backup(&mut second).await.unwrap();
+        assert_eq!(text, String::from_utf8(second).unwrap());
+        for (id, prekeys, queued) in [(1, 3, 2), (2, 2, 1), (3, 1, 1)] {
+            assert_eq!(b.stock(alice(id)).unwrap().prekeys, prekeys, "device {id}");
+            assert_eq!(b.messages(alice(id), 0, 10).unwrap().len(), queued);
+        }
+        let registration_ids: Vec<u32> = b
+            .devices(1)
+            .unwrap()
+            .iter()
+            .map(|d| d.registration_id)
+            .collect();
+        assert_eq!(registration_ids, [7, 12, 11]);
+        let popped = b.pop_prekeys(alice(2)).await.unwrap();
+        assert_eq!(popped.prekey.map(|k| k.key_id), Some(1));
+
+        // Each linked device has a slot of its own, no user's; new ids come above them all.
+        let slots = [b.slot_of(alice(2)).unwrap(), b.slot_of(alice(3)).unwrap()];
+        assert!(
+            slots[0] != slots[1] && slots.iter().all(|s| *s > 2),
+            "{slots:?}"
+        );
+        let carol = b.create_user("carol", "", HASH.into(), None).await.unwrap();
+        assert!(
+            slots.iter().all(|s| carol.id > *s),
+            "{} {slots:?}",
+            carol.id
+        );
+        let newest = b.messages(alice(1), 0, 10).unwrap().last().unwrap().id;
+        assert!(carol.id > newest);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_backup_restores_and_its_messages_are_checked_as_version_1_did() {
+        let (_dir, a) = linked_store().await;
+        a.delete_device(1).await.unwrap();
+        let mut out = Vec::new();
+        let sum = a.backup(&mut out).await.unwrap();
+        // Without linked devices, version 2 writes the records version 1 wrote.
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("linked") && !text.contains(r#""device":"#));
+        let v1 = text.replace(r#""version":2"#, r#""version":1"#);
+        let (_dir2, b) = super::super::temp();
+        assert_eq!(b.restore(&mut v1.as_bytes(), &limits()).await.unwrap(), sum);
+        assert_eq!(b.devices(2).unwrap().len(), 1);
+        assert_eq!(b.stock(primary(2)).unwrap().prekeys, 2);
+        assert_eq!(b.messages(primary(2), 0, 10).unwrap().len(), 1);
+
+        // Version 1 held only sends to one device, whose content names its registrationId.
+        let other = v1.replace(r#"{\"registrationId\":7}"#, r#"{\"registrationId\":8}"#);
+        assert_ne!(other, v1);
+        let (_dir3, c) = super::super::temp();
+        let err = c
+            .restore(&mut other.as_bytes(), &limits())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("registrationId"), "{err}");
+        let v2 = other.replace(r#""version":1"#, r#""version":2"#);
+        let (_dir4, d) = super::super::temp();
+        d.restore(&mut v2.as_bytes(), &limits()).await.unwrap();
     }
 }

@@ -1,11 +1,12 @@
-//! Devices: one per user, created together with its first keys, removed with all of them.
+//! The primary device: created together with its first keys, removed with all of them (and
+//! every linked device, see `linked`).
 
 use sled::Transactional;
 
 use super::keys;
 use super::totals::Count;
-use super::{abort, decode, decode_tx, encode, SledStore, StoreError};
-use crate::models::{Device, PreKey, SignedPreKey};
+use super::{abort, decode, encode, SledStore, StoreError};
+use crate::models::{Device, DeviceRef, PreKey, SignedPreKey};
 
 /// A device's key stock, as `GET /device` and `GET /prekeys` report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,7 @@ impl SledStore {
         // Keys and messages left behind by an interrupted delete (or a send racing a delete) must
         // not come back with the new device. With no device, nothing else can be queued for this
         // user meanwhile (a send checks for the device).
+        self.remove_all_linked(user_id)?;
         self.clear_queue(user_id)?;
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
         let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
@@ -100,7 +102,7 @@ impl SledStore {
         Ok(())
     }
 
-    /// Removes the user's device, its keys and the messages queued for it.
+    /// Removes every device of the user with their keys and queued messages.
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         let _writing = self.writing().await?;
         if !self.remove_device_data(user_id)? {
@@ -109,70 +111,66 @@ impl SledStore {
         self.sync().await
     }
 
-    /// Removes a user's device record, keys and queued messages; tells whether a device existed.
-    /// Under the user's lock, like uploads and sends: one that checked for the device before
-    /// this removal must not write its keys or message after the removal's scan.
+    /// Removes a user's devices (linked ones first, then the primary), keys and queued messages;
+    /// tells whether a primary existed. Under the user's lock, like uploads and sends: one that
+    /// checked for the device before this removal must not write its keys or message after the
+    /// removal's scan.
     pub(super) fn remove_device_data(&self, user_id: u64) -> Result<bool, StoreError> {
         let _user = self.user_lock(user_id);
+        self.remove_all_linked(user_id)?;
         let existed = self.devices.remove(keys::user(user_id))?.is_some();
         if existed {
             self.count(Count::Devices, -1);
         }
+        self.clear_slot(user_id)?;
+        Ok(existed)
+    }
+
+    /// Removes the keys and queued messages kept under a device's slot.
+    pub(super) fn clear_slot(&self, slot: u64) -> Result<(), StoreError> {
         // Key by key, counting what `remove` returned: a pop racing this removal must not be
         // subtracted twice.
         for (tree, which) in [
             (&self.prekeys, Count::Prekeys),
             (&self.kyber_prekeys, Count::KyberPrekeys),
         ] {
-            for k in self.prefix_keys(tree, user_id)? {
+            for k in self.prefix_keys(tree, slot)? {
                 if tree.remove(k)?.is_some() {
                     self.count(which, -1);
                 }
             }
         }
-        self.clear_queue(user_id)?;
-        Ok(existed)
+        self.clear_queue(slot)
     }
 
-    /// Replaces the signed prekey of the user's device.
+    /// Replaces the signed prekey of a device.
     pub async fn set_signed_prekey(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
         let _writing = self.writing().await?;
-        self.update_device(user_id, |d| d.signed_prekey = key.clone())?;
+        self.update_device(device, |d| d.signed_prekey = key.clone())?;
         self.sync().await
     }
 
-    /// Applies `change` to the stored device in a transaction.
-    pub(super) fn update_device(
-        &self,
-        user_id: u64,
-        change: impl Fn(&mut Device),
-    ) -> Result<Device, StoreError> {
-        let id = keys::user(user_id);
-        Ok(self.devices.transaction(|devices| {
-            let Some(v) = devices.get(id)? else {
-                return abort(StoreError::NoDevice);
-            };
-            let mut device: Device = decode_tx(&v)?;
-            change(&mut device);
-            devices.insert(&id, encode(&device))?;
-            Ok(device)
-        })?)
-    }
-
-    pub fn stock(&self, user_id: u64) -> Result<Stock, StoreError> {
-        let (prekeys, kyber_prekeys) = self.prekey_counts(user_id)?;
+    /// A device's one-time keys in stock (none for a device the account does not have).
+    pub fn stock(&self, device: DeviceRef) -> Result<Stock, StoreError> {
+        let Some(slot) = self.slot(device)? else {
+            return Ok(Stock {
+                prekeys: 0,
+                kyber_prekeys: 0,
+            });
+        };
+        let (prekeys, kyber_prekeys) = self.prekey_counts(slot)?;
         Ok(Stock {
             prekeys,
             kyber_prekeys,
         })
     }
 
-    fn prefix_keys(&self, tree: &sled::Tree, user_id: u64) -> Result<Vec<sled::IVec>, StoreError> {
-        tree.scan_prefix(keys::user(user_id))
+    fn prefix_keys(&self, tree: &sled::Tree, slot: u64) -> Result<Vec<sled::IVec>, StoreError> {
+        tree.scan_prefix(keys::user(slot))
             .keys()
             .map(|k| k.map_err(StoreError::from))
             .collect()

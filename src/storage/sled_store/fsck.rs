@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use serde::de::DeserializeOwned;
 
+use super::linked::LinkedDevice;
 use super::{decode, keys, SledStore};
 use crate::models::{Device, Message, SignedPreKey, User};
 
@@ -44,7 +45,7 @@ impl SledStore {
             show_keys,
             value_ok,
         };
-        let trees: [(&sled::Tree, Shape); 11] = [
+        let trees: [(&sled::Tree, Shape); 12] = [
             (&self.meta, shape(super::META, None, true, |_| true)),
             (
                 &self.users,
@@ -58,6 +59,15 @@ impl SledStore {
             (
                 &self.devices,
                 shape(super::DEVICES, Some(8), true, decodes::<Device>),
+            ),
+            (
+                &self.linked_devices,
+                shape(
+                    super::LINKED_DEVICES,
+                    Some(12),
+                    true,
+                    decodes::<LinkedDevice>,
+                ),
             ),
             (
                 &self.prekeys,
@@ -163,4 +173,38 @@ fn show(shape: &Shape, key: &[u8]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backup::tests::linked_store;
+    use super::*;
+
+    fn line<'a>(report: &'a FsckReport, tree: &str) -> &'a str {
+        let found = report
+            .lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{tree}\t")));
+        found.map(String::as_str).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn linked_devices_are_read_and_a_damaged_one_is_named() {
+        let (_dir, s) = linked_store().await;
+        let report = s.fsck();
+        assert!(!report.damaged, "{:?}", report.lines);
+        assert_eq!(
+            line(&report, "linked_devices"),
+            "linked_devices\tok, 2 records"
+        );
+        s.linked_devices
+            .insert(keys::linked(1, 4), b"not a device".as_slice())
+            .unwrap();
+        let report = s.fsck();
+        assert!(report.damaged);
+        assert_eq!(
+            line(&report, "linked_devices"),
+            "linked_devices\tDAMAGED: 2 records ok, 1 undecodable: 1/00000004"
+        );
+    }
 }

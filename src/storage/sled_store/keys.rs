@@ -7,7 +7,12 @@ pub fn user(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-/// `user id (u64 BE) ‖ key id (u32 BE)`: 12 bytes.
+/// `user id (u64 BE) ‖ device id (u32 BE)`: 12 bytes, a linked device's record.
+pub fn linked(user_id: u64, device_id: u32) -> [u8; 12] {
+    prekey(user_id, device_id)
+}
+
+/// `slot (u64 BE) ‖ key id (u32 BE)`: 12 bytes (a device's slot: see `LINKED_DEVICES`).
 pub fn prekey(user_id: u64, key_id: u32) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..8].copy_from_slice(&user_id.to_be_bytes());
@@ -15,7 +20,7 @@ pub fn prekey(user_id: u64, key_id: u32) -> [u8; 12] {
     k
 }
 
-/// `user id (u64 BE) ‖ message id (u64 BE)`: 16 bytes.
+/// `slot (u64 BE) ‖ message id (u64 BE)`: 16 bytes.
 pub fn message(user_id: u64, message_id: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&user_id.to_be_bytes());

@@ -1,10 +1,14 @@
-//! Message queues: one per recipient, in id order (ids only grow, so that is arrival order).
+//! Message queues: one per device (kept under its slot, see `linked`), in id order (ids only
+//! grow, so that is arrival order).
 
 use std::collections::HashMap;
 
+use sled::Transactional;
+
 use super::totals::Count;
 use super::{decode, encode, keys, SledStore, StoreError};
-use crate::models::Message;
+use crate::models::{DeviceRef, Message, Outgoing};
+use crate::storage::check_devices;
 
 /// What deleting one message id did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,11 +19,11 @@ pub enum DeleteOutcome {
 }
 
 impl SledStore {
-    /// Queues a message for `recipient` unless their queue holds `cap` messages already. The
+    /// Queues a message for a device unless its queue holds `cap` messages already. The
     /// message id is assigned here; the message is on disk when this returns.
     pub async fn enqueue(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         mut message: Message,
         cap: u32,
     ) -> Result<Message, StoreError> {
@@ -34,37 +38,112 @@ impl SledStore {
     /// and leave a message behind that no device will ever fetch (nor one counted in no queue).
     fn enqueue_locked(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         message: &mut Message,
         cap: u32,
     ) -> Result<(), StoreError> {
-        let _user = self.user_lock(recipient);
-        if self.devices.get(keys::user(recipient))?.is_none() {
-            return Err(StoreError::NoDevice);
-        }
-        self.reserve_slot(recipient, cap)?;
+        let _user = self.user_lock(recipient.user);
+        let slot = self.slot_of(recipient)?;
+        self.take_place(slot, cap)?;
         let written = (|| {
             message.id = self.next_id()?;
             // Index first: a crash between the two leaves an index entry without a message,
             // which reads as "no such message", never a message that cannot be deleted.
             self.message_index.insert(
                 message.id.to_be_bytes(),
-                &keys::index_value(recipient, message.timestamp),
+                &keys::index_value(slot, message.timestamp),
             )?;
             self.messages
-                .insert(keys::message(recipient, message.id), encode(&*message))?;
+                .insert(keys::message(slot, message.id), encode(&*message))?;
             self.count(Count::QueuedMessages, 1);
             Ok(())
         })();
         if let Err(e) = written {
-            self.adjust_queue_len(recipient, -1);
+            self.adjust_queue_len(slot, -1);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Takes one place in the recipient's queue, or fails with `QueueFull`.
-    fn reserve_slot(&self, recipient: u64, cap: u32) -> Result<(), StoreError> {
+    /// Queues one message per device of an account, all or none (see `Storage::enqueue_all`).
+    pub async fn enqueue_all(
+        &self,
+        recipient: u64,
+        skip: Option<u32>,
+        outgoing: Vec<Outgoing>,
+        cap: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let _writing = self.writing().await?;
+        let messages = self.enqueue_all_locked(recipient, skip, outgoing, cap)?;
+        self.sync().await?;
+        Ok(messages)
+    }
+
+    fn enqueue_all_locked(
+        &self,
+        recipient: u64,
+        skip: Option<u32>,
+        outgoing: Vec<Outgoing>,
+        cap: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let _user = self.user_lock(recipient);
+        let (devices, slots): (Vec<_>, Vec<_>) = self.device_slots(recipient)?.into_iter().unzip();
+        if devices.is_empty() {
+            return Err(StoreError::NoDevice);
+        }
+        check_devices(&devices, skip, &outgoing).map_err(StoreError::DevicesChanged)?;
+        // Every device named exists (checked above).
+        let targets: Vec<usize> = outgoing
+            .iter()
+            .filter_map(|o| devices.iter().position(|d| d.id() == o.device))
+            .collect();
+        let mut taken = Vec::with_capacity(targets.len());
+        let release = |taken: &[u64]| taken.iter().for_each(|s| self.adjust_queue_len(*s, -1));
+        for &t in &targets {
+            if let Err(e) = self.take_place(slots[t], cap) {
+                release(&taken);
+                return Err(e);
+            }
+            taken.push(slots[t]);
+        }
+        let written = self.write_all(outgoing, &targets, &devices, &slots);
+        if written.is_err() {
+            release(&taken);
+        }
+        written
+    }
+
+    /// Writes the messages of `enqueue_all` in one transaction: a crash keeps all or none.
+    fn write_all(
+        &self,
+        outgoing: Vec<Outgoing>,
+        targets: &[usize],
+        devices: &[crate::models::Device],
+        slots: &[u64],
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut messages = Vec::with_capacity(outgoing.len());
+        let mut records = Vec::with_capacity(outgoing.len());
+        for (o, &t) in outgoing.into_iter().zip(targets) {
+            let mut m = o.message;
+            m.id = self.next_id()?;
+            m.recipient_address.clone_from(&devices[t].address);
+            let index = keys::index_value(slots[t], m.timestamp);
+            records.push((m.id, index, keys::message(slots[t], m.id), encode(&m)));
+            messages.push(m);
+        }
+        (&self.messages, &self.message_index).transaction(|(queue, index)| {
+            for (id, value, key, record) in &records {
+                index.insert(&id.to_be_bytes(), value)?;
+                queue.insert(key, record.as_slice())?;
+            }
+            Ok(())
+        })?;
+        self.count(Count::QueuedMessages, messages.len() as i64);
+        Ok(messages)
+    }
+
+    /// Takes one place in the queue under `recipient` (a slot), or fails with `QueueFull`.
+    fn take_place(&self, recipient: u64, cap: u32) -> Result<(), StoreError> {
         let mut lens = self.lock_lens();
         let len = match lens.get(&recipient) {
             Some(len) => *len,
@@ -99,7 +178,7 @@ impl SledStore {
     /// The oldest `limit` queued messages of `recipient` with an id above `after`.
     pub fn messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
@@ -111,11 +190,14 @@ impl SledStore {
     /// messages is not held in memory whole.
     pub fn messages_page(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         after: u64,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        let Some(recipient) = self.slot(recipient)? else {
+            return Ok(Vec::new());
+        };
         let start = keys::message(recipient, after.saturating_add(1));
         let end = keys::message(recipient, u64::MAX);
         let mut page = Vec::new();
@@ -132,7 +214,10 @@ impl SledStore {
     }
 
     /// One queued message of `recipient`, if it is still there.
-    pub fn message(&self, recipient: u64, id: u64) -> Result<Option<Message>, StoreError> {
+    pub fn message(&self, recipient: DeviceRef, id: u64) -> Result<Option<Message>, StoreError> {
+        let Some(recipient) = self.slot(recipient)? else {
+            return Ok(None);
+        };
         match self.messages.get(keys::message(recipient, id))? {
             Some(value) => Ok(Some(decode(&value)?)),
             None => Ok(None),
@@ -142,10 +227,12 @@ impl SledStore {
     /// Deletes the given messages of `recipient`, reporting per id; durable when it returns.
     pub async fn delete_messages(
         &self,
-        recipient: u64,
+        recipient: DeviceRef,
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         let _writing = self.writing().await?;
+        // A device that is gone has no queue: nothing of it can be deleted.
+        let recipient = self.slot(recipient)?.unwrap_or(0);
         let mut outcomes = Vec::with_capacity(ids.len());
         for &id in ids {
             outcomes.push(self.remove_message(recipient, id)?);
@@ -179,7 +266,7 @@ impl SledStore {
         }
     }
 
-    /// Removes every message queued for `recipient`.
+    /// Removes every message queued under `recipient` (a slot).
     pub(super) fn clear_queue(&self, recipient: u64) -> Result<(), StoreError> {
         for k in self.messages.scan_prefix(keys::user(recipient)).keys() {
             let k = k?;
@@ -218,7 +305,10 @@ impl SledStore {
         Ok(removed)
     }
 
-    pub fn queue_len(&self, recipient: u64) -> Result<u32, StoreError> {
+    pub fn queue_len(&self, recipient: DeviceRef) -> Result<u32, StoreError> {
+        let Some(recipient) = self.slot(recipient)? else {
+            return Ok(0);
+        };
         if let Some(len) = self.lock_lens().get(&recipient) {
             return Ok(*len);
         }
@@ -229,6 +319,7 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::sled_store::fixtures::primary;
 
     async fn with_device(s: &SledStore, user: u64) {
         let name = format!("u{user}");
@@ -246,19 +337,19 @@ mod tests {
     async fn queue_is_oldest_first_and_capped() {
         let (_dir, s) = super::super::temp();
         with_device(&s, 1).await;
-        let a = s.enqueue(1, msg("a", 1), 2).await.unwrap();
-        let b = s.enqueue(1, msg("b", 2), 2).await.unwrap();
+        let a = s.enqueue(primary(1), msg("a", 1), 2).await.unwrap();
+        let b = s.enqueue(primary(1), msg("b", 2), 2).await.unwrap();
         assert!(a.id < b.id);
         assert!(matches!(
-            s.enqueue(1, msg("c", 3), 2).await,
+            s.enqueue(primary(1), msg("c", 3), 2).await,
             Err(StoreError::QueueFull)
         ));
-        let got = s.messages(1, 0, 10).unwrap();
+        let got = s.messages(primary(1), 0, 10).unwrap();
         assert_eq!(
             got.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert_eq!(s.messages(1, a.id, 10).unwrap(), vec![b]);
+        assert_eq!(s.messages(primary(1), a.id, 10).unwrap(), vec![b]);
     }
 
     #[tokio::test]
@@ -266,14 +357,22 @@ mod tests {
         let (_dir, s) = super::super::temp();
         with_device(&s, 1).await;
         for _ in 0..5 {
-            s.enqueue(1, msg(&"x".repeat(1000), 1), 10).await.unwrap();
+            s.enqueue(primary(1), msg(&"x".repeat(1000), 1), 10)
+                .await
+                .unwrap();
         }
-        assert_eq!(s.messages_page(1, 0, 10, 2500).unwrap().len(), 2);
-        assert_eq!(s.messages_page(1, 0, 10, 10).unwrap().len(), 1);
-        assert_eq!(s.messages_page(1, 0, 3, usize::MAX).unwrap().len(), 3);
-        let first = &s.messages(1, 0, 1).unwrap()[0];
-        assert_eq!(s.message(1, first.id).unwrap().as_ref(), Some(first));
-        assert_eq!(s.message(2, first.id).unwrap(), None);
+        assert_eq!(s.messages_page(primary(1), 0, 10, 2500).unwrap().len(), 2);
+        assert_eq!(s.messages_page(primary(1), 0, 10, 10).unwrap().len(), 1);
+        assert_eq!(
+            s.messages_page(primary(1), 0, 3, usize::MAX).unwrap().len(),
+            3
+        );
+        let first = &s.messages(primary(1), 0, 1).unwrap()[0];
+        assert_eq!(
+            s.message(primary(1), first.id).unwrap().as_ref(),
+            Some(first)
+        );
+        assert_eq!(s.message(primary(2), first.id).unwrap(), None);
     }
 
     #[tokio::test]
@@ -281,24 +380,27 @@ mod tests {
         let (_dir, s) = super::super::temp();
         with_device(&s, 1).await;
         with_device(&s, 2).await;
-        let m = s.enqueue(1, msg("x", 1), 10).await.unwrap();
-        let out = s.delete_messages(2, &[m.id, 999_999]).await.unwrap();
+        let m = s.enqueue(primary(1), msg("x", 1), 10).await.unwrap();
+        let out = s
+            .delete_messages(primary(2), &[m.id, 999_999])
+            .await
+            .unwrap();
         assert_eq!(out, [DeleteOutcome::NotOwner, DeleteOutcome::NotFound]);
         assert_eq!(
-            s.delete_messages(1, &[m.id]).await.unwrap(),
+            s.delete_messages(primary(1), &[m.id]).await.unwrap(),
             [DeleteOutcome::Deleted]
         );
-        assert_eq!(s.queue_len(1).unwrap(), 0);
+        assert_eq!(s.queue_len(primary(1)).unwrap(), 0);
     }
 
     #[tokio::test]
     async fn sweep_removes_only_expired_messages() {
         let (_dir, s) = super::super::temp();
         with_device(&s, 1).await;
-        s.enqueue(1, msg("old", 10), 10).await.unwrap();
-        s.enqueue(1, msg("new", 1000), 10).await.unwrap();
+        s.enqueue(primary(1), msg("old", 10), 10).await.unwrap();
+        s.enqueue(primary(1), msg("new", 1000), 10).await.unwrap();
         assert_eq!(s.sweep_expired(500).await.unwrap(), 1);
-        assert_eq!(s.messages(1, 0, 10).unwrap()[0].content, "new");
-        assert_eq!(s.queue_len(1).unwrap(), 1);
+        assert_eq!(s.messages(primary(1), 0, 10).unwrap()[0].content, "new");
+        assert_eq!(s.queue_len(primary(1)).unwrap(), 1);
     }
 }

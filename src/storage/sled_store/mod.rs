@@ -26,6 +26,7 @@ mod commit;
 mod devices;
 mod fsck;
 pub mod keys;
+mod linked;
 mod messages;
 mod prekeys;
 mod restore;
@@ -58,8 +59,11 @@ pub(crate) use restore_rules::RestoreTarget;
 pub use totals::Totals;
 pub use users::ResetGrant;
 
-/// The on-disk layout version; bump it when a record or key layout changes.
-const SCHEMA_VERSION: u32 = 1;
+/// The on-disk layout version; bump it when a record or key layout changes. Version 2 added
+/// linked devices (the `linked_devices` tree); a version 1 database is version 2 with none, so
+/// opening one only writes the new number (and a build that knows only version 1 then refuses
+/// the data dir instead of ignoring linked devices).
+const SCHEMA_VERSION: u32 = 2;
 
 /// `"schema_version"` → u32 BE.
 const META: &str = "meta";
@@ -69,15 +73,20 @@ const USERS: &str = "users";
 const USERNAMES: &str = "usernames";
 /// lower-case email → user id.
 const EMAILS: &str = "emails";
-/// user id → bincode `Device`.
+/// user id → bincode `Device`: the account's primary device.
 const DEVICES: &str = "devices";
-/// user id ‖ key id → 33-byte public key.
+/// user id ‖ device id (u32 BE) → bincode `linked::LinkedDevice`: the other devices, each with
+/// the slot its keys and queue are kept under.
+const LINKED_DEVICES: &str = "linked_devices";
+/// slot ‖ key id → 33-byte public key. A device's slot is its user id for the primary (so
+/// version 1 data needs no rewrite), a fresh id for a linked device (so a reused device id
+/// starts empty).
 const PREKEYS: &str = "prekeys";
-/// user id ‖ key id → bincode `SignedPreKey`.
+/// slot ‖ key id → bincode `SignedPreKey`.
 const KYBER_PREKEYS: &str = "kyber_prekeys";
-/// recipient user id ‖ message id → bincode `Message`.
+/// slot ‖ message id → bincode `Message`.
 const MESSAGES: &str = "messages";
-/// message id → recipient user id ‖ timestamp: ownership on delete, and the expiry sweep.
+/// message id → slot ‖ timestamp: ownership on delete, and the expiry sweep.
 const MESSAGE_INDEX: &str = "message_index";
 /// sha256(reset token) → user id ‖ expiry (s) ‖ token version.
 const RESET_TOKENS: &str = "reset_tokens";
@@ -142,6 +151,7 @@ pub struct SledStore {
     usernames: sled::Tree,
     emails: sled::Tree,
     devices: sled::Tree,
+    linked_devices: sled::Tree,
     prekeys: sled::Tree,
     kyber_prekeys: sled::Tree,
     messages: sled::Tree,
@@ -175,20 +185,7 @@ impl SledStore {
             .cache_capacity(options.cache_capacity)
             .open()?;
         let meta = db.open_tree(META)?;
-        match meta.get("schema_version")? {
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
-            }
-            Some(v) if keys::decode_u32(&v) == Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(StoreError::Corrupt(format!(
-                    "the data dir has database layout version {}, this build reads version \
-                     {SCHEMA_VERSION}; run the signal-server version that wrote it",
-                    keys::decode_u32(&v).map_or("(unreadable)".into(), |v| v.to_string())
-                )))
-            }
-        }
+        check_layout(&db, &meta)?;
         let id_offset = meta
             .get("id_offset")?
             .and_then(|v| keys::decode_u64(&v))
@@ -198,6 +195,7 @@ impl SledStore {
             usernames: db.open_tree(USERNAMES)?,
             emails: db.open_tree(EMAILS)?,
             devices: db.open_tree(DEVICES)?,
+            linked_devices: db.open_tree(LINKED_DEVICES)?,
             prekeys: db.open_tree(PREKEYS)?,
             kyber_prekeys: db.open_tree(KYBER_PREKEYS)?,
             messages: db.open_tree(MESSAGES)?,
@@ -267,6 +265,27 @@ impl SledStore {
     }
 }
 
+/// Checks the data dir's layout version, and moves an older layout to this one.
+fn check_layout(db: &sled::Db, meta: &sled::Tree) -> Result<(), StoreError> {
+    let found = meta.get("schema_version")?;
+    match found.as_deref().map(keys::decode_u32) {
+        // A new database, or version 1 (the same layout without linked devices).
+        None | Some(Some(1)) => {
+            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            db.flush()?;
+        }
+        Some(Some(SCHEMA_VERSION)) => {}
+        Some(v) => {
+            return Err(StoreError::Corrupt(format!(
+                "the data dir has database layout version {}, this build reads versions 1 \
+                 to {SCHEMA_VERSION}; run the signal-server version that wrote it",
+                v.map_or("(unreadable)".into(), |v| v.to_string())
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// Keys of an iteration, stopping at the first read error (never `Tree::len`, which spins
 /// forever on a damaged page).
 fn count_keys(iter: sled::Iter) -> Result<u64, sled::Error> {
@@ -302,7 +321,12 @@ fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
 /// Records for the storage unit tests (the keys are the right size, not real keys).
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::models::{Device, Message, PreKey, SignedPreKey};
+    use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey};
+
+    /// Device 1 (the primary of `device("<name>.1")`) of `user`.
+    pub fn primary(user: u64) -> DeviceRef {
+        DeviceRef { user, device: 1 }
+    }
 
     pub fn device(address: &str) -> Device {
         Device {
@@ -356,6 +380,22 @@ pub(crate) fn temp() -> (tempfile::TempDir, SledStore) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_1_database_opens_as_version_2_and_a_newer_one_is_refused() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let meta = db.open_tree(META).unwrap();
+        meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+        check_layout(&db, &meta).unwrap();
+        let version = meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(keys::decode_u32(&version), Some(SCHEMA_VERSION));
+        check_layout(&db, &meta).unwrap();
+        meta.insert("schema_version", &3u32.to_be_bytes()).unwrap();
+        assert!(matches!(
+            check_layout(&db, &meta),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 
     #[tokio::test]
     async fn an_id_that_would_wrap_is_an_error_not_an_old_id_again() {

@@ -2,24 +2,25 @@
 
 use super::totals::Count;
 use super::{count_prefix, decode, encode, keys, SledStore, StoreError};
-use crate::models::{Popped, PreKey, SignedPreKey};
+use crate::models::{DeviceRef, Popped, PreKey, SignedPreKey};
 
 impl SledStore {
     /// Stores one-time EC prekeys (a stored keyId is replaced). Fails with `TooManyPrekeys`,
     /// storing nothing, if the stock would exceed `cap`. Returns the new stock.
     pub async fn add_prekeys(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         new: &[PreKey],
         cap: u32,
     ) -> Result<u32, StoreError> {
         let _writing = self.writing().await?;
-        let records: Vec<_> = new
-            .iter()
-            .map(|k| (keys::prekey(user_id, k.key_id), k.public_key.clone()))
-            .collect();
+        let records = |slot| {
+            new.iter()
+                .map(|k| (keys::prekey(slot, k.key_id), k.public_key.clone()))
+                .collect()
+        };
         let tree = (&self.prekeys, Count::Prekeys);
-        let count = self.add_keys(user_id, tree, &records, cap, None)?;
+        let count = self.add_keys(device, tree, records, cap, None)?;
         self.sync().await?;
         Ok(count)
     }
@@ -27,18 +28,19 @@ impl SledStore {
     /// Stores one-time Kyber prekeys and/or replaces the last-resort Kyber prekey.
     pub async fn add_kyber_prekeys(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         new: &[SignedPreKey],
         last_resort: Option<&SignedPreKey>,
         cap: u32,
     ) -> Result<u32, StoreError> {
         let _writing = self.writing().await?;
-        let records: Vec<_> = new
-            .iter()
-            .map(|k| (keys::prekey(user_id, k.key_id), encode(k)))
-            .collect();
+        let records = |slot| {
+            new.iter()
+                .map(|k| (keys::prekey(slot, k.key_id), encode(k)))
+                .collect()
+        };
         let tree = (&self.kyber_prekeys, Count::KyberPrekeys);
-        let count = self.add_keys(user_id, tree, &records, cap, last_resort)?;
+        let count = self.add_keys(device, tree, records, cap, last_resort)?;
         self.sync().await?;
         Ok(count)
     }
@@ -47,19 +49,18 @@ impl SledStore {
     /// striped lock (pops only lower the stock, so they need not wait).
     fn add_keys(
         &self,
-        user_id: u64,
+        device: DeviceRef,
         (tree, which): (&sled::Tree, Count),
-        records: &[([u8; 12], Vec<u8>)],
+        records: impl Fn(u64) -> Vec<([u8; 12], Vec<u8>)>,
         cap: u32,
         last_resort: Option<&SignedPreKey>,
     ) -> Result<u32, StoreError> {
-        let _upload = self.user_lock(user_id);
-        if self.devices.get(keys::user(user_id))?.is_none() {
-            return Err(StoreError::NoDevice);
-        }
-        let before = count_prefix(tree, user_id)?;
+        let _upload = self.user_lock(device.user);
+        let slot = self.slot_of(device)?;
+        let records = records(slot);
+        let before = count_prefix(tree, slot)?;
         let mut count = before;
-        for (k, _) in records {
+        for (k, _) in &records {
             if !tree.contains_key(k)? {
                 count += 1;
             }
@@ -68,7 +69,7 @@ impl SledStore {
             return Err(StoreError::TooManyPrekeys);
         }
         let mut batch = sled::Batch::default();
-        for (k, v) in records {
+        for (k, v) in &records {
             batch.insert(k.as_slice(), v.as_slice());
         }
         tree.apply_batch(batch)?;
@@ -76,19 +77,22 @@ impl SledStore {
         // is then one low until the next start); pops do not wait for uploads.
         self.count(which, i64::from(count) - i64::from(before));
         if let Some(key) = last_resort {
-            self.update_device(user_id, |d| d.last_resort_kyber = Some(key.clone()))?;
+            self.update_device(device, |d| d.last_resort_kyber = Some(key.clone()))?;
         }
         Ok(count)
     }
 
-    /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a user, each at most
-    /// once ever, and returns once the removal is on disk. The last-resort Kyber key is not taken
-    /// here (it lives in the device record).
-    pub async fn pop_prekeys(&self, user_id: u64) -> Result<Popped, StoreError> {
+    /// Takes the lowest-keyId one-time EC prekey and one-time Kyber prekey of a device, each at
+    /// most once ever, and returns once the removal is on disk. The last-resort Kyber key is not
+    /// taken here (it lives in the device record).
+    pub async fn pop_prekeys(&self, device: DeviceRef) -> Result<Popped, StoreError> {
         let _writing = self.writing().await?;
-        let ec = pop_lowest(&self.prekeys, user_id)?;
+        let Some(slot) = self.slot(device)? else {
+            return Ok(Popped::default());
+        };
+        let ec = pop_lowest(&self.prekeys, slot)?;
         self.count(Count::Prekeys, -i64::from(ec.is_some()));
-        let kyber = pop_lowest(&self.kyber_prekeys, user_id)?;
+        let kyber = pop_lowest(&self.kyber_prekeys, slot)?;
         self.count(Count::KyberPrekeys, -i64::from(kyber.is_some()));
         let popped = Popped {
             prekey: ec.map(|(id, v)| PreKey {
@@ -103,20 +107,20 @@ impl SledStore {
         Ok(popped)
     }
 
-    /// One-time prekeys in stock for a user: `(EC, Kyber)`.
-    pub(super) fn prekey_counts(&self, user_id: u64) -> Result<(u32, u32), StoreError> {
+    /// One-time prekeys in stock under a slot: `(EC, Kyber)`.
+    pub(super) fn prekey_counts(&self, slot: u64) -> Result<(u32, u32), StoreError> {
         Ok((
-            count_prefix(&self.prekeys, user_id)?,
-            count_prefix(&self.kyber_prekeys, user_id)?,
+            count_prefix(&self.prekeys, slot)?,
+            count_prefix(&self.kyber_prekeys, slot)?,
         ))
     }
 }
 
-/// Removes and returns the lowest key of `user_id` in `tree`: a compare-and-swap loop, so that
+/// Removes and returns the lowest key under `slot` in `tree`: a compare-and-swap loop, so that
 /// of several concurrent takers exactly one gets each key.
-fn pop_lowest(tree: &sled::Tree, user_id: u64) -> Result<Option<(u32, sled::IVec)>, StoreError> {
+fn pop_lowest(tree: &sled::Tree, slot: u64) -> Result<Option<(u32, sled::IVec)>, StoreError> {
     loop {
-        let Some((k, v)) = tree.scan_prefix(keys::user(user_id)).next().transpose()? else {
+        let Some((k, v)) = tree.scan_prefix(keys::user(slot)).next().transpose()? else {
             return Ok(None);
         };
         if tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
@@ -131,7 +135,7 @@ mod tests {
     use super::*;
     use crate::models::Device;
 
-    use crate::storage::sled_store::fixtures::{device as fixture, ec};
+    use crate::storage::sled_store::fixtures::{device as fixture, ec, primary};
 
     fn device() -> Device {
         fixture("a.1")
@@ -144,12 +148,12 @@ mod tests {
         assert_eq!(user.id, 1, "a fresh database numbers users from 1");
         s.create_device(1, &device(), &ec(0..5), &[]).await.unwrap();
         assert!(matches!(
-            s.add_prekeys(1, &ec(10..20), 10).await,
+            s.add_prekeys(primary(1), &ec(10..20), 10).await,
             Err(StoreError::TooManyPrekeys)
         ));
-        assert_eq!(s.stock(1).unwrap().prekeys, 5);
+        assert_eq!(s.stock(primary(1)).unwrap().prekeys, 5);
         // Replacing stored ids does not count twice.
-        assert_eq!(s.add_prekeys(1, &ec(0..10), 10).await.unwrap(), 10);
+        assert_eq!(s.add_prekeys(primary(1), &ec(0..10), 10).await.unwrap(), 10);
     }
 
     #[tokio::test]
@@ -166,7 +170,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 for _ in 0..5 {
-                    if let Some(k) = s.pop_prekeys(1).await.unwrap().prekey {
+                    if let Some(k) = s.pop_prekeys(primary(1)).await.unwrap().prekey {
                         got.push(k.key_id);
                     }
                 }
@@ -179,6 +183,6 @@ mod tests {
         }
         all.sort();
         assert_eq!(all, (1..=50).collect::<Vec<_>>());
-        assert_eq!(s.stock(1).unwrap().prekeys, 0);
+        assert_eq!(s.stock(primary(1)).unwrap().prekeys, 0);
     }
 }

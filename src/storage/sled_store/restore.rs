@@ -8,8 +8,11 @@ use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use super::backup::{BackupSummary, Record};
+use super::linked::LinkedDevice;
 use super::restore_rules::{RestoreLimits, RestoreTarget, Restoring};
-use super::{SledStore, StorageOptions, StoreError};
+use super::{encode, keys, ResetGrant, SledStore, StorageOptions, StoreError};
+use crate::models::{Device, DeviceRef, Message, SignedPreKey, User};
+use crate::requests::KeyKind;
 
 /// Restores `input` into the database directory `db`, which must not exist or hold no records.
 pub async fn restore_dir(
@@ -101,6 +104,7 @@ impl SledStore {
         for tree in [
             &self.users,
             &self.devices,
+            &self.linked_devices,
             &self.prekeys,
             &self.kyber_prekeys,
             &self.messages,
@@ -158,6 +162,115 @@ pub(crate) async fn read_backup<T: RestoreTarget>(
     restoring.finish()
 }
 
+/// The sled store as a restore fills it: its trees and their indexes.
+impl RestoreTarget for &SledStore {
+    async fn user(&mut self, id: u64) -> Result<Option<User>, StoreError> {
+        SledStore::user(self, id)
+    }
+
+    async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        Ok(self.usernames.contains_key(lowercased.as_bytes())?)
+    }
+
+    async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
+        Ok(self.emails.contains_key(lowercased.as_bytes())?)
+    }
+
+    async fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
+        let key = keys::user(user.id);
+        self.usernames
+            .insert(user.username.to_lowercase().as_bytes(), &key)?;
+        if !user.email.is_empty() {
+            self.emails
+                .insert(user.email.to_lowercase().as_bytes(), &key)?;
+        }
+        self.users.insert(key, encode(user))?;
+        Ok(())
+    }
+
+    async fn devices(&mut self, user: u64) -> Result<Vec<Device>, StoreError> {
+        SledStore::devices(self, user)
+    }
+
+    async fn put_device(
+        &mut self,
+        user: u64,
+        device: &Device,
+        linked: Option<u64>,
+    ) -> Result<(), StoreError> {
+        match linked {
+            None => self.devices.insert(keys::user(user), encode(device))?,
+            Some(slot) => {
+                let record = LinkedDevice {
+                    slot,
+                    device: device.clone(),
+                };
+                let key = keys::linked(user, device.id());
+                self.linked_devices.insert(key, encode(&record))?
+            }
+        };
+        Ok(())
+    }
+
+    async fn has_prekey(
+        &mut self,
+        device: DeviceRef,
+        kind: KeyKind,
+        id: u32,
+    ) -> Result<bool, StoreError> {
+        let tree = match kind {
+            KeyKind::Ec => &self.prekeys,
+            KeyKind::Kyber => &self.kyber_prekeys,
+        };
+        Ok(tree.contains_key(keys::prekey(self.slot_of(device)?, id))?)
+    }
+
+    async fn put_prekey(
+        &mut self,
+        device: DeviceRef,
+        kind: KeyKind,
+        key: &SignedPreKey,
+    ) -> Result<(), StoreError> {
+        let k = keys::prekey(self.slot_of(device)?, key.key_id);
+        match kind {
+            KeyKind::Ec => self.prekeys.insert(k, key.public_key.as_slice())?,
+            KeyKind::Kyber => self.kyber_prekeys.insert(k, encode(key))?,
+        };
+        Ok(())
+    }
+
+    async fn has_message(&mut self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.message_index.contains_key(id.to_be_bytes())?)
+    }
+
+    async fn put_message(&mut self, recipient: DeviceRef, m: &Message) -> Result<(), StoreError> {
+        let slot = self.slot_of(recipient)?;
+        self.message_index
+            .insert(m.id.to_be_bytes(), &keys::index_value(slot, m.timestamp))?;
+        self.messages.insert(keys::message(slot, m.id), encode(m))?;
+        Ok(())
+    }
+
+    async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.invites.contains_key(hash)?)
+    }
+
+    async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError> {
+        self.invites.insert(hash, &created.to_be_bytes())?;
+        Ok(())
+    }
+
+    async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.reset_tokens.contains_key(hash)?)
+    }
+
+    async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError> {
+        let value = keys::reset_grant(grant.user_id, grant.expires_at, grant.token_version);
+        self.reset_tokens.insert(hash, &value)?;
+        Ok(())
+    }
+}
+
 /// Lines of at most `max` bytes, read without ever holding more than `max + 1` bytes of one:
 /// a huge line is refused after its first `max + 1` bytes, not read whole into memory.
 struct Lines<'a> {
@@ -204,5 +317,118 @@ impl<'a> Lines<'a> {
             self.buf.pop();
         }
         Ok(Some((self.number, &self.buf)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::storage::sled_store::backup::tests::{limits, linked_store};
+
+    /// A multi-device backup (`linked_store`) as records, without its end record.
+    async fn records() -> Vec<Value> {
+        let (_dir, s) = linked_store().await;
+        let mut out = Vec::new();
+        s.backup(&mut out).await.unwrap();
+        let mut records: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        records.pop();
+        records
+    }
+
+    /// `records` and an end record that counts them, as a file's text.
+    fn text(records: &[Value]) -> String {
+        let end = json!({"type": "end", "records": records.len()});
+        let lines: Vec<String> = records.iter().chain([&end]).map(Value::to_string).collect();
+        lines.join("\n") + "\n"
+    }
+
+    /// An edit of a backup's records.
+    type Edit = fn(&mut Vec<Value>);
+
+    /// The record of device `address`.
+    fn device<'a>(records: &'a mut [Value], address: &str) -> &'a mut Value {
+        let found = records.iter_mut().find(|r| r["address"] == address);
+        found.unwrap()
+    }
+
+    async fn restore_into(dir: &Path, text: &str) -> Result<BackupSummary, StoreError> {
+        let options = StorageOptions {
+            cache_capacity: 8 << 20,
+            flush_timeout: std::time::Duration::from_secs(30),
+        };
+        restore_dir(&dir.join("db"), &mut text.as_bytes(), &limits(), &options).await
+    }
+
+    #[tokio::test]
+    async fn a_linked_device_without_its_primary_is_refused_and_nothing_is_left_behind() {
+        let good = records().await;
+        let mut crafted = good.clone();
+        crafted.retain(|r| r["address"] != "alice.1");
+        let data = tempfile::tempdir().unwrap();
+        let err = restore_into(data.path(), &text(&crafted))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("without) the user's primary"),
+            "{err}"
+        );
+        for name in ["db", "db.restoring"] {
+            assert!(!data.path().join(name).exists(), "{name} was left behind");
+        }
+        let sum = restore_into(data.path(), &text(&good)).await.unwrap();
+        assert_eq!(sum.devices, 4);
+    }
+
+    #[tokio::test]
+    async fn linked_devices_are_checked_as_linking_checks_them() {
+        let good = records().await;
+        let cases: [(&str, Edit); 7] = [
+            ("a linked device's id is 2 to 127", |r| {
+                device(r, "alice.3")["address"] = json!("alice.1")
+            }),
+            ("device 2 of user 1 twice", |r| {
+                let mut again = device(r, "alice.3").clone();
+                again["address"] = json!("alice.2");
+                again["registrationId"] = json!(99);
+                r.insert(5, again)
+            }),
+            ("registrationId 7 is another device's", |r| {
+                device(r, "alice.3")["registrationId"] = json!(7)
+            }),
+            ("the identity key is not the account's", |r| {
+                let mut other = [6u8; 33];
+                other[0] = 5;
+                let other = crate::crypto::b64::encode(&other);
+                device(r, "alice.3")["identityKey"] = json!(other)
+            }),
+            ("a second primary device of user 1", |r| {
+                device(r, "alice.3")
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("linked");
+            }),
+            ("device 9 of user 1, which was not restored", |r| {
+                let key = r.iter_mut().find(|r| r["device"] == 3).unwrap();
+                key["device"] = json!(9)
+            }),
+            ("recipientAddress is not the address", |r| {
+                let m = r.iter_mut().find(|r| r["recipientAddress"] == "alice.3");
+                m.unwrap()["device"] = json!(2)
+            }),
+        ];
+        for (why, edit) in cases {
+            let mut crafted = good.clone();
+            edit(&mut crafted);
+            let (_dir, s) = crate::storage::sled_store::temp();
+            let err = s.restore(&mut text(&crafted).as_bytes(), &limits()).await;
+            let err = err.expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! A restore's checks of one record on its own: the rules the API applies to what clients send
 //! (from `requests`), id ranges and the shapes of keys, hashes and password hashes, while the
-//! record is turned into the domain type storage keeps.
+//! record is turned into the domain type storage keeps; and a linked device against the
+//! account's devices before it.
 
-use super::backup::{DeviceRecord, KeyRecord, MessageRecord, UserRecord};
+use super::backup::{DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord};
 use super::StoreError;
 use crate::crypto::{b64, SIGNATURE_LEN};
 use crate::models::{Device, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
+use crate::storage::LINKED_IDS;
 
 /// Every id in a backup (users, messages) is below this: new ids continue above the largest
 /// restored one, and 2^62 leaves 3 · 2^62 ids for them, so no id can wrap.
@@ -122,6 +124,63 @@ pub(super) fn message_in(r: MessageRecord, max_bytes: usize) -> Result<(u64, Mes
         timestamp: r.timestamp,
     };
     Ok((r.recipient, message))
+}
+
+/// Checks a linked device `id` of `user` against the devices restored before it, as
+/// `POST /v2/devices` checks one (`check_link`), but for the id, which the backup names.
+pub(super) fn check_linked(
+    user: u64,
+    id: u32,
+    new: &Device,
+    devices: &[Device],
+) -> Result<(), StoreError> {
+    let Some(primary) = devices.first() else {
+        return bad(format!(
+            "linked device {id} of user {user} before (or without) the user's primary device"
+        ));
+    };
+    if !LINKED_IDS.contains(&id) {
+        return bad(format!(
+            "linked device {id} of user {user}: a linked device's id is 2 to 127"
+        ));
+    }
+    if devices.iter().any(|d| d.id() == id) {
+        return bad(format!("device {id} of user {user} twice"));
+    }
+    if new.identity_key != primary.identity_key {
+        return bad(format!(
+            "linked device {id} of user {user}: the identity key is not the account's"
+        ));
+    }
+    if devices
+        .iter()
+        .any(|d| d.registration_id == new.registration_id)
+    {
+        return bad(format!(
+            "linked device {id} of user {user}: registrationId {} is another device's of the \
+             account",
+            new.registration_id
+        ));
+    }
+    Ok(())
+}
+
+/// The device a key or message record names, in words.
+pub(super) fn whose(user: u64, device: Option<u32>) -> String {
+    match device {
+        None => format!("the primary device of user {user}"),
+        Some(id) => format!("device {id} of user {user}"),
+    }
+}
+
+/// Whether a record names a linked device (which a version 1 backup cannot hold).
+pub(super) fn names_a_linked_device(r: &Record) -> bool {
+    match r {
+        Record::Device(d) => d.linked,
+        Record::PreKey { device, .. } | Record::KyberPreKey { device, .. } => device.is_some(),
+        Record::Message(m) => m.device.is_some(),
+        _ => false,
+    }
 }
 
 /// Ids are at least 1 (0 is never handed out) and below `ID_CEILING`.

@@ -1,20 +1,29 @@
 //! A restore's checks that need what came before (uniqueness, the users and devices a record
 //! names, counts per device and queue, the header and end records), then the write of a record
 //! that passed them and `restore_checks`. A record that names a user comes after that user's
-//! record, as `backup` writes them, so every check is a lookup in the database being built; only
-//! per-user counts are kept in memory.
+//! record, and one that names a device after that device's, as `backup` writes them, so every
+//! check is a lookup in the database being built; only per-device counts (and the devices of
+//! the user read last) are kept in memory.
+//!
+//! A linked device is checked as `POST /v2/devices` checks it, against the devices restored
+//! before it: its user's primary comes first, its id is in 2..=127 and no other device's of the
+//! account, its registrationId too, and its identity key is the account's.
 //!
 //! The rules are the same whatever store is being filled: the store only answers lookups and
-//! takes writes (`RestoreTarget`; sled's trees here, a PostgreSQL transaction in `pg_store`).
+//! takes writes (`RestoreTarget`: sled's trees in `restore`, a PostgreSQL transaction in
+//! `pg_store`).
 
 use std::collections::HashMap;
 
 use super::backup::{
     BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
 };
-use super::restore_checks::{bad, check_id, device_in, message_in, prekey_in, token_hash, user_in};
-use super::{encode, keys, ResetGrant, SledStore, StoreError};
-use crate::models::{Device, Message, SignedPreKey, User};
+use super::restore_checks::{
+    bad, check_id, check_linked, device_in, message_in, names_a_linked_device, prekey_in,
+    token_hash, user_in, whose,
+};
+use super::{ResetGrant, StoreError};
+use crate::models::{Device, DeviceRef, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind};
 
 /// The store a restore fills: lookups of what was restored so far, and the writes of records
@@ -24,18 +33,36 @@ pub(crate) trait RestoreTarget {
     async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError>;
     async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError>;
     async fn put_user(&mut self, user: &User) -> Result<(), StoreError>;
-    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError>;
-    async fn put_device(&mut self, user: u64, device: &Device) -> Result<(), StoreError>;
-    /// A one-time prekey (`signature` empty for EC keys).
-    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError>;
-    async fn put_prekey(
+    /// Every device of `user` restored so far, the primary first.
+    async fn devices(&mut self, user: u64) -> Result<Vec<Device>, StoreError>;
+    /// A device: the account's primary when `linked` is `None`; a linked device otherwise, with
+    /// a fresh id (above every id restored before it, and no user's) that the store may keep
+    /// its keys and queue under (sled's slot).
+    async fn put_device(
         &mut self,
         user: u64,
+        device: &Device,
+        linked: Option<u64>,
+    ) -> Result<(), StoreError>;
+    /// A one-time prekey (`signature` empty for EC keys) of a restored device.
+    async fn has_prekey(
+        &mut self,
+        device: DeviceRef,
+        kind: KeyKind,
+        id: u32,
+    ) -> Result<bool, StoreError>;
+    async fn put_prekey(
+        &mut self,
+        device: DeviceRef,
         kind: KeyKind,
         key: &SignedPreKey,
     ) -> Result<(), StoreError>;
     async fn has_message(&mut self, id: u64) -> Result<bool, StoreError>;
-    async fn put_message(&mut self, recipient: u64, message: &Message) -> Result<(), StoreError>;
+    async fn put_message(
+        &mut self,
+        recipient: DeviceRef,
+        message: &Message,
+    ) -> Result<(), StoreError>;
     async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError>;
     async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError>;
     async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError>;
@@ -67,14 +94,19 @@ pub(crate) struct Restoring<'a, T: RestoreTarget> {
     sum: BackupSummary,
     /// Records so far, the header included: what the end record must say.
     records: u64,
-    /// The largest id restored or referred to; new ids start above it.
+    /// The largest id restored, referred to or handed to a linked device; new ids start above.
     max_id: u64,
-    header: bool,
+    /// The first id handed to a linked device: a user with this id or above would share it.
+    first_fresh: Option<u64>,
+    /// The header's version (0 before the header).
+    version: u32,
     ended: bool,
-    /// user id → one-time (EC, Kyber) prekeys restored so far.
-    stock: HashMap<u64, (u32, u32)>,
-    /// user id → messages queued so far.
-    queues: HashMap<u64, u32>,
+    /// device → one-time (EC, Kyber) prekeys restored so far.
+    stock: HashMap<DeviceRef, (u32, u32)>,
+    /// device → messages queued so far.
+    queues: HashMap<DeviceRef, u32>,
+    /// The devices of the user whose records were read last: a user's records come together.
+    devices: Option<(u64, Vec<Device>)>,
 }
 
 impl<'a, T: RestoreTarget> Restoring<'a, T> {
@@ -85,10 +117,12 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
             sum: BackupSummary::default(),
             records: 0,
             max_id: 0,
-            header: false,
+            first_fresh: None,
+            version: 0,
             ended: false,
             stock: HashMap::new(),
             queues: HashMap::new(),
+            devices: None,
         }
     }
 
@@ -97,10 +131,15 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         if self.ended {
             return bad("a record after the end record".into());
         }
-        match (&record, self.header) {
-            (Record::Header { .. }, true) => return bad("a second header".into()),
-            (Record::Header { .. }, false) => {}
-            (_, false) => return bad("the first record is not the backup's header".into()),
+        match (&record, self.version) {
+            (Record::Header { .. }, 0) => {}
+            (Record::Header { .. }, _) => return bad("a second header".into()),
+            (_, 0) => return bad("the first record is not the backup's header".into()),
+            (r, 1) if names_a_linked_device(r) => {
+                return bad(
+                    "a version 1 backup with a linked device (that came with version 2)".into(),
+                )
+            }
             _ => {}
         }
         match record {
@@ -108,8 +147,12 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
             Record::End { records } => self.end(records)?,
             Record::User(u) => self.user(u).await?,
             Record::Device(d) => self.device(d).await?,
-            Record::PreKey { user, key } => self.prekey(user, key, KeyKind::Ec).await?,
-            Record::KyberPreKey { user, key } => self.prekey(user, key, KeyKind::Kyber).await?,
+            Record::PreKey { user, device, key } => {
+                self.prekey(user, device, key, KeyKind::Ec).await?
+            }
+            Record::KyberPreKey { user, device, key } => {
+                self.prekey(user, device, key, KeyKind::Kyber).await?
+            }
             Record::Message(m) => self.message(m).await?,
             Record::Invite { hash, created } => self.invite(&hash, created).await?,
             Record::ResetToken {
@@ -137,7 +180,7 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
                 "not a backup this version reads: {format} v{version}"
             ));
         }
-        self.header = true;
+        self.version = version;
         Ok(())
     }
 
@@ -157,6 +200,12 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         let id = user.id;
         let name = user.username.to_lowercase();
         let email = user.email.to_lowercase();
+        if let Some(first) = self.first_fresh.filter(|first| id >= *first) {
+            return bad(format!(
+                "user {id} comes after a linked device, which was given id {first} (a backup \
+                 lists every user before the devices)"
+            ));
+        }
         if self.db.user(id).await?.is_some() {
             return bad(format!("user id {id} twice"));
         }
@@ -179,41 +228,88 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
     }
 
     async fn device(&mut self, r: DeviceRecord) -> Result<(), StoreError> {
+        let linked = r.linked;
         let (user, device) = device_in(r)?;
         let Some(owner) = self.db.user(user).await? else {
             return bad(format!("a device of unknown user {user}"));
         };
-        if self.db.device(user).await?.is_some() {
-            return bad(format!("a second device of user {user}"));
-        }
-        match requests::parse_address(&device.address) {
-            Some((name, _)) if name.eq_ignore_ascii_case(&owner.username) => {}
+        let id = match requests::parse_address(&device.address) {
+            Some((name, id)) if name.eq_ignore_ascii_case(&owner.username) => id,
             _ => {
                 return bad(format!(
                     "device of user {user}: the address is not <their username>.<1 to 127>"
                 ))
             }
+        };
+        let devices = self.devices_of(user).await?;
+        if linked {
+            check_linked(user, id, &device, devices)?;
+        } else if !devices.is_empty() {
+            return bad(format!("a second primary device of user {user}"));
         }
-        self.db.put_device(user, &device).await?;
+        let fresh = linked.then(|| self.fresh_id());
+        self.db.put_device(user, &device, fresh).await?;
+        if let Some((_, devices)) = &mut self.devices {
+            devices.push(device);
+        }
         self.sum.devices += 1;
         Ok(())
     }
 
+    /// An id above every id so far, for a linked device's records (see `RestoreTarget`).
+    fn fresh_id(&mut self) -> u64 {
+        self.max_id += 1;
+        self.first_fresh.get_or_insert(self.max_id);
+        self.max_id
+    }
+
+    /// The devices of `user` restored so far, the primary first (cached for the user's next
+    /// records; `device` keeps the cache up to date).
+    async fn devices_of(&mut self, user: u64) -> Result<&[Device], StoreError> {
+        if self.devices.as_ref().map(|(u, _)| *u) != Some(user) {
+            let devices = self.db.devices(user).await?;
+            self.devices = Some((user, devices));
+        }
+        Ok(self.devices.as_ref().map_or(&[], |(_, d)| d.as_slice()))
+    }
+
+    /// The device a key or message names (`device` absent: the primary), if restored.
+    async fn named(
+        &mut self,
+        user: u64,
+        device: Option<u32>,
+    ) -> Result<Option<&Device>, StoreError> {
+        let devices = self.devices_of(user).await?;
+        Ok(match device {
+            None => devices.first(),
+            Some(id) => devices.iter().find(|d| d.id() == id),
+        })
+    }
+
     /// A one-time prekey, at most `--max-prekeys` of each kind per device.
-    async fn prekey(&mut self, user: u64, key: KeyRecord, kind: KeyKind) -> Result<(), StoreError> {
+    async fn prekey(
+        &mut self,
+        user: u64,
+        device: Option<u32>,
+        key: KeyRecord,
+        kind: KeyKind,
+    ) -> Result<(), StoreError> {
         let what = match kind {
             KeyKind::Ec => "one-time prekey",
             KeyKind::Kyber => "one-time Kyber prekey",
         };
-        if self.db.device(user).await?.is_none() {
-            return bad(format!("a {what} of user {user}, who has no device"));
-        }
+        let Some(to) = self.named(user, device).await?.map(|d| d.of(user)) else {
+            return bad(format!(
+                "a {what} of {}, which was not restored",
+                whose(user, device)
+            ));
+        };
         let key = prekey_in(what, key, kind)?;
         let id = key.key_id;
-        if self.db.has_prekey(user, kind, id).await? {
-            return bad(format!("{what} {id} of user {user} twice"));
+        if self.db.has_prekey(to, kind, id).await? {
+            return bad(format!("{what} {id} of {to} twice"));
         }
-        let stock = self.stock.entry(user).or_default();
+        let stock = self.stock.entry(to).or_default();
         let count = match kind {
             KeyKind::Ec => &mut stock.0,
             KeyKind::Kyber => &mut stock.1,
@@ -221,11 +317,11 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         *count += 1;
         if *count > self.limits.max_prekeys {
             return bad(format!(
-                "user {user} has more than {} {what}s (--max-prekeys)",
+                "{to} has more than {} {what}s (--max-prekeys)",
                 self.limits.max_prekeys
             ));
         }
-        self.db.put_prekey(user, kind, &key).await?;
+        self.db.put_prekey(to, kind, &key).await?;
         match kind {
             KeyKind::Ec => self.sum.prekeys += 1,
             KeyKind::Kyber => self.sum.kyber_prekeys += 1,
@@ -233,22 +329,28 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         Ok(())
     }
 
-    /// A queued message, checked as `POST /messages` checks it: to the recipient's device (its
-    /// address, and its registrationId inside the content), within the size and queue limits.
+    /// A queued message, checked as the API checks a send: to the recipient's device (its
+    /// address; in version 1, its registrationId inside the content), within the size and
+    /// queue limits. Since version 2 the content of a send to every device is opaque (the
+    /// registrationId beside it was checked instead), so it is not read.
     async fn message(&mut self, r: MessageRecord) -> Result<(), StoreError> {
+        let named = r.device;
         let (recipient, m) = message_in(r, self.limits.max_message_bytes)?;
         let id = m.id;
-        let Some(device) = self.db.device(recipient).await? else {
+        let Some(device) = self.named(recipient, named).await? else {
             return bad(format!(
-                "message {id} for user {recipient}, who has no device"
+                "message {id} for {}, which was not restored",
+                whose(recipient, named)
             ));
         };
+        let to = device.of(recipient);
         if m.recipient_address != device.address {
             return bad(format!(
                 "message {id}: recipientAddress is not the address of its recipient's device"
             ));
         }
-        if requests::inner_registration_id(&m.content) != Some(u64::from(device.registration_id)) {
+        let registration_id = Some(u64::from(device.registration_id));
+        if self.version == 1 && requests::inner_registration_id(&m.content) != registration_id {
             return bad(format!(
                 "message {id}: the content is not a JSON object with the registrationId of \
                  its recipient's device"
@@ -257,15 +359,15 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         if self.db.has_message(id).await? {
             return bad(format!("message id {id} twice"));
         }
-        let queued = self.queues.entry(recipient).or_default();
+        let queued = self.queues.entry(to).or_default();
         *queued += 1;
         if *queued > self.limits.max_queued_messages {
             return bad(format!(
-                "more than {} messages queued for user {recipient} (--max-queued-messages)",
+                "more than {} messages queued for {to} (--max-queued-messages)",
                 self.limits.max_queued_messages
             ));
         }
-        self.db.put_message(recipient, &m).await?;
+        self.db.put_message(to, &m).await?;
         self.sum.messages += 1;
         self.max_id = self.max_id.max(id);
         Ok(())
@@ -306,97 +408,6 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         };
         self.db.put_reset_token(&hash, &grant).await?;
         self.sum.reset_tokens += 1;
-        Ok(())
-    }
-}
-
-/// The sled store as a restore fills it: its trees and their indexes.
-impl RestoreTarget for &SledStore {
-    async fn user(&mut self, id: u64) -> Result<Option<User>, StoreError> {
-        SledStore::user(self, id)
-    }
-
-    async fn username_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
-        Ok(self.usernames.contains_key(lowercased.as_bytes())?)
-    }
-
-    async fn email_taken(&mut self, lowercased: &str) -> Result<bool, StoreError> {
-        Ok(self.emails.contains_key(lowercased.as_bytes())?)
-    }
-
-    async fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
-        let key = keys::user(user.id);
-        self.usernames
-            .insert(user.username.to_lowercase().as_bytes(), &key)?;
-        if !user.email.is_empty() {
-            self.emails
-                .insert(user.email.to_lowercase().as_bytes(), &key)?;
-        }
-        self.users.insert(key, encode(user))?;
-        Ok(())
-    }
-
-    async fn device(&mut self, user: u64) -> Result<Option<Device>, StoreError> {
-        SledStore::device(self, user)
-    }
-
-    async fn put_device(&mut self, user: u64, device: &Device) -> Result<(), StoreError> {
-        self.devices.insert(keys::user(user), encode(device))?;
-        Ok(())
-    }
-
-    async fn has_prekey(&mut self, user: u64, kind: KeyKind, id: u32) -> Result<bool, StoreError> {
-        let tree = match kind {
-            KeyKind::Ec => &self.prekeys,
-            KeyKind::Kyber => &self.kyber_prekeys,
-        };
-        Ok(tree.contains_key(keys::prekey(user, id))?)
-    }
-
-    async fn put_prekey(
-        &mut self,
-        user: u64,
-        kind: KeyKind,
-        key: &SignedPreKey,
-    ) -> Result<(), StoreError> {
-        let k = keys::prekey(user, key.key_id);
-        match kind {
-            KeyKind::Ec => self.prekeys.insert(k, key.public_key.as_slice())?,
-            KeyKind::Kyber => self.kyber_prekeys.insert(k, encode(key))?,
-        };
-        Ok(())
-    }
-
-    async fn has_message(&mut self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.message_index.contains_key(id.to_be_bytes())?)
-    }
-
-    async fn put_message(&mut self, recipient: u64, m: &Message) -> Result<(), StoreError> {
-        self.message_index.insert(
-            m.id.to_be_bytes(),
-            &keys::index_value(recipient, m.timestamp),
-        )?;
-        self.messages
-            .insert(keys::message(recipient, m.id), encode(m))?;
-        Ok(())
-    }
-
-    async fn has_invite(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.invites.contains_key(hash)?)
-    }
-
-    async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError> {
-        self.invites.insert(hash, &created.to_be_bytes())?;
-        Ok(())
-    }
-
-    async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.reset_tokens.contains_key(hash)?)
-    }
-
-    async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError> {
-        let value = keys::reset_grant(grant.user_id, grant.expires_at, grant.token_version);
-        self.reset_tokens.insert(hash, &value)?;
         Ok(())
     }
 }

@@ -86,9 +86,11 @@ impl SledStore {
     }
 
     fn count_trees(&self) -> Result<(), String> {
+        // Linked devices are devices too: the two trees add up to one count.
         let trees = [
             (Count::Users, &self.users, super::USERS),
             (Count::Devices, &self.devices, super::DEVICES),
+            (Count::Devices, &self.linked_devices, super::LINKED_DEVICES),
             (Count::QueuedMessages, &self.messages, super::MESSAGES),
             (Count::Prekeys, &self.prekeys, super::PREKEYS),
             (
@@ -98,14 +100,16 @@ impl SledStore {
             ),
             (Count::Invites, &self.invites, super::INVITES),
         ];
+        for count in &self.counters.counts {
+            count.store(0, Relaxed);
+        }
         for (which, tree, name) in trees {
             let n = super::count_keys(tree.iter()).map_err(|e| {
                 let why = format!("tree {name} cannot be read ({e}); run `signal-server fsck`");
                 log::error!("counting the database: {why}");
                 why
             })?;
-            self.counters.counts[which as usize]
-                .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
+            self.count(which, i64::try_from(n).unwrap_or(i64::MAX));
         }
         Ok(())
     }
@@ -114,7 +118,7 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Device, Message};
+    use crate::models::{Device, DeviceRef, Message};
     use crate::storage::sled_store::fixtures;
 
     fn device() -> Device {
@@ -146,14 +150,25 @@ mod tests {
             .create_device(a.id, &device(), &fixtures::ec(0..9), &[])
             .await
             .is_err());
-        s.add_prekeys(a.id, &fixtures::ec(3..8), 100).await.unwrap();
-        s.pop_prekeys(b.id).await.unwrap();
-        let m = s.enqueue(a.id, message(), 10).await.unwrap();
+        s.add_prekeys(fixtures::primary(a.id), &fixtures::ec(3..8), 100)
+            .await
+            .unwrap();
+        s.pop_prekeys(fixtures::primary(b.id)).await.unwrap();
+        let m = s
+            .enqueue(fixtures::primary(a.id), message(), 10)
+            .await
+            .unwrap();
         for _ in 0..3 {
-            s.enqueue(b.id, message(), 10).await.unwrap();
-            s.enqueue(c.id, message(), 10).await.unwrap();
+            s.enqueue(fixtures::primary(b.id), message(), 10)
+                .await
+                .unwrap();
+            s.enqueue(fixtures::primary(c.id), message(), 10)
+                .await
+                .unwrap();
         }
-        s.delete_messages(a.id, &[m.id, 12345]).await.unwrap();
+        s.delete_messages(fixtures::primary(a.id), &[m.id, 12345])
+            .await
+            .unwrap();
         s.delete_device(b.id).await.unwrap();
         s.delete_user(c.id).await.unwrap();
 
@@ -169,5 +184,40 @@ mod tests {
             invites: 1,
         };
         assert_eq!(kept, want);
+    }
+
+    #[tokio::test]
+    async fn linked_devices_count_as_devices_kept_and_recounted() {
+        let (_dir, s) = super::super::temp();
+        s.count_totals().await.unwrap();
+        let a = s.create_user("a", "", "h".into(), None).await.unwrap();
+        s.create_device(a.id, &device(), &fixtures::ec(0..2), &[])
+            .await
+            .unwrap();
+        for registration_id in [11, 12] {
+            let linked = Device {
+                registration_id,
+                ..device()
+            };
+            s.link_device(a.id, &linked, &fixtures::ec(0..3), &[], 6)
+                .await
+                .unwrap();
+        }
+        let third = DeviceRef {
+            user: a.id,
+            device: 3,
+        };
+        s.enqueue(third, message(), 10).await.unwrap();
+        s.unlink_device(DeviceRef { device: 2, ..third })
+            .await
+            .unwrap();
+        let kept = s.totals().unwrap();
+        s.count_trees().unwrap();
+        assert_eq!(kept, s.totals().unwrap());
+        let counts = (kept.devices, kept.prekeys, kept.queued_messages);
+        assert_eq!(counts, (2, 5, 1));
+        s.delete_device(a.id).await.unwrap();
+        s.count_trees().unwrap();
+        assert_eq!(s.totals().unwrap().devices, 0);
     }
 }

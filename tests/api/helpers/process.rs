@@ -1,6 +1,7 @@
 //! The built binary, the one way the suite runs it: a server on a data dir the test chooses
-//! (start, wait for a log line, call it, SIGTERM or kill -9 it), and commands run to their end
-//! (operator commands, `--help`, a restore fed on stdin).
+//! (start, wait for a log line, call it, SIGTERM or kill -9 it), several instances of it on one
+//! PostgreSQL database, and commands run to their end (operator commands, `--help`, a restore fed
+//! on stdin).
 
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
@@ -452,4 +453,34 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Instances of the binary as one server: each on a data dir of its own, all on one new
+/// PostgreSQL database.
+pub struct Instances {
+    pub nodes: Vec<Binary>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// `n` instances with the test flags and `extra` on one new database; none on sled, with a line
+/// saying the test was skipped (several instances need PostgreSQL).
+pub async fn instances(n: usize, extra: &[&str]) -> Option<Instances> {
+    if !super::on_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL");
+        return None;
+    }
+    let dirs: Vec<_> = (0..n)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let url = super::database_for(dirs[0].path())
+        .await
+        .expect("database URL");
+    for dir in &dirs[1..] {
+        super::share_database(dir.path(), &url);
+    }
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(Binary::start(dir.path(), extra).await);
+    }
+    Some(Instances { nodes, _dirs: dirs })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use signal_server::client::{Client, NewDevice, NewUser, PreKey, SignedPreKey};
+use signal_server::client::{Client, LinkDevice, NewDevice, NewUser, PreKey, SignedPreKey};
 use signal_server::crypto::KeyPair;
 use signal_server::{App, Config};
 use tokio::sync::oneshot;
@@ -201,6 +201,18 @@ impl TestServer {
         new_user_with_device(&self.client(), username, reg_id, prekeys, kyber).await
     }
 
+    /// Links a device with `reg_id` to `user`'s account (see the free `link_device`): its
+    /// device id, and the account as that device (`TestUser::device`).
+    pub async fn link_device(
+        &self,
+        user: &TestUser,
+        reg_id: u32,
+        prekeys: u32,
+        kyber: u32,
+    ) -> (u32, TestUser) {
+        link_device(&self.client(), user, reg_id, prekeys, kyber).await
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
@@ -249,6 +261,9 @@ pub struct TestUser {
     pub token: String,
     pub reg_id: u32,
     pub identity: KeyPair,
+    /// The private half of `identity`, which every device of the account holds (a linked
+    /// device gets it from the primary): see `TestUser::device`.
+    pub secret: [u8; 32],
 }
 
 impl TestUser {
@@ -301,12 +316,14 @@ pub async fn new_user(client: &Client, username: &str) -> TestUser {
     };
     let info = client.register(&new).await;
     let info = info.unwrap_or_else(|e| panic!("register {username}: {e}"));
+    let secret = rand::random();
     TestUser {
         username: username.to_string(),
         id: info.id,
         token: login(client, username, PASSWORD).await,
         reg_id: 0,
-        identity: KeyPair::generate(),
+        identity: KeyPair::from_secret(secret),
+        secret,
     }
 }
 
@@ -332,6 +349,56 @@ pub async fn new_user_with_device(
     let created = created.unwrap_or_else(|e| panic!("create device of {username}: {e}"));
     assert_eq!(created.code, "device_created");
     user
+}
+
+/// Links a device with `reg_id` to `user`'s account (`POST /v2/devices`), which must succeed:
+/// `prekeys` EC and `kyber` Kyber one-time keys (ids 1..=n) and a last-resort Kyber key, all
+/// signed by the account's identity. Answers the id the server gave it, and the account as that
+/// device (`TestUser::device`), so that every helper taking a `TestUser` acts on it.
+pub async fn link_device(
+    client: &Client,
+    user: &TestUser,
+    reg_id: u32,
+    prekeys: u32,
+    kyber: u32,
+) -> (u32, TestUser) {
+    let body = user.link_body(reg_id, prekeys, kyber);
+    let linked = client.with_token(&user.token).link_device(&body).await;
+    let linked = linked.unwrap_or_else(|e| panic!("link {reg_id} to {}: {e}", user.username));
+    let address = format!("{}.{}", user.username, linked.device_id);
+    assert_eq!(linked.address, address, "the address of the linked device");
+    (linked.device_id, user.device(reg_id))
+}
+
+impl TestUser {
+    /// The same account (name, token, identity) as its device with `reg_id`: what a linked
+    /// device of it uses.
+    pub fn device(&self, reg_id: u32) -> TestUser {
+        TestUser {
+            username: self.username.clone(),
+            id: self.id,
+            token: self.token.clone(),
+            reg_id,
+            identity: KeyPair::from_secret(self.secret),
+            secret: self.secret,
+        }
+    }
+
+    /// The body of `POST /v2/devices` for a device of this account with `reg_id`: real keys
+    /// signed by the account's identity (`prekeys` EC and `kyber` Kyber one-time keys with ids
+    /// 1..=n, signed prekey 1, last-resort Kyber key 999999).
+    pub fn link_body(&self, reg_id: u32, prekeys: u32, kyber: u32) -> LinkDevice {
+        // The address of `new_device` is not part of a link: the server picks the id.
+        let new = self.device(reg_id).new_device(0, prekeys, kyber, true);
+        LinkDevice {
+            identity_key: new.identity_key,
+            registration_id: new.registration_id,
+            pre_keys: new.pre_keys,
+            signed_pre_key: new.signed_pre_key,
+            kyber_pre_keys: new.kyber_pre_keys,
+            last_resort_kyber_pre_key: new.last_resort_kyber_pre_key,
+        }
+    }
 }
 
 /// The JSON text of a message addressed to a device with `registration_id`.

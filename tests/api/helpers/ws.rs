@@ -1,6 +1,6 @@
 //! WebSockets: a raw socket to the caller's own live route (in-process or on the binary), its
-//! backlog read up to `queue_empty`, the server's count of open sockets, and a handshake with a
-//! chosen `Origin`.
+//! backlog read up to `queue_empty`, the next frame of a live socket, its close or its silence,
+//! the server's count of open sockets, and a handshake with a chosen `Origin`.
 
 use std::time::Duration;
 
@@ -104,5 +104,51 @@ pub fn refusal(e: tokio_tungstenite::tungstenite::Error) -> (u16, Value) {
             (res.status().as_u16(), body)
         }
         e => panic!("expected an HTTP refusal, got {e:?}"),
+    }
+}
+
+/// The next text frame of a live socket, as JSON (pings and pongs skipped; bounded).
+pub async fn next_frame(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("no frame from the server in time")
+            .expect("the socket ended")
+            .expect("WebSocket error");
+        match frame {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame: {other:?}"),
+        }
+    }
+}
+
+/// Waits (bounded) until the server closes the socket; fails on any data frame before that.
+pub async fn wait_closed(ws: &mut Ws) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+        match next.expect("the server did not close the socket in time") {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected frame before the close: {other:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing but pings arrives on the socket for `wait`.
+pub async fn assert_silent(ws: &mut Ws, wait: Duration) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected nothing on the socket, got {other:?}"),
+        }
     }
 }

@@ -52,7 +52,7 @@ impl Backup {
             match (n, kind) {
                 (0, "header") => {
                     assert_eq!(r["format"], "signal-server-backup", "{line}");
-                    assert_eq!(r["version"], 1, "{line}");
+                    assert_eq!(r["version"], 2, "{line}");
                 }
                 (0, _) => panic!("the first record is not the header: {line}"),
                 (_, "header") => panic!("a second header at line {}", n + 1),

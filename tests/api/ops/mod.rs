@@ -7,6 +7,7 @@
 //! the command off the runtime threads (`helpers::operator`), so the server keeps answering.
 
 mod backup;
+mod linked_backup;
 mod metrics;
 mod migrate;
 mod operator;

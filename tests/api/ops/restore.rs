@@ -448,8 +448,11 @@ fn cases() -> Vec<Case> {
             edit: |r| first_of(r, "message")["recipient"] = json!(424_242),
         },
         Case {
-            why: "a message not addressed to its recipient's registrationId",
-            edit: |r| first_of(r, "message")["content"] = json!(message_text(999, "hi")),
+            why: "a version 1 message not addressed to its recipient's registrationId",
+            edit: |r| {
+                r[0]["version"] = json!(1);
+                first_of(r, "message")["content"] = json!(message_text(999, "hi"))
+            },
         },
         Case {
             why: "a message over --max-message-bytes",

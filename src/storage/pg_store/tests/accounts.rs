@@ -68,15 +68,15 @@ async fn deleting_a_user_removes_their_device_keys_and_queue_but_not_what_they_s
         .await
         .unwrap();
     let b = user_with_device(&s, "b").await;
-    s.enqueue(a.id, message("to a", 1), 10).await.unwrap();
-    let sent = s.enqueue(b, message("from a", 1), 10).await.unwrap();
+    s.enqueue(one(a.id), message("to a", 1), 10).await.unwrap();
+    let sent = s.enqueue(one(b), message("from a", 1), 10).await.unwrap();
 
     s.delete_user(a.id).await.unwrap();
     assert!(s.user(a.id).await.unwrap().is_none());
     assert!(s.device(a.id).await.unwrap().is_none());
-    assert_eq!(s.stock(a.id).await.unwrap().prekeys, 0);
-    assert_eq!(s.queue_len(a.id).await.unwrap(), 0);
-    assert_eq!(s.message(b, sent.id).await.unwrap(), Some(sent));
+    assert_eq!(s.stock(one(a.id)).await.unwrap().prekeys, 0);
+    assert_eq!(s.queue_len(one(a.id)).await.unwrap(), 0);
+    assert_eq!(s.message(one(b), sent.id).await.unwrap(), Some(sent));
     let totals = s.totals().await.unwrap();
     assert_eq!(
         (totals.users, totals.prekeys, totals.kyber_prekeys),

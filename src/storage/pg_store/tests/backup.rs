@@ -1,11 +1,12 @@
 //! Backup and restore in the sled store's format: a sled backup restored here backs up to the
-//! same text, a restore is all or nothing into an empty database, and new ids continue above.
+//! same text (linked devices too, and back to sled), a restore is all or nothing into an empty
+//! database, and new ids continue above.
 
-use super::{fresh_database, store};
-use crate::models::{Device, Message, SignedPreKey};
-use crate::storage::fixtures::{device, ec};
+use super::{fresh_database, one, store};
+use crate::models::{Device, DeviceRef, Message, Outgoing, SignedPreKey};
+use crate::storage::fixtures::{device, ec, primary};
 use crate::storage::sled_store::temp;
-use crate::storage::{BackupSummary, ResetGrant, RestoreLimits};
+use crate::storage::{restore_dir, BackupSummary, ResetGrant, RestoreLimits, Storage};
 
 const HASH: &str = "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
@@ -60,10 +61,10 @@ async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
     let gone = a.create_user("gone", "", HASH.into(), None).await.unwrap();
     a.delete_user(gone.id).await.unwrap();
     for (id, name) in ids.iter().zip(["alice", "bob"]) {
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
-        a.enqueue(*id, to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
+        a.enqueue(primary(*id), to(name, 7), 10).await.unwrap();
     }
-    a.pop_prekeys(ids[0]).await.unwrap();
+    a.pop_prekeys(primary(ids[0])).await.unwrap();
     a.create_invite(&[3; 32], 11).await.unwrap();
     let grant = ResetGrant {
         user_id: ids[1],
@@ -90,10 +91,10 @@ async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_
         String::from_utf8(second).unwrap()
     );
     let alice = pg.user_by_name("ALICE").await.unwrap().unwrap();
-    assert_eq!(pg.stock(alice.id).await.unwrap().prekeys, 2);
-    let popped = pg.pop_prekeys(alice.id).await.unwrap();
+    assert_eq!(pg.stock(one(alice.id)).await.unwrap().prekeys, 2);
+    let popped = pg.pop_prekeys(one(alice.id)).await.unwrap();
     assert!(popped.prekey.is_some() && popped.kyber.is_some());
-    let top = pg.messages(alice.id, 0, 10).await.unwrap();
+    let top = pg.messages(one(alice.id), 0, 10).await.unwrap();
     assert_eq!(top.len(), 2);
     let carol = pg
         .create_user("carol", "", HASH.into(), None)
@@ -104,7 +105,7 @@ async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_
     pg.create_device(carol.id, &device("carol.1"), &[], &[])
         .await
         .unwrap();
-    let m = pg.enqueue(carol.id, to("carol", 7), 10).await.unwrap();
+    let m = pg.enqueue(one(carol.id), to("carol", 7), 10).await.unwrap();
     assert!(m.id > last, "message id {} is not above {last}", m.id);
 }
 
@@ -148,4 +149,198 @@ async fn a_bad_record_rolls_the_whole_restore_back() {
     assert_eq!(pg.totals().await.unwrap(), Default::default());
     pg.restore(&mut text.as_bytes(), &limits()).await.unwrap();
     assert_eq!(pg.totals().await.unwrap().users, 2);
+}
+
+/// Device `id` of user `user`.
+fn at(user: u64, id: u32) -> DeviceRef {
+    DeviceRef { user, device: id }
+}
+
+/// A device to link to alice (its address is the store's to choose).
+fn linked(registration_id: u32) -> Device {
+    Device {
+        registration_id,
+        last_resort_kyber: Some(kyber(901)),
+        ..device("alice.9")
+    }
+}
+
+/// Alice (user 1: primary `alice.1` with registrationId 7, linked devices 2 and 3 with
+/// registrationIds 12 and 11, device 2 linked after device 3) and bob (user 2, a primary),
+/// one-time keys on every device and messages for each: sent to all of alice's devices
+/// (opaque content) and to one device (the old way). Made through the verbs of `Storage`, on
+/// either store.
+async fn linked_accounts(s: &Storage) {
+    for name in ["alice", "bob"] {
+        s.create_user(name, &format!("{name}@x.org"), HASH.into(), None)
+            .await
+            .unwrap();
+    }
+    let first = Device {
+        last_resort_kyber: Some(kyber(900)),
+        ..device("alice.1")
+    };
+    s.create_device(1, &first, &ec(1..=3), &[kyber(1)])
+        .await
+        .unwrap();
+    s.create_device(2, &device("bob.1"), &ec(1..=2), &[])
+        .await
+        .unwrap();
+    for registration_id in [10, 11, 12] {
+        s.link_device(1, &linked(registration_id), &ec(1..=2), &[kyber(5)], 6)
+            .await
+            .unwrap();
+        if registration_id == 11 {
+            s.unlink_device(at(1, 2)).await.unwrap();
+        }
+    }
+    let all: Vec<Outgoing> = [(1, 7), (2, 12), (3, 11)]
+        .into_iter()
+        .map(|(device, registration_id)| Outgoing {
+            device,
+            registration_id,
+            message: Message {
+                content: "opaque, not JSON".into(),
+                ..to("alice", 7)
+            },
+        })
+        .collect();
+    s.enqueue_all(1, None, all, 10).await.unwrap();
+    s.enqueue(primary(2), to("bob", 7), 10).await.unwrap();
+    s.pop_prekeys(at(1, 3)).await.unwrap();
+}
+
+async fn backup_of(s: &Storage) -> String {
+    let mut out = Vec::new();
+    s.backup(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Restores `text` into a new sled data dir, and answers that store.
+async fn sled_restore(text: &str) -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::storage::StorageOptions {
+        cache_capacity: 8 << 20,
+        flush_timeout: std::time::Duration::from_secs(30),
+    };
+    let db = dir.path().join("db");
+    restore_dir(&db, &mut text.as_bytes(), &limits(), &options)
+        .await
+        .unwrap();
+    // The restore's store lets go of the database's lock once its threads have stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Storage::open_sled(&db, &options) {
+            Ok(s) => return (dir, s),
+            Err(e) if std::time::Instant::now() > deadline => panic!("open: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Each of alice's devices has its own keys and queue.
+async fn assert_alice_served(s: &Storage) {
+    let devices = s.devices(1).await.unwrap();
+    let ids: Vec<(u32, u32)> = devices
+        .iter()
+        .map(|d| (d.id(), d.registration_id))
+        .collect();
+    assert_eq!(ids, [(1, 7), (2, 12), (3, 11)]);
+    for (id, prekeys, kyber) in [(1, 3, 1), (2, 2, 1), (3, 1, 0)] {
+        let stock = s.stock(at(1, id)).await.unwrap();
+        assert_eq!(
+            (stock.prekeys, stock.kyber_prekeys),
+            (prekeys, kyber),
+            "device {id}"
+        );
+        let queue = s.messages(at(1, id), 0, 10).await.unwrap();
+        assert_eq!(queue.len(), 1, "device {id}");
+        assert_eq!(queue[0].recipient_address, format!("alice.{id}"));
+    }
+    let popped = s.pop_prekeys(at(1, 2)).await.unwrap();
+    assert_eq!(popped.prekey.map(|k| k.key_id), Some(1));
+    assert_eq!(popped.kyber.map(|k| k.key_id), Some(5));
+}
+
+#[tokio::test]
+async fn linked_devices_go_from_sled_to_here_and_back_to_the_same_text() {
+    let Some((pg, _)) = store().await else { return };
+    let (_dir, sled) = temp();
+    let sled = Storage::Sled(sled);
+    linked_accounts(&sled).await;
+    let first = backup_of(&sled).await;
+    assert!(first.contains(r#""linked":true"#) && first.contains(r#""device":3"#));
+    let sum = pg.restore(&mut first.as_bytes(), &limits()).await.unwrap();
+    assert_eq!(
+        (sum.devices, sum.prekeys, sum.kyber_prekeys, sum.messages),
+        (4, 8, 2, 4)
+    );
+    let pg = Storage::Postgres(pg);
+    let second = backup_of(&pg).await;
+    assert_eq!(first, second);
+    // And back to sled, through PostgreSQL's file.
+    let (_dir2, again) = sled_restore(&second).await;
+    assert_eq!(backup_of(&again).await, first);
+    assert_alice_served(&pg).await;
+    assert_alice_served(&again).await;
+}
+
+#[tokio::test]
+async fn linked_devices_made_here_back_up_and_restore_to_the_same_text() {
+    let Some((a, _)) = store().await else { return };
+    let a = Storage::Postgres(a);
+    linked_accounts(&a).await;
+    let first = backup_of(&a).await;
+    let Some((b, _)) = store().await else { return };
+    // A linked device before its primary is refused, and nothing stays.
+    let orphan: Vec<&str> = first
+        .lines()
+        .filter(|l| !l.contains(r#""address":"alice.1""#))
+        .collect();
+    let end = format!(r#"{{"type":"end","records":{}}}"#, orphan.len() - 1);
+    let orphan = orphan[..orphan.len() - 1].join("\n") + "\n" + &end + "\n";
+    let err = b
+        .restore(&mut orphan.as_bytes(), &limits())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("primary device"), "{err}");
+    assert_eq!(b.totals().await.unwrap(), Default::default());
+
+    b.restore(&mut first.as_bytes(), &limits()).await.unwrap();
+    let b = Storage::Postgres(b);
+    assert_eq!(backup_of(&b).await, first);
+    assert_alice_served(&b).await;
+    let newest = b.messages(at(1, 3), 0, 10).await.unwrap()[0].id;
+    let carol = b.create_user("carol", "", HASH.into(), None).await.unwrap();
+    assert!(
+        carol.id > newest,
+        "user id {} is not above {newest}",
+        carol.id
+    );
+}
+
+#[tokio::test]
+async fn a_primary_whose_id_is_not_1_gets_its_keys_and_queue_back() {
+    let Some((pg, _)) = store().await else { return };
+    let (_dir, sled) = temp();
+    let sled = Storage::Sled(sled);
+    let zed = sled
+        .create_user("zed", "", HASH.into(), None)
+        .await
+        .unwrap();
+    sled.create_device(zed.id, &device("zed.3"), &ec(1..=2), &[kyber(1)])
+        .await
+        .unwrap();
+    let m = Message {
+        recipient_address: "zed.3".into(),
+        ..to("zed", 7)
+    };
+    sled.enqueue(at(zed.id, 3), m, 10).await.unwrap();
+    let first = backup_of(&sled).await;
+    pg.restore(&mut first.as_bytes(), &limits()).await.unwrap();
+    let pg = Storage::Postgres(pg);
+    assert_eq!(backup_of(&pg).await, first);
+    let stock = pg.stock(at(zed.id, 3)).await.unwrap();
+    assert_eq!((stock.prekeys, stock.kyber_prekeys), (2, 1));
+    assert_eq!(pg.messages(at(zed.id, 3), 0, 10).await.unwrap().len(), 1);
 }

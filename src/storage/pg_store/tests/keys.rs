@@ -16,7 +16,7 @@ async fn a_device_is_created_with_its_keys_once() {
         ("a.1", 7)
     );
     assert_eq!(stored.last_resort_kyber, d.last_resort_kyber);
-    let stock = s.stock(a.id).await.unwrap();
+    let stock = s.stock(one(a.id)).await.unwrap();
     assert_eq!((stock.prekeys, stock.kyber_prekeys), (3, 2));
 
     // A second create is refused and changes nothing.
@@ -25,7 +25,7 @@ async fn a_device_is_created_with_its_keys_once() {
             .await,
         Err(StoreError::DeviceExists)
     ));
-    assert_eq!(s.stock(a.id).await.unwrap().prekeys, 3);
+    assert_eq!(s.stock(one(a.id)).await.unwrap().prekeys, 3);
     assert!(matches!(
         s.create_device(a.id + 1, &device("x.1"), &ec(1..=3), &[])
             .await,
@@ -33,7 +33,7 @@ async fn a_device_is_created_with_its_keys_once() {
     ));
 
     let new_key = kyber([42]).pop().unwrap();
-    s.set_signed_prekey(a.id, &new_key).await.unwrap();
+    s.set_signed_prekey(one(a.id), &new_key).await.unwrap();
     assert_eq!(
         s.device(a.id).await.unwrap().unwrap().signed_prekey,
         new_key
@@ -46,14 +46,14 @@ async fn a_device_is_created_with_its_keys_once() {
         Err(StoreError::NoDevice)
     ));
     assert!(matches!(
-        s.set_signed_prekey(a.id, &new_key).await,
+        s.set_signed_prekey(one(a.id), &new_key).await,
         Err(StoreError::NoDevice)
     ));
     // A new device starts from nothing.
     s.create_device(a.id, &device("a.1"), &[], &[])
         .await
         .unwrap();
-    let stock = s.stock(a.id).await.unwrap();
+    let stock = s.stock(one(a.id)).await.unwrap();
     assert_eq!((stock.prekeys, stock.kyber_prekeys), (0, 0));
     assert_eq!(
         s.device(a.id).await.unwrap().unwrap().last_resort_kyber,
@@ -65,19 +65,19 @@ async fn a_device_is_created_with_its_keys_once() {
 async fn uploads_over_the_cap_store_nothing() {
     let Some((s, _)) = store().await else { return };
     assert!(matches!(
-        s.add_prekeys(1, &ec(0..5), 10).await,
+        s.add_prekeys(one(1), &ec(0..5), 10).await,
         Err(StoreError::NoDevice)
     ));
     let a = user_with_device(&s, "a").await;
-    s.add_prekeys(a, &ec(0..5), 10).await.unwrap();
+    s.add_prekeys(one(a), &ec(0..5), 10).await.unwrap();
     assert!(matches!(
-        s.add_prekeys(a, &ec(10..20), 10).await,
+        s.add_prekeys(one(a), &ec(10..20), 10).await,
         Err(StoreError::TooManyPrekeys)
     ));
-    assert_eq!(s.stock(a).await.unwrap().prekeys, 5);
+    assert_eq!(s.stock(one(a)).await.unwrap().prekeys, 5);
     // Replacing stored ids does not count twice, nor does an id repeated in one upload.
     assert_eq!(
-        s.add_prekeys(a, &ec((0..10).chain(0..3)), 10)
+        s.add_prekeys(one(a), &ec((0..10).chain(0..3)), 10)
             .await
             .unwrap(),
         10
@@ -86,14 +86,15 @@ async fn uploads_over_the_cap_store_nothing() {
     // The last-resort key is not counted, and a refused upload does not replace it.
     let last = kyber([500]).pop().unwrap();
     assert_eq!(
-        s.add_kyber_prekeys(a, &kyber(1..=4), Some(&last), 4)
+        s.add_kyber_prekeys(one(a), &kyber(1..=4), Some(&last), 4)
             .await
             .unwrap(),
         4
     );
     let other = kyber([501]).pop().unwrap();
     assert!(matches!(
-        s.add_kyber_prekeys(a, &kyber([9]), Some(&other), 4).await,
+        s.add_kyber_prekeys(one(a), &kyber([9]), Some(&other), 4)
+            .await,
         Err(StoreError::TooManyPrekeys)
     ));
     assert_eq!(
@@ -101,7 +102,9 @@ async fn uploads_over_the_cap_store_nothing() {
         Some(last)
     );
     assert_eq!(
-        s.add_kyber_prekeys(a, &[], Some(&other), 4).await.unwrap(),
+        s.add_kyber_prekeys(one(a), &[], Some(&other), 4)
+            .await
+            .unwrap(),
         4
     );
     assert_eq!(
@@ -121,11 +124,11 @@ async fn caps_hold_exactly_under_concurrent_uploads_and_sends_from_two_instances
     for i in 0..32u32 {
         let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
         tasks.push(tokio::spawn(async move {
-            let keys = s.add_prekeys(a, &ec(i * 10..i * 10 + 10), 100).await;
+            let keys = s.add_prekeys(one(a), &ec(i * 10..i * 10 + 10), 100).await;
             let kyber = s
-                .add_kyber_prekeys(a, &kyber(i * 5..i * 5 + 5), None, 50)
+                .add_kyber_prekeys(one(a), &kyber(i * 5..i * 5 + 5), None, 50)
                 .await;
-            let sent = s.enqueue(a, message("m", 1), 20).await;
+            let sent = s.enqueue(one(a), message("m", 1), 20).await;
             (keys.is_ok(), kyber.is_ok(), sent.ok().map(|m| m.id))
         }));
     }
@@ -137,9 +140,9 @@ async fn caps_hold_exactly_under_concurrent_uploads_and_sends_from_two_instances
         ids.extend(id);
     }
     assert_eq!((keys, kybers, ids.len()), (10, 10, 20));
-    let stock = s2.stock(a).await.unwrap();
+    let stock = s2.stock(one(a)).await.unwrap();
     assert_eq!((stock.prekeys, stock.kyber_prekeys), (100, 50));
-    assert_eq!(s1.queue_len(a).await.unwrap(), 20);
+    assert_eq!(s1.queue_len(one(a)).await.unwrap(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,7 +164,7 @@ async fn each_of_100_prekeys_is_handed_out_once_to_concurrent_takers_on_two_inst
             // the others' takes hold the lowest keys.
             let mut got = (Vec::new(), Vec::new());
             for _ in 0..if i < 4 { 4 } else { 3 } {
-                let popped = s.pop_prekeys(a).await.unwrap();
+                let popped = s.pop_prekeys(one(a)).await.unwrap();
                 got.0.push(popped.prekey.expect("an EC prekey").key_id);
                 got.1.push(popped.kyber.expect("a Kyber prekey").key_id);
             }
@@ -179,15 +182,15 @@ async fn each_of_100_prekeys_is_handed_out_once_to_concurrent_takers_on_two_inst
     assert_eq!(ecs, (1..=100).collect::<Vec<_>>());
     assert_eq!(kybers, (1..=100).collect::<Vec<_>>());
     // Then nothing is left to take; the last-resort key stays with the device.
-    let popped = s2.pop_prekeys(a).await.unwrap();
+    let popped = s2.pop_prekeys(one(a)).await.unwrap();
     assert!(popped.prekey.is_none() && popped.kyber.is_none());
     assert_eq!(
         s1.device(a).await.unwrap().unwrap().last_resort_kyber,
         d.last_resort_kyber
     );
     // One kind can run out before the other.
-    s1.add_prekeys(a, &ec([7]), 100).await.unwrap();
-    let popped = s1.pop_prekeys(a).await.unwrap();
+    s1.add_prekeys(one(a), &ec([7]), 100).await.unwrap();
+    let popped = s1.pop_prekeys(one(a)).await.unwrap();
     assert_eq!(
         (popped.prekey.map(|k| k.key_id), popped.kyber),
         (Some(7), None)
@@ -222,5 +225,5 @@ async fn of_concurrent_device_creations_on_two_instances_one_wins_with_its_keys(
     }
     assert_eq!(winners.len(), 1);
     // Only the winner's keys are stored.
-    assert_eq!(s2.stock(a).await.unwrap().prekeys, 1 + winners[0]);
+    assert_eq!(s2.stock(one(a)).await.unwrap().prekeys, 1 + winners[0]);
 }

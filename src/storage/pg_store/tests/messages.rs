@@ -7,30 +7,36 @@ async fn a_queue_pages_oldest_first_within_its_byte_budget() {
     let Some((s, _)) = store().await else { return };
     let a = user_with_device(&s, "a").await;
     assert!(matches!(
-        s.enqueue(a + 1, message("x", 1), 5).await,
+        s.enqueue(one(a + 1), message("x", 1), 5).await,
         Err(StoreError::NoDevice)
     ));
     let mut sent: Vec<Message> = Vec::new();
     for i in 0..5 {
         let m = message(&"x".repeat(1000), i);
-        sent.push(s.enqueue(a, m, 5).await.unwrap());
+        sent.push(s.enqueue(one(a), m, 5).await.unwrap());
     }
     assert!(sent.windows(2).all(|w| w[0].id < w[1].id));
     assert!(matches!(
-        s.enqueue(a, message("y", 9), 5).await,
+        s.enqueue(one(a), message("y", 9), 5).await,
         Err(StoreError::QueueFull)
     ));
-    assert_eq!(s.messages(a, 0, 10).await.unwrap(), sent);
-    assert_eq!(s.messages(a, sent[1].id, 2).await.unwrap(), sent[2..4]);
-    assert_eq!(s.messages_page(a, 0, 10, 2500).await.unwrap().len(), 2);
-    assert_eq!(s.messages_page(a, 0, 10, 10).await.unwrap().len(), 1);
-    assert_eq!(s.messages_page(a, 0, 3, usize::MAX).await.unwrap().len(), 3);
+    assert_eq!(s.messages(one(a), 0, 10).await.unwrap(), sent);
+    assert_eq!(s.messages(one(a), sent[1].id, 2).await.unwrap(), sent[2..4]);
+    assert_eq!(s.messages_page(one(a), 0, 10, 2500).await.unwrap().len(), 2);
+    assert_eq!(s.messages_page(one(a), 0, 10, 10).await.unwrap().len(), 1);
     assert_eq!(
-        s.message(a, sent[0].id).await.unwrap().as_ref(),
+        s.messages_page(one(a), 0, 3, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.message(one(a), sent[0].id).await.unwrap().as_ref(),
         Some(&sent[0])
     );
-    assert_eq!(s.message(a + 1, sent[0].id).await.unwrap(), None);
-    assert_eq!(s.messages(a, u64::MAX, 10).await.unwrap(), []);
+    assert_eq!(s.message(one(a + 1), sent[0].id).await.unwrap(), None);
+    assert_eq!(s.messages(one(a), u64::MAX, 10).await.unwrap(), []);
 }
 
 #[tokio::test]
@@ -38,30 +44,33 @@ async fn only_the_recipient_deletes_a_message_and_once() {
     let Some((s, _)) = store().await else { return };
     let a = user_with_device(&s, "a").await;
     let b = user_with_device(&s, "b").await;
-    let m = s.enqueue(a, message("x", 1), 10).await.unwrap();
+    let m = s.enqueue(one(a), message("x", 1), 10).await.unwrap();
     let out = s
-        .delete_messages(b, &[m.id, 999_999, u64::MAX])
+        .delete_messages(one(b), &[m.id, 999_999, u64::MAX])
         .await
         .unwrap();
     use DeleteOutcome::*;
     assert_eq!(out, [NotOwner, NotFound, NotFound]);
     assert_eq!(
-        s.delete_messages(a, &[m.id, m.id]).await.unwrap(),
+        s.delete_messages(one(a), &[m.id, m.id]).await.unwrap(),
         [Deleted, NotFound]
     );
-    assert_eq!(s.delete_messages(a, &[m.id]).await.unwrap(), [NotFound]);
-    assert_eq!(s.queue_len(a).await.unwrap(), 0);
+    assert_eq!(
+        s.delete_messages(one(a), &[m.id]).await.unwrap(),
+        [NotFound]
+    );
+    assert_eq!(s.queue_len(one(a)).await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn sweeps_remove_only_what_expired() {
     let Some((s, _)) = store().await else { return };
     let a = user_with_device(&s, "a").await;
-    s.enqueue(a, message("old", 10), 10).await.unwrap();
-    s.enqueue(a, message("new", 1000), 10).await.unwrap();
+    s.enqueue(one(a), message("old", 10), 10).await.unwrap();
+    s.enqueue(one(a), message("new", 1000), 10).await.unwrap();
     assert_eq!(s.sweep_expired(500).await.unwrap(), 1);
-    assert_eq!(s.messages(a, 0, 10).await.unwrap()[0].content, "new");
-    assert_eq!(s.queue_len(a).await.unwrap(), 1);
+    assert_eq!(s.messages(one(a), 0, 10).await.unwrap()[0].content, "new");
+    assert_eq!(s.queue_len(one(a)).await.unwrap(), 1);
 
     for (hash, expires_at) in [(b"t1", 100), (b"t2", 200), (b"t3", 300)] {
         let grant = ResetGrant {
@@ -80,7 +89,7 @@ async fn sweeps_remove_only_what_expired() {
 async fn a_large_backlog_is_swept_in_batches() {
     let Some((s, _)) = store().await else { return };
     let a = user_with_device(&s, "a").await;
-    s.enqueue(a, message("new", 1000), 10).await.unwrap();
+    s.enqueue(one(a), message("new", 1000), 10).await.unwrap();
     // More than one batch of expired messages, written directly.
     s.client()
         .await
@@ -94,7 +103,7 @@ async fn a_large_backlog_is_swept_in_batches() {
         .await
         .unwrap();
     assert_eq!(s.sweep_expired(500).await.unwrap(), 12000);
-    assert_eq!(s.queue_len(a).await.unwrap(), 1);
+    assert_eq!(s.queue_len(one(a)).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -107,7 +116,7 @@ async fn nothing_stays_queued_for_a_device_deleted_during_sends_on_two_instances
     let sends: Vec<_> = (0..32)
         .map(|i| {
             let s = if i % 2 == 0 { s1.clone() } else { s2.clone() };
-            tokio::spawn(async move { s.enqueue(a, message("m", 1), 100).await })
+            tokio::spawn(async move { s.enqueue(one(a), message("m", 1), 100).await })
         })
         .collect();
     s2.delete_device(a).await.unwrap();
@@ -117,6 +126,6 @@ async fn nothing_stays_queued_for_a_device_deleted_during_sends_on_two_instances
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(s1.queue_len(a).await.unwrap(), 0);
+    assert_eq!(s1.queue_len(one(a)).await.unwrap(), 0);
     assert_eq!(s1.totals().await.unwrap().queued_messages, 0);
 }

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod backup;
+mod devices;
 mod keys;
 mod messages;
 mod outage;
@@ -13,7 +14,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::PgStore;
-use crate::models::{Device, Message, SignedPreKey};
+use crate::models::{Device, DeviceRef, Message, SignedPreKey};
 use crate::storage::fixtures::{device, ec, message};
 use crate::storage::{DeleteOutcome, ResetGrant, StoreError, Totals};
 
@@ -75,6 +76,11 @@ fn with_last_resort(address: &str) -> Device {
     }
 }
 
+/// Device 1 of `user`: the primary of every account these tests make with `user_with_device`.
+fn one(user: u64) -> DeviceRef {
+    DeviceRef { user, device: 1 }
+}
+
 /// A user `name` with a device and no keys; returns the user id.
 async fn user_with_device(s: &PgStore, name: &str) -> u64 {
     let user = s.create_user(name, "", "h".into(), None).await.unwrap();
@@ -90,11 +96,14 @@ fn the_verbs_futures_can_run_on_any_runtime_thread() {
     if let Some(s) = s {
         send(s.create_user("a", "", "h".into(), None));
         send(s.create_device(1, &device("a.1"), &[], &[]));
-        send(s.add_prekeys(1, &[], 1));
-        send(s.pop_prekeys(1));
-        send(s.enqueue(1, message("x", 1), 1));
-        send(s.delete_messages(1, &[]));
-        send(s.messages_page(1, 0, 1, 1));
+        send(s.add_prekeys(one(1), &[], 1));
+        send(s.pop_prekeys(one(1)));
+        send(s.link_device(1, &device("a.2"), &[], &[], 6));
+        send(s.unlink_device(one(1)));
+        send(s.enqueue(one(1), message("x", 1), 1));
+        send(s.enqueue_all(1, None, Vec::new(), 1));
+        send(s.delete_messages(one(1), &[]));
+        send(s.messages_page(one(1), 0, 1, 1));
         send(s.totals());
     }
 }
@@ -119,8 +128,8 @@ async fn totals_count_what_is_stored() {
     s.create_device(a, &with_last_resort("a.1"), &ec(1..=3), &kyber(1..=2))
         .await
         .unwrap();
-    s.enqueue(a, message("m", 1), 10).await.unwrap();
-    s.pop_prekeys(a).await.unwrap();
+    s.enqueue(one(a), message("m", 1), 10).await.unwrap();
+    s.pop_prekeys(one(a)).await.unwrap();
     let want = Totals {
         users: 1,
         devices: 1,

@@ -1,75 +1,10 @@
-//! Interop: real libsignal clients (`libsignal-protocol-syft`) talking through the real
-//! `signal-server` binary. Only with `--features interop` (libsignal is AGPL and needs `protoc`):
-//!
-//! ```sh
-//! cargo test --features interop --test api interop::
-//! ```
-//!
-//! Every test starts the built binary on a temp data dir (`crate::helpers::Binary`) and drives it
-//! with the client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs`):
-//! device creation with libsignal keys, bundle fetch, PQXDH, Double Ratchet messages over REST and the
-//! live WebSocket, one-time prekeys consumed, and the last-resort Kyber key once they run out.
+//! One device per account: a long conversation over the WebSocket and REST, and a bundle's
+//! one-time keys running out down to the last-resort Kyber key.
 
-#[path = "../../examples/support/libsignal_client.rs"]
-mod client;
-
-use std::time::Duration;
-
-use crate::helpers::{Binary, PASSWORD};
-use client::{Api, Client, Received};
+use super::client::{self, Client};
+use super::{drained, same, start_server, user, Must};
 use libsignal_protocol_syft::{CiphertextMessageType, GenericSignedPreKey as _, KyberPreKeyStore};
 use serde_json::Value;
-
-/// The built binary on a fresh data dir, which lives as long as the returned guard.
-async fn start_server() -> (tempfile::TempDir, Binary, Api) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Binary::start(dir.path(), &[]).await;
-    let api = Api::new(&server.base);
-    (dir, server, api)
-}
-
-/// Unwraps a client result, naming what failed (the client's errors are boxed).
-trait Must<T> {
-    fn must(self, what: &str) -> T;
-}
-
-impl<T> Must<T> for client::Result<T> {
-    fn must(self, what: &str) -> T {
-        self.unwrap_or_else(|e| panic!("{what}: {e}"))
-    }
-}
-
-async fn user(api: &Api, name: &str, ec: u32, kyber: u32, last_resort: Option<u32>) -> Client {
-    let mut c = Client::register(api, name, PASSWORD).await.must("register");
-    c.create_device(1..=ec, 1..=kyber, last_resort)
-        .await
-        .must("create device");
-    c
-}
-
-/// Checks a decrypted message.
-fn same(got: &Received, sender: &Client, kind: CiphertextMessageType, text: &str) {
-    assert_eq!(got.text, text, "plaintext");
-    assert_eq!(got.sender, sender.username, "sender");
-    assert_eq!(got.kind, kind, "ciphertext type of {text:?}");
-}
-
-/// Waits (bounded) until `c`'s queue is empty: acks get no reply, so the server deletes the
-/// acknowledged messages a moment later.
-async fn drained(c: &Client) {
-    let mut left = usize::MAX;
-    for _ in 0..250 {
-        left = c.queued().await.must("queue").len();
-        if left == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{}'s queue still holds {left} messages after the acks",
-        c.username
-    );
-}
 
 #[tokio::test]
 async fn conversation_over_websocket_and_rest() {
