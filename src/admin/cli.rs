@@ -167,6 +167,7 @@ fn restore_limits(config: &Config) -> crate::storage::RestoreLimits {
         max_message_bytes: config.max_message_bytes,
         max_prekeys: config.max_prekeys,
         max_queued_messages: config.max_queued_messages,
+        max_devices: config.max_devices,
     }
 }
 

@@ -397,6 +397,7 @@ pub(super) mod tests {
             max_message_bytes: 65_536,
             max_prekeys: 100,
             max_queued_messages: 10,
+            max_devices: 6,
         }
     }
 

@@ -358,11 +358,35 @@ mod tests {
     }
 
     async fn restore_into(dir: &Path, text: &str) -> Result<BackupSummary, StoreError> {
+        restore_with(dir, text, &limits()).await
+    }
+
+    async fn restore_with(
+        dir: &Path,
+        text: &str,
+        limits: &RestoreLimits,
+    ) -> Result<BackupSummary, StoreError> {
         let options = StorageOptions {
             cache_capacity: 8 << 20,
             flush_timeout: std::time::Duration::from_secs(30),
         };
-        restore_dir(&dir.join("db"), &mut text.as_bytes(), &limits(), &options).await
+        restore_dir(&dir.join("db"), &mut text.as_bytes(), limits, &options).await
+    }
+
+    #[tokio::test]
+    async fn an_account_over_max_devices_is_refused_and_nothing_is_left_behind() {
+        let data = tempfile::tempdir().unwrap();
+        let two = RestoreLimits {
+            max_devices: 2,
+            ..limits()
+        };
+        let err = restore_with(data.path(), &text(&records().await), &two)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("more than 2 devices"), "{err}");
+        for name in ["db", "db.restoring"] {
+            assert!(!data.path().join(name).exists(), "{name} was left behind");
+        }
     }
 
     #[tokio::test]

@@ -75,6 +75,8 @@ pub struct RestoreLimits {
     pub max_message_bytes: usize,
     pub max_prekeys: u32,
     pub max_queued_messages: u32,
+    /// Devices per account, the primary included (`--max-devices`).
+    pub max_devices: u32,
 }
 
 impl RestoreLimits {
@@ -241,9 +243,15 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
                 ))
             }
         };
+        let max_devices = self.limits.max_devices;
         let devices = self.devices_of(user).await?;
         if linked {
             check_linked(user, id, &device, devices)?;
+            if devices.len() >= max_devices as usize {
+                return bad(format!(
+                    "user {user} has more than {max_devices} devices (--max-devices)"
+                ));
+            }
         } else if !devices.is_empty() {
             return bad(format!("a second primary device of user {user}"));
         }

@@ -15,6 +15,7 @@ fn limits() -> RestoreLimits {
         max_message_bytes: 65_536,
         max_prekeys: 100,
         max_queued_messages: 10,
+        max_devices: 6,
     }
 }
 
