@@ -129,6 +129,9 @@ const FIELDS: &[&str] = &[
     "publicKey",
     "signature",
     "ids",
+    "messages",
+    "deviceId",
+    "content",
 ];
 
 fn body(rng: &mut Rng, values: &[String], raws: &[Vec<u8>]) -> Vec<u8> {
@@ -280,6 +283,15 @@ fn route(rng: &mut Rng, own: u32) -> (&'static str, String, bool) {
         ("DELETE", format!("/messages/{id}"), true),
         ("GET", format!("/messages/{id}/ws{}", query(rng)), false),
         ("PUT", format!("/messages/{id}"), true),
+        ("POST", "/v2/devices".into(), true),
+        ("GET", "/v2/devices".into(), false),
+        ("DELETE", format!("/v2/devices/{id}"), false),
+        (
+            "GET",
+            format!("/v2/prekeybundle/{}/{id}", username(rng)),
+            false,
+        ),
+        ("POST", format!("/v2/messages/{id}"), true),
         ("PATCH", "/device/x".into(), true),
         ("FOO", "/auth/users".into(), true),
         ("GET", "/health%00".into(), false),
@@ -302,6 +314,7 @@ async fn state(s: &Binary, users: &[&TestUser]) -> Vec<Value> {
             format!("/device/{}", u.reg_id),
             format!("/prekeys/{}", u.reg_id),
             format!("/messages/{}", u.reg_id),
+            "/v2/devices".to_string(),
         ] {
             let (status, body) = s.call("GET", &path, token, None).await;
             seen.push(json!({"path": path, "status": status.as_u16(), "body": body}));

@@ -32,6 +32,11 @@ const CODES: &[(&str, u16)] = &[
     ("length_required", 411),
     ("not_found", 404),
     ("method_not_allowed", 405),
+    ("too_many_devices", 403),
+    ("primary_device", 403),
+    ("no_such_device", 404),
+    ("stale_devices", 410),
+    ("mismatched_devices", 409),
 ];
 
 /// The oracle for one answer: no 5xx, and an error is `{"code","message"}` with the status of
