@@ -67,7 +67,7 @@ pub struct Device {
 impl Device {
     /// The device id, from the address (validated when the device was stored).
     pub fn id(&self) -> u32 {
-        crate::requests::address_device_id(&self.address).unwrap_or(0)
+        address_device_id(&self.address).unwrap_or(0)
     }
 
     /// The device of `user` this is.
@@ -77,6 +77,14 @@ impl Device {
             device: self.id(),
         }
     }
+}
+
+/// Lowest and highest id a linked device gets (the primary's is the one in its address).
+pub const LINKED_IDS: std::ops::RangeInclusive<u32> = 2..=127;
+
+/// The device id at the end of a stored address (`<username>.<id>`).
+pub fn address_device_id(address: &str) -> Option<u32> {
+    address.rsplit_once('.')?.1.parse().ok()
 }
 
 /// One ciphertext of a send to several devices of one account.

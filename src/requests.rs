@@ -337,11 +337,6 @@ fn nested<T>(
     }
 }
 
-/// The device id at the end of a stored address.
-pub fn address_device_id(address: &str) -> Option<u32> {
-    address.rsplit_once('.')?.1.parse().ok()
-}
-
 /// `<username>.<deviceId>` → (username, deviceId in 1..=127).
 pub fn parse_address(address: &str) -> Option<(String, u32)> {
     let (name, device) = address.rsplit_once('.')?;

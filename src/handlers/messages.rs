@@ -95,7 +95,7 @@ pub async fn send_all(reg_id: u64, app: App, user: User, body: Body) -> Answer {
         .map_err(recipient_error)?;
     let mut messages = Vec::with_capacity(queued.len());
     for m in &queued {
-        let device = requests::address_device_id(&m.recipient_address).unwrap_or_default();
+        let device = crate::models::address_device_id(&m.recipient_address).unwrap_or_default();
         app.hub.deliver(
             DeviceRef {
                 user: recipient.id,

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::MAX_REGISTRATION_ID;
 use crate::error::{ApiError, FieldError, FieldErrors};
-use crate::storage::LINKED_IDS;
+use crate::models::LINKED_IDS;
 use crate::validate::{self, Fields};
 
 /// Most ciphertexts in one send: one per device id an account can have.

@@ -20,7 +20,9 @@ pub(crate) use sled_store::fixtures;
 use std::io::Write;
 use std::path::Path;
 
-use crate::models::{Device, DeviceRef, Message, Outgoing, Popped, PreKey, SignedPreKey, User};
+use crate::models::{
+    Device, DeviceRef, Message, Outgoing, Popped, PreKey, SignedPreKey, User, LINKED_IDS,
+};
 pub use pg_store::PgStore;
 pub use sled_store::{
     holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,
@@ -92,9 +94,6 @@ pub struct Mismatch {
     /// Device ids the recipient does not have.
     pub extra: Vec<u32>,
 }
-
-/// Lowest and highest id a linked device gets.
-pub const LINKED_IDS: std::ops::RangeInclusive<u32> = 2..=127;
 
 /// Checks a send's ciphertexts against the recipient's `devices` (without `skip`, the sending
 /// device when an account writes to itself): every device once, with its registrationId (a

@@ -15,8 +15,7 @@ use std::io::{BufRead, Write};
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::devices::device_id;
-use super::{db_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore};
+use super::{db_id, device_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore};
 use crate::crypto::b64;
 use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;

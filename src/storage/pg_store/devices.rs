@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 
 use super::Cached;
 
-use super::{db_id, keys, to_u32, PgStore};
+use super::{db_id, device_id, keys, to_u32, PgStore};
 use crate::models::{Device, DeviceRef, PreKey, SignedPreKey};
 use crate::storage::{check_link, linked_address, Stock, StoreError};
 
@@ -215,11 +215,6 @@ impl PgStore {
         })
         .await
     }
-}
-
-/// A device id as the database keeps it (`integer`); ids above its range name nothing stored.
-pub(super) fn device_id(id: u32) -> i32 {
-    i32::try_from(id).unwrap_or(i32::MAX)
 }
 
 /// Takes the account lock (see the module doc) until the transaction ends. A user that is gone

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::devices::{device_id, lock_devices};
-use super::{db_id, to_u64, Cached, PgStore};
+use super::devices::lock_devices;
+use super::{db_id, device_id, to_u64, Cached, PgStore};
 use crate::models::{Device, Message, Outgoing};
 use crate::storage::{check_devices, StoreError};
 

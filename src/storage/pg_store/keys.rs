@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use super::Cached;
 
-use super::devices::device_id;
-use super::{db_id, to_u32, PgStore};
+use super::{db_id, device_id, to_u32, PgStore};
 use crate::models::{DeviceRef, Popped, PreKey, SignedPreKey};
 use crate::storage::StoreError;
 

@@ -5,9 +5,8 @@ use std::collections::HashSet;
 
 use tokio_postgres::Row;
 
-use super::devices::device_id;
 use super::keys::lock_device;
-use super::{db_id, to_u32, to_u64, Cached, PgStore};
+use super::{db_id, device_id, to_u32, to_u64, Cached, PgStore};
 use crate::models::{DeviceRef, Message};
 use crate::storage::{DeleteOutcome, StoreError};
 

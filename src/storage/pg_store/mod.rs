@@ -262,6 +262,11 @@ fn db_id(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// A device id as the database keeps it (`integer`); ids above its range name nothing stored.
+fn device_id(id: u32) -> i32 {
+    i32::try_from(id).unwrap_or(i32::MAX)
+}
+
 /// A `u32` field the store wrote as `bigint`.
 fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range: {v}")))

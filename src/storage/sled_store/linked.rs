@@ -67,7 +67,7 @@ impl SledStore {
             Some(v) => {
                 let address: String = decode(&v)?;
                 Ok(Some(
-                    crate::requests::address_device_id(&address).unwrap_or(0),
+                    crate::models::address_device_id(&address).unwrap_or(0),
                 ))
             }
             None => Ok(None),

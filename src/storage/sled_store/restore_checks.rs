@@ -6,9 +6,9 @@
 use super::backup::{DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord};
 use super::StoreError;
 use crate::crypto::{b64, SIGNATURE_LEN};
+use crate::models::LINKED_IDS;
 use crate::models::{Device, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
-use crate::storage::LINKED_IDS;
 
 /// Every id in a backup (users, messages) is below this: new ids continue above the largest
 /// restored one, and 2^62 leaves 3 · 2^62 ids for them, so no id can wrap.
