@@ -484,3 +484,63 @@ pub async fn instances(n: usize, extra: &[&str]) -> Option<Instances> {
     }
     Some(Instances { nodes, _dirs: dirs })
 }
+
+/// One request a client of `hammer_then_kill` repeats: method, path and body.
+pub type Repeated = (&'static str, String, Option<Value>);
+
+/// `tasks` clients each repeat `request(task, seq)` with `token` against `server`, and the server
+/// is killed (`SIGKILL`) once `kill_after` of them were answered `expected`. Returns those
+/// answers with their (task, seq). Any other answer fails the test; a client whose request finds
+/// the server gone stops (whether that request was carried out is unknown).
+pub async fn hammer_then_kill(
+    server: &mut Binary,
+    token: &str,
+    (tasks, kill_after): (usize, usize),
+    expected: StatusCode,
+    request: impl Fn(usize, u64) -> Repeated + Send + Sync + 'static,
+) -> Vec<(usize, u64, Value)> {
+    let request = Arc::new(request);
+    let answered: Arc<Mutex<Vec<(usize, u64, Value)>>> = Arc::default();
+    let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut clients = Vec::new();
+    for task in 0..tasks {
+        let (api, token, request) = (server.api(), token.to_string(), request.clone());
+        let (answered, unexpected, enough) = (answered.clone(), unexpected.clone(), enough.clone());
+        clients.push(tokio::spawn(async move {
+            for seq in 0.. {
+                let (method, path, body) = request(task, seq);
+                match api
+                    .try_call(method, &path, Some(&token), body.as_ref())
+                    .await
+                {
+                    Ok((status, answer)) if status == expected => {
+                        let mut answered = answered.lock().unwrap();
+                        answered.push((task, seq, answer));
+                        if answered.len() == kill_after {
+                            enough.notify_one();
+                        }
+                    }
+                    Ok((status, answer)) => {
+                        unexpected
+                            .lock()
+                            .unwrap()
+                            .push(format!("{status} {answer}"));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let waited = tokio::time::timeout(BINARY_BOUND, enough.notified()).await;
+    waited.expect("the requests were not answered in time");
+    server.sigkill();
+    for client in clients {
+        client.await.expect("client task");
+    }
+    let unexpected = unexpected.lock().unwrap().clone();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    let answered = answered.lock().unwrap().clone();
+    answered
+}

@@ -3,14 +3,11 @@
 //! every acknowledged link and unlink; no one-time key of any device is handed out twice.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use super::to;
-use crate::helpers::{fresh_data_dir, link_device, Binary};
+use crate::helpers::{fresh_data_dir, hammer_then_kill, link_device, Binary};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_server_keeps_each_v2_send_in_every_queue_or_in_none() {
@@ -25,48 +22,22 @@ async fn a_killed_server_keeps_each_v2_send_in_every_queue_or_in_none() {
     }
     let bob = server.user_with_device("bob", 22, 0, 0).await;
 
-    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
-    let enough = Arc::new(Notify::new());
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let (api, token) = (server.api(), bob.token.clone());
-        let (acked, unexpected, enough) = (acked.clone(), unexpected.clone(), enough.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0.. {
-                let content = format!("t{t}-{i}");
-                let messages: Vec<Value> = [(1, 11), (2, 12), (3, 13)]
-                    .map(|(device, reg_id)| to(device, reg_id, &content))
-                    .into();
-                let body = json!({"recipient": "alice", "messages": messages});
-                match api
-                    .try_call("POST", "/v2/messages/22", Some(&token), Some(&body))
-                    .await
-                {
-                    Ok((StatusCode::CREATED, _)) => {
-                        let mut acked = acked.lock().unwrap();
-                        acked.insert(content);
-                        if acked.len() == KILL_AFTER {
-                            enough.notify_one();
-                        }
-                    }
-                    Ok((status, body)) => {
-                        unexpected.lock().unwrap().push(format!("{status} {body}"));
-                        break;
-                    }
-                    // The server is gone; whether this send was stored is unknown.
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-    let waited = tokio::time::timeout(Duration::from_secs(60), enough.notified()).await;
-    waited.expect("the sends were not acknowledged in time");
-    server.sigkill();
-    for task in tasks {
-        task.await.expect("sender task");
-    }
-    assert!(unexpected.lock().unwrap().is_empty(), "{unexpected:?}");
+    let content = |t: usize, i: u64| format!("t{t}-{i}");
+    let acked = hammer_then_kill(
+        &mut server,
+        &bob.token,
+        (TASKS, KILL_AFTER),
+        StatusCode::CREATED,
+        move |t, i| {
+            let messages: Vec<Value> = [(1, 11), (2, 12), (3, 13)]
+                .map(|(device, reg_id)| to(device, reg_id, &content(t, i)))
+                .into();
+            let body = json!({"recipient": "alice", "messages": messages});
+            ("POST", "/v2/messages/22".into(), Some(body))
+        },
+    )
+    .await;
+    let acked: BTreeSet<String> = acked.iter().map(|(t, i, _)| content(*t, *i)).collect();
 
     let server = Binary::start(dir.path(), &[]).await;
     let mut queues = Vec::new();
@@ -93,7 +64,6 @@ async fn a_killed_server_keeps_each_v2_send_in_every_queue_or_in_none() {
         }
         queues.push(contents);
     }
-    let acked = acked.lock().unwrap().clone();
     assert!(acked.is_subset(&queues[0]), "an acknowledged send was lost");
     assert_eq!(queues[0], queues[1], "devices 1 and 2 hold other sends");
     assert_eq!(queues[0], queues[2], "devices 1 and 3 hold other sends");
@@ -158,40 +128,14 @@ async fn a_killed_server_hands_out_no_key_of_any_device_twice() {
     let bob = server.user_with_device("bob", 22, 0, 0).await;
     let path = "/v2/prekeybundle/alice/22";
 
-    let before: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
-    let enough = Arc::new(Notify::new());
-    let mut tasks = Vec::new();
-    for _ in 0..TASKS {
-        let (api, token) = (server.api(), bob.token.clone());
-        let (before, unexpected, enough) = (before.clone(), unexpected.clone(), enough.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match api.try_call("GET", path, Some(&token), None).await {
-                    Ok((StatusCode::OK, bundle)) => {
-                        let mut before = before.lock().unwrap();
-                        before.push(bundle);
-                        if before.len() == KILL_AFTER {
-                            enough.notify_one();
-                        }
-                    }
-                    Ok((status, body)) => {
-                        unexpected.lock().unwrap().push(format!("{status} {body}"));
-                        break;
-                    }
-                    // The server is gone; what this fetch took is unknown, and never handed out.
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-    let waited = tokio::time::timeout(Duration::from_secs(60), enough.notified()).await;
-    waited.expect("the bundles were not answered in time");
-    server.sigkill();
-    for task in tasks {
-        task.await.expect("fetch task");
-    }
-    assert!(unexpected.lock().unwrap().is_empty(), "{unexpected:?}");
+    let before = hammer_then_kill(
+        &mut server,
+        &bob.token,
+        (TASKS, KILL_AFTER),
+        StatusCode::OK,
+        |_, _| ("GET", path.to_string(), None),
+    )
+    .await;
 
     let server = Binary::start(dir.path(), &[]).await;
     let mut after = Vec::new();
@@ -200,7 +144,7 @@ async fn a_killed_server_hands_out_no_key_of_any_device_twice() {
         assert_eq!(status, StatusCode::OK, "{bundle}");
         after.extend(handed_out(&bundle));
     }
-    let before: Vec<_> = before.lock().unwrap().iter().flat_map(handed_out).collect();
+    let before: Vec<_> = before.iter().flat_map(|(_, _, b)| handed_out(b)).collect();
     let mut seen = BTreeSet::new();
     for key in before.iter().chain(&after) {
         assert!(
