@@ -13,9 +13,8 @@
 pub mod pg_store;
 pub mod sled_store;
 
-/// Records for the storage tests of both backends.
 #[cfg(test)]
-pub(crate) use sled_store::fixtures;
+pub(crate) mod fixtures;
 
 use std::io::Write;
 use std::path::Path;

@@ -385,21 +385,9 @@ impl SledStore {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::models::{DeviceRef, Outgoing, PreKey};
-    use crate::storage::fixtures::{device, ec, message, primary};
-    use crate::storage::RestoreLimits;
-
-    pub(in crate::storage::sled_store) const HASH: &str =
-        "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
-    pub(in crate::storage::sled_store) fn limits() -> RestoreLimits {
-        RestoreLimits {
-            max_message_bytes: 65_536,
-            max_prekeys: 100,
-            max_queued_messages: 10,
-            max_devices: 6,
-        }
-    }
+    use crate::models::{DeviceRef, PreKey};
+    use crate::storage::fixtures::{limits, linked_accounts, old_style, primary, HASH};
+    use crate::storage::Storage;
 
     #[tokio::test]
     async fn a_restored_backup_backs_up_to_the_same_records_and_ids_continue_above() {
@@ -507,16 +495,6 @@ pub(super) mod tests {
         );
     }
 
-    fn kyber(key_id: u32) -> SignedPreKey {
-        let mut public_key = vec![8u8; 1569];
-        public_key[1] = 0;
-        SignedPreKey {
-            key_id,
-            public_key,
-            signature: vec![1; 64],
-        }
-    }
-
     /// Device `id` of user 1 (alice).
     fn alice(id: u32) -> DeviceRef {
         DeviceRef {
@@ -525,56 +503,13 @@ pub(super) mod tests {
         }
     }
 
-    /// Alice (user 1: primary `alice.1`, registrationId 7; linked devices 2 and 3,
-    /// registrationIds 12 and 11, device 2 linked last so that its slot is above device 3's)
-    /// and bob (user 2, a primary only), with one-time keys on every device and messages
-    /// queued for each, sent to one device and to all of alice's.
+    /// `fixtures::linked_accounts` on sled, with one more message the old way, to alice's primary.
     pub(in crate::storage::sled_store) async fn linked_store() -> (tempfile::TempDir, SledStore) {
         let (dir, s) = super::super::temp();
-        for name in ["alice", "bob"] {
-            s.create_user(name, &format!("{name}@x.org"), HASH.into(), None)
-                .await
-                .unwrap();
-        }
-        let first = Device {
-            last_resort_kyber: Some(kyber(900)),
-            ..device("alice.1")
-        };
-        s.create_device(1, &first, &ec(1..=3), &[kyber(1)])
+        linked_accounts(&Storage::Sled(s.clone())).await;
+        s.enqueue(primary(1), old_style("alice.1"), 10)
             .await
             .unwrap();
-        s.create_device(2, &device("bob.1"), &ec(1..=2), &[])
-            .await
-            .unwrap();
-        for registration_id in [10, 11, 12] {
-            let linked = Device {
-                registration_id,
-                last_resort_kyber: Some(kyber(901)),
-                ..device("alice.9")
-            };
-            s.link_device(1, &linked, &ec(1..=2), &[kyber(5)], 6)
-                .await
-                .unwrap();
-            if registration_id == 11 {
-                s.unlink_device(alice(2)).await.unwrap();
-            }
-        }
-        let to = |device, registration_id| Outgoing {
-            device,
-            registration_id,
-            message: message("opaque, not JSON", 6),
-        };
-        s.enqueue_all(1, None, vec![to(1, 7), to(2, 12), to(3, 11)], 10)
-            .await
-            .unwrap();
-        for (recipient, address) in [(primary(1), "alice.1"), (primary(2), "bob.1")] {
-            let old_style = Message {
-                recipient_address: address.into(),
-                ..message(r#"{"registrationId":7}"#, 5)
-            };
-            s.enqueue(recipient, old_style, 10).await.unwrap();
-        }
-        s.pop_prekeys(alice(3)).await.unwrap();
         (dir, s)
     }
 

@@ -209,7 +209,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::models::{Message, Outgoing};
-    use crate::storage::sled_store::fixtures::{device, ec, message, primary};
+    use crate::storage::fixtures::{device, ec, message, primary};
     use crate::storage::Mismatch;
 
     /// User 1 with primary `a.1` (registrationId 7) and `n` linked devices (ids 11, 12, ...).

@@ -319,18 +319,18 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::sled_store::fixtures::primary;
+    use crate::storage::fixtures::primary;
 
     async fn with_device(s: &SledStore, user: u64) {
         let name = format!("u{user}");
         let created = s.create_user(&name, "", "h".into(), None).await.unwrap();
         assert_eq!(created.id, user, "a fresh database numbers users from 1");
-        let d = crate::storage::sled_store::fixtures::device(&format!("u{user}.1"));
+        let d = crate::storage::fixtures::device(&format!("u{user}.1"));
         s.create_device(user, &d, &[], &[]).await.unwrap();
     }
 
     fn msg(content: &str, timestamp: u64) -> Message {
-        crate::storage::sled_store::fixtures::message(content, timestamp)
+        crate::storage::fixtures::message(content, timestamp)
     }
 
     #[tokio::test]

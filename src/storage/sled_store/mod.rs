@@ -318,51 +318,6 @@ fn decode_tx<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
     decode(bytes).map_err(ConflictableTransactionError::Abort)
 }
 
-/// Records for the storage unit tests (the keys are the right size, not real keys).
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey};
-
-    /// Device 1 (the primary of `device("<name>.1")`) of `user`.
-    pub fn primary(user: u64) -> DeviceRef {
-        DeviceRef { user, device: 1 }
-    }
-
-    pub fn device(address: &str) -> Device {
-        Device {
-            address: address.into(),
-            registration_id: 7,
-            identity_key: vec![5; 33],
-            signed_prekey: SignedPreKey {
-                key_id: 1,
-                public_key: vec![5; 33],
-                signature: vec![0; 64],
-            },
-            last_resort_kyber: None,
-        }
-    }
-
-    pub fn ec(ids: impl IntoIterator<Item = u32>) -> Vec<PreKey> {
-        ids.into_iter()
-            .map(|key_id| PreKey {
-                key_id,
-                public_key: vec![5; 33],
-            })
-            .collect()
-    }
-
-    pub fn message(content: &str, timestamp: u64) -> Message {
-        Message {
-            id: 0,
-            sender_address: "s.1".into(),
-            sender_registration_id: 3,
-            content: content.into(),
-            recipient_address: "r.1".into(),
-            timestamp,
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) fn temp() -> (tempfile::TempDir, SledStore) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -135,7 +135,7 @@ mod tests {
     use super::*;
     use crate::models::Device;
 
-    use crate::storage::sled_store::fixtures::{device as fixture, ec, primary};
+    use crate::storage::fixtures::{device as fixture, ec, primary};
 
     fn device() -> Device {
         fixture("a.1")

@@ -325,7 +325,8 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::storage::sled_store::backup::tests::{limits, linked_store};
+    use crate::storage::fixtures::limits;
+    use crate::storage::sled_store::backup::tests::linked_store;
 
     /// A multi-device backup (`linked_store`) as records, without its end record.
     async fn records() -> Vec<Value> {

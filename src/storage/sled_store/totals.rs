@@ -119,7 +119,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::models::{Device, DeviceRef, Message};
-    use crate::storage::sled_store::fixtures;
+    use crate::storage::fixtures;
 
     fn device() -> Device {
         fixtures::device("a.1")

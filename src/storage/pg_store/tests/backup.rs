@@ -3,31 +3,10 @@
 //! database, and new ids continue above.
 
 use super::{fresh_database, one, store};
-use crate::models::{Device, DeviceRef, Message, Outgoing, SignedPreKey};
-use crate::storage::fixtures::{device, ec, primary};
+use crate::models::{Device, Message};
+use crate::storage::fixtures::{at, device, ec, kyber, limits, linked_accounts, primary, HASH};
 use crate::storage::sled_store::temp;
-use crate::storage::{restore_dir, BackupSummary, ResetGrant, RestoreLimits, Storage};
-
-const HASH: &str = "pbkdf2_sha256$1000$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
-fn limits() -> RestoreLimits {
-    RestoreLimits {
-        max_message_bytes: 65_536,
-        max_prekeys: 100,
-        max_queued_messages: 10,
-        max_devices: 6,
-    }
-}
-
-fn kyber(key_id: u32) -> SignedPreKey {
-    let mut public_key = vec![8u8; 1569];
-    public_key[1] = 0;
-    SignedPreKey {
-        key_id,
-        public_key,
-        signature: vec![1; 64],
-    }
-}
+use crate::storage::{restore_dir, BackupSummary, ResetGrant, Storage};
 
 fn to(name: &str, registration_id: u32) -> Message {
     Message {
@@ -153,64 +132,6 @@ async fn a_bad_record_rolls_the_whole_restore_back() {
 }
 
 /// Device `id` of user `user`.
-fn at(user: u64, id: u32) -> DeviceRef {
-    DeviceRef { user, device: id }
-}
-
-/// A device to link to alice (its address is the store's to choose).
-fn linked(registration_id: u32) -> Device {
-    Device {
-        registration_id,
-        last_resort_kyber: Some(kyber(901)),
-        ..device("alice.9")
-    }
-}
-
-/// Alice (user 1: primary `alice.1` with registrationId 7, linked devices 2 and 3 with
-/// registrationIds 12 and 11, device 2 linked after device 3) and bob (user 2, a primary),
-/// one-time keys on every device and messages for each: sent to all of alice's devices
-/// (opaque content) and to one device (the old way). Made through the verbs of `Storage`, on
-/// either store.
-async fn linked_accounts(s: &Storage) {
-    for name in ["alice", "bob"] {
-        s.create_user(name, &format!("{name}@x.org"), HASH.into(), None)
-            .await
-            .unwrap();
-    }
-    let first = Device {
-        last_resort_kyber: Some(kyber(900)),
-        ..device("alice.1")
-    };
-    s.create_device(1, &first, &ec(1..=3), &[kyber(1)])
-        .await
-        .unwrap();
-    s.create_device(2, &device("bob.1"), &ec(1..=2), &[])
-        .await
-        .unwrap();
-    for registration_id in [10, 11, 12] {
-        s.link_device(1, &linked(registration_id), &ec(1..=2), &[kyber(5)], 6)
-            .await
-            .unwrap();
-        if registration_id == 11 {
-            s.unlink_device(at(1, 2)).await.unwrap();
-        }
-    }
-    let all: Vec<Outgoing> = [(1, 7), (2, 12), (3, 11)]
-        .into_iter()
-        .map(|(device, registration_id)| Outgoing {
-            device,
-            registration_id,
-            message: Message {
-                content: "opaque, not JSON".into(),
-                ..to("alice", 7)
-            },
-        })
-        .collect();
-    s.enqueue_all(1, None, all, 10).await.unwrap();
-    s.enqueue(primary(2), to("bob", 7), 10).await.unwrap();
-    s.pop_prekeys(at(1, 3)).await.unwrap();
-}
-
 async fn backup_of(s: &Storage) -> String {
     let mut out = Vec::new();
     s.backup(&mut out).await.unwrap();
