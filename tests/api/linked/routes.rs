@@ -291,3 +291,25 @@ async fn v2_paths_answer_405_to_other_methods_and_404_to_ids_that_are_not_number
     }
     assert_eq!(listed_ids(&s, &alice).await, [1, 2]);
 }
+
+#[tokio::test]
+async fn v2_paths_answer_the_same_with_a_trailing_slash() {
+    let s = TestServer::start().await;
+    let [_alice, second] = alice_with_two(&s, 2, 0).await;
+    let bob = s.user_with_device("bob", 22, 0, 0).await;
+    for path in ["/v2/prekeybundle/alice/22", "/v2/prekeybundle/alice/22/"] {
+        let (status, bundle) = s.get(path, &bob.token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {bundle}");
+        assert_eq!(
+            bundle["devices"].as_array().map(Vec::len),
+            Some(2),
+            "{path}"
+        );
+    }
+    for path in ["/v2/messages/22", "/v2/messages/22/"] {
+        let body = json!({"recipient": "alice", "messages": [to(1, 11, "a"), to(2, 12, "b")]});
+        let (status, sent) = s.post(path, &bob.token, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: {sent}");
+    }
+    assert_eq!(queue(&s, &second).await.len(), 2);
+}
