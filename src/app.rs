@@ -4,14 +4,14 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::auth::Tokens;
+use crate::auth::{Caller, Tokens};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::models::{Device, User};
+use crate::models::Device;
 use crate::password::Hasher;
 use crate::ratelimit::RateLimits;
 use crate::storage::{PgStore, Storage, StorageOptions};
@@ -63,15 +63,24 @@ impl App {
         })))
     }
 
-    /// The caller's device with the `<regId>` of the path (any device of the account).
-    pub async fn own_device(&self, user: &User, reg_id: u64) -> Result<Device, ApiError> {
+    /// The caller's device with the `<regId>` of the path (any device of the account; with a
+    /// token bound to a device, that device only).
+    pub async fn own_device(&self, caller: &Caller, reg_id: u64) -> Result<Device, ApiError> {
+        let device = self.device_by_reg_id(caller.id, reg_id).await?;
+        match caller.token.bound {
+            Some(bound) if bound.device != device.id() => Err(ApiError::DeviceChanged),
+            _ => Ok(device),
+        }
+    }
+
+    async fn device_by_reg_id(&self, user_id: u64, reg_id: u64) -> Result<Device, ApiError> {
         // Most calls come from the primary: one read, no listing.
-        if let Some(primary) = self.storage.device(user.id).await? {
+        if let Some(primary) = self.storage.device(user_id).await? {
             if u64::from(primary.registration_id) == reg_id {
                 return Ok(primary);
             }
         }
-        let devices = self.storage.devices(user.id).await?;
+        let devices = self.storage.devices(user_id).await?;
         if devices.is_empty() {
             return Err(ApiError::NoDevice);
         }
@@ -79,6 +88,18 @@ impl App {
             .into_iter()
             .find(|d| u64::from(d.registration_id) == reg_id)
             .ok_or(ApiError::DeviceChanged)
+    }
+
+    /// Refuses a caller whose token is bound to a linked device: what changes the whole account
+    /// (its password, its devices, the account itself) is the primary's.
+    pub async fn not_linked(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(bound) = caller.token.bound else {
+            return Ok(());
+        };
+        match self.storage.device(caller.id).await? {
+            Some(primary) if primary.id() == bound.device => Ok(()),
+            _ => Err(ApiError::LinkedDevice),
+        }
     }
 
     pub fn max_body(&self) -> u64 {

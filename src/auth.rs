@@ -1,5 +1,6 @@
-//! Tokens: HS256 JWTs naming the user id and the user's token version, and the check every
-//! authenticated request goes through (signature, expiry, user still exists, version current).
+//! Tokens: HS256 JWTs naming the user id, the user's token version and, for a token bound to a
+//! device, that device and its stamp; and the check every authenticated request goes through
+//! (signature, expiry, user still exists, version current, bound device still the same one).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,6 +25,20 @@ pub struct Claims {
     pub exp: u64,
     /// When the user logged in with a password; refresh keeps it.
     pub orig_iat: u64,
+    /// The device the token is bound to, if any (see `Bound`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u32>,
+    /// That device's stamp (`Storage::device_stamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<u64>,
+}
+
+/// The device a token is bound to: it acts as that device only, and dies with it (unlinked, or
+/// deleted and created again). Tokens without one are the account's (older clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub device: u32,
+    pub stamp: u64,
 }
 
 /// What a checked token says (kept in the cache of checked tokens).
@@ -33,6 +48,7 @@ pub struct Verified {
     pub ver: u32,
     pub exp: u64,
     pub orig_iat: u64,
+    pub bound: Option<Bound>,
 }
 
 /// Checked tokens, so that a client's next request with the same token skips the base64, JSON
@@ -103,8 +119,14 @@ impl Tokens {
         }
     }
 
-    /// A token for `user`; `orig_iat` is the time of the password login it descends from.
-    pub fn issue(&self, user: &User, orig_iat: u64) -> Result<String, ApiError> {
+    /// A token for `user`, bound to a device or not; `orig_iat` is the time of the password
+    /// login it descends from.
+    pub fn issue(
+        &self,
+        user: &User,
+        orig_iat: u64,
+        bound: Option<Bound>,
+    ) -> Result<String, ApiError> {
         let now = now_secs();
         let claims = Claims {
             sub: user.id.to_string(),
@@ -113,6 +135,8 @@ impl Tokens {
             iat: now,
             exp: now.saturating_add(self.ttl),
             orig_iat,
+            dev: bound.map(|b| b.device),
+            dst: bound.map(|b| b.stamp),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(format!("token encoding: {e}")))
@@ -136,6 +160,11 @@ impl Tokens {
             ver: claims.ver,
             exp: claims.exp,
             orig_iat: claims.orig_iat,
+            bound: match (claims.dev, claims.dst) {
+                (Some(device), Some(stamp)) => Some(Bound { device, stamp }),
+                (None, None) => None,
+                _ => return None,
+            },
         };
         self.checked.put(token, verified);
         Some(verified)
@@ -147,18 +176,47 @@ impl Tokens {
     }
 }
 
-/// The user a valid token belongs to: signature and expiry good, the user still exists, and the
-/// token's version is the user's current one (password change and reset bump it).
+/// Who is calling: the token's user and what the token says (its device, if bound). Derefs to
+/// the user.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    pub token: Verified,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.user
+    }
+}
+
+/// The caller a valid token names: signature and expiry good, the user still exists, the token's
+/// version is the user's current one (password change and reset bump it), and a bound token's
+/// device is still the one it was bound to.
 pub async fn user_for_token(
     tokens: &Tokens,
     storage: &Storage,
     token: &str,
-) -> Result<(User, Verified), ApiError> {
+) -> Result<Caller, ApiError> {
     let verified = tokens.verify(token).ok_or(ApiError::NotAuthenticated)?;
-    match storage.user(verified.user_id).await? {
-        Some(user) if user.token_version == verified.ver => Ok((user, verified)),
-        _ => Err(ApiError::NotAuthenticated),
+    let user = match storage.user(verified.user_id).await? {
+        Some(user) if user.token_version == verified.ver => user,
+        _ => return Err(ApiError::NotAuthenticated),
+    };
+    if let Some(bound) = verified.bound {
+        let at = crate::models::DeviceRef {
+            user: user.id,
+            device: bound.device,
+        };
+        if storage.device_stamp(at).await? != Some(bound.stamp) {
+            return Err(ApiError::NotAuthenticated);
+        }
     }
+    Ok(Caller {
+        user,
+        token: verified,
+    })
 }
 
 /// The token in an `Authorization` header value: `Bearer <jwt>` or `JWT <jwt>`, any case.
@@ -236,9 +294,16 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_forgeries_fail() {
         let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 60, 600);
-        let token = t.issue(&user(), now_secs()).unwrap();
+        let token = t.issue(&user(), now_secs(), None).unwrap();
         let claims = t.decode(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.ver), ("4", 3));
+        assert_eq!(t.verify(&token).unwrap().bound, None);
+        let bound = Bound {
+            device: 2,
+            stamp: u64::MAX - 1,
+        };
+        let to_device = t.issue(&user(), now_secs(), Some(bound)).unwrap();
+        assert_eq!(t.verify(&to_device).unwrap().bound, Some(bound));
         // The cached answer is the same as the full check, and a changed token is not served.
         let v = t.verify(&token).unwrap();
         assert_eq!(t.verify(&token), Some(v));

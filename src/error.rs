@@ -33,6 +33,8 @@ pub enum ApiError {
     TooManyDevices,
     NoSuchDevice,
     PrimaryDevice,
+    /// A token bound to a linked device asked for what only the account's primary may do.
+    LinkedDevice,
     /// A send named devices with other registration ids than they have.
     StaleDevices(Vec<u32>),
     /// A send left out devices of the recipient, or named devices it does not have.
@@ -85,6 +87,7 @@ impl ApiError {
             | ApiError::RegistrationClosed
             | ApiError::TooManyDevices
             | ApiError::PrimaryDevice
+            | ApiError::LinkedDevice
             | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::StaleDevices(_) => StatusCode::GONE,
             ApiError::MismatchedDevices { .. } => StatusCode::CONFLICT,
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::TooManyDevices => "too_many_devices",
             ApiError::NoSuchDevice => "no_such_device",
             ApiError::PrimaryDevice => "primary_device",
+            ApiError::LinkedDevice => "linked_device",
             ApiError::StaleDevices(_) => "stale_devices",
             ApiError::MismatchedDevices { .. } => "mismatched_devices",
             ApiError::NoRecipient => "no_recipient",
@@ -151,6 +155,9 @@ impl ApiError {
             ApiError::NoSuchDevice => "The account has no device with that id.",
             ApiError::PrimaryDevice => {
                 "The primary device cannot be unlinked; delete it with DELETE /device/."
+            }
+            ApiError::LinkedDevice => {
+                "This token belongs to a linked device; only the primary device's may do this."
             }
             ApiError::StaleDevices(_) => {
                 "Some devices have a new registration id; fetch their bundles again."

@@ -31,6 +31,48 @@ pub const SIGNAL_BUFFER: usize = 4096;
 /// signal was lost.
 pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Why the server closed a socket: its close frame's code and reason, so a client can tell them
+/// apart (docs/API.md, "Live delivery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer connection of the same device, here or on another instance.
+    Replaced,
+    /// The device was unlinked or deleted, or the account deleted.
+    DeviceRemoved,
+    /// The password was changed or reset: the socket's token is revoked.
+    TokenRevoked,
+    /// The socket's token expired.
+    TokenExpired,
+    /// The client did not take its messages fast enough.
+    TooSlow,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Replaced => 4000,
+            CloseReason::DeviceRemoved => 4001,
+            CloseReason::TokenRevoked => 4002,
+            CloseReason::TokenExpired => 4003,
+            CloseReason::TooSlow => 4008,
+            CloseReason::Shutdown => 1001,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Replaced => "replaced",
+            CloseReason::DeviceRemoved => "device_removed",
+            CloseReason::TokenRevoked => "token_revoked",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::TooSlow => "too_slow",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What one instance tells the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -41,6 +83,9 @@ pub enum Signal {
     Close { user: u64, device: Option<u32> },
     /// `device` opened a connection at `at_ms` (wall clock): close older ones.
     Opened { device: DeviceRef, at_ms: u64 },
+    /// The account's token version is now `version` (password changed or reset): close the
+    /// sockets opened with another.
+    Revoked { user: u64, version: u32 },
 }
 
 /// What the hub keeps of a connection; dropping it closes the connection.
@@ -49,9 +94,18 @@ struct Entry {
     /// Wall-clock registration time (ms), to tell an older connection from a newer one elsewhere.
     at_ms: u64,
     pushes: mpsc::Sender<u64>,
-    _close: watch::Sender<()>,
+    /// The token version the connection was opened with.
+    version: u32,
+    close: watch::Sender<Option<CloseReason>>,
     /// Closed (its sender dropped) when the connection's session has ended.
     ended: watch::Receiver<()>,
+}
+
+impl Entry {
+    /// Closes the connection, telling its session why.
+    fn close(self, reason: CloseReason) {
+        self.close.send_replace(Some(reason));
+    }
 }
 
 pub struct Hub {
@@ -81,9 +135,9 @@ pub struct Registration {
     pub conn: u64,
     /// Ids of messages queued since registering.
     pub pushes: mpsc::Receiver<u64>,
-    /// Its `changed()` fails once the hub has let go of the connection: replaced by a newer one,
-    /// too slow, device deleted or shutdown.
-    pub closed: watch::Receiver<()>,
+    /// Changes (to the reason) or fails once the hub has let go of the connection: replaced by
+    /// a newer one, too slow, device deleted, token revoked or shutdown.
+    pub closed: watch::Receiver<Option<CloseReason>>,
     /// Changes when every session should re-read its queue.
     pub resync: watch::Receiver<()>,
     /// Held for as long as the session runs: a newer connection of the same device waits for
@@ -103,10 +157,11 @@ impl Drop for OpenSocket {
 }
 
 impl Hub {
-    /// Registers a connection for `device`, closing the one it replaces.
-    pub fn register(&self, device: DeviceRef) -> Registration {
+    /// Registers a connection for `device`, opened with token version `version`, closing the
+    /// one it replaces.
+    pub fn register(&self, device: DeviceRef, version: u32) -> Registration {
         let (pushes_tx, pushes) = mpsc::channel(PUSH_BUFFER);
-        let (close, closed) = watch::channel(());
+        let (close, closed) = watch::channel(None);
         let (running, ended) = watch::channel(());
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let at_ms = std::time::SystemTime::now()
@@ -116,11 +171,15 @@ impl Hub {
             conn,
             at_ms,
             pushes: pushes_tx,
-            _close: close,
+            version,
+            close,
             ended,
         };
-        // The replaced entry drops here, which closes the older connection.
-        let replaced = self.lock().insert(device, entry).map(|old| old.ended);
+        let replaced = self.lock().insert(device, entry).map(|old| {
+            let ended = old.ended.clone();
+            old.close(CloseReason::Replaced);
+            ended
+        });
         self.signal(Signal::Opened { device, at_ms });
         Registration {
             conn,
@@ -151,15 +210,17 @@ impl Hub {
         let mut conns = self.lock();
         if let Some(entry) = conns.get(&device) {
             if entry.pushes.try_send(id).is_err() {
-                // Too slow or gone: dropping the entry closes that connection.
-                conns.remove(&device);
+                // Too slow or gone: removing the entry closes that connection.
+                if let Some(entry) = conns.remove(&device) {
+                    entry.close(CloseReason::TooSlow);
+                }
             }
         }
     }
 
     /// Closes the connection of an unlinked device, here or on another instance.
     pub fn close(&self, device: DeviceRef) {
-        self.lock().remove(&device);
+        self.close_here(device.user, Some(device.device));
         self.signal(Signal::Close {
             user: device.user,
             device: Some(device.device),
@@ -172,9 +233,34 @@ impl Hub {
         self.signal(Signal::Close { user, device: None });
     }
 
+    /// Closes the sockets of an account opened with a token version other than `version` (the
+    /// password changed or was reset), here and on the other instances.
+    pub fn revoke(&self, user: u64, version: u32) {
+        self.close_where(CloseReason::TokenRevoked, |d, e| {
+            d.user == user && e.version != version
+        });
+        self.signal(Signal::Revoked { user, version });
+    }
+
     fn close_here(&self, user: u64, device: Option<u32>) {
-        self.lock()
-            .retain(|d, _| d.user != user || device.is_some_and(|id| id != d.device));
+        self.close_where(CloseReason::DeviceRemoved, |d, _| {
+            d.user == user && device.is_none_or(|id| id == d.device)
+        });
+    }
+
+    /// Closes, for `reason`, every connection `doomed` picks.
+    fn close_where(&self, reason: CloseReason, doomed: impl Fn(&DeviceRef, &Entry) -> bool) {
+        let mut conns = self.lock();
+        let picked: Vec<DeviceRef> = conns
+            .iter()
+            .filter(|(d, e)| doomed(d, e))
+            .map(|(d, _)| *d)
+            .collect();
+        for device in picked {
+            if let Some(entry) = conns.remove(&device) {
+                entry.close(reason);
+            }
+        }
     }
 
     /// Sends this hub's signals to `remote` from now on (several instances).
@@ -202,8 +288,15 @@ impl Hub {
                 let mut conns = self.lock();
                 // Only an older connection: a newer one here may have raced the signal.
                 if conns.get(&device).is_some_and(|e| e.at_ms <= at_ms) {
-                    conns.remove(&device);
+                    if let Some(entry) = conns.remove(&device) {
+                        entry.close(CloseReason::Replaced);
+                    }
                 }
+            }
+            Signal::Revoked { user, version } => {
+                self.close_where(CloseReason::TokenRevoked, |d, e| {
+                    d.user == user && e.version != version
+                });
             }
         }
     }
@@ -217,7 +310,9 @@ impl Hub {
 
     /// Closes every connection (shutdown).
     pub fn close_all(&self) {
-        self.lock().clear();
+        for (_, entry) in self.lock().drain() {
+            entry.close(CloseReason::Shutdown);
+        }
     }
 
     /// Counts a WebSocket as open until the returned guard drops.
@@ -247,9 +342,9 @@ mod tests {
     #[tokio::test]
     async fn a_newer_connection_replaces_the_older() {
         let hub = Hub::default();
-        let mut first = hub.register(D7);
-        let mut second = hub.register(D7);
-        assert!(first.closed.changed().await.is_err());
+        let mut first = hub.register(D7, 0);
+        let mut second = hub.register(D7, 0);
+        assert!(first.closed.changed().await.is_ok());
         hub.unregister(D7, first.conn); // stale: must not remove the newer one
         hub.deliver(D7, 1);
         assert_eq!(second.pushes.recv().await, Some(1));
@@ -262,7 +357,7 @@ mod tests {
         let hub = Hub::default();
         let (tx, mut out) = mpsc::channel(SIGNAL_BUFFER);
         hub.connect_remote(tx);
-        let mut reg = hub.register(D7);
+        let mut reg = hub.register(D7, 0);
         assert!(matches!(
             out.recv().await,
             Some(Signal::Opened { device: D7, .. })
@@ -284,15 +379,15 @@ mod tests {
             device: D7,
             at_ms: u64::MAX,
         });
-        assert!(reg.closed.changed().await.is_err());
+        assert!(reg.closed.changed().await.is_ok());
     }
 
     #[tokio::test]
     async fn a_newer_connection_can_wait_for_the_replaced_session_to_end() {
         let hub = Hub::default();
-        let first = hub.register(D7);
+        let first = hub.register(D7, 0);
         assert!(first.replaced.is_none());
-        let second = hub.register(D7);
+        let second = hub.register(D7, 0);
         let mut replaced = second.replaced.expect("the first connection");
         assert!(replaced.has_changed().is_ok(), "still running");
         drop(first.running);
@@ -304,18 +399,57 @@ mod tests {
         let hub = Hub::default();
         let d8 = DeviceRef { user: 7, device: 2 };
         let other = DeviceRef { user: 8, device: 1 };
-        let (mut a, mut b, mut c) = (hub.register(D7), hub.register(d8), hub.register(other));
+        let (mut a, mut b, mut c) = (
+            hub.register(D7, 0),
+            hub.register(d8, 0),
+            hub.register(other, 0),
+        );
         hub.close(d8);
-        assert!(b.closed.changed().await.is_err());
+        assert!(b.closed.changed().await.is_ok());
         hub.deliver(D7, 1);
         assert_eq!(a.pushes.recv().await, Some(1));
         hub.apply(Signal::Close {
             user: 7,
             device: None,
         });
-        assert!(a.closed.changed().await.is_err());
+        assert!(a.closed.changed().await.is_ok());
         hub.deliver(other, 2);
         assert_eq!(c.pushes.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_revocation_closes_the_older_tokens_sockets_and_says_why() {
+        let hub = Hub::default();
+        let d8 = DeviceRef { user: 7, device: 2 };
+        let other = DeviceRef { user: 8, device: 1 };
+        let (mut old, mut new, mut c) = (
+            hub.register(D7, 3),
+            hub.register(d8, 4),
+            hub.register(other, 3),
+        );
+        hub.revoke(7, 4);
+        assert!(old.closed.changed().await.is_ok());
+        assert_eq!(*old.closed.borrow(), Some(CloseReason::TokenRevoked));
+        hub.deliver(d8, 1);
+        assert_eq!(
+            new.pushes.recv().await,
+            Some(1),
+            "opened with the new version"
+        );
+        hub.apply(Signal::Revoked {
+            user: 7,
+            version: 5,
+        });
+        assert!(new.closed.changed().await.is_ok());
+        assert_eq!(*new.closed.borrow(), Some(CloseReason::TokenRevoked));
+        hub.deliver(other, 2);
+        assert_eq!(c.pushes.recv().await, Some(2), "another account");
+        let mut replacing = hub.register(other, 3);
+        assert!(c.closed.changed().await.is_ok());
+        assert_eq!(*c.closed.borrow(), Some(CloseReason::Replaced));
+        hub.close(other);
+        assert!(replacing.closed.changed().await.is_ok());
+        assert_eq!(*replacing.closed.borrow(), Some(CloseReason::DeviceRemoved));
     }
 
     #[test]

@@ -205,6 +205,8 @@ pub struct ListedDeviceOut {
 pub struct LinkedOut<'a> {
     pub device_id: u32,
     pub address: &'a str,
+    /// A token bound to the new device: it acts as that device only and dies with it.
+    pub token: String,
 }
 
 /// `GET /v2/prekeybundle`: one bundle per device of the account.

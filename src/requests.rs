@@ -89,6 +89,17 @@ pub fn strings<'a, const N: usize>(
     Ok(values.map(Option::unwrap_or_default))
 }
 
+/// The optional `deviceId` of a login: the device the token is to be bound to.
+pub fn login_device(value: &Value) -> Result<Option<u32>, ApiError> {
+    let mut f = Fields::new(validate::object(value)?);
+    let device = match f.get("deviceId") {
+        None | Some(Value::Null) => None,
+        Some(_) => f.int("deviceId", u64::from(u32::MAX)),
+    };
+    f.finish()?;
+    Ok(device.map(|d| d as u32))
+}
+
 /// One `{keyId, publicKey}` one-time EC prekey.
 fn prekey(value: &Value) -> Result<PreKey, FieldErrors> {
     let mut f = Fields::of(value)?;

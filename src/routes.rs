@@ -12,10 +12,10 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::app::App;
+use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::handlers::{devices, keys, messages, users, ws, Answer};
-use crate::models::User;
 
 impl warp::reject::Reject for ApiError {}
 
@@ -110,7 +110,7 @@ fn with_app(app: &App) -> impl Filter<Extract = (App,), Error = Infallible> + Cl
 }
 
 /// The caller, from `Authorization: Bearer|JWT <token>`; 401 otherwise.
-fn auth(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
+fn auth(app: &App) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     with_app(app).and(authorization()).and_then(
         |app: App, header: Option<HeaderValue>| async move {
             caller(&app, header.as_ref(), None)
@@ -121,7 +121,7 @@ fn auth(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone 
 }
 
 /// The caller of a WebSocket upgrade: the header, or `?token=` (browsers cannot set headers).
-fn auth_ws(app: &App) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
+fn auth_ws(app: &App) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     with_app(app)
         .and(authorization())
         .and(raw_query())
@@ -142,14 +142,12 @@ async fn caller(
     app: &App,
     header: Option<&HeaderValue>,
     fallback: Option<&str>,
-) -> Result<User, ApiError> {
+) -> Result<Caller, ApiError> {
     let from_header = header
         .and_then(|h| h.to_str().ok())
         .and_then(crate::auth::bearer);
     let token = from_header.or(fallback).ok_or(ApiError::NotAuthenticated)?;
-    crate::auth::user_for_token(&app.tokens, &app.storage, token)
-        .await
-        .map(|(user, _)| user)
+    crate::auth::user_for_token(&app.tokens, &app.storage, token).await
 }
 
 /// The raw `Authorization` header, if any (a value that is not text counts as a bad token, 401).

@@ -81,7 +81,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                 &user.email,
             )?;
             let hash = app.hasher.hash(password).await?;
-            app.storage.set_password(user.id, hash).await?;
+            crate::handlers::users::set_password(app.clone(), user.id, hash).await?;
             w(
                 out,
                 format!(

@@ -47,6 +47,8 @@ pub struct Linked {
     pub device_id: u32,
     /// `<username>.<deviceId>`.
     pub address: String,
+    /// A token bound to the new device: what the device itself uses from then on.
+    pub token: String,
 }
 
 /// One entry of `GET /v2/devices`.

@@ -3,15 +3,17 @@
 
 use warp::http::StatusCode;
 
-use super::{json, no_content, Answer};
+use super::{detached, json, no_content, Answer};
 use crate::app::App;
+use crate::auth::{now_secs, Bound, Caller};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{CodeOut, Device, DeviceOut, DeviceRef, LinkedOut, ListedDeviceOut, User};
+use crate::models::{CodeOut, Device, DeviceOut, DeviceRef, LinkedOut, ListedDeviceOut};
 use crate::requests::NewDevice;
 
 /// POST /device/<anything>
-pub async fn create(app: App, user: User, body: Body) -> Answer {
+pub async fn create(app: App, user: Caller, body: Body) -> Answer {
+    app.not_linked(&user).await?;
     let value = body.json(app.max_body()).await?;
     let new = NewDevice::parse(&value, app.config.max_prekeys as usize)?;
     if !new.username.eq_ignore_ascii_case(&user.username) {
@@ -42,7 +44,7 @@ pub async fn create(app: App, user: User, body: Body) -> Answer {
 
 /// GET /device/<anything>: the caller's device whose registrationId follows `/device/`, else
 /// the primary.
-pub async fn show(tail: warp::path::Tail, app: App, user: User) -> Answer {
+pub async fn show(tail: warp::path::Tail, app: App, user: Caller) -> Answer {
     let mut devices = app.storage.devices(user.id).await?;
     let wanted = tail.as_str().trim_end_matches('/').parse::<u32>().ok();
     let at = devices
@@ -71,15 +73,22 @@ async fn device_out(app: &App, device: &Device, user: u64) -> Result<DeviceOut, 
 }
 
 /// DELETE /device/<anything>: every device of the account.
-pub async fn delete(app: App, user: User) -> Answer {
-    app.storage.delete_device(user.id).await?;
-    app.hub.close_account(user.id);
-    log::info!("user {} deleted their devices", user.id);
+pub async fn delete(app: App, user: Caller) -> Answer {
+    app.not_linked(&user).await?;
+    let user_id = user.id;
+    detached(async move {
+        app.storage.delete_device(user_id).await?;
+        app.hub.close_account(user_id);
+        Ok(())
+    })
+    .await?;
+    log::info!("user {user_id} deleted their devices");
     no_content()
 }
 
 /// POST /v2/devices
-pub async fn link(app: App, user: User, body: Body) -> Answer {
+pub async fn link(app: App, user: Caller, body: Body) -> Answer {
+    app.not_linked(&user).await?;
     let value = body.json(app.max_body()).await?;
     let new = NewDevice::parse_linked(&value, app.config.max_prekeys as usize)?;
     let device = Device {
@@ -100,17 +109,29 @@ pub async fn link(app: App, user: User, body: Body) -> Answer {
         )
         .await?;
     log::info!("user {} linked device {}", user.id, linked.id());
+    let at = linked.of(user.id);
+    // Read after the commit: a concurrent unlink and link of the same id leaves a stamp of
+    // another registrationId, and no token then.
+    let stamp = match app.storage.device_stamp(at).await? {
+        Some(stamp) => stamp,
+        None => return Err(ApiError::NoSuchDevice),
+    };
+    let bound = Bound {
+        device: at.device,
+        stamp,
+    };
     json(
         StatusCode::CREATED,
         &LinkedOut {
             device_id: linked.id(),
             address: &linked.address,
+            token: app.tokens.issue(&user, now_secs(), Some(bound))?,
         },
     )
 }
 
 /// GET /v2/devices
-pub async fn list(app: App, user: User) -> Answer {
+pub async fn list(app: App, user: Caller) -> Answer {
     let devices = app.storage.devices(user.id).await?;
     let mut out = Vec::with_capacity(devices.len());
     for d in &devices {
@@ -123,13 +144,21 @@ pub async fn list(app: App, user: User) -> Answer {
 }
 
 /// DELETE /v2/devices/<deviceId>
-pub async fn unlink(device_id: u64, app: App, user: User) -> Answer {
+pub async fn unlink(device_id: u64, app: App, user: Caller) -> Answer {
     let device = DeviceRef {
         user: user.id,
         device: u32::try_from(device_id).map_err(|_| ApiError::NoSuchDevice)?,
     };
-    app.storage.unlink_device(device).await?;
-    app.hub.close(device);
+    // A linked device's token may unlink that device only.
+    if user.token.bound.is_none_or(|b| b.device != device.device) {
+        app.not_linked(&user).await?;
+    }
+    detached(async move {
+        app.storage.unlink_device(device).await?;
+        app.hub.close(device);
+        Ok(())
+    })
+    .await?;
     log::info!("user {} unlinked device {device_id}", user.id);
     no_content()
 }

@@ -4,16 +4,17 @@ use warp::http::StatusCode;
 
 use super::{json, Answer};
 use crate::app::App;
+use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::models::User;
 use crate::models::{
     BundleOut, BundlesOut, CodeOut, DeviceBundleOut, PreKeyCountOut, PreKeyOut, SignedPreKeyOut,
-    User,
 };
 use crate::requests;
 
 /// POST /prekeys/<regId>
-pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn upload_prekeys(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let device = app.own_device(&user, reg_id).await?.of(user.id);
     let value = body.json(app.max_body()).await?;
     let keys = requests::prekey_upload(&value)?;
@@ -30,7 +31,7 @@ pub async fn upload_prekeys(reg_id: u64, app: App, user: User, body: Body) -> An
 }
 
 /// POST /kyberprekeys/<regId>
-pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn upload_kyber(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let device = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let (keys, last_resort) = requests::kyber_upload(&value, &device.identity_key)?;
@@ -52,7 +53,7 @@ pub async fn upload_kyber(reg_id: u64, app: App, user: User, body: Body) -> Answ
 }
 
 /// GET /prekeys/<regId>
-pub async fn stock(reg_id: u64, app: App, user: User) -> Answer {
+pub async fn stock(reg_id: u64, app: App, user: Caller) -> Answer {
     let device = app.own_device(&user, reg_id).await?;
     let stock = app.storage.stock(device.of(user.id)).await?;
     json(
@@ -65,7 +66,7 @@ pub async fn stock(reg_id: u64, app: App, user: User) -> Answer {
 }
 
 /// POST /signedprekey/<regId>
-pub async fn upload_signed(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn upload_signed(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let device = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let key = requests::signed_prekey_upload(&value, &device.identity_key)?;
@@ -91,7 +92,7 @@ async fn recipient(app: &App, username: &str) -> Result<User, ApiError> {
 }
 
 /// GET /prekeybundle/<username>/<regId>: the recipient's primary device.
-pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answer {
+pub async fn bundle(username: String, reg_id: u64, app: App, user: Caller) -> Answer {
     app.own_device(&user, reg_id).await?;
     let target = recipient(&app, &username).await?;
     let device = app
@@ -117,7 +118,7 @@ pub async fn bundle(username: String, reg_id: u64, app: App, user: User) -> Answ
 
 /// GET /v2/prekeybundle/<username>/<regId>: every device of the recipient (without the calling
 /// device when it asks for its own account), each giving one-time keys once.
-pub async fn bundles(username: String, reg_id: u64, app: App, user: User) -> Answer {
+pub async fn bundles(username: String, reg_id: u64, app: App, user: Caller) -> Answer {
     let caller = app.own_device(&user, reg_id).await?;
     let target = recipient(&app, &username).await?;
     let mut devices = app.storage.devices(target.id).await?;

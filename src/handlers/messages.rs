@@ -2,17 +2,17 @@
 
 use warp::http::StatusCode;
 
-use super::{json, Answer};
+use super::{detached, json, Answer};
 use crate::app::App;
-use crate::auth::now_millis;
+use crate::auth::{now_millis, Caller};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{DeviceRef, Message, MessageOut, Outgoing, SentAllOut, SentToOut, User};
+use crate::models::{DeviceRef, Message, MessageOut, Outgoing, SentAllOut, SentToOut};
 use crate::requests::{self, Send, SendAll};
 use crate::storage::DeleteOutcome;
 
 /// POST /messages/<regId>: to the recipient's primary device.
-pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn send(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let req = Send::parse(&value, app.config.max_message_bytes)?;
@@ -39,14 +39,19 @@ pub async fn send(reg_id: u64, app: App, user: User, body: Body) -> Answer {
         recipient_address: device.address,
         timestamp: now_millis(),
     };
-    let message = app
-        .storage
-        .enqueue(to, message, app.config.max_queued_messages)
-        .await
-        .map_err(recipient_error)?;
+    // The live push follows the commit even if the sender hangs up meanwhile.
+    let message = detached(async move {
+        let message = app
+            .storage
+            .enqueue(to, message, app.config.max_queued_messages)
+            .await
+            .map_err(recipient_error)?;
+        app.hub.deliver(to, message.id);
+        Ok(message)
+    })
+    .await?;
     let text = serde_json::to_string(&MessageOut::from(&message))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    app.hub.deliver(to, message.id);
     Ok(created_json(text))
 }
 
@@ -59,7 +64,7 @@ fn recipient_error(e: crate::storage::StoreError) -> ApiError {
 }
 
 /// POST /v2/messages/<regId>: one ciphertext per device of the recipient, all or none.
-pub async fn send_all(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn send_all(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
     let value = body.json(app.max_body()).await?;
     let req = SendAll::parse(&value, app.config.max_message_bytes)?;
@@ -88,26 +93,31 @@ pub async fn send_all(reg_id: u64, app: App, user: User, body: Body) -> Answer {
             },
         })
         .collect();
-    let queued = app
-        .storage
-        .enqueue_all(recipient.id, skip, outgoing, app.config.max_queued_messages)
-        .await
-        .map_err(recipient_error)?;
-    let mut messages = Vec::with_capacity(queued.len());
-    for m in &queued {
-        let device = crate::models::address_device_id(&m.recipient_address).unwrap_or_default();
-        app.hub.deliver(
-            DeviceRef {
-                user: recipient.id,
-                device,
-            },
-            m.id,
-        );
-        messages.push(SentToOut {
-            device_id: device,
-            id: m.id,
-        });
-    }
+    // The live pushes follow the commit even if the sender hangs up meanwhile.
+    let messages = detached(async move {
+        let queued = app
+            .storage
+            .enqueue_all(recipient.id, skip, outgoing, app.config.max_queued_messages)
+            .await
+            .map_err(recipient_error)?;
+        let mut messages = Vec::with_capacity(queued.len());
+        for m in &queued {
+            let device = crate::models::address_device_id(&m.recipient_address).unwrap_or_default();
+            app.hub.deliver(
+                DeviceRef {
+                    user: recipient.id,
+                    device,
+                },
+                m.id,
+            );
+            messages.push(SentToOut {
+                device_id: device,
+                id: m.id,
+            });
+        }
+        Ok(messages)
+    })
+    .await?;
     json(
         StatusCode::CREATED,
         &SentAllOut {
@@ -132,7 +142,7 @@ fn created_json(text: String) -> warp::reply::Response {
 pub const PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>
-pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> Answer {
+pub async fn list(reg_id: u64, app: App, user: Caller, query: Option<String>) -> Answer {
     let device = app.own_device(&user, reg_id).await?.of(user.id);
     let limit = requests::limit(query.as_deref())?;
     let messages = app
@@ -144,7 +154,7 @@ pub async fn list(reg_id: u64, app: App, user: User, query: Option<String>) -> A
 }
 
 /// DELETE /messages/<regId>
-pub async fn delete(reg_id: u64, app: App, user: User, body: Body) -> Answer {
+pub async fn delete(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
     let device = app.own_device(&user, reg_id).await?.of(user.id);
     let value = body.json(app.max_body()).await?;
     let ids = requests::message_ids(&value)?;

@@ -22,3 +22,17 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Answer {
 pub fn no_content() -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Runs `work` to its end even if the client hangs up: a write together with the steps that must
+/// follow its commit (tell the hub, close sockets). A request whose client goes away is dropped
+/// at its next `.await`; work spawned here is not, so no commit goes without its follow-up.
+pub async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down.
+        Err(_) => Err(ApiError::Unavailable),
+    }
+}

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
-use super::{json, no_content, Answer};
+use super::{detached, json, no_content, Answer};
 use crate::app::App;
-use crate::auth::{self, now_secs};
+use crate::auth::{self, now_secs, Bound, Caller};
 use crate::body::Body;
 use crate::config::Registration;
 use crate::crypto::b64;
@@ -55,16 +55,33 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     app.limits.anonymous(ip)?;
     let value = body.json(app.max_body()).await?;
     let [username, password] = requests::strings(&value, ["username", "password"])?;
+    let device = requests::login_device(&value)?;
     let user = app.storage.user_by_name(username).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     if !app.hasher.verify(password.to_string(), stored).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;
+    // `deviceId`: a token bound to that device of the account (see POST /v2/devices).
+    let bound = match device {
+        Some(device) => {
+            let at = crate::models::DeviceRef {
+                user: user.id,
+                device,
+            };
+            let stamp = app
+                .storage
+                .device_stamp(at)
+                .await?
+                .ok_or(ApiError::NoSuchDevice)?;
+            Some(Bound { device, stamp })
+        }
+        None => None,
+    };
     json(
         StatusCode::OK,
         &TokenOut {
-            token: app.tokens.issue(&user, now_secs())?,
+            token: app.tokens.issue(&user, now_secs(), bound)?,
         },
     )
 }
@@ -73,16 +90,18 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
 pub async fn refresh(app: App, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [token] = requests::strings(&value, ["token"])?;
-    let (user, claims) = auth::user_for_token(&app.tokens, &app.storage, token)
+    let caller = auth::user_for_token(&app.tokens, &app.storage, token)
         .await
         .map_err(|_| ApiError::InvalidToken)?;
-    if !app.tokens.refreshable(&claims) {
+    if !app.tokens.refreshable(&caller.token) {
         return Err(ApiError::InvalidToken);
     }
+    // A token bound to a device stays bound to it.
+    let (claims, user) = (caller.token, caller.user);
     json(
         StatusCode::OK,
         &TokenOut {
-            token: app.tokens.issue(&user, claims.orig_iat)?,
+            token: app.tokens.issue(&user, claims.orig_iat, claims.bound)?,
         },
     )
 }
@@ -103,31 +122,49 @@ pub async fn verify(app: App, body: Body) -> Answer {
 }
 
 /// GET /auth/users/me
-pub async fn me(user: User) -> Answer {
-    json(StatusCode::OK, &UserOut::from(&user))
+pub async fn me(user: Caller) -> Answer {
+    json(StatusCode::OK, &UserOut::from(&user.user))
 }
 
 /// DELETE /auth/users/me
-pub async fn delete_me(app: App, user: User, body: Body) -> Answer {
+pub async fn delete_me(app: App, user: Caller, body: Body) -> Answer {
+    app.not_linked(&user).await?;
     let value = body.json(app.max_body()).await?;
     let [current] = requests::strings(&value, ["current_password"])?;
     let _claim = check_current_password(&app, &user, current).await?;
-    app.storage.delete_user(user.id).await?;
-    app.hub.close_account(user.id);
-    log::info!("user {} deleted", user.id);
+    let user_id = user.id;
+    detached(async move {
+        app.storage.delete_user(user_id).await?;
+        app.hub.close_account(user_id);
+        Ok(())
+    })
+    .await?;
+    log::info!("user {user_id} deleted");
     no_content()
 }
 
 /// POST /auth/password
-pub async fn change_password(app: App, user: User, body: Body) -> Answer {
+pub async fn change_password(app: App, user: Caller, body: Body) -> Answer {
+    app.not_linked(&user).await?;
     let value = body.json(app.max_body()).await?;
     let [current, new] = requests::strings(&value, ["current_password", "new_password"])?;
     // The claim stays held through the new hash: one account, one hash in flight.
     let _claim = check_current_password(&app, &user, current).await?;
     check_password("new_password", new, &user.username, &user.email)?;
     let hash = app.hasher.hash(new.to_string()).await?;
-    app.storage.set_password(user.id, hash).await?;
+    set_password(app, user.id, hash).await?;
     no_content()
+}
+
+/// Sets a password, which revokes every older token of the account, and closes the sockets
+/// opened with one (here and on the other instances), even if the client hangs up meanwhile.
+pub async fn set_password(app: App, user_id: u64, hash: String) -> Result<User, ApiError> {
+    detached(async move {
+        let user = app.storage.set_password(user_id, hash).await?;
+        app.hub.revoke(user_id, user.token_version);
+        Ok(user)
+    })
+    .await
 }
 
 /// POST /auth/password/reset
@@ -174,11 +211,15 @@ pub async fn reset_confirm(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     check_password("new_password", new, &user.username, &user.email)?;
     let hash = app.hasher.hash(new.to_string()).await?;
     // The token is taken only now, so a refused password or a full hashing queue leaves it
-    // usable; taking it is atomic, so of two concurrent confirms only one sets a password.
-    if app.storage.take_reset_token(&token_hash).await? != Some(grant) {
-        return Err(ApiError::InvalidToken);
-    }
-    app.storage.set_password(user.id, hash).await?;
+    // usable; taking it is atomic, so of two concurrent confirms only one sets a password. Taken
+    // and used in one detached step: a client that hangs up in between loses neither.
+    detached(async move {
+        if app.storage.take_reset_token(&token_hash).await? != Some(grant) {
+            return Err(ApiError::InvalidToken);
+        }
+        set_password(app, user.id, hash).await
+    })
+    .await?;
     no_content()
 }
 

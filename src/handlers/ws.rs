@@ -14,8 +14,10 @@ use warp::ws::{Message as Frame, WebSocket, Ws};
 
 use super::Answer;
 use crate::app::App;
-use crate::hub::{Registration, RESYNC_EVERY};
-use crate::models::{DeviceRef, Message, MessageOut, User};
+use crate::auth::{now_secs, Caller};
+use crate::error::ApiError;
+use crate::hub::{CloseReason, Registration, RESYNC_EVERY};
+use crate::models::{DeviceRef, Message, MessageOut};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client silent for this long (no pong, no frame) is gone.
@@ -27,14 +29,69 @@ const REPLACED_WAIT: Duration = Duration::from_secs(5);
 const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>/ws
-pub async fn upgrade(reg_id: u64, app: App, user: User, ws: Ws) -> Answer {
+pub async fn upgrade(reg_id: u64, app: App, user: Caller, ws: Ws) -> Answer {
     let device = app.own_device(&user, reg_id).await?.of(user.id);
+    let stamp = match user.token.bound {
+        Some(bound) => bound.stamp,
+        None => app
+            .storage
+            .device_stamp(device)
+            .await?
+            .ok_or(ApiError::DeviceChanged)?,
+    };
+    let grant = Grant {
+        device,
+        stamp,
+        version: user.token_version,
+        expires: user.token.exp,
+    };
     let frame_limit = app.max_body() as usize;
     Ok(ws
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| session(app, device, socket))
+        .on_upgrade(move |socket| session(app, grant, socket))
         .into_response())
+}
+
+/// What a socket was opened with, and must still hold to go on: the device (the same one, not
+/// a later device with its id) and the token (not expired, its version still the account's).
+#[derive(Clone, Copy)]
+struct Grant {
+    device: DeviceRef,
+    stamp: u64,
+    version: u32,
+    /// Expiry of the token, in Unix seconds.
+    expires: u64,
+}
+
+impl Grant {
+    /// Why the socket must close now, if it must: checked when it opens, on every re-read of
+    /// the queue and (with other instances, whose signals can be lost) before every delivery.
+    async fn revoked(&self, app: &App) -> Result<Option<CloseReason>, String> {
+        if now_secs() >= self.expires {
+            return Ok(Some(CloseReason::TokenExpired));
+        }
+        let failed = |e| format!("{e:?}");
+        match app.storage.user(self.device.user).await.map_err(failed)? {
+            None => return Ok(Some(CloseReason::DeviceRemoved)),
+            Some(user) if user.token_version != self.version => {
+                return Ok(Some(CloseReason::TokenRevoked))
+            }
+            Some(_) => {}
+        }
+        let stamp = app
+            .storage
+            .device_stamp(self.device)
+            .await
+            .map_err(failed)?;
+        Ok((stamp != Some(self.stamp)).then_some(CloseReason::DeviceRemoved))
+    }
+
+    /// When the token expires, on the clock sessions sleep on.
+    fn deadline(&self) -> Instant {
+        let left = self.expires.saturating_sub(now_secs());
+        Instant::now() + Duration::from_secs(left.min(u64::from(u32::MAX)))
+    }
 }
 
 #[derive(Deserialize)]
@@ -55,19 +112,27 @@ fn message_frame_of(m: &Message) -> Result<Frame, String> {
 }
 
 /// The sending half of a session: every frame either reaches the socket within the idle timeout
-/// or ends the session, and a close from the hub (a newer connection, shutdown) ends it at once,
-/// even while a slow client keeps a frame waiting.
+/// or ends the session, and a close from the hub (a newer connection, shutdown, device removed,
+/// token revoked) or the token's expiry ends it at once, even while a slow client keeps a frame
+/// waiting.
 struct Outbox {
     tx: SplitSink<WebSocket, Frame>,
-    closed: watch::Receiver<()>,
+    closed: watch::Receiver<Option<CloseReason>>,
+    expires: Instant,
     timeout: Duration,
+    /// Why the server ends the session, once it knows.
+    reason: Option<CloseReason>,
 }
 
 impl Outbox {
     async fn send(&mut self, frame: Frame) -> Result<(), String> {
         tokio::select! {
             biased;
-            _ = self.closed.changed() => Err("closed by the server".into()),
+            _ = self.closed.changed() => Err(self.closing()),
+            () = tokio::time::sleep_until(self.expires) => {
+                self.reason = Some(CloseReason::TokenExpired);
+                Err("token expired".into())
+            },
             sent = tokio::time::timeout(self.timeout, self.tx.send(frame)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -76,17 +141,28 @@ impl Outbox {
         }
     }
 
-    /// A close frame, if the client takes it in time.
+    /// Takes the hub's reason for closing (it has closed or replaced this connection).
+    fn closing(&mut self) -> String {
+        self.reason = self.reason.or(*self.closed.borrow());
+        "closed by the server".into()
+    }
+
+    /// A close frame (with the server's reason, if it has one), if the client takes it in time.
     async fn close(mut self) {
+        let frame = match self.reason {
+            Some(reason) => Frame::close_with(reason.code(), reason.text()),
+            None => Frame::close(),
+        };
         let _ = tokio::time::timeout(self.timeout, async {
-            let _ = self.tx.send(Frame::close()).await;
+            let _ = self.tx.send(frame).await;
             let _ = self.tx.close().await;
         })
         .await;
     }
 }
 
-async fn session(app: App, device: DeviceRef, socket: WebSocket) {
+async fn session(app: App, grant: Grant, socket: WebSocket) {
+    let device = grant.device;
     // Declared first so it drops last: the socket counts as open until it is gone.
     let _open = app.hub.open_socket();
     // Register before reading the backlog so that nothing queued in between is missed.
@@ -97,7 +173,7 @@ async fn session(app: App, device: DeviceRef, socket: WebSocket) {
         mut resync,
         running,
         replaced,
-    } = app.hub.register(device);
+    } = app.hub.register(device, grant.version);
     // Acks the replaced session received before this connection opened are applied before this
     // one reads the queue (a client that acks, closes and reconnects gets no acked message).
     if let Some(mut replaced) = replaced {
@@ -107,14 +183,21 @@ async fn session(app: App, device: DeviceRef, socket: WebSocket) {
     let mut out = Outbox {
         tx,
         closed,
+        expires: grant.deadline(),
         timeout: Duration::from_secs(app.config.idle_timeout.max(1)),
+        reason: None,
     };
     let mut sent = Sent {
         ids: HashSet::new(),
         keep: app.hub.has_remote(),
     };
-    let backlog = match send_queue(&app, device, &mut sent, &mut out).await {
-        Ok(()) => out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await,
+    // Checked once registered: a device removed or a password changed since the upgrade's own
+    // check (the hub's close came before this socket was there to get it) ends it here.
+    let backlog = match still_granted(&app, &grant, &mut out).await {
+        Ok(()) => match send_queue(&app, device, &mut sent, &mut out).await {
+            Ok(()) => out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match backlog {
@@ -124,7 +207,7 @@ async fn session(app: App, device: DeviceRef, socket: WebSocket) {
                 resync: &mut resync,
                 rx: &mut rx,
             };
-            live(&app, device, &mut out, &mut feeds, sent).await;
+            live(&app, &grant, &mut out, &mut feeds, sent).await;
         }
         Err(e) => log::debug!("websocket of {device} ended during backlog: {e}"),
     }
@@ -133,6 +216,17 @@ async fn session(app: App, device: DeviceRef, socket: WebSocket) {
     drop(running);
     app.hub.unregister(device, conn);
     out.close().await;
+}
+
+/// Ends the session (with the reason) if what opened it no longer holds.
+async fn still_granted(app: &App, grant: &Grant, out: &mut Outbox) -> Result<(), String> {
+    match grant.revoked(app).await? {
+        None => Ok(()),
+        Some(reason) => {
+            out.reason = Some(reason);
+            Err(reason.text().into())
+        }
+    }
 }
 
 /// The ids a connection has sent. Alone, only the backlog's are kept, each until its push
@@ -162,35 +256,54 @@ struct Feeds<'a> {
     rx: &'a mut SplitStream<WebSocket>,
 }
 
-/// After the backlog: pushes, client frames (acks), pings and, with other instances, a re-read
-/// of the queue every `RESYNC_EVERY`, until either side ends it.
-async fn live(
-    app: &App,
-    device: DeviceRef,
-    out: &mut Outbox,
-    feeds: &mut Feeds<'_>,
-    mut sent: Sent,
-) {
+/// After the backlog: pushes, client frames (acks), pings, the token's expiry and, every
+/// `RESYNC_EVERY` (and when the hub asks), a check that the socket is still granted, with other
+/// instances also a re-read of the queue, until either side ends it.
+async fn live(app: &App, grant: &Grant, out: &mut Outbox, feeds: &mut Feeds<'_>, mut sent: Sent) {
+    let device = grant.device;
     // Pings keep the connection from counting as idle while no message comes.
     let mut ping = tokio::time::interval(PING_EVERY.min(out.timeout / 2));
     let mut reread = tokio::time::interval(RESYNC_EVERY);
     reread.reset();
     let mut last_heard = Instant::now();
-    loop {
+    let mut batch = Vec::new();
+    let ended = loop {
         tokio::select! {
-            _ = out.closed.changed() => return,
-            push = feeds.pushes.recv() => {
-                let Some(id) = push else { return };
-                if let Err(e) = push_message(app, device, id, &mut sent, out).await {
-                    log::debug!("websocket of {device} ended: {e}");
+            _ = out.closed.changed() => {
+                out.closing();
+                return;
+            },
+            () = tokio::time::sleep_until(out.expires) => {
+                out.reason = Some(CloseReason::TokenExpired);
+                return;
+            },
+            received = feeds.pushes.recv_many(&mut batch, BACKLOG_PAGE) => {
+                // The hub let go of the connection: its reason is there too.
+                if received == 0 {
+                    out.closing();
                     return;
                 }
+                // Other instances' close signals can be lost: check before delivering theirs.
+                if sent.keep {
+                    if let Err(e) = still_granted(app, grant, out).await { break e; }
+                }
+                let ids = std::mem::take(&mut batch);
+                for &id in &ids {
+                    if let Err(e) = push_message(app, device, id, &mut sent, out).await {
+                        return log::debug!("websocket of {device} ended: {e}");
+                    }
+                }
+                batch = ids;
+                batch.clear();
             },
-            due = resync_due(&mut reread, feeds.resync), if sent.keep => {
-                if !due { return; }
-                if let Err(e) = send_queue(app, device, &mut sent, out).await {
-                    log::debug!("websocket of {device} ended: {e}");
+            due = resync_due(&mut reread, feeds.resync) => {
+                if !due {
+                    out.closing();
                     return;
+                }
+                if let Err(e) = still_granted(app, grant, out).await { break e; }
+                if sent.keep {
+                    if let Err(e) = send_queue(app, device, &mut sent, out).await { break e; }
                 }
             },
             frame = feeds.rx.next() => match frame {
@@ -198,6 +311,11 @@ async fn live(
                     last_heard = Instant::now();
                     if frame.is_close() { return; }
                     if let Ok(text) = frame.to_str() {
+                        // An ack deletes from the device's queue: not from a later device's with
+                        // its id, whose unlink signal this instance may have missed.
+                        if sent.keep {
+                            if let Err(e) = still_granted(app, grant, out).await { break e; }
+                        }
                         handle_client_frame(app, device, text).await;
                     }
                 }
@@ -208,7 +326,8 @@ async fn live(
                 if out.send(Frame::ping(Vec::new())).await.is_err() { return; }
             }
         }
-    }
+    };
+    log::debug!("websocket of {device} ended: {ended}");
 }
 
 /// When to re-read the queue: every `RESYNC_EVERY`, and whenever the hub asks. False once the hub

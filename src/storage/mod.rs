@@ -309,6 +309,16 @@ impl Storage {
         }
     }
 
+    /// What tells this device from an earlier one that had the same id (unlinked, or the
+    /// primary deleted and created again): equal only for the same device. `None` when the
+    /// account has no device with that id. Tokens bound to a device and open sockets keep it.
+    pub async fn device_stamp(&self, device: DeviceRef) -> Result<Option<u64>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.device_stamp(device),
+            Storage::Postgres(p) => Box::pin(p.device_stamp(device)).await,
+        }
+    }
+
     /// Creates the account's primary device (its id is the one in its address) with its first
     /// one-time keys, all or nothing: `DeviceExists` if the account has one, `NoUser` if the
     /// account is gone.

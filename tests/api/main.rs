@@ -22,6 +22,7 @@ mod messages;
 mod ops;
 mod outage;
 mod process;
+mod revocation;
 mod routing;
 mod stress;
 mod websocket;

@@ -45,6 +45,22 @@ impl PgStore {
         .await
     }
 
+    /// The device's stamp (see `Storage::device_stamp`): its row's incarnation.
+    pub async fn device_stamp(&self, at: DeviceRef) -> Result<Option<u64>, StoreError> {
+        self.timed(async {
+            let row = self
+                .client()
+                .await?
+                .fetch_opt(
+                    "SELECT incarnation FROM devices WHERE user_id = $1 AND device_id = $2",
+                    &[&db_id(at.user), &device_id(at.device)],
+                )
+                .await?;
+            Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+        })
+        .await
+    }
+
     /// Every device of the account: the primary first, then the linked ones by id.
     pub async fn devices(&self, user_id: u64) -> Result<Vec<Device>, StoreError> {
         self.timed(async {

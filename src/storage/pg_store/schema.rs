@@ -133,6 +133,12 @@ UPDATE devices SET device_id = substring(address FROM '\.([0-9]{1,9})$')::intege
     WHERE address ~ '\.[0-9]{1,9}$'
     AND device_id <> substring(address FROM '\.([0-9]{1,9})$')::integer;
 "#,
+    r#"
+-- What tells a device from an earlier one with the same id (tokens bound to a device and open
+-- sockets compare it): new at every insert, also by instances of the version before.
+CREATE SEQUENCE device_incarnations;
+ALTER TABLE devices ADD COLUMN incarnation bigint NOT NULL DEFAULT nextval('device_incarnations');
+"#,
 ];
 
 /// The schema version this build writes and reads.

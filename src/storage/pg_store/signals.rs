@@ -125,7 +125,7 @@ where
 }
 
 /// `<instance hex> q <user> <device> <id>`, `<instance> c <user> [<device>]`,
-/// `<instance> o <user> <device> <at_ms>`.
+/// `<instance> o <user> <device> <at_ms>`, `<instance> r <user> <version>`.
 fn encode(instance: u64, signal: Signal) -> String {
     match signal {
         Signal::Queued { device: d, id } => {
@@ -139,6 +139,7 @@ fn encode(instance: u64, signal: Signal) -> String {
         Signal::Opened { device: d, at_ms } => {
             format!("{instance:x} o {} {} {at_ms}", d.user, d.device)
         }
+        Signal::Revoked { user, version } => format!("{instance:x} r {user} {version}"),
     }
 }
 
@@ -168,6 +169,8 @@ fn decode(instance: u64, payload: &str) -> Option<Signal> {
             device: at(d),
             at_ms,
         }),
+        // The version rides where a device id goes.
+        ("r", Some(Ok(version)), None) => Some(Signal::Revoked { user, version }),
         _ => None,
     }
 }
@@ -195,6 +198,10 @@ mod tests {
                 device: DeviceRef { user: 7, device: 1 },
                 at_ms: 1_700_000_000_000,
             },
+            Signal::Revoked {
+                user: 7,
+                version: u32::MAX,
+            },
         ] {
             assert_eq!(decode(1, &encode(2, signal)), Some(signal));
             assert_eq!(decode(2, &encode(2, signal)), None);
@@ -207,6 +214,8 @@ mod tests {
             "1 c 1 x",
             "1 c 1 2 3",
             "1 x 1 2 3",
+            "1 r 1",
+            "1 r 1 2 3",
         ] {
             assert_eq!(decode(2, junk), None, "{junk:?}");
         }

@@ -55,6 +55,25 @@ impl SledStore {
         }
     }
 
+    /// The device's stamp (see `Storage::device_stamp`): a linked device's slot, new at every
+    /// link; the primary's slot is its user id at every creation, so its registrationId goes in.
+    pub fn device_stamp(&self, device: DeviceRef) -> Result<Option<u64>, StoreError> {
+        if let Some(primary) = self.device(device.user)? {
+            if primary.id() == device.device {
+                return Ok(Some(
+                    device.user ^ (u64::from(primary.registration_id) << 40),
+                ));
+            }
+        }
+        match self
+            .linked_devices
+            .get(keys::linked(device.user, device.device))?
+        {
+            Some(v) => Ok(Some(decode::<LinkedDevice>(&v)?.slot)),
+            None => Ok(None),
+        }
+    }
+
     /// The slot of a device the caller needs to exist.
     pub(super) fn slot_of(&self, device: DeviceRef) -> Result<u64, StoreError> {
         self.slot(device)?.ok_or(StoreError::NoDevice)

@@ -97,6 +97,26 @@ pub async fn database_rows(data_dir: &Path) -> i64 {
     rows
 }
 
+/// Terminates the sessions on the data dir's database that `LISTEN` for other instances'
+/// signals; answers how many. Only on PostgreSQL.
+pub async fn terminate_listeners(data_dir: &Path) -> u64 {
+    let url = remembered_database(data_dir).expect("a data dir with a test database");
+    let (client, driver) = connect(&url).await;
+    let cut = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("terminate the listeners")
+        .len() as u64;
+    drop(client);
+    let _ = driver.await;
+    cut
+}
+
 /// Whether a session other than the caller's is inside a transaction on the data dir's database
 /// (a restore under way). Only on PostgreSQL.
 pub async fn transaction_open(data_dir: &Path) -> bool {

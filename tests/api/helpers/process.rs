@@ -462,6 +462,14 @@ pub struct Instances {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+impl Instances {
+    /// Cuts every instance's listening connection (as a network fault would): signals sent
+    /// until each reconnects are lost to it. Answers how many were cut.
+    pub async fn cut_listeners(&self) -> u64 {
+        super::terminate_listeners(self._dirs[0].path()).await
+    }
+}
+
 /// `n` instances with the test flags and `extra` on one new database; none on sled, with a line
 /// saying the test was skipped (several instances need PostgreSQL).
 pub async fn instances(n: usize, extra: &[&str]) -> Option<Instances> {

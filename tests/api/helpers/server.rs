@@ -367,7 +367,12 @@ pub async fn link_device(
     let linked = linked.unwrap_or_else(|e| panic!("link {reg_id} to {}: {e}", user.username));
     let address = format!("{}.{}", user.username, linked.device_id);
     assert_eq!(linked.address, address, "the address of the linked device");
-    (linked.device_id, user.device(reg_id))
+    // The device uses the token bound to it, as a linked client does.
+    let device = TestUser {
+        token: linked.token,
+        ..user.device(reg_id)
+    };
+    (linked.device_id, device)
 }
 
 impl TestUser {

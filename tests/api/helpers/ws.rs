@@ -139,6 +139,21 @@ pub async fn wait_closed(ws: &mut Ws) {
     }
 }
 
+/// Waits (bounded) for the server to close the socket, skipping pings and any data frame, and
+/// answers the close frame's code (`None` for a close without one, or a dropped connection).
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), ws.next()).await;
+        match next.expect("the server did not close the socket in time") {
+            None | Some(Err(_)) => return None,
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 /// Asserts that nothing but pings arrives on the socket for `wait`.
 pub async fn assert_silent(ws: &mut Ws, wait: Duration) {
     use futures_util::StreamExt;

@@ -170,3 +170,51 @@ async fn each_device_gets_its_copy_live_on_its_own_instance_until_unlinked_there
         );
     }
 }
+
+/// A close signal lost between instances (their listening connections cut just before the
+/// unlink) still closes the unlinked device's socket once its instance resyncs, and a device
+/// linked again under the same id and registrationId never gets its messages on the old socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unlink_whose_signal_is_lost_still_closes_the_socket_on_the_other_instance() {
+    let Some(c) = instances(2, &[]).await else {
+        return;
+    };
+    let alice = c.nodes[0].user_with_device("alice", 11, 0, 0).await;
+    let (_, second) = link_device(&c.nodes[0].client(), &alice, 12, 0, 0).await;
+    let bob = c.nodes[1].user_with_device("bob", 22, 0, 0).await;
+    let mut ws = ws_connect(&c.nodes[0].ws_url("/messages/12/ws"), &second.token).await;
+    assert!(read_backlog(&mut ws).await.is_empty());
+    assert!(c.cut_listeners().await >= 2, "both instances listen");
+    c.nodes[1]
+        .client()
+        .with_token(&alice.token)
+        .unlink_device(2)
+        .await
+        .expect("unlink 2");
+    let (id, _) = link_device(&c.nodes[1].client(), &alice, 12, 0, 0).await;
+    assert_eq!(id, 2, "the same id and registrationId again");
+    let messages = vec![to(1, 11, "new"), to(2, 12, "new")];
+    let (status, sent) = c.nodes[1]
+        .post(
+            "/v2/messages/22",
+            &bob.token,
+            json!({"recipient": "alice", "messages": messages}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    // Bounded by the resync period: the old socket closes without the new device's message.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(90), ws.next()).await;
+        match next.expect("the old socket is still open after the resync period") {
+            Some(Ok(Message::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4001));
+                break;
+            }
+            None | Some(Err(_)) => panic!("dropped without a close frame"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("the old socket got {other:?}"),
+        }
+    }
+}

@@ -54,9 +54,15 @@ async fn a_link_answers_201_with_the_lowest_free_device_id_and_its_address() {
             "link {reg_id}{slash}: {}",
             answer.1
         );
+        let mut body = answer.1;
+        let token = body["token"].take();
+        assert!(
+            token.as_str().is_some_and(|t| t.len() > 20),
+            "a token: {token}"
+        );
         assert_eq!(
-            answer.1,
-            json!({"deviceId": id, "address": format!("AliceD.{id}")})
+            body,
+            json!({"deviceId": id, "address": format!("AliceD.{id}"), "token": null})
         );
     }
     // An `address` in the body is ignored: the server picks the id.
@@ -64,7 +70,10 @@ async fn a_link_answers_201_with_the_lowest_free_device_id_and_its_address() {
     addressed["address"] = json!("mallory.9");
     let answer = link(&s, &alice, "", &addressed).await;
     assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
-    assert_eq!(answer.1, json!({"deviceId": 5, "address": "AliceD.5"}));
+    assert_eq!(
+        (&answer.1["deviceId"], &answer.1["address"]),
+        (&json!(5), &json!("AliceD.5"))
+    );
     assert_eq!(listed_ids(&s, &alice).await, [1, 2, 3, 4, 5]);
     let anonymous = s.send("GET", "/v2/devices", None, None).await;
     assert_401(&anonymous, "GET /v2/devices without a token");
@@ -110,12 +119,21 @@ async fn an_unlinked_id_is_given_again_and_the_new_device_holds_nothing_of_the_o
         (42, &None, &None)
     );
     // The old registrationId no longer names a device of the account.
-    let answer = s.get("/messages/12", &second.token).await;
+    // The old registrationId no longer names a device of the account, and the unlinked
+    // device's own token died with it.
+    let answer = s.get("/messages/12", &alice.token).await;
     assert_error(
         &answer,
         StatusCode::FORBIDDEN,
         "device_changed",
         "the unlinked regId",
+    );
+    let answer = s.get("/messages/42", &second.token).await;
+    assert_error(
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "not_authenticated",
+        "the unlinked device's token",
     );
     assert_eq!(queue(&s, &third).await.len(), 1, "device 3 keeps its queue");
 }
@@ -391,8 +409,15 @@ async fn unlinking_answers_204_and_removes_the_device_its_keys_and_its_queue() {
     assert_eq!(listed_ids(&s, &alice).await, [1]);
     for gone in [&second, &third] {
         let path = format!("/prekeys/{}", gone.reg_id);
-        let answer = s.get(&path, &gone.token).await;
+        let answer = s.get(&path, &alice.token).await;
         assert_error(&answer, StatusCode::FORBIDDEN, "device_changed", &path);
+        let answer = s.get(&path, &gone.token).await;
+        assert_error(
+            &answer,
+            StatusCode::UNAUTHORIZED,
+            "not_authenticated",
+            "the unlinked device's token",
+        );
     }
     let bundles = s
         .client_of(&bob)
@@ -473,18 +498,23 @@ async fn the_old_device_delete_removes_every_device_of_the_account() {
     let s = TestServer::start().await;
     let [alice, second, _third] = alice_with_three(&s, 1, 1).await;
     let bob = s.user_with_device("bob", 22, 0, 0).await;
-    let (status, _) = s
-        .call("DELETE", "/device/", Some(&second.token), None)
-        .await;
+    let (status, _) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_no_device(&s, &alice, "after DELETE /device/").await;
     assert_eq!(listed(&s, &alice).await, Vec::<Value>::new());
-    let answer = s.get("/messages/12", &second.token).await;
+    let answer = s.get("/messages/12", &alice.token).await;
     assert_error(
         &answer,
         StatusCode::BAD_REQUEST,
         "no_device",
         "the linked regId",
+    );
+    let answer = s.get("/messages/12", &second.token).await;
+    assert_error(
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "not_authenticated",
+        "the linked device's own token",
     );
     let answer = s.get("/v2/prekeybundle/alice/22", &bob.token).await;
     assert_error(

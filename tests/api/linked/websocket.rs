@@ -158,7 +158,7 @@ async fn the_old_device_delete_closes_the_socket_of_every_device() {
     let s = TestServer::start().await;
     let [alice, second, third] = alice_with_three(&s, 0, 0).await;
     let mut sockets = open_all(&s, &[&alice, &second, &third]).await;
-    let (status, _) = s.call("DELETE", "/device/", Some(&third.token), None).await;
+    let (status, _) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for ws in sockets.iter_mut() {
         wait_closed(ws).await;
@@ -172,7 +172,7 @@ async fn deleting_the_account_closes_the_socket_of_every_device() {
     let [alice, second] = alice_with_two(&s, 0, 0).await;
     let mut sockets = open_all(&s, &[&alice, &second]).await;
     let body = json!({"current_password": PASSWORD});
-    let (status, _) = s.delete("/auth/users/me", &second.token, body).await;
+    let (status, _) = s.delete("/auth/users/me", &alice.token, body).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for ws in sockets.iter_mut() {
         wait_closed(ws).await;

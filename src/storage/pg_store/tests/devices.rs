@@ -520,7 +520,7 @@ async fn migration_2_keeps_a_version_1_database_and_rekeys_primaries_by_address(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, super::super::schema::VERSION);
     assert_eq!(s.device(1).await.unwrap().unwrap().address, "a.1");
     let stock = s.stock(at(1, 1)).await.unwrap();
     assert_eq!((stock.prekeys, stock.kyber_prekeys), (2, 1));
