@@ -1,10 +1,14 @@
 //! The accept loop of the API: our own instead of `warp::serve`, because warp's exposes no
-//! timeouts and no connection cap. Each connection is served by hyper with a header-read timeout,
-//! over an [`idle::IdleStream`] (closed when nothing moves for the idle timeout) that holds one
-//! permit of the connection cap until the socket is gone, WebSockets included. At the cap the loop
-//! stops accepting (new connections wait in the kernel's backlog) instead of failing `accept`, so
-//! the connections already open keep being served. Shutdown is graceful up to a deadline, after
-//! which the remaining connections are dropped.
+//! timeouts and no connection cap. Each connection is served by hyper's HTTP/1.1 server with a
+//! header-read timeout, over an [`idle::IdleStream`] (closed when nothing moves for the idle
+//! timeout) that holds one permit of the connection cap until the socket is gone, WebSockets
+//! included. At the cap the loop stops accepting (new connections wait in the kernel's backlog)
+//! instead of failing `accept`, so the connections already open keep being served. Shutdown is
+//! graceful up to a deadline, after which the remaining connections are dropped.
+//!
+//! HTTP/1.1 only: cleartext HTTP/2 (h2c) would let one connection carry hundreds of streams, each
+//! with a body in flight, while every limit here counts connections. The proxies we ship speak
+//! HTTP/1.1 to the server; a client that opens with the HTTP/2 preface is disconnected.
 
 pub mod idle;
 
@@ -15,15 +19,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use warp::filters::BoxedFilter;
 use warp::hyper::body::{Body, Frame, SizeHint};
+use warp::hyper::server::conn::http1;
 use warp::reply::Response;
 
 use crate::config::Config;
@@ -108,7 +111,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // `true` once shutting down: each connection then finishes its request in flight and closes.
+    let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -122,13 +126,15 @@ pub async fn serve(
         let conn = Conn {
             api: api.clone(),
             limits,
-            watcher: graceful.watcher(),
+            stop: stop.clone(),
         };
         tasks.spawn(conn.serve(stream, peer, permit));
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown, graceful.shutdown())
+    let _ = stopping.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown, drained)
         .await
         .is_err()
     {
@@ -162,7 +168,7 @@ async fn accept(
 struct Conn {
     api: BoxedFilter<(Response,)>,
     limits: Limits,
-    watcher: Watcher,
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -173,18 +179,30 @@ impl Conn {
             inner: warp::service(self.api),
             peer: Peer(peer),
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read);
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        // hyper-util's graceful watcher takes no HTTP/1 connection with upgrades, hence our own.
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = stopping(self.stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             log::debug!("connection from {peer} ended: {e}");
         }
     }
+}
+
+/// Resolves once the server is shutting down.
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    // An error means the loop is gone, which is a shutdown too.
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// Puts the [`Peer`] into every request's extensions before warp sees it, and says
