@@ -163,6 +163,16 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
 
+    /// Cap on open connections from one client address (an IPv6 client: its /64), WebSockets
+    /// included; 0 turns it off. Beyond it a new connection is closed at once. Connections from a
+    /// --trusted-proxy are not counted: behind a proxy, limit connections per client there.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_connections_per_ip: usize,
+
     /// Seconds a shutdown waits for requests in flight before dropping their connections.
     #[arg(long, env = "SIGNAL_SERVER_SHUTDOWN_TIMEOUT", default_value_t = 20)]
     pub shutdown_timeout: u64,

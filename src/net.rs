@@ -1,16 +1,19 @@
 //! The accept loop of the API: our own instead of `warp::serve`, because warp's exposes no
 //! timeouts and no connection cap. Each connection is served by hyper's HTTP/1.1 server with a
 //! header-read timeout, over an [`idle::IdleStream`] (closed when nothing moves for the idle
-//! timeout) that holds one permit of the connection cap until the socket is gone, WebSockets
-//! included. At the cap the loop stops accepting (new connections wait in the kernel's backlog)
-//! instead of failing `accept`, so the connections already open keep being served. Shutdown is
-//! graceful up to a deadline, after which the remaining connections are dropped.
+//! timeout) that holds its [`Place`] under the connection caps until the socket is gone,
+//! WebSockets included: one permit of the whole cap, and one of its client address's
+//! ([`per_ip`]). At the whole cap the loop stops accepting (new connections wait in the kernel's
+//! backlog) instead of failing `accept`, so the connections already open keep being served; a
+//! connection over its address's cap is closed at once. Shutdown is graceful up to a deadline,
+//! after which the remaining connections are dropped.
 //!
 //! HTTP/1.1 only: cleartext HTTP/2 (h2c) would let one connection carry hundreds of streams, each
 //! with a body in flight, while every limit here counts connections. The proxies we ship speak
 //! HTTP/1.1 to the server; a client that opens with the HTTP/2 preface is disconnected.
 
 pub mod idle;
+pub mod per_ip;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use warp::hyper::server::conn::http1;
 use warp::reply::Response;
 
 use crate::config::Config;
+use per_ip::{IpPlace, PerIp};
 
 /// File descriptors kept free for the database, the admin and metrics sockets and logging.
 const RESERVED_FDS: u64 = 64;
@@ -102,12 +106,19 @@ fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// What a connection holds until its socket is gone: its places under the connection caps.
+pub struct Place {
+    _cap: OwnedSemaphorePermit,
+    _ip: IpPlace,
+}
+
 /// Serves `api` on `listener` until `shutdown` resolves; then stops accepting, lets the open
 /// connections finish for at most `limits.shutdown` and drops the rest.
 pub async fn serve(
     listener: TcpListener,
     api: BoxedFilter<(Response,)>,
     limits: Limits,
+    per_ip: Arc<PerIp>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -123,12 +134,20 @@ pub async fn serve(
         let Some((stream, peer, permit)) = accepted else {
             continue;
         };
+        let Some(ip_place) = per_ip.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
+        let place = Place {
+            _cap: permit,
+            _ip: ip_place,
+        };
         let conn = Conn {
             api: api.clone(),
             limits,
             stop: stop.clone(),
         };
-        tasks.spawn(conn.serve(stream, peer, permit));
+        tasks.spawn(conn.serve(stream, peer, place));
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
@@ -172,9 +191,9 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, place: Place) {
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(idle::IdleStream::new(stream, self.limits.idle, permit));
+        let io = TokioIo::new(idle::IdleStream::new(stream, self.limits.idle, place));
         let service = TowerToHyperService::new(WithPeer {
             inner: warp::service(self.api),
             peer: Peer(peer),

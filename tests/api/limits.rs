@@ -1,12 +1,14 @@
-//! What one client can hold of the server: HTTP/1.1 only (no cleartext HTTP/2 streams), its share
-//! of the connections, how long one request body may take, and the memory all bodies may buffer.
+//! What one client can hold of the server: HTTP/1.1 only (no cleartext HTTP/2 streams) and its
+//! share of the connections.
 //! Raw TCP against the real server; every wait is bounded and none is a timing assertion.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::helpers::{addr, TestServer, RAW_BOUND};
+use crate::helpers::{
+    addr, connect_from, expect_closed_by_server, health_on, TestServer, RAW_BOUND,
+};
 
 /// The HTTP/2 connection preface of a client with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -31,4 +33,71 @@ async fn cleartext_http2_gets_no_http2_answer() {
         "answered the HTTP/2 preface with {:?}",
         &buf[..n]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections per client address
+
+/// Flags that leave only the limit under test to close a connection.
+const PATIENT: [&str; 4] = ["--idle-timeout", "600", "--header-read-timeout", "600"];
+
+async fn start_with(flags: &[&str]) -> TestServer {
+    let mut all = vec!["--no-rate-limit"];
+    all.extend_from_slice(&PATIENT);
+    all.extend_from_slice(flags);
+    TestServer::start_with(&all).await
+}
+
+#[tokio::test]
+async fn one_address_at_its_connection_cap_is_refused_while_other_addresses_are_served() {
+    let s = start_with(&["--max-connections-per-ip", "4"]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        let answer = health_on(&mut c, RAW_BOUND).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        held.push(c);
+    }
+    // The fifth from the same address is closed at once, not left waiting.
+    let mut fifth = TcpStream::connect(addr(&s)).await.unwrap();
+    expect_closed_by_server(&mut fifth).await;
+    let refused = &s.app.metrics.refused_connections;
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Another host (127.0.0.2) is served meanwhile.
+    let mut other = connect_from(&s, "127.0.0.2").await;
+    let answer = health_on(&mut other, RAW_BOUND).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // A connection closed by the client frees its place.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + RAW_BOUND;
+    loop {
+        let mut again = TcpStream::connect(addr(&s)).await.unwrap();
+        if let Some(answer) = health_on(&mut again, RAW_BOUND).await {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed connection never gave its place back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
+    let s = start_with(&[
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.1",
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        let answer = health_on(&mut c, RAW_BOUND).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        held.push(c);
+    }
 }

@@ -2,10 +2,11 @@
 //! send nothing, trickled requests, a foreign protocol, and clients bound to other loopback
 //! addresses (Linux answers on all of 127/8) to stand for other hosts.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use super::TestServer;
@@ -16,6 +17,15 @@ pub const RAW_BOUND: Duration = Duration::from_secs(30);
 /// The server's `IP:PORT`.
 pub fn addr(s: &TestServer) -> String {
     s.base.trim_start_matches("http://").to_string()
+}
+
+/// A connection to `s` from the local address `from` (e.g. `127.0.0.2`).
+pub async fn connect_from(s: &TestServer, from: &str) -> TcpStream {
+    let local: IpAddr = from.parse().expect("local address");
+    let server: SocketAddr = addr(s).parse().expect("server address");
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(local, 0)).expect("bind");
+    socket.connect(server).await.expect("connect")
 }
 
 /// Reads until the server closes the connection; panics if it is still open after the bound.
