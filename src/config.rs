@@ -73,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: u64,
 
+    /// Seconds a request body may take to arrive in full, counted from when the server starts
+    /// reading it; one still arriving then is answered 408 and its connection closed.
+    #[arg(long, env = "SIGNAL_SERVER_BODY_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+
     /// Cap on one-time EC prekeys, and separately on one-time Kyber prekeys, per device.
     #[arg(long, env = "SIGNAL_SERVER_MAX_PREKEYS", default_value_t = 100)]
     pub max_prekeys: u32,

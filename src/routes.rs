@@ -161,10 +161,11 @@ fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infa
 }
 
 /// The body, read later by the handler (after the device checks) with the size limit.
-fn body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+fn body(app: &App) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    let limits = app.bodies.clone();
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .map(Body::new)
+        .map(move |length, stream| Body::new(length, stream, limits.clone()))
 }
 
 fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
@@ -278,7 +279,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::register)
         .map(reply);
     // GET /auth/users/me
@@ -292,7 +293,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::delete_me)
         .map(reply);
     // POST /auth/jwt/create
@@ -300,21 +301,21 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::login)
         .map(reply);
     // POST /auth/jwt/refresh
     let refresh = warp::path!("auth" / "jwt" / "refresh")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::refresh)
         .map(reply);
     // POST /auth/jwt/verify
     let verify = warp::path!("auth" / "jwt" / "verify")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::verify)
         .map(reply);
     // POST /auth/password
@@ -322,7 +323,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::change_password)
         .map(reply);
     // POST /auth/password/reset
@@ -330,7 +331,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset)
         .map(reply);
     // POST /auth/password/reset/confirm
@@ -338,7 +339,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset_confirm)
         .map(reply);
     register
@@ -376,7 +377,7 @@ fn device_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::create)
         .map(reply);
     // GET /device/<anything>
@@ -404,7 +405,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_prekeys)
         .map(reply);
     // GET /prekeys/<regId>
@@ -419,7 +420,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_kyber)
         .map(reply);
     // POST /signedprekey/<regId>
@@ -427,7 +428,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_signed)
         .map(reply);
     // GET /prekeybundle/<username>/<regId>
@@ -456,7 +457,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::send)
         .map(reply);
     // GET /messages/<regId>
@@ -472,7 +473,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::delete)
         .map(reply);
     // GET /messages/<regId>/ws
@@ -501,7 +502,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::link)
         .map(reply);
     // GET /v2/devices
@@ -530,7 +531,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::send_all)
         .map(reply);
     link.or(list)

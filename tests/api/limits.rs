@@ -1,5 +1,5 @@
-//! What one client can hold of the server: HTTP/1.1 only (no cleartext HTTP/2 streams) and its
-//! share of the connections.
+//! What one client can hold of the server: HTTP/1.1 only (no cleartext HTTP/2 streams), its share
+//! of the connections and how long one request body may take.
 //! Raw TCP against the real server; every wait is bounded and none is a timing assertion.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,4 +100,43 @@ async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
         held.push(c);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies: the deadline
+
+/// The start of a registration whose body (`length` bytes) is still on its way.
+async fn unfinished_upload(s: &TestServer, length: usize) -> TcpStream {
+    let mut c = TcpStream::connect(addr(s)).await.unwrap();
+    let head = format!(
+        "POST /auth/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n{{\"username\": \""
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn a_body_trickled_past_the_body_timeout_is_answered_408_and_closed() {
+    let s = start_with(&["--body-timeout", "1"]).await;
+    let mut c = unfinished_upload(&s, 10_000).await;
+    // One byte at a time, each well inside the idle timeout: only the body deadline can end it.
+    let deadline = tokio::time::Instant::now() + RAW_BOUND;
+    let mut buf = [0u8; 1024];
+    let n = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a trickled body was still being read after {RAW_BOUND:?}"
+        );
+        let _ = c.write_all(b"a").await;
+        match timeout(std::time::Duration::from_millis(200), c.read(&mut buf)).await {
+            Ok(Ok(n)) => break n,
+            Ok(Err(e)) => panic!("closed without an answer: {e}"),
+            Err(_) => continue,
+        }
+    };
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    expect_closed_by_server(&mut c).await;
 }
