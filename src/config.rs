@@ -79,6 +79,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout: u64,
 
+    /// Bytes all request bodies being read may hold in memory together (at least
+    /// --max-body-bytes); a body that would go beyond it is refused with 503, to retry shortly.
+    #[arg(long, env = "SIGNAL_SERVER_BODY_BUFFER_BYTES", default_value_t = 64 << 20)]
+    pub body_buffer_bytes: u64,
+
     /// Cap on one-time EC prekeys, and separately on one-time Kyber prekeys, per device.
     #[arg(long, env = "SIGNAL_SERVER_MAX_PREKEYS", default_value_t = 100)]
     pub max_prekeys: u32,

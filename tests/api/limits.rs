@@ -1,5 +1,5 @@
 //! What one client can hold of the server: HTTP/1.1 only (no cleartext HTTP/2 streams), its share
-//! of the connections and how long one request body may take.
+//! of the connections, how long one request body may take, and the memory all bodies may buffer.
 //! Raw TCP against the real server; every wait is bounded and none is a timing assertion.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,7 +103,7 @@ async fn a_trusted_proxy_is_not_held_to_the_per_address_cap() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request bodies: the deadline
+// Request bodies: the deadline and the buffer budget
 
 /// The start of a registration whose body (`length` bytes) is still on its way.
 async fn unfinished_upload(s: &TestServer, length: usize) -> TcpStream {
@@ -139,4 +139,49 @@ async fn a_body_trickled_past_the_body_timeout_is_answered_408_and_closed() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"request_timeout\""), "{answer}");
     expect_closed_by_server(&mut c).await;
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_buffer_budget_are_refused_503_until_it_frees() {
+    let s = start_with(&[
+        "--max-body-bytes",
+        "100000",
+        "--body-buffer-bytes",
+        "100000",
+    ])
+    .await;
+    let held = unfinished_upload(&s, 100_000).await;
+    // Once the unfinished upload holds the whole budget, another body is refused, not buffered.
+    let answer = until_status(&s, |status| status == 503).await;
+    assert_eq!(answer.headers()["retry-after"], "1");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable", "{body}");
+    // The upload's connection gone, its share is back.
+    drop(held);
+    let answer = until_status(&s, |status| status != 503).await;
+    assert_eq!(answer.status(), 400);
+}
+
+/// Sends a small malformed registration until its answer's status passes `wanted`.
+async fn until_status(s: &TestServer, wanted: impl Fn(u16) -> bool) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + RAW_BOUND;
+    loop {
+        let answer = s
+            .http
+            .post(s.url("/auth/users"))
+            .header("content-type", "application/json")
+            .body("{\"username\"")
+            .send()
+            .await
+            .expect("request");
+        if wanted(answer.status().as_u16()) {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} after {RAW_BOUND:?}",
+            answer.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
