@@ -159,10 +159,11 @@ fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infa
 }
 
 /// The body, read later by the handler (after the device checks) with the size limit.
-fn body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+fn body(app: &App) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    let limits = app.bodies.clone();
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .map(Body::new)
+        .map(move |length, stream| Body::new(length, stream, limits.clone()))
 }
 
 fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
@@ -276,7 +277,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::register)
         .map(reply);
     // GET /auth/users/me
@@ -290,7 +291,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::delete_me)
         .map(reply);
     // POST /auth/jwt/create
@@ -298,21 +299,21 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::login)
         .map(reply);
     // POST /auth/jwt/refresh
     let refresh = warp::path!("auth" / "jwt" / "refresh")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::refresh)
         .map(reply);
     // POST /auth/jwt/verify
     let verify = warp::path!("auth" / "jwt" / "verify")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::verify)
         .map(reply);
     // POST /auth/password
@@ -320,7 +321,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::change_password)
         .map(reply);
     // POST /auth/password/reset
@@ -328,7 +329,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset)
         .map(reply);
     // POST /auth/password/reset/confirm
@@ -336,7 +337,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset_confirm)
         .map(reply);
     register
@@ -374,7 +375,7 @@ fn device_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::create)
         .map(reply);
     // GET /device/<anything>
@@ -402,7 +403,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_prekeys)
         .map(reply);
     // GET /prekeys/<regId>
@@ -417,7 +418,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_kyber)
         .map(reply);
     // POST /signedprekey/<regId>
@@ -425,7 +426,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_signed)
         .map(reply);
     // GET /prekeybundle/<username>/<regId>
@@ -454,7 +455,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::send)
         .map(reply);
     // GET /messages/<regId>
@@ -470,7 +471,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::delete)
         .map(reply);
     // GET /messages/<regId>/ws
@@ -499,7 +500,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::link)
         .map(reply);
     // GET /v2/devices
@@ -528,7 +529,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::send_all)
         .map(reply);
     link.or(list)
