@@ -488,6 +488,20 @@ impl Storage {
         }
     }
 
+    /// The ids of `recipient`'s queued messages after `after`, oldest first, at most `limit`:
+    /// what a socket re-reading its queue needs, without the messages themselves.
+    pub async fn queued_ids(
+        &self,
+        recipient: DeviceRef,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.queued_ids(recipient, after, limit),
+            Storage::Postgres(p) => Box::pin(p.queued_ids(recipient, after, limit)).await,
+        }
+    }
+
     pub async fn message(
         &self,
         recipient: DeviceRef,
