@@ -468,6 +468,11 @@ impl Instances {
     pub async fn cut_listeners(&self) -> u64 {
         super::terminate_listeners(self._dirs[0].path()).await
     }
+
+    /// How many of the instances' listening connections are up.
+    pub async fn listeners(&self) -> u64 {
+        super::count_listeners(self._dirs[0].path()).await
+    }
 }
 
 /// `n` instances with the test flags and `extra` on one new database; none on sled, with a line
