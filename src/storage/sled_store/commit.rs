@@ -2,7 +2,9 @@
 //! is running is answered by the next one, so durable writes cost a share of an fsync each.
 //!
 //! Fail-stop: after an I/O error sled's state is suspect (a flush retried once space is back
-//! can block forever), so the first failed or stalled flush marks storage failed for good.
+//! can block forever), so the first failed or stalled flush marks storage failed for good, as
+//! does any other I/O error of sled's (`SledStore::watched`: a large value is written during its
+//! insert, not by the flush).
 //! From then on every write answers `Unavailable` at once, without touching sled, and the
 //! failure is announced (`Health::failed`) so that the binary can log it and exit non-zero for
 //! its supervisor to restart it; sled's recovery at the next start keeps everything a flush
@@ -117,7 +119,8 @@ impl Committer {
         }
     }
 
-    fn fail(&self, reason: String) -> StoreError {
+    /// Marks storage failed for `reason` (the first reason wins); the error to return.
+    pub fn fail(&self, reason: String) -> StoreError {
         self.health.fail(reason.clone());
         StoreError::Unavailable(reason)
     }

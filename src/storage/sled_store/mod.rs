@@ -18,8 +18,9 @@
 //! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
 //! `fsync` between all writers that arrived while the previous flush ran (group commit). A
-//! flush that fails or stalls fails storage for good: writes are refused from then on and the
-//! binary exits for its supervisor to restart it (fail-stop, see `commit`).
+//! flush that fails or stalls, or any I/O error of sled's, fails storage for good: writes are
+//! refused from then on and the binary exits for its supervisor to restart it (fail-stop, see
+//! `commit`).
 
 mod backup;
 mod commit;
@@ -102,7 +103,9 @@ pub fn holds_database(dir: &Path) -> bool {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match e {
-            // The disk failed us (full, gone): the caller may retry once the server is back.
+            // The disk failed us (full, gone). Storage fails for good with it (`Storage`
+            // passes every sled result through `SledStore::watched`); the client may retry
+            // once the server is back.
             sled::Error::Io(e) => StoreError::Unavailable(format!("I/O error: {e}")),
             sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
             e => StoreError::Db(Box::new(e)),
@@ -224,6 +227,18 @@ impl SledStore {
         self.committer.check()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Passes a verb's result through, failing storage for good on `Unavailable`: an I/O
+    /// error of sled's is as final as a failed flush. A value over sled's blob threshold (a
+    /// large message) is written to a file of its own during the insert, so a full disk shows
+    /// there, not in the next flush; and the insert that failed leaves a log buffer behind
+    /// that never reaches disk, so every later flush would wait for it forever.
+    pub fn watched<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Unavailable(reason)) => Err(self.committer.fail(reason)),
+            other => other,
+        }
     }
 
     /// Why storage failed (an I/O error or a stalled flush), if it did; for `/health`.
