@@ -582,6 +582,14 @@ impl Storage {
         }
     }
 
+    /// Why storage has failed for good, if it has (sled's fail-stop); never on PostgreSQL.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Storage::Sled(s) => s.failure(),
+            Storage::Postgres(_) => None,
+        }
+    }
+
     /// Resolves with the reason once storage has failed for good (sled's fail-stop: the binary
     /// then exits for its supervisor to restart it); never for a backend that recovers.
     pub async fn failed(&self) -> String {
@@ -592,10 +600,11 @@ impl Storage {
         }
     }
 
-    /// Writes out what is pending before the process exits (sled: a final flush).
-    pub async fn close(&self) -> Result<(), StoreError> {
+    /// Writes out what is pending before the process exits (sled: a final flush), waiting at
+    /// most `within`: a flush stuck on a full or stalled disk fails storage instead.
+    pub async fn close(&self, within: std::time::Duration) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.flush(),
+            Storage::Sled(s) => s.close(within).await,
             // Every acknowledged write is committed already.
             Storage::Postgres(_) => Ok(()),
         }

@@ -102,20 +102,23 @@ impl Committer {
     /// Waits until everything written before the call is on disk; a failed or stalled flush is
     /// `Unavailable` (the write may or may not be on disk, and was not acknowledged).
     pub async fn wait(&self) -> Result<(), StoreError> {
+        self.wait_within(self.timeout).await
+    }
+
+    /// `wait` with another bound: the final flush of a stop gets what is left of the stop's
+    /// deadline. A flush that outlasts it fails storage like any stalled flush.
+    pub async fn wait_within(&self, timeout: Duration) -> Result<(), StoreError> {
         self.check()?;
         let (tx, rx) = oneshot::channel();
         let stopped = || self.fail("the group-commit thread stopped".into());
         if self.queue.send(tx).is_err() {
             return Err(stopped());
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(reason))) => Err(StoreError::Unavailable(reason)),
             Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(self.fail(format!(
-                "a flush to disk did not finish within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(self.fail(format!("a flush to disk did not finish within {timeout:?}"))),
         }
     }
 

@@ -229,6 +229,12 @@ impl SledStore {
         Ok(())
     }
 
+    /// Waits (at most `within`) until everything written so far is on disk; used at shutdown.
+    /// A flush stuck on a full or stalled disk fails storage instead of holding the stop.
+    pub async fn close(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        self.committer.wait_within(within).await
+    }
+
     /// Passes a verb's result through, failing storage for good on `Unavailable`: an I/O
     /// error of sled's is as final as a failed flush. A value over sled's blob threshold (a
     /// large message) is written to a file of its own during the insert, so a full disk shows
