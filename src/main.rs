@@ -21,6 +21,7 @@ async fn main() {
     let listen = config.listen;
     let app = App::open(config).await.unwrap_or_else(|e| fail(&e));
     server::exit_on_storage_failure(&app);
+    signal_server::reserve::keep(&app).await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));

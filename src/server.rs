@@ -102,15 +102,23 @@ fn relay_signals(app: &App) -> Vec<tokio::task::JoinHandle<()>> {
 /// (requests in flight may be blocked in sled, and its final flush may never return), and
 /// sled's recovery at the next start keeps everything a flush confirmed, so exiting loses
 /// nothing acknowledged. Runs on a thread of its own so that it works with every runtime
-/// thread blocked; the short grace lets the 503s already decided reach their clients.
+/// thread blocked; the short grace lets the 503s already decided reach their clients. The disk
+/// reserve is deleted at once, so that the next start has room to open and drain the database;
+/// and again before exiting, in case a retry of `reserve::keep` was making it meanwhile.
 pub fn exit_on_storage_failure(app: &App) {
     let storage = app.storage.clone();
+    let reserve = crate::reserve::Reserve::of(app);
     let watch = move || {
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let reason = runtime.block_on(storage.failed());
         log::error!("exiting with status 1 after a storage failure: {reason}");
         notify_systemd("STATUS=storage failed; exiting");
+        let release = || reserve.as_ref().is_some_and(|r| r.release());
+        if release() {
+            log::warn!("deleted the disk reserve, so that the next start has room to drain");
+        }
         std::thread::sleep(Duration::from_secs(1));
+        release();
         std::process::exit(1)
     };
     let spawned = std::thread::Builder::new()
