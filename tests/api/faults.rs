@@ -166,6 +166,7 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let filler = disk.fill(1 << 20);
 
     let acked = fill_until_stopped(&mut server, &alice, &bob, 4000).await;
+    assert!(!acked.is_empty(), "no send fitted in the space left");
     drop(server);
 
     // Space is back: the restarted server has every acknowledged message and takes new ones.
@@ -196,7 +197,6 @@ async fn fill_until_stopped(
     size: usize,
 ) -> Vec<u64> {
     let (acked, refused) = send_until_refused(server, from, to, size).await;
-    assert!(!acked.is_empty(), "no send fitted in the space left");
     if let Some((status, body)) = refused {
         assert_eq!(
             (status, body["code"].as_str()),
@@ -252,6 +252,7 @@ async fn a_disk_filled_by_large_messages_stops_the_server_and_drains_after_a_res
     let bob = server.user_with_device("bob", 22, 0, 0).await;
 
     let acked = fill_until_stopped(&mut server, &alice, &bob, LARGE_MESSAGE).await;
+    assert!(!acked.is_empty(), "no send fitted in the space left");
     assert!(!data.join("reserve").exists(), "{}", server.logs());
     drop(server);
 
@@ -264,6 +265,43 @@ async fn a_disk_filled_by_large_messages_stops_the_server_and_drains_after_a_res
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
     let (status, body) = server.call("GET", "/health", None, None).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    server.stop().await;
+}
+
+/// The same failure without a full disk (and so where mounting is not allowed): a file in the
+/// place of sled's `blobs/` dir makes it refuse the large pages, as a full disk does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_the_disk_refuses_stops_the_server_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Binary::start(&data, &[]).await;
+    let alice = server.user_with_device("alice", 11, 0, 0).await;
+    let bob = server.user_with_device("bob", 22, 0, 0).await;
+    let path = format!("/messages/{}", alice.reg_id);
+    let body = send_body(&bob, &"x".repeat(LARGE_MESSAGE));
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (status, m) = server
+            .call("POST", &path, Some(&alice.token), Some(&body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        acked.push(m["id"].as_u64().expect("id"));
+    }
+    // Moved aside, not deleted: the pages written so far are in there.
+    let blobs = data.join("db").join("blobs");
+    let aside = data.join("db").join("blobs.aside");
+    std::fs::rename(&blobs, &aside).expect("move blobs aside");
+    std::fs::write(&blobs, b"not a directory").expect("write blobs file");
+
+    acked.extend(fill_until_stopped(&mut server, &alice, &bob, LARGE_MESSAGE).await);
+    drop(server);
+
+    std::fs::remove_file(&blobs).expect("remove blobs file");
+    std::fs::rename(&aside, &blobs).expect("move blobs back");
+    let server = Binary::start(&data, &[]).await;
+    let stored = drain(&server, &bob).await;
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
     server.stop().await;
 }
 
