@@ -2,7 +2,8 @@
 //! use, on one `Storage` value whatever keeps the data. Verbs take and return domain types, are
 //! async, and are durable when they return `Ok` (sled: after the group-commit fsync; see
 //! `sled_store`). Invariants (a key handed out once, caps, all-or-nothing writes) are the
-//! backend's to keep, never the caller's.
+//! backend's to keep, never the caller's. Every sled arm passes its result through
+//! `SledStore::watched`, so that an I/O error of sled's, wherever it shows, fails storage.
 //!
 //! Enum dispatch rather than a trait object: the set of backends is closed, the calls stay
 //! static, and each verb is one `match`. The PostgreSQL arms are boxed: their futures are some
@@ -316,7 +317,7 @@ impl Storage {
     /// account has no device with that id. Tokens bound to a device and open sockets keep it.
     pub async fn device_stamp(&self, device: DeviceRef) -> Result<Option<u64>, StoreError> {
         match self {
-            Storage::Sled(s) => s.device_stamp(device),
+            Storage::Sled(s) => s.watched(s.device_stamp(device)),
             Storage::Postgres(p) => Box::pin(p.device_stamp(device)).await,
         }
     }
