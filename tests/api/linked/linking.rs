@@ -532,7 +532,11 @@ async fn the_old_device_delete_removes_every_device_of_the_account() {
     assert_eq!(listed_ids(&s, &alice).await, [1]);
     let (id, again) = s.link_device(&alice, 12, 0, 0).await;
     assert_eq!(id, 2);
-    assert_eq!(counts(&s, &again).await, (0, 0), "nothing of the old device 2");
+    assert_eq!(
+        counts(&s, &again).await,
+        (0, 0),
+        "nothing of the old device 2"
+    );
     let answer = s.get("/prekeys/12", &second.token).await;
     assert_error(
         &answer,
