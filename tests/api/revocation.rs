@@ -75,6 +75,34 @@ async fn carried_out<F: std::future::Future<Output = bool>>(mut done: impl FnMut
     done().await
 }
 
+/// Abandons `method path` in round `round` and answers whether the server carried it out
+/// (`done`); if it did not, makes the request again in full, so that either way it is done.
+async fn abandoned_or_redone<F: std::future::Future<Output = bool>>(
+    s: &TestServer,
+    (method, path, token): (&str, &str, &str),
+    round: u32,
+    done: impl FnMut() -> F,
+) -> bool {
+    send_and_hang_up(s, method, path, token, hang_up_after(round)).await;
+    let carried = carried_out(done).await;
+    if !carried {
+        let (status, body) = s.call(method, path, Some(token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{method} {path}: {body}");
+    }
+    carried
+}
+
+/// Each device's live socket, its (empty) backlog read.
+async fn open_live(s: &TestServer, devices: &[&TestUser]) -> Vec<Ws> {
+    let mut sockets = Vec::new();
+    for device in devices {
+        let mut ws = ws_open(s, device).await;
+        assert!(read_backlog(&mut ws).await.is_empty());
+        sockets.push(ws);
+    }
+    sockets
+}
+
 /// How long after writing its request a client hangs up in round `round`: at once, then later
 /// and later, so that some hang-ups land while the server is committing.
 fn hang_up_after(round: u32) -> Duration {
@@ -89,21 +117,14 @@ async fn an_unlink_closes_the_device_socket_even_when_the_client_hangs_up_at_onc
     for round in 0..10 {
         let reg_id = 100 + round;
         let (id, linked) = s.link_device(&alice, reg_id, 0, 0).await;
-        let mut ws = ws_open(&s, &linked).await;
-        assert!(read_backlog(&mut ws).await.is_empty());
+        let mut ws = open_live(&s, &[&linked]).await.remove(0);
         let path = format!("/v2/devices/{id}");
-        send_and_hang_up(&s, "DELETE", &path, &alice.token, hang_up_after(round)).await;
-        let gone = carried_out(|| async {
+        let gone = abandoned_or_redone(&s, ("DELETE", &path, &alice.token), round, || async {
             let (_, devices) = s.get("/v2/devices", &alice.token).await;
             devices.as_array().is_some_and(|d| d.len() == 1)
         })
         .await;
-        if gone {
-            carried += 1;
-        } else {
-            let (status, body) = s.call("DELETE", &path, Some(&alice.token), None).await;
-            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-        }
+        carried += u32::from(gone);
         assert_eq!(
             close_code_within(&mut ws, AT_ONCE).await,
             DEVICE_REMOVED,
@@ -124,27 +145,16 @@ async fn deleting_the_devices_closes_their_sockets_even_when_the_client_hangs_up
     let mut carried = 0;
     for round in 0..6 {
         let [alice, second] = alice_with_two(&s, 0, 0).await;
-        let mut sockets = Vec::new();
-        for device in [&alice, &second] {
-            let mut ws = ws_open(&s, device).await;
-            assert!(read_backlog(&mut ws).await.is_empty());
-            sockets.push(ws);
-        }
-        send_and_hang_up(&s, "DELETE", "/device/", &alice.token, hang_up_after(round)).await;
-        let gone = carried_out(|| async {
+        let mut sockets = open_live(&s, &[&alice, &second]).await;
+        let gone = abandoned_or_redone(&s, ("DELETE", "/device/", &alice.token), round, || async {
             let (_, devices) = s.get("/v2/devices", &alice.token).await;
             devices.as_array().is_some_and(Vec::is_empty)
         })
         .await;
-        if gone {
-            carried += 1;
-        } else {
-            let (status, body) = s.call("DELETE", "/device/", Some(&alice.token), None).await;
-            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-        }
+        carried += u32::from(gone);
         for (ws, device) in sockets.iter_mut().zip(1..) {
             assert_eq!(
-                close_code(ws).await,
+                close_code_within(ws, AT_ONCE).await,
                 DEVICE_REMOVED,
                 "round {round}, device {device}"
             );
@@ -168,8 +178,7 @@ async fn deleting_the_devices_closes_their_sockets_even_when_the_client_hangs_up
 async fn a_send_reaches_the_open_socket_even_when_the_sender_hangs_up_at_once() {
     let s = TestServer::start().await;
     let (alice, bob) = alice_and_bob(&s).await;
-    let mut ws = ws_open(&s, &bob).await;
-    assert!(read_backlog(&mut ws).await.is_empty());
+    let mut ws = open_live(&s, &[&bob]).await.remove(0);
     let mut carried = 0;
     for round in 0..40 {
         let text = format!("round {round}.");
@@ -210,12 +219,7 @@ async fn a_send_reaches_the_open_socket_even_when_the_sender_hangs_up_at_once() 
 async fn a_password_change_closes_the_sockets_of_older_tokens() {
     let s = TestServer::start().await;
     let [alice, second] = alice_with_two(&s, 0, 0).await;
-    let mut sockets = Vec::new();
-    for device in [&alice, &second] {
-        let mut ws = ws_open(&s, device).await;
-        assert!(read_backlog(&mut ws).await.is_empty());
-        sockets.push(ws);
-    }
+    let mut sockets = open_live(&s, &[&alice, &second]).await;
     let body = json!({"current_password": PASSWORD, "new_password": "Another-tangerine-77"});
     let (status, answer) = s.post("/auth/password", &alice.token, body).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
@@ -236,8 +240,7 @@ async fn a_password_change_closes_the_sockets_of_older_tokens() {
 async fn the_operators_set_password_closes_the_sockets_of_older_tokens() {
     let s = TestServer::start().await;
     let (alice, _) = alice_and_bob(&s).await;
-    let mut ws = ws_open(&s, &alice).await;
-    assert!(read_backlog(&mut ws).await.is_empty());
+    let mut ws = open_live(&s, &[&alice]).await.remove(0);
     let command =
         signal_server::config::Command::Users(signal_server::config::UsersCommand::SetPassword {
             username: "alice".into(),
@@ -254,8 +257,7 @@ async fn the_operators_set_password_closes_the_sockets_of_older_tokens() {
 async fn a_socket_closes_when_its_token_expires() {
     let s = TestServer::start_with(&["--no-rate-limit", "--token-ttl", "2"]).await;
     let (alice, _) = alice_and_bob(&s).await;
-    let mut ws = ws_open(&s, &alice).await;
-    assert!(read_backlog(&mut ws).await.is_empty());
+    let mut ws = open_live(&s, &[&alice]).await.remove(0);
     assert_eq!(close_code(&mut ws).await, TOKEN_EXPIRED);
 }
 

@@ -97,24 +97,43 @@ pub async fn database_rows(data_dir: &Path) -> i64 {
     rows
 }
 
-/// Terminates the sessions on the data dir's database that `LISTEN` for other instances'
-/// signals; answers how many. Only on PostgreSQL.
-pub async fn terminate_listeners(data_dir: &Path) -> u64 {
+/// Terminates the other sessions on the data dir's database whose last query is `LIKE` `query`
+/// (`LISTEN%`: the instances' listeners; `%`: every one); answers how many. Only on PostgreSQL.
+pub async fn terminate_sessions(data_dir: &Path, query: &str) -> u64 {
     let url = remembered_database(data_dir).expect("a data dir with a test database");
     let (client, driver) = connect(&url).await;
     let cut = client
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND query ILIKE 'LISTEN%'",
-            &[],
+             AND query ILIKE $1",
+            &[&query],
         )
         .await
-        .expect("terminate the listeners")
+        .expect("terminate the sessions")
         .len() as u64;
     drop(client);
     let _ = driver.await;
     cut
+}
+
+/// Blocks of the `messages` table's out-of-line values (TOAST: large contents) read so far on
+/// the data dir's database, from cache or disk. Only on PostgreSQL.
+pub async fn content_blocks_read(data_dir: &Path) -> i64 {
+    let url = remembered_database(data_dir).expect("a data dir with a test database");
+    let (client, driver) = connect(&url).await;
+    let n: i64 = client
+        .query_one(
+            "SELECT coalesce(toast_blks_hit, 0) + coalesce(toast_blks_read, 0) \
+             FROM pg_statio_user_tables WHERE relname = 'messages'",
+            &[],
+        )
+        .await
+        .expect("the messages table's statistics")
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    n
 }
 
 /// How many sessions on the data dir's database `LISTEN` for signals. Only on PostgreSQL.

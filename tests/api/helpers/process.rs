@@ -469,7 +469,18 @@ impl Instances {
     /// Cuts every instance's listening connection (as a network fault would): signals sent
     /// until each reconnects are lost to it. Answers how many were cut.
     pub async fn cut_listeners(&self) -> u64 {
-        super::terminate_listeners(self._dirs[0].path()).await
+        super::terminate_sessions(self._dirs[0].path(), "LISTEN%").await
+    }
+
+    /// Cuts every connection of the instances to the database (their pools reconnect, their
+    /// listeners a second later); answers how many were cut.
+    pub async fn cut_connections(&self) -> u64 {
+        super::terminate_sessions(self._dirs[0].path(), "%").await
+    }
+
+    /// Blocks of out-of-line message contents the database has read so far.
+    pub async fn content_blocks_read(&self) -> i64 {
+        super::content_blocks_read(self._dirs[0].path()).await
     }
 
     /// How many of the instances' listening connections are up.
