@@ -65,6 +65,7 @@ impl SledStore {
         // not come back with the new device. With no device, nothing else can be queued for this
         // user meanwhile (a send checks for the device).
         self.remove_all_linked(user_id)?;
+        self.clear_idempotency(user_id)?;
         self.clear_queue(user_id)?;
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
         let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
@@ -140,6 +141,7 @@ impl SledStore {
                 }
             }
         }
+        self.clear_idempotency(slot)?;
         self.clear_queue(slot)
     }
 
