@@ -26,6 +26,8 @@ pub struct State {
     pub mailer: Mailer,
     pub metrics: Metrics,
     pub cors: Arc<Cors>,
+    /// Keyed sends running on this instance (see `idempotency`).
+    pub in_flight: Arc<crate::idempotency::InFlight>,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,7 @@ impl App {
             mailer,
             metrics: Metrics::default(),
             cors: Arc::new(cors),
+            in_flight: Arc::default(),
             storage,
             config,
         })))

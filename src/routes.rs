@@ -158,6 +158,14 @@ fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infa
         .unify()
 }
 
+/// The raw `Idempotency-Key` header of a send, if any (checked by the handler).
+fn idempotency_key() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("idempotency-key")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
 /// The body, read later by the handler (after the device checks) with the size limit.
 fn body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
@@ -454,6 +462,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
+        .and(idempotency_key())
         .and(body())
         .then(messages::send)
         .map(reply);
@@ -528,6 +537,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
+        .and(idempotency_key())
         .and(body())
         .then(messages::send_all)
         .map(reply);

@@ -1,20 +1,41 @@
 //! Sending, fetching and deleting queued messages.
 
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode};
 
 use super::{detached, json, Answer};
 use crate::app::App;
 use crate::auth::{now_millis, Caller};
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::{DeviceRef, Message, MessageOut, Outgoing, SentAllOut, SentToOut};
+use crate::idempotency::{self, Begun, Keyed};
+use crate::models::{
+    address_device_id, DeviceRef, Message, MessageOut, Outgoing, SentAllOut, SentToOut,
+};
 use crate::requests::{self, Send, SendAll};
+use crate::storage::idempotency::{AnswerFn, Remember, Sent, ROUTE_SEND, ROUTE_SEND_ALL};
 use crate::storage::DeleteOutcome;
 
 /// POST /messages/<regId>: to the recipient's primary device.
-pub async fn send(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
+pub async fn send(
+    reg_id: u64,
+    app: App,
+    user: Caller,
+    key: Option<HeaderValue>,
+    body: Body,
+) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let value = body.json(app.max_body()).await?;
+    let key = idempotency::parse(key.as_ref())?;
+    let bytes = body.bytes(app.max_body()).await?;
+    let keyed = match key {
+        Some(key) => {
+            match idempotency::begin(&app, sender.of(user.id), ROUTE_SEND, key, &bytes).await? {
+                Begun::Answered(answer) => return Ok(answer),
+                Begun::Fresh(keyed) => Some(keyed),
+            }
+        }
+        None => None,
+    };
+    let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = Send::parse(&value, app.config.max_message_bytes)?;
     let recipient = app
         .storage
@@ -39,20 +60,49 @@ pub async fn send(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
         recipient_address: device.address,
         timestamp: now_millis(),
     };
-    // The live push follows the commit even if the sender hangs up meanwhile.
-    let message = detached(async move {
-        let message = app
-            .storage
-            .enqueue(to, message, app.config.max_queued_messages)
-            .await
-            .map_err(recipient_error)?;
+    // The live push follows the commit even if the sender hangs up meanwhile; a keyed send
+    // stays in flight until then.
+    detached(async move {
+        let cap = app.config.max_queued_messages;
+        let (message, (status, body)) = match keyed {
+            None => {
+                let m = app.storage.enqueue(to, message, cap).await;
+                let m = m.map_err(recipient_error)?;
+                let answer = sent_one(std::slice::from_ref(&m));
+                (m, answer)
+            }
+            Some(keyed) => {
+                let remember = remember(&keyed, &sent_one);
+                let sent = app.storage.enqueue_once(to, message, cap, &remember).await;
+                match sent.map_err(recipient_error)? {
+                    Sent::Queued(m, r) => (m, (r.status, r.body)),
+                    Sent::Answered(found) => return idempotency::replay(&found, &keyed.body_hash),
+                }
+            }
+        };
         app.hub.deliver(to, message.id);
-        Ok(message)
+        Ok(idempotency::response(status, body))
     })
-    .await?;
-    let text = serde_json::to_string(&MessageOut::from(&message))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(created_json(text))
+    .await
+}
+
+/// The answer to a send of one message: 201 and the message as queued.
+fn sent_one(queued: &[Message]) -> (u16, Vec<u8>) {
+    let body = queued
+        .first()
+        .and_then(|m| serde_json::to_vec(&MessageOut::from(m)).ok())
+        .unwrap_or_default();
+    (StatusCode::CREATED.as_u16(), body)
+}
+
+/// What a keyed send stores, with the answer it makes from its messages.
+fn remember<'a>(keyed: &'a Keyed, answer: AnswerFn<'a>) -> Remember<'a> {
+    Remember {
+        key: keyed.key(),
+        body_hash: keyed.body_hash,
+        created_ms: keyed.created_ms,
+        answer,
+    }
 }
 
 /// A recipient without a device is the recipient's `no_device`, not the caller's.
@@ -64,9 +114,26 @@ fn recipient_error(e: crate::storage::StoreError) -> ApiError {
 }
 
 /// POST /v2/messages/<regId>: one ciphertext per device of the recipient, all or none.
-pub async fn send_all(reg_id: u64, app: App, user: Caller, body: Body) -> Answer {
+pub async fn send_all(
+    reg_id: u64,
+    app: App,
+    user: Caller,
+    key: Option<HeaderValue>,
+    body: Body,
+) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let value = body.json(app.max_body()).await?;
+    let key = idempotency::parse(key.as_ref())?;
+    let bytes = body.bytes(app.max_body()).await?;
+    let keyed = match key {
+        Some(key) => {
+            match idempotency::begin(&app, sender.of(user.id), ROUTE_SEND_ALL, key, &bytes).await? {
+                Begun::Answered(answer) => return Ok(answer),
+                Begun::Fresh(keyed) => Some(keyed),
+            }
+        }
+        None => None,
+    };
+    let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = SendAll::parse(&value, app.config.max_message_bytes)?;
     let recipient = app
         .storage
@@ -93,48 +160,61 @@ pub async fn send_all(reg_id: u64, app: App, user: Caller, body: Body) -> Answer
             },
         })
         .collect();
-    // The live pushes follow the commit even if the sender hangs up meanwhile.
-    let messages = detached(async move {
-        let queued = app
-            .storage
-            .enqueue_all(recipient.id, skip, outgoing, app.config.max_queued_messages)
-            .await
-            .map_err(recipient_error)?;
-        let mut messages = Vec::with_capacity(queued.len());
+    // The live pushes follow the commit even if the sender hangs up meanwhile; a keyed send
+    // stays in flight until then.
+    detached(async move {
+        let cap = app.config.max_queued_messages;
+        let answer = |queued: &[Message]| sent_all(timestamp, queued);
+        let (queued, (status, body)) = match keyed {
+            None => {
+                let q = app
+                    .storage
+                    .enqueue_all(recipient.id, skip, outgoing, cap)
+                    .await;
+                let q = q.map_err(recipient_error)?;
+                let made = answer(&q);
+                (q, made)
+            }
+            Some(keyed) => {
+                let remember = remember(&keyed, &answer);
+                let sent = app
+                    .storage
+                    .enqueue_all_once(recipient.id, skip, outgoing, cap, &remember)
+                    .await;
+                match sent.map_err(recipient_error)? {
+                    Sent::Queued(q, r) => (q, (r.status, r.body)),
+                    Sent::Answered(found) => return idempotency::replay(&found, &keyed.body_hash),
+                }
+            }
+        };
         for m in &queued {
-            let device = crate::models::address_device_id(&m.recipient_address).unwrap_or_default();
-            app.hub.deliver(
-                DeviceRef {
-                    user: recipient.id,
-                    device,
-                },
-                m.id,
-            );
-            messages.push(SentToOut {
-                device_id: device,
-                id: m.id,
-            });
+            let device = address_device_id(&m.recipient_address).unwrap_or_default();
+            let to = DeviceRef {
+                user: recipient.id,
+                device,
+            };
+            app.hub.deliver(to, m.id);
         }
-        Ok(messages)
+        Ok(idempotency::response(status, body))
     })
-    .await?;
-    json(
-        StatusCode::CREATED,
-        &SentAllOut {
-            timestamp,
-            messages,
-        },
-    )
+    .await
 }
 
-fn created_json(text: String) -> warp::reply::Response {
-    let mut res = warp::reply::Response::new(text.into());
-    *res.status_mut() = StatusCode::CREATED;
-    res.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json"),
-    );
-    res
+/// The answer to a send to every device: 201, the timestamp, and each device's message id.
+fn sent_all(timestamp: u64, queued: &[Message]) -> (u16, Vec<u8>) {
+    let messages = queued
+        .iter()
+        .map(|m| SentToOut {
+            device_id: address_device_id(&m.recipient_address).unwrap_or_default(),
+            id: m.id,
+        })
+        .collect();
+    let out = SentAllOut {
+        timestamp,
+        messages,
+    };
+    let body = serde_json::to_vec(&out).unwrap_or_default();
+    (StatusCode::CREATED.as_u16(), body)
 }
 
 /// Stored bytes one GET /messages page may hold (at least one message): ten connections that
