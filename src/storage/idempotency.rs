@@ -131,3 +131,122 @@ impl Storage {
         }
     }
 }
+
+/// The contract's tests, run on both backends (`sled_store::idempotency`, `pg_store::tests`).
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use crate::storage::fixtures::{device, message, primary};
+
+    /// A user `name` with a primary device (registrationId 7); its id.
+    async fn user(s: &Storage, name: &str) -> u64 {
+        let id = s.create_user(name, "", "h".into(), None).await.unwrap().id;
+        let d = device(&format!("{name}.1"));
+        s.create_device(id, &d, &[], &[]).await.unwrap();
+        id
+    }
+
+    /// 201 and the ids queued, comma-separated.
+    fn ids(queued: &[Message]) -> (u16, Vec<u8>) {
+        let ids: Vec<String> = queued.iter().map(|m| m.id.to_string()).collect();
+        (201, ids.join(",").into_bytes())
+    }
+
+    fn key(sender: u64, route: u8, key: &str) -> SendKey {
+        SendKey {
+            sender: primary(sender),
+            route,
+            key: key.into(),
+        }
+    }
+
+    fn remember<'a>(key: &'a SendKey, hash: u8, created_ms: u64) -> Remember<'a> {
+        Remember {
+            key,
+            body_hash: [hash; 32],
+            created_ms,
+            answer: &ids,
+        }
+    }
+
+    /// A keyed send stores its answer with its messages; a repeat under the key writes nothing
+    /// and gets that record (whatever its body); a route is a key space of its own; a refused
+    /// send stores nothing; the sweep takes old records only; a device's records go with it.
+    pub async fn a_keyed_send_is_stored_once(s: &Storage) {
+        let (a, b) = (user(s, "a").await, user(s, "b").await);
+        let one = key(a, ROUTE_SEND, "k");
+        let r = remember(&one, 1, 1000);
+        let sent = s.enqueue_once(primary(b), message("x", 1), 10, &r).await;
+        let Sent::Queued(m, record) = sent.unwrap() else {
+            panic!("a first send is queued");
+        };
+        assert_eq!((record.status, record.body.clone()), ids(&[m]));
+        assert_eq!(s.remembered(&one).await.unwrap().as_ref(), Some(&record));
+        let r = remember(&one, 2, 2000);
+        let again = s.enqueue_once(primary(b), message("y", 2), 10, &r).await;
+        assert!(matches!(again.unwrap(), Sent::Answered(r) if r == record));
+        assert_eq!(s.queue_len(primary(b)).await.unwrap(), 1);
+
+        let all = key(a, ROUTE_SEND_ALL, "k");
+        let outgoing = || {
+            vec![Outgoing {
+                device: 1,
+                registration_id: 7,
+                message: message("z", 3),
+            }]
+        };
+        let r = remember(&all, 1, 5000);
+        let sent = s.enqueue_all_once(b, None, outgoing(), 10, &r).await;
+        let Sent::Queued(queued, all_record) = sent.unwrap() else {
+            panic!("the other route's key is another send");
+        };
+        assert_eq!(all_record.body, ids(&queued).1);
+        let r = remember(&all, 1, 6000);
+        let again = s.enqueue_all_once(b, None, outgoing(), 10, &r).await;
+        assert!(matches!(again.unwrap(), Sent::Answered(r) if r == all_record));
+        assert_eq!(s.queue_len(primary(b)).await.unwrap(), 2);
+
+        let full = key(a, ROUTE_SEND, "full");
+        let r = remember(&full, 1, 1);
+        let refused = s.enqueue_once(primary(b), message("f", 4), 2, &r).await;
+        assert!(matches!(refused, Err(StoreError::QueueFull)));
+        assert_eq!(s.remembered(&full).await.unwrap(), None);
+
+        assert_eq!(s.sweep_idempotency(1000).await.unwrap(), 0, "not before");
+        assert_eq!(s.sweep_idempotency(1001).await.unwrap(), 1);
+        assert_eq!(s.remembered(&one).await.unwrap(), None);
+        assert!(s.remembered(&all).await.unwrap().is_some());
+        s.delete_device(a).await.unwrap();
+        assert_eq!(
+            s.remembered(&all).await.unwrap(),
+            None,
+            "gone with its device"
+        );
+    }
+
+    /// Keyed sends under one key racing on `stores` (handles on one database): one is queued,
+    /// every other is answered with its record.
+    pub async fn racing_keyed_sends_queue_one(stores: &[Storage]) {
+        let (a, b) = (user(&stores[0], "a").await, user(&stores[0], "b").await);
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = stores[i % stores.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let k = key(a, ROUTE_SEND, "raced");
+                let r = remember(&k, 1, 1000);
+                s.enqueue_once(primary(b), message("x", 1), 100, &r).await
+            }));
+        }
+        let mut queued = Vec::new();
+        let mut answered = Vec::new();
+        for task in tasks {
+            match task.await.unwrap().unwrap() {
+                Sent::Queued(_, r) => queued.push(r),
+                Sent::Answered(r) => answered.push(r),
+            }
+        }
+        assert_eq!(queued.len(), 1, "{answered:?}");
+        assert!(answered.iter().all(|r| *r == queued[0]));
+        assert_eq!(stores[0].queue_len(primary(b)).await.unwrap(), 1);
+    }
+}

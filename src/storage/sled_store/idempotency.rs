@@ -194,3 +194,35 @@ impl SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::idempotency::conformance;
+    use crate::storage::Storage;
+
+    #[tokio::test]
+    async fn a_keyed_send_is_stored_once() {
+        let (_dir, s) = super::super::temp();
+        conformance::a_keyed_send_is_stored_once(&Storage::Sled(s)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_keyed_sends_queue_one() {
+        let (_dir, s) = super::super::temp();
+        conformance::racing_keyed_sends_queue_one(&[Storage::Sled(s)]).await;
+    }
+
+    #[test]
+    fn a_record_round_trips_and_a_short_one_is_corrupt() {
+        let r = Remembered {
+            created_ms: 7,
+            body_hash: [3; 32],
+            status: 201,
+            body: b"{}".to_vec(),
+        };
+        assert_eq!(decode_record(&encode_record(&r)).unwrap(), r);
+        assert!(is_record(&encode_record(&r)));
+        assert!(!is_record(&encode_record(&r)[..41]));
+    }
+}
