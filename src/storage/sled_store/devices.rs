@@ -127,7 +127,7 @@ impl SledStore {
         Ok(existed)
     }
 
-    /// Removes the keys and queued messages kept under a device's slot.
+    /// Removes the keys, queued messages and idempotency records kept under a device's slot.
     pub(super) fn clear_slot(&self, slot: u64) -> Result<(), StoreError> {
         // Key by key, counting what `remove` returned: a pop racing this removal must not be
         // subtracted twice.
