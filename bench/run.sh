@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 SECS=${BENCH_SECONDS:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNECTIONS:-64}
+# Every load comes from this host: no per-address connection cap (older binaries ignore it).
+export SIGNAL_SERVER_MAX_CONNECTIONS_PER_IP=0
 RSS_MESSAGES=${BENCH_RSS_MESSAGES:-100000}
 BIN=target/release
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/signal-bench.XXXXXX")

@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/dev/null}
 SECS=${BENCH_SECONDS:-8}; WARMUP=${BENCH_WARMUP:-2}; CONNS=64
+# Every load comes from this host: no per-address connection cap (older binaries ignore it).
+export SIGNAL_SERVER_MAX_CONNECTIONS_PER_IP=0
 cargo build --release -p loadgen
 cargo build --release --example baseline
 cargo build --release --bin signal-server

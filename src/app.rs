@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::auth::{Caller, Tokens};
+use crate::body::BodyLimits;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::ApiError;
@@ -26,6 +27,7 @@ pub struct State {
     pub mailer: Mailer,
     pub metrics: Metrics,
     pub cors: Arc<Cors>,
+    pub bodies: BodyLimits,
     /// Keyed sends running on this instance (see `idempotency`).
     pub in_flight: Arc<crate::idempotency::InFlight>,
 }
@@ -60,6 +62,7 @@ impl App {
             mailer,
             metrics: Metrics::default(),
             cors: Arc::new(cors),
+            bodies: BodyLimits::from_config(&config),
             in_flight: Arc::default(),
             storage,
             config,

@@ -73,6 +73,17 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: u64,
 
+    /// Seconds a request body may take to arrive in full, counted from when the server starts
+    /// reading it; one still arriving then is answered 408 and its connection closed.
+    #[arg(long, env = "SIGNAL_SERVER_BODY_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+
+    /// Bytes all request bodies being read may hold in memory together (at least
+    /// --max-body-bytes); a body that would go beyond it is refused with 503, to retry shortly.
+    #[arg(long, env = "SIGNAL_SERVER_BODY_BUFFER_BYTES", default_value_t = 64 << 20)]
+    pub body_buffer_bytes: u64,
+
     /// Cap on one-time EC prekeys, and separately on one-time Kyber prekeys, per device.
     #[arg(long, env = "SIGNAL_SERVER_MAX_PREKEYS", default_value_t = 100)]
     pub max_prekeys: u32,
@@ -162,6 +173,16 @@ pub struct Config {
     /// limit. Beyond it new connections wait until one closes.
     #[arg(long, env = "SIGNAL_SERVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Cap on open connections from one client address (an IPv6 client: its /64), WebSockets
+    /// included; 0 turns it off. Beyond it a new connection is closed at once. Connections from a
+    /// --trusted-proxy are not counted: behind a proxy, limit connections per client there.
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_connections_per_ip: usize,
 
     /// Seconds a shutdown waits for requests in flight before dropping their connections.
     #[arg(long, env = "SIGNAL_SERVER_SHUTDOWN_TIMEOUT", default_value_t = 20)]

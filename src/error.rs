@@ -55,6 +55,8 @@ pub enum ApiError {
     },
     RegistrationClosed,
     PayloadTooLarge,
+    /// The request body did not arrive in full within `--body-timeout`.
+    RequestTimeout,
     LengthRequired,
     NotFound,
     MethodNotAllowed,
@@ -101,6 +103,7 @@ impl ApiError {
             ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::NotFound | ApiError::NoSuchDevice => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -136,6 +139,7 @@ impl ApiError {
             ApiError::Throttled { .. } => "throttled",
             ApiError::RegistrationClosed => "registration_closed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::LengthRequired => "length_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -189,6 +193,7 @@ impl ApiError {
             ApiError::Throttled { .. } => "Too many requests; retry later.",
             ApiError::RegistrationClosed => "Registration is closed on this server.",
             ApiError::PayloadTooLarge => "The request body is too large.",
+            ApiError::RequestTimeout => "The request body did not arrive in time.",
             ApiError::LengthRequired => "A Content-Length header is required.",
             ApiError::NotFound => "Not found.",
             ApiError::MethodNotAllowed => "Method not allowed.",
@@ -260,6 +265,13 @@ impl Reply for ApiError {
             // Overload and storage faults pass; a client should come back soon, not hammer.
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.into());
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::RequestTimeout => {
+                headers.insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
             }
             _ => {}
         }

@@ -5,7 +5,8 @@
 //! - `admin`: operator commands, over the admin socket of a running server or in-process.
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
 //! - `datadir`: the data dir's modes, the database check and owner switch of operator commands.
-//! - `net`: the accept loop: connection cap, header-read and idle timeouts, shutdown deadline.
+//! - `net`: the accept loop (HTTP/1.1): connection caps (all, per client address), header-read
+//!   and idle timeouts, shutdown deadline.
 //! - `app`: the shared state handed to every handler.
 //! - `routes`: every route, and rejections turned into JSON errors; `access`: the access log.
 //! - `handlers`: one module per resource (users, devices, keys, messages, ws).

@@ -7,6 +7,7 @@
 use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::route_table::{self, ROUTES};
@@ -32,6 +33,8 @@ pub struct Metrics {
     buckets: Vec<AtomicU64>,
     counts: Vec<AtomicU64>,
     sum_nanos: Vec<AtomicU64>,
+    /// Connections closed at once for `--max-connections-per-ip` (counted by `net::per_ip`).
+    pub refused_connections: Arc<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,7 @@ impl Default for Metrics {
             buckets: atomics(ROUTE_SLOTS * BUCKETS.len()),
             counts: atomics(ROUTE_SLOTS),
             sum_nanos: atomics(ROUTE_SLOTS),
+            refused_connections: Arc::default(),
         }
     }
 }
@@ -167,6 +171,14 @@ impl Metrics {
             "signal_server_websocket_connections",
             "Open WebSocket connections.",
             websockets as u64,
+        );
+        let _ = write!(
+            out,
+            "# HELP signal_server_connections_refused_total Connections closed at once because \
+             their client address had --max-connections-per-ip open.\n\
+             # TYPE signal_server_connections_refused_total counter\n\
+             signal_server_connections_refused_total {}\n",
+            self.refused_connections.load(Relaxed)
         );
         let _ = write!(
             out,

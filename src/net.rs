@@ -1,12 +1,19 @@
 //! The accept loop of the API: our own instead of `warp::serve`, because warp's exposes no
-//! timeouts and no connection cap. Each connection is served by hyper with a header-read timeout,
-//! over an [`idle::IdleStream`] (closed when nothing moves for the idle timeout) that holds one
-//! permit of the connection cap until the socket is gone, WebSockets included. At the cap the loop
-//! stops accepting (new connections wait in the kernel's backlog) instead of failing `accept`, so
-//! the connections already open keep being served. Shutdown is graceful up to a deadline, after
-//! which the remaining connections are dropped.
+//! timeouts and no connection cap. Each connection is served by hyper's HTTP/1.1 server with a
+//! header-read timeout, over an [`idle::IdleStream`] (closed when nothing moves for the idle
+//! timeout) that holds its [`Place`] under the connection caps until the socket is gone,
+//! WebSockets included: one permit of the whole cap, and one of its client address's
+//! ([`per_ip`]). At the whole cap the loop stops accepting (new connections wait in the kernel's
+//! backlog) instead of failing `accept`, so the connections already open keep being served; a
+//! connection over its address's cap is closed at once. Shutdown is graceful up to a deadline,
+//! after which the remaining connections are dropped.
+//!
+//! HTTP/1.1 only: cleartext HTTP/2 (h2c) would let one connection carry hundreds of streams, each
+//! with a body in flight, while every limit here counts connections. The proxies we ship speak
+//! HTTP/1.1 to the server; a client that opens with the HTTP/2 preface is disconnected.
 
 pub mod idle;
+pub mod per_ip;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,18 +22,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use warp::filters::BoxedFilter;
 use warp::hyper::body::{Body, Frame, SizeHint};
+use warp::hyper::server::conn::http1;
 use warp::reply::Response;
 
 use crate::config::Config;
+use per_ip::{IpPlace, PerIp};
 
 /// File descriptors kept free for the database, the admin and metrics sockets and logging.
 const RESERVED_FDS: u64 = 64;
@@ -99,16 +106,24 @@ fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
+/// What a connection holds until its socket is gone: its places under the connection caps.
+pub struct Place {
+    _cap: OwnedSemaphorePermit,
+    _ip: IpPlace,
+}
+
 /// Serves `api` on `listener` until `shutdown` resolves; then stops accepting, lets the open
 /// connections finish for at most `limits.shutdown` and drops the rest.
 pub async fn serve(
     listener: TcpListener,
     api: BoxedFilter<(Response,)>,
     limits: Limits,
+    per_ip: Arc<PerIp>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // `true` once shutting down: each connection then finishes its request in flight and closes.
+    let (stopping, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -119,16 +134,26 @@ pub async fn serve(
         let Some((stream, peer, permit)) = accepted else {
             continue;
         };
+        let Some(ip_place) = per_ip.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
+        let place = Place {
+            _cap: permit,
+            _ip: ip_place,
+        };
         let conn = Conn {
             api: api.clone(),
             limits,
-            watcher: graceful.watcher(),
+            stop: stop.clone(),
         };
-        tasks.spawn(conn.serve(stream, peer, permit));
+        tasks.spawn(conn.serve(stream, peer, place));
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown, graceful.shutdown())
+    let _ = stopping.send(true);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown, drained)
         .await
         .is_err()
     {
@@ -162,29 +187,41 @@ async fn accept(
 struct Conn {
     api: BoxedFilter<(Response,)>,
     limits: Limits,
-    watcher: Watcher,
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, place: Place) {
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(idle::IdleStream::new(stream, self.limits.idle, permit));
+        let io = TokioIo::new(idle::IdleStream::new(stream, self.limits.idle, place));
         let service = TowerToHyperService::new(WithPeer {
             inner: warp::service(self.api),
             peer: Peer(peer),
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read);
-        let conn = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        // hyper-util's graceful watcher takes no HTTP/1 connection with upgrades, hence our own.
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = stopping(self.stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             log::debug!("connection from {peer} ended: {e}");
         }
     }
+}
+
+/// Resolves once the server is shutting down.
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    // An error means the loop is gone, which is a shutdown too.
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// Puts the [`Peer`] into every request's extensions before warp sees it, and says

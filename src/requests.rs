@@ -70,8 +70,12 @@ pub fn check_username(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// An email is optional (empty), else at most 254 bytes and a valid address.
+/// An email is optional (empty), else at most 254 bytes and a valid address, without the
+/// characters `validate::is_unsafe_char` refuses (the address parser lets some through).
 pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.chars().any(validate::is_unsafe_char) {
+        return Err(validate::UNSAFE_TEXT);
+    }
     if !email.is_empty() && (email.len() > 254 || email.parse::<lettre::Address>().is_err()) {
         return Err("Enter a valid email address.");
     }

@@ -167,10 +167,11 @@ fn idempotency_key() -> impl Filter<Extract = (Option<HeaderValue>,), Error = In
 }
 
 /// The body, read later by the handler (after the device checks) with the size limit.
-fn body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+fn body(app: &App) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    let limits = app.bodies.clone();
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .map(Body::new)
+        .map(move |length, stream| Body::new(length, stream, limits.clone()))
 }
 
 fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
@@ -284,7 +285,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::register)
         .map(reply);
     // GET /auth/users/me
@@ -298,7 +299,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::delete_me)
         .map(reply);
     // POST /auth/jwt/create
@@ -306,21 +307,21 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::login)
         .map(reply);
     // POST /auth/jwt/refresh
     let refresh = warp::path!("auth" / "jwt" / "refresh")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::refresh)
         .map(reply);
     // POST /auth/jwt/verify
     let verify = warp::path!("auth" / "jwt" / "verify")
         .and(warp::post())
         .and(with_app(a))
-        .and(body())
+        .and(body(a))
         .then(users::verify)
         .map(reply);
     // POST /auth/password
@@ -328,7 +329,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(users::change_password)
         .map(reply);
     // POST /auth/password/reset
@@ -336,7 +337,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset)
         .map(reply);
     // POST /auth/password/reset/confirm
@@ -344,7 +345,7 @@ fn accounts(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(client_ip(a))
-        .and(body())
+        .and(body(a))
         .then(users::reset_confirm)
         .map(reply);
     register
@@ -382,7 +383,7 @@ fn device_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::create)
         .map(reply);
     // GET /device/<anything>
@@ -410,7 +411,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_prekeys)
         .map(reply);
     // GET /prekeys/<regId>
@@ -425,7 +426,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_kyber)
         .map(reply);
     // POST /signedprekey/<regId>
@@ -433,7 +434,7 @@ fn key_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(keys::upload_signed)
         .map(reply);
     // GET /prekeybundle/<username>/<regId>
@@ -463,7 +464,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(with_app(a))
         .and(auth(a))
         .and(idempotency_key())
-        .and(body())
+        .and(body(a))
         .then(messages::send)
         .map(reply);
     // GET /messages/<regId>
@@ -479,7 +480,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::delete())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(messages::delete)
         .map(reply);
     // GET /messages/<regId>/ws
@@ -508,7 +509,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
-        .and(body())
+        .and(body(a))
         .then(devices::link)
         .map(reply);
     // GET /v2/devices
@@ -538,7 +539,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(with_app(a))
         .and(auth(a))
         .and(idempotency_key())
-        .and(body())
+        .and(body(a))
         .then(messages::send_all)
         .map(reply);
     link.or(list)

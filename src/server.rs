@@ -50,7 +50,13 @@ pub async fn run(
     };
     let limits = crate::net::Limits::from_config(&app.config);
     log::info!("at most {} open connections", limits.max_connections);
-    crate::net::serve(listener, crate::routes::api(app.clone()), limits, shutdown).await;
+    let per_ip = crate::net::per_ip::PerIp::new(
+        app.config.max_connections_per_ip,
+        app.config.trusted_proxy.clone(),
+        app.metrics.refused_connections.clone(),
+    );
+    let api = crate::routes::api(app.clone());
+    crate::net::serve(listener, api, limits, per_ip, shutdown).await;
     sweeper.abort();
     relay.iter().for_each(|task| task.abort());
     admin.abort();
@@ -110,7 +116,8 @@ pub async fn serve_metrics(listener: TcpListener, app: App) {
         ..crate::net::Limits::from_config(&app.config)
     };
     let api = crate::routes::metrics(app);
-    crate::net::serve(listener, api, limits, std::future::pending()).await;
+    let per_ip = crate::net::per_ip::PerIp::off();
+    crate::net::serve(listener, api, limits, per_ip, std::future::pending()).await;
 }
 
 /// Open connections the metrics address allows (a scraper or two).

@@ -33,6 +33,42 @@ pub fn list(value: &Value) -> Result<&Vec<Value>, ApiError> {
 
 pub const REQUIRED: &str = "This field is required.";
 
+pub const UNSAFE_TEXT: &str =
+    "This field may not contain control, line separator or text direction characters.";
+
+/// A character refused in text the server stores, prints or logs: the controls (Unicode `Cc`:
+/// tab, newline, NUL, DEL, the C1 set), the line and paragraph separators, and the
+/// bidirectional marks, embeddings, overrides and isolates. They break the columns of
+/// `users list` and the lines of a log, or make a terminal show text in another order than it has.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` for a line of operator output: refused characters (stored before they were refused)
+/// written as `\u{..}` escapes.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match is_unsafe_char(c) {
+            true => format!("\\u{{{:x}}}", c as u32),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Reads fields out of one JSON object, remembering what was wrong with each.
 pub struct Fields<'a> {
     obj: &'a Map<String, Value>,
@@ -161,4 +197,23 @@ pub fn messages(name: &str, message: &str) -> FieldErrors {
         FieldError::Messages(vec![message.to_string()]),
     );
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_separators_and_direction_marks_are_unsafe_and_printed_escaped() {
+        for c in [
+            '\t', '\n', '\r', '\0', '\u{7f}', '\u{85}', '\u{2028}', '\u{202e}', '\u{2067}',
+        ] {
+            assert!(is_unsafe_char(c), "{c:?}");
+        }
+        for c in ['a', ' ', '@', 'é', '\u{200d}', '漢'] {
+            assert!(!is_unsafe_char(c), "{c:?}");
+        }
+        assert_eq!(printable("a\tb@x.org"), "a\\u{9}b@x.org");
+        assert_eq!(printable("plain@x.org"), "plain@x.org");
+    }
 }

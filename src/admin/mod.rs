@@ -57,7 +57,9 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
                         out,
                         format!(
                             "{}\t{}\t{}\t{address}\t{queued}",
-                            user.id, user.username, user.email
+                            user.id,
+                            user.username,
+                            crate::validate::printable(&user.email)
                         ),
                     );
                 }

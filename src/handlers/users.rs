@@ -172,9 +172,10 @@ pub async fn reset(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
     app.limits.anonymous(ip)?;
     let value = body.json(app.max_body()).await?;
     let [email] = requests::strings(&value, ["email"])?;
-    if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
+    if email.is_empty() {
         return Err(ApiError::field("email", "Enter a valid email address."));
     }
+    requests::check_email(email).map_err(|e| ApiError::field("email", e))?;
     if let Some(user) = app.storage.user_by_email(email).await? {
         let (uid, token) = issue_reset_token(&app, &user).await?;
         app.mailer

@@ -1,5 +1,5 @@
 //! A TCP stream that fails once no byte has moved in either direction for the idle timeout,
-//! and that holds its place under the connection cap for as long as the socket lives.
+//! and that holds its place under the connection caps for as long as the socket lives.
 //!
 //! Why at this level: hyper's header-read timeout only covers waiting for a request head, and a
 //! response or WebSocket frame that the client never reads would otherwise wait on a full socket
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
+
+use super::Place;
 
 pub struct IdleStream {
     io: TcpStream,
@@ -25,11 +26,11 @@ pub struct IdleStream {
     // WebSocket), and each must be woken when its own wait runs out.
     read_timer: Pin<Box<Sleep>>,
     write_timer: Pin<Box<Sleep>>,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 impl IdleStream {
-    pub fn new(io: TcpStream, timeout: Duration, permit: OwnedSemaphorePermit) -> IdleStream {
+    pub fn new(io: TcpStream, timeout: Duration, place: Place) -> IdleStream {
         let now = Instant::now();
         IdleStream {
             io,
@@ -37,7 +38,7 @@ impl IdleStream {
             last_progress: now,
             read_timer: Box::pin(tokio::time::sleep_until(now + timeout)),
             write_timer: Box::pin(tokio::time::sleep_until(now + timeout)),
-            _permit: permit,
+            _place: place,
         }
     }
 }

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::helpers::{
-    message_text, proc_status_kb, serve_flags, shell_command, ws_open, Binary, TestServer,
-    TestUser, Ws,
+    addr, expect_closed_by_server, health_on, message_text, proc_status_kb, serve_flags,
+    shell_command, ws_open, Binary, TestServer, TestUser, Ws,
 };
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -183,23 +183,6 @@ async fn get_messages_pages_are_bounded_by_bytes_and_stay_oldest_first() {
 // ---------------------------------------------------------------------------------------------
 // Idle and slow connections (raw TCP)
 
-/// Reads until the server closes the connection; panics if it is still open after `BOUND`.
-async fn expect_closed_by_server(stream: &mut TcpStream) {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => panic!("the server kept the connection open for {BOUND:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-fn addr(s: &TestServer) -> String {
-    s.base.trim_start_matches("http://").to_string()
-}
-
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
     let s = TestServer::start_with(&["--idle-timeout", "1", "--header-read-timeout", "600"]).await;
@@ -260,7 +243,15 @@ async fn binary_with_fd_limit(dir: &std::path::Path, fds: u32, flags: &[&str]) -
 #[tokio::test]
 async fn health_answers_while_more_idle_sockets_are_open_than_the_fd_limit_allows() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--idle-timeout", "2", "--header-read-timeout", "2"];
+    // Every socket comes from 127.0.0.1: the per-address cap is off to reach the whole one.
+    let flags = [
+        "--idle-timeout",
+        "2",
+        "--header-read-timeout",
+        "2",
+        "--max-connections-per-ip",
+        "0",
+    ];
     let server = binary_with_fd_limit(dir.path(), 128, &flags).await;
     let mut idle = Vec::new();
     for _ in 0..200 {
@@ -339,19 +330,6 @@ async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory(
         grown >> 20
     );
     drop(stalled);
-}
-
-/// Sends `GET /health` on `stream` and waits (up to `wait`) for the start of an answer.
-async fn health_on(stream: &mut TcpStream, wait: Duration) -> Option<String> {
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    match timeout(wait, stream.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-        _ => None,
-    }
 }
 
 #[tokio::test]

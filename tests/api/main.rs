@@ -17,6 +17,7 @@ mod hostile;
 #[cfg(feature = "interop")]
 mod interop;
 mod keys;
+mod limits;
 mod linked;
 mod messages;
 mod ops;

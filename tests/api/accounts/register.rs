@@ -126,6 +126,30 @@ async fn register_email_is_optional_validated_and_unique_case_insensitively() {
 }
 
 #[tokio::test]
+async fn register_refuses_control_and_direction_characters_in_the_email() {
+    let s = TestServer::start().await;
+    // A tab or newline would break the columns of `users list` and the lines of the log; the
+    // line separators and direction overrides would reorder what an operator reads.
+    for bad in [
+        "tab\t@example.org",
+        "\"quoted\ttab\"@example.org",
+        "tab@exam\tple.org",
+        "new\nline@example.org",
+        "nul\u{0}@example.org",
+        "del\u{7f}@example.org",
+        "sep\u{2028}@example.org",
+        "rlo\u{202e}gro.elpmaxe@x.org",
+        "iso\u{2066}@example.org",
+    ] {
+        let a = register(&s, "ctrlmail", PASSWORD, Some(bad)).await;
+        assert_invalid(&a, "email", format!("email {bad:?}"));
+    }
+    // Nothing was stored: the name is still free.
+    let a = register(&s, "ctrlmail", PASSWORD, Some("ctrl@example.org")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+}
+
+#[tokio::test]
 async fn register_refuses_weak_passwords_naming_the_password_field() {
     let s = TestServer::start().await;
     let cases: [(&str, &str, Option<&str>, &str); 8] = [

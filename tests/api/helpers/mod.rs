@@ -1,12 +1,13 @@
 //! Everything the API suite shares: the server in-process (`server`), the built binary
 //! (`process`), WebSockets (`ws`), key material and device calls (`keys`), assertions on answers
-//! (`assert`), the steps operations and fault tests share (`traffic`) and the store the servers
+//! (`assert`), raw TCP for hostile clients (`raw`), the steps operations and fault tests share (`traffic`) and the store the servers
 //! use (`database`).
 
 mod assert;
 mod database;
 mod keys;
 mod process;
+mod raw;
 mod server;
 mod traffic;
 mod ws;
@@ -15,6 +16,7 @@ pub use assert::*;
 pub use database::*;
 pub use keys::*;
 pub use process::*;
+pub use raw::*;
 pub use server::*;
 pub use traffic::*;
 pub use ws::*;

@@ -311,6 +311,19 @@ async fn users_create_works_live_and_offline_with_closed_registration() {
         Some(&format!("{PASSWORD}\n")),
     );
     assert!(err.contains("username:"), "{err}");
+    let err = cli_err(
+        &[
+            "users",
+            "create",
+            "carol",
+            "--email",
+            "c\u{2028}c@x.org",
+            "--data-dir",
+            d,
+        ],
+        Some("x-Long-Unusual-77\n"),
+    );
+    assert!(err.contains("email:"), "{err}");
     assert_eq!(
         login_status(&server, "carol", "x-Long-Unusual-77").await,
         StatusCode::BAD_REQUEST
