@@ -11,6 +11,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::app::App;
+use crate::body::Body;
 use crate::error::ApiError;
 use crate::models::DeviceRef;
 use crate::storage::idempotency::{Remembered, SendKey};
@@ -84,24 +85,31 @@ impl Keyed {
     }
 }
 
-/// How a keyed send starts.
+/// How a send starts.
 pub enum Begun {
     /// Answered already (stored, or refused as a repeat): nothing to do.
     Answered(Response),
-    Fresh(Keyed),
+    /// To be run: its raw body, and its key if it has one.
+    Run(Vec<u8>, Option<Keyed>),
 }
 
-/// Starts a send under `key` from `sender` on `route` with the raw `body`: 409 while one with
-/// the key runs here, the stored answer (or 422, for another body) when one is stored.
+/// Reads a send's body after its `Idempotency-Key` header (400 if malformed). With a key, from
+/// `sender` on `route`: 409 while a send with it runs here, the stored answer (or 422, for
+/// another body) when one is stored.
 pub async fn begin(
     app: &App,
     sender: DeviceRef,
     route: u8,
-    key: String,
-    body: &[u8],
+    header: Option<&HeaderValue>,
+    body: Body,
 ) -> Result<Begun, ApiError> {
+    let key = parse(header)?;
+    let body = body.bytes(app.max_body()).await?;
+    let Some(key) = key else {
+        return Ok(Begun::Run(body, None));
+    };
     let key = SendKey { sender, route, key };
-    let body_hash: [u8; 32] = Sha256::digest(body).into();
+    let body_hash: [u8; 32] = Sha256::digest(&body).into();
     let claim = app
         .in_flight
         .claim(key)
@@ -109,11 +117,12 @@ pub async fn begin(
     if let Some(found) = app.storage.remembered(&claim.key).await? {
         return replay(&found, &body_hash).map(Begun::Answered);
     }
-    Ok(Begun::Fresh(Keyed {
+    let keyed = Keyed {
         claim,
         body_hash,
         created_ms: crate::auth::now_millis(),
-    }))
+    };
+    Ok(Begun::Run(body, Some(keyed)))
 }
 
 /// A stored answer, for a repeat with the body hashed to `body_hash`: 422 for another body.

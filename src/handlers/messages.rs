@@ -1,6 +1,7 @@
 //! Sending, fetching and deleting queued messages.
 
 use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
 
 use super::{detached, json, Answer};
 use crate::app::App;
@@ -24,16 +25,10 @@ pub async fn send(
     body: Body,
 ) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let key = idempotency::parse(key.as_ref())?;
-    let bytes = body.bytes(app.max_body()).await?;
-    let keyed = match key {
-        Some(key) => {
-            match idempotency::begin(&app, sender.of(user.id), ROUTE_SEND, key, &bytes).await? {
-                Begun::Answered(answer) => return Ok(answer),
-                Begun::Fresh(keyed) => Some(keyed),
-            }
-        }
-        None => None,
+    let started = idempotency::begin(&app, sender.of(user.id), ROUTE_SEND, key.as_ref(), body);
+    let (bytes, keyed) = match started.await? {
+        Begun::Answered(answer) => return Ok(answer),
+        Begun::Run(bytes, keyed) => (bytes, keyed),
     };
     let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = Send::parse(&value, app.config.max_message_bytes)?;
@@ -63,27 +58,36 @@ pub async fn send(
     // The live push follows the commit even if the sender hangs up meanwhile; a keyed send
     // stays in flight until then.
     detached(async move {
-        let cap = app.config.max_queued_messages;
-        let (message, (status, body)) = match keyed {
-            None => {
-                let m = app.storage.enqueue(to, message, cap).await;
-                let m = m.map_err(recipient_error)?;
-                let answer = sent_one(std::slice::from_ref(&m));
-                (m, answer)
-            }
-            Some(keyed) => {
-                let remember = remember(&keyed, &sent_one);
-                let sent = app.storage.enqueue_once(to, message, cap, &remember).await;
-                match sent.map_err(recipient_error)? {
-                    Sent::Queued(m, r) => (m, (r.status, r.body)),
-                    Sent::Answered(found) => return idempotency::replay(&found, &keyed.body_hash),
-                }
-            }
-        };
-        app.hub.deliver(to, message.id);
-        Ok(idempotency::response(status, body))
+        let (queued, answer) = queue_one(&app, to, message, keyed).await?;
+        if let Some(m) = queued {
+            app.hub.deliver(to, m.id);
+        }
+        Ok(answer)
     })
     .await
+}
+
+/// Queues one message, under its key if it has one: the message if it was queued now (not
+/// for a repeat answered from its record), and the answer.
+async fn queue_one(
+    app: &App,
+    to: DeviceRef,
+    message: Message,
+    keyed: Option<Keyed>,
+) -> Result<(Option<Message>, Response), ApiError> {
+    let cap = app.config.max_queued_messages;
+    let Some(keyed) = keyed else {
+        let m = app.storage.enqueue(to, message, cap).await;
+        let m = m.map_err(recipient_error)?;
+        let (status, body) = sent_one(std::slice::from_ref(&m));
+        return Ok((Some(m), idempotency::response(status, body)));
+    };
+    let remember = remember(&keyed, &sent_one);
+    let sent = app.storage.enqueue_once(to, message, cap, &remember).await;
+    match sent.map_err(recipient_error)? {
+        Sent::Queued(m, r) => Ok((Some(m), idempotency::response(r.status, r.body))),
+        Sent::Answered(found) => Ok((None, idempotency::replay(&found, &keyed.body_hash)?)),
+    }
 }
 
 /// The answer to a send of one message: 201 and the message as queued.
@@ -122,16 +126,10 @@ pub async fn send_all(
     body: Body,
 ) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let key = idempotency::parse(key.as_ref())?;
-    let bytes = body.bytes(app.max_body()).await?;
-    let keyed = match key {
-        Some(key) => {
-            match idempotency::begin(&app, sender.of(user.id), ROUTE_SEND_ALL, key, &bytes).await? {
-                Begun::Answered(answer) => return Ok(answer),
-                Begun::Fresh(keyed) => Some(keyed),
-            }
-        }
-        None => None,
+    let started = idempotency::begin(&app, sender.of(user.id), ROUTE_SEND_ALL, key.as_ref(), body);
+    let (bytes, keyed) = match started.await? {
+        Begun::Answered(answer) => return Ok(answer),
+        Begun::Run(bytes, keyed) => (bytes, keyed),
     };
     let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = SendAll::parse(&value, app.config.max_message_bytes)?;
@@ -160,44 +158,61 @@ pub async fn send_all(
             },
         })
         .collect();
+    let to = Fanout {
+        recipient: recipient.id,
+        skip,
+        timestamp,
+    };
     // The live pushes follow the commit even if the sender hangs up meanwhile; a keyed send
     // stays in flight until then.
     detached(async move {
-        let cap = app.config.max_queued_messages;
-        let answer = |queued: &[Message]| sent_all(timestamp, queued);
-        let (queued, (status, body)) = match keyed {
-            None => {
-                let q = app
-                    .storage
-                    .enqueue_all(recipient.id, skip, outgoing, cap)
-                    .await;
-                let q = q.map_err(recipient_error)?;
-                let made = answer(&q);
-                (q, made)
-            }
-            Some(keyed) => {
-                let remember = remember(&keyed, &answer);
-                let sent = app
-                    .storage
-                    .enqueue_all_once(recipient.id, skip, outgoing, cap, &remember)
-                    .await;
-                match sent.map_err(recipient_error)? {
-                    Sent::Queued(q, r) => (q, (r.status, r.body)),
-                    Sent::Answered(found) => return idempotency::replay(&found, &keyed.body_hash),
-                }
-            }
-        };
+        let (queued, answer) = queue_all(&app, &to, outgoing, keyed).await?;
         for m in &queued {
             let device = address_device_id(&m.recipient_address).unwrap_or_default();
-            let to = DeviceRef {
-                user: recipient.id,
+            let device = DeviceRef {
+                user: to.recipient,
                 device,
             };
-            app.hub.deliver(to, m.id);
+            app.hub.deliver(device, m.id);
         }
-        Ok(idempotency::response(status, body))
+        Ok(answer)
     })
     .await
+}
+
+/// Where a send to every device goes, and its timestamp (in its answer).
+struct Fanout {
+    recipient: u64,
+    skip: Option<u32>,
+    timestamp: u64,
+}
+
+/// Queues a send to every device, under its key if it has one: the messages queued now (none
+/// for a repeat answered from its record), and the answer.
+async fn queue_all(
+    app: &App,
+    to: &Fanout,
+    outgoing: Vec<Outgoing>,
+    keyed: Option<Keyed>,
+) -> Result<(Vec<Message>, Response), ApiError> {
+    let (cap, storage) = (app.config.max_queued_messages, &app.storage);
+    let answer = |queued: &[Message]| sent_all(to.timestamp, queued);
+    let Some(keyed) = keyed else {
+        let q = storage
+            .enqueue_all(to.recipient, to.skip, outgoing, cap)
+            .await;
+        let q = q.map_err(recipient_error)?;
+        let (status, body) = answer(&q);
+        return Ok((q, idempotency::response(status, body)));
+    };
+    let remember = remember(&keyed, &answer);
+    let sent = storage
+        .enqueue_all_once(to.recipient, to.skip, outgoing, cap, &remember)
+        .await;
+    match sent.map_err(recipient_error)? {
+        Sent::Queued(q, r) => Ok((q, idempotency::response(r.status, r.body))),
+        Sent::Answered(found) => Ok((Vec::new(), idempotency::replay(&found, &keyed.body_hash)?)),
+    }
 }
 
 /// The answer to a send to every device: 201, the timestamp, and each device's message id.
