@@ -80,7 +80,7 @@ impl Storage {
     /// The record stored under `key`, if any.
     pub async fn remembered(&self, key: &SendKey) -> Result<Option<Remembered>, StoreError> {
         match self {
-            Storage::Sled(s) => s.remembered(key),
+            Storage::Sled(s) => s.remembered(key).await,
             Storage::Postgres(p) => Box::pin(p.remembered(key)).await,
         }
     }

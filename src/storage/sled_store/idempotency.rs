@@ -59,17 +59,20 @@ impl SledStore {
         Ok(keys::idempotency(slot, key.route, &key.key))
     }
 
-    pub fn remembered(&self, key: &SendKey) -> Result<Option<Remembered>, StoreError> {
+    /// The record under `key`; on disk when returned (the send that wrote it may have failed
+    /// its flush, and an answer sent again must be as durable as the first).
+    pub async fn remembered(&self, key: &SendKey) -> Result<Option<Remembered>, StoreError> {
         let Some(slot) = self.slot(key.sender)? else {
             return Ok(None);
         };
-        match self
+        let found = self
             .idempotency
-            .get(keys::idempotency(slot, key.route, &key.key))?
-        {
-            Some(v) => Ok(Some(decode_record(&v)?)),
-            None => Ok(None),
-        }
+            .get(keys::idempotency(slot, key.route, &key.key))?;
+        let Some(v) = found else {
+            return Ok(None);
+        };
+        self.sync().await?;
+        Ok(Some(decode_record(&v)?))
     }
 
     /// `enqueue` with the send's record in the same transaction (see `Storage::enqueue_once`).
