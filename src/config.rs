@@ -149,6 +149,12 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_SERVER_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
 
+    /// MiB of disk kept in reserve: a file `reserve` in the data dir, deleted when storage fails
+    /// (a full disk) so that the database can open and be drained at the next start, and made
+    /// again at a start (or later) once at least twice its size is free. 0: none.
+    #[arg(long, env = "SIGNAL_SERVER_RESERVE_MB", default_value_t = 64)]
+    pub reserve_mb: u64,
+
     /// Address for `GET /metrics` (Prometheus text format), IP:PORT or HOST:PORT; off when not
     /// given.
     #[arg(long, env = "SIGNAL_SERVER_METRICS_LISTEN", value_parser = socket_addr)]

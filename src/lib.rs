@@ -5,6 +5,7 @@
 //! - `admin`: operator commands, over the admin socket of a running server or in-process.
 //! - `server`: `run(listener, app, shutdown)`, the data-dir lock, background sweeps.
 //! - `datadir`: the data dir's modes, the database check and owner switch of operator commands.
+//! - `reserve`: the disk reserve in the data dir, given back when a full disk stops the server.
 //! - `net`: the accept loop (HTTP/1.1): connection caps (all, per client address), header-read
 //!   and idle timeouts, shutdown deadline.
 //! - `app`: the shared state handed to every handler.
@@ -46,6 +47,7 @@ pub mod net;
 pub mod password;
 pub mod ratelimit;
 pub mod requests;
+pub mod reserve;
 pub mod route_table;
 pub mod routes;
 pub mod server;

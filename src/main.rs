@@ -21,17 +21,24 @@ async fn main() {
     let listen = config.listen;
     let app = App::open(config).await.unwrap_or_else(|e| fail(&e));
     server::exit_on_storage_failure(&app);
+    signal_server::reserve::keep(&app).await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
     let addr = listener.local_addr().unwrap_or(listen);
     log::info!("listening on http://{addr}");
     server::notify_systemd("READY=1");
+    let storage = app.storage.clone();
     server::run(listener, app, async {
         stop.await;
         server::notify_systemd("STOPPING=1");
     })
     .await;
+    // A final flush that failed or ran out of time: not a clean stop (for the supervisor).
+    if let Some(reason) = storage.failure() {
+        log::error!("exiting with status 1 after a storage failure: {reason}");
+        std::process::exit(1);
+    }
     log::info!("stopped");
 }
 

@@ -2,7 +2,8 @@
 //! production and tests share.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -43,8 +44,11 @@ pub async fn run(
         app.config.data_dir.join(crate::admin::SOCKET),
     ));
     let hub_app = app.clone();
+    let stopping: Arc<OnceLock<Instant>> = Arc::default();
+    let stop_started = stopping.clone();
     let shutdown = async move {
         shutdown.await;
+        let _ = stop_started.set(Instant::now());
         log::info!("shutting down");
         hub_app.hub.close_all();
     };
@@ -64,9 +68,18 @@ pub async fn run(
         m.abort();
     }
     let _ = std::fs::remove_file(app.config.data_dir.join(crate::admin::SOCKET));
-    if let Err(e) = app.storage.close().await {
+    if let Err(e) = app.storage.close(flush_time(&app, &stopping)).await {
         log::error!("final flush failed: {e}");
     }
+}
+
+/// What is left of the stop's deadline (`--shutdown-timeout`, counted from the signal) for the
+/// final flush, and at least a second: a flush stuck on a full disk must not hold the stop, and
+/// requests that used up the deadline must not fail a healthy flush.
+fn flush_time(app: &App, stopping: &OnceLock<Instant>) -> Duration {
+    let deadline = Duration::from_secs(app.config.shutdown_timeout);
+    let used = stopping.get().map_or(Duration::ZERO, Instant::elapsed);
+    deadline.saturating_sub(used).max(Duration::from_secs(1))
 }
 
 /// With several instances (PostgreSQL), connects the hub to the others: its signals go out,
@@ -89,15 +102,23 @@ fn relay_signals(app: &App) -> Vec<tokio::task::JoinHandle<()>> {
 /// (requests in flight may be blocked in sled, and its final flush may never return), and
 /// sled's recovery at the next start keeps everything a flush confirmed, so exiting loses
 /// nothing acknowledged. Runs on a thread of its own so that it works with every runtime
-/// thread blocked; the short grace lets the 503s already decided reach their clients.
+/// thread blocked; the short grace lets the 503s already decided reach their clients. The disk
+/// reserve is deleted at once, so that the next start has room to open and drain the database;
+/// and again before exiting, in case a retry of `reserve::keep` was making it meanwhile.
 pub fn exit_on_storage_failure(app: &App) {
     let storage = app.storage.clone();
+    let reserve = crate::reserve::Reserve::of(app);
     let watch = move || {
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let reason = runtime.block_on(storage.failed());
         log::error!("exiting with status 1 after a storage failure: {reason}");
         notify_systemd("STATUS=storage failed; exiting");
+        let release = || reserve.as_ref().is_some_and(|r| r.release());
+        if release() {
+            log::warn!("deleted the disk reserve, so that the next start has room to drain");
+        }
         std::thread::sleep(Duration::from_secs(1));
+        release();
         std::process::exit(1)
     };
     let spawned = std::thread::Builder::new()

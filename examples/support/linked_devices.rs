@@ -59,6 +59,8 @@ impl Client {
             return super::fail(format!("linked as {linked:?}"));
         }
         self.device_id = device_id(linked.device_id)?;
+        // From now on this install acts with the token bound to its device, which dies with it.
+        self.token = linked.token;
         Ok(uploaded)
     }
 

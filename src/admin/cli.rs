@@ -120,7 +120,8 @@ async fn in_process(mut config: Config, command: &Command) -> Result<Vec<u8>> {
     let app = App::open(config).await?;
     let mut out = Vec::new();
     execute(&app, command.clone(), &mut out).await?;
-    app.storage.close().await?;
+    let within = std::time::Duration::from_secs(app.config.flush_timeout);
+    app.storage.close(within).await?;
     Ok(out)
 }
 

@@ -194,7 +194,7 @@ async fn session(app: App, grant: Grant, socket: WebSocket) {
     // Checked once registered: a device removed or a password changed since the upgrade's own
     // check (the hub's close came before this socket was there to get it) ends it here.
     let backlog = match still_granted(&app, &grant, &mut out).await {
-        Ok(()) => match send_queue(&app, device, &mut sent, &mut out).await {
+        Ok(()) => match send_backlog(&app, device, &mut sent, &mut out).await {
             Ok(()) => out.send(Frame::text(r#"{"type":"queue_empty"}"#)).await,
             Err(e) => Err(e),
         },
@@ -303,7 +303,7 @@ async fn live(app: &App, grant: &Grant, out: &mut Outbox, feeds: &mut Feeds<'_>,
                 }
                 if let Err(e) = still_granted(app, grant, out).await { break e; }
                 if sent.keep {
-                    if let Err(e) = send_queue(app, device, &mut sent, out).await { break e; }
+                    if let Err(e) = resync_queue(app, device, &mut sent, out).await { break e; }
                 }
             },
             frame = feeds.rx.next() => match frame {
@@ -339,15 +339,13 @@ async fn resync_due(every: &mut tokio::time::Interval, asked: &mut watch::Receiv
     }
 }
 
-/// Sends the queue oldest first, except what this connection sent already. With other
-/// instances, ids no longer queued are then forgotten, so the set stays as small as the queue.
-async fn send_queue(
+/// Sends the backlog oldest first, each id counted as sent.
+async fn send_backlog(
     app: &App,
     device: DeviceRef,
     sent: &mut Sent,
     out: &mut Outbox,
 ) -> Result<(), String> {
-    let mut queued = HashSet::new();
     let mut last_read = 0u64;
     loop {
         let page = app
@@ -358,17 +356,48 @@ async fn send_queue(
         let Some(last) = page.last() else { break };
         last_read = last.id;
         for m in &page {
-            if sent.keep {
-                queued.insert(m.id);
-            }
             if sent.ids.insert(m.id) {
                 out.send(message_frame_of(m)?).await?;
             }
         }
     }
-    if sent.keep {
-        sent.ids.retain(|id| queued.contains(id));
+    Ok(())
+}
+
+/// Ids read at once by a re-read of the queue.
+const RESYNC_PAGE: usize = 5000;
+
+/// Re-reads the queue (another instance's signal may have been lost): its ids only, then the
+/// messages this connection has not sent yet, so an idle socket over a large queue reads a few
+/// bytes per message, not the queue. Ids no longer queued are forgotten.
+async fn resync_queue(
+    app: &App,
+    device: DeviceRef,
+    sent: &mut Sent,
+    out: &mut Outbox,
+) -> Result<(), String> {
+    let failed = |e| format!("{e:?}");
+    let mut queued = HashSet::new();
+    let mut after = 0u64;
+    loop {
+        let ids = app
+            .storage
+            .queued_ids(device, after, RESYNC_PAGE)
+            .await
+            .map_err(failed)?;
+        let Some(&last) = ids.last() else { break };
+        after = last;
+        for id in ids {
+            queued.insert(id);
+            if !sent.ids.insert(id) {
+                continue;
+            }
+            if let Some(m) = app.storage.message(device, id).await.map_err(failed)? {
+                out.send(message_frame_of(&m)?).await?;
+            }
+        }
     }
+    sent.ids.retain(|id| queued.contains(id));
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! use, on one `Storage` value whatever keeps the data. Verbs take and return domain types, are
 //! async, and are durable when they return `Ok` (sled: after the group-commit fsync; see
 //! `sled_store`). Invariants (a key handed out once, caps, all-or-nothing writes) are the
-//! backend's to keep, never the caller's.
+//! backend's to keep, never the caller's. Every sled arm passes its result through
+//! `SledStore::watched`, so that an I/O error of sled's, wherever it shows, fails storage.
 //!
 //! Enum dispatch rather than a trait object: the set of backends is closed, the calls stay
 //! static, and each verb is one `match`. The PostgreSQL arms are boxed: their futures are some
@@ -191,7 +192,9 @@ impl Storage {
         invite: Option<&[u8]>,
     ) -> Result<User, StoreError> {
         match self {
-            Storage::Sled(s) => s.create_user(username, email, password_hash, invite).await,
+            Storage::Sled(s) => {
+                s.watched(s.create_user(username, email, password_hash, invite).await)
+            }
             Storage::Postgres(p) => {
                 Box::pin(p.create_user(username, email, password_hash, invite)).await
             }
@@ -200,21 +203,21 @@ impl Storage {
 
     pub async fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
         match self {
-            Storage::Sled(s) => s.user(id),
+            Storage::Sled(s) => s.watched(s.user(id)),
             Storage::Postgres(p) => Box::pin(p.user(id)).await,
         }
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         match self {
-            Storage::Sled(s) => s.user_by_name(username),
+            Storage::Sled(s) => s.watched(s.user_by_name(username)),
             Storage::Postgres(p) => Box::pin(p.user_by_name(username)).await,
         }
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         match self {
-            Storage::Sled(s) => s.user_by_email(email),
+            Storage::Sled(s) => s.watched(s.user_by_email(email)),
             Storage::Postgres(p) => Box::pin(p.user_by_email(email)).await,
         }
     }
@@ -222,7 +225,7 @@ impl Storage {
     /// Up to `limit` users with ids above `after`, by id.
     pub async fn users_page(&self, after: u64, limit: usize) -> Result<Vec<User>, StoreError> {
         match self {
-            Storage::Sled(s) => s.users_page(after, limit),
+            Storage::Sled(s) => s.watched(s.users_page(after, limit)),
             Storage::Postgres(p) => Box::pin(p.users_page(after, limit)).await,
         }
     }
@@ -233,14 +236,14 @@ impl Storage {
         password_hash: String,
     ) -> Result<User, StoreError> {
         match self {
-            Storage::Sled(s) => s.set_password(user_id, password_hash).await,
+            Storage::Sled(s) => s.watched(s.set_password(user_id, password_hash).await),
             Storage::Postgres(p) => Box::pin(p.set_password(user_id, password_hash)).await,
         }
     }
 
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.delete_user(user_id).await,
+            Storage::Sled(s) => s.watched(s.delete_user(user_id).await),
             Storage::Postgres(p) => Box::pin(p.delete_user(user_id)).await,
         }
     }
@@ -251,7 +254,7 @@ impl Storage {
         grant: &ResetGrant,
     ) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.put_reset_token(token_hash, grant).await,
+            Storage::Sled(s) => s.watched(s.put_reset_token(token_hash, grant).await),
             Storage::Postgres(p) => Box::pin(p.put_reset_token(token_hash, grant)).await,
         }
     }
@@ -261,21 +264,21 @@ impl Storage {
         token_hash: &[u8],
     ) -> Result<Option<ResetGrant>, StoreError> {
         match self {
-            Storage::Sled(s) => s.take_reset_token(token_hash).await,
+            Storage::Sled(s) => s.watched(s.take_reset_token(token_hash).await),
             Storage::Postgres(p) => Box::pin(p.take_reset_token(token_hash)).await,
         }
     }
 
     pub async fn reset_grant(&self, token_hash: &[u8]) -> Result<Option<ResetGrant>, StoreError> {
         match self {
-            Storage::Sled(s) => s.reset_grant(token_hash),
+            Storage::Sled(s) => s.watched(s.reset_grant(token_hash)),
             Storage::Postgres(p) => Box::pin(p.reset_grant(token_hash)).await,
         }
     }
 
     pub async fn sweep_reset_tokens(&self, now: u64) -> Result<usize, StoreError> {
         match self {
-            Storage::Sled(s) => s.sweep_reset_tokens(now).await,
+            Storage::Sled(s) => s.watched(s.sweep_reset_tokens(now).await),
             Storage::Postgres(p) => Box::pin(p.sweep_reset_tokens(now)).await,
         }
     }
@@ -286,7 +289,7 @@ impl Storage {
         created_at: u64,
     ) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.create_invite(token_hash, created_at).await,
+            Storage::Sled(s) => s.watched(s.create_invite(token_hash, created_at).await),
             Storage::Postgres(p) => Box::pin(p.create_invite(token_hash, created_at)).await,
         }
     }
@@ -296,7 +299,7 @@ impl Storage {
     /// The account's primary device (the one `POST /device` created).
     pub async fn device(&self, user_id: u64) -> Result<Option<Device>, StoreError> {
         match self {
-            Storage::Sled(s) => s.device(user_id),
+            Storage::Sled(s) => s.watched(s.device(user_id)),
             Storage::Postgres(p) => Box::pin(p.device(user_id)).await,
         }
     }
@@ -305,7 +308,7 @@ impl Storage {
     /// it has none.
     pub async fn devices(&self, user_id: u64) -> Result<Vec<Device>, StoreError> {
         match self {
-            Storage::Sled(s) => s.devices(user_id),
+            Storage::Sled(s) => s.watched(s.devices(user_id)),
             Storage::Postgres(p) => Box::pin(p.devices(user_id)).await,
         }
     }
@@ -315,7 +318,7 @@ impl Storage {
     /// account has no device with that id. Tokens bound to a device and open sockets keep it.
     pub async fn device_stamp(&self, device: DeviceRef) -> Result<Option<u64>, StoreError> {
         match self {
-            Storage::Sled(s) => s.device_stamp(device),
+            Storage::Sled(s) => s.watched(s.device_stamp(device)),
             Storage::Postgres(p) => Box::pin(p.device_stamp(device)).await,
         }
     }
@@ -331,7 +334,7 @@ impl Storage {
         kyber: &[SignedPreKey],
     ) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.create_device(user_id, device, prekeys, kyber).await,
+            Storage::Sled(s) => s.watched(s.create_device(user_id, device, prekeys, kyber).await),
             Storage::Postgres(p) => {
                 Box::pin(p.create_device(user_id, device, prekeys, kyber)).await
             }
@@ -351,10 +354,10 @@ impl Storage {
         max_devices: u32,
     ) -> Result<Device, StoreError> {
         match self {
-            Storage::Sled(s) => {
+            Storage::Sled(s) => s.watched(
                 s.link_device(user_id, device, prekeys, kyber, max_devices)
-                    .await
-            }
+                    .await,
+            ),
             Storage::Postgres(p) => {
                 Box::pin(p.link_device(user_id, device, prekeys, kyber, max_devices)).await
             }
@@ -365,7 +368,7 @@ impl Storage {
     /// the primary.
     pub async fn unlink_device(&self, device: DeviceRef) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.unlink_device(device).await,
+            Storage::Sled(s) => s.watched(s.unlink_device(device).await),
             Storage::Postgres(p) => Box::pin(p.unlink_device(device)).await,
         }
     }
@@ -373,7 +376,7 @@ impl Storage {
     /// Removes every device of the account with their keys and queues (`NoDevice` if none).
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.delete_device(user_id).await,
+            Storage::Sled(s) => s.watched(s.delete_device(user_id).await),
             Storage::Postgres(p) => Box::pin(p.delete_device(user_id)).await,
         }
     }
@@ -384,14 +387,14 @@ impl Storage {
         key: &SignedPreKey,
     ) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.set_signed_prekey(device, key).await,
+            Storage::Sled(s) => s.watched(s.set_signed_prekey(device, key).await),
             Storage::Postgres(p) => Box::pin(p.set_signed_prekey(device, key)).await,
         }
     }
 
     pub async fn stock(&self, device: DeviceRef) -> Result<Stock, StoreError> {
         match self {
-            Storage::Sled(s) => s.stock(device),
+            Storage::Sled(s) => s.watched(s.stock(device)),
             Storage::Postgres(p) => Box::pin(p.stock(device)).await,
         }
     }
@@ -403,7 +406,7 @@ impl Storage {
         cap: u32,
     ) -> Result<u32, StoreError> {
         match self {
-            Storage::Sled(s) => s.add_prekeys(device, new, cap).await,
+            Storage::Sled(s) => s.watched(s.add_prekeys(device, new, cap).await),
             Storage::Postgres(p) => Box::pin(p.add_prekeys(device, new, cap)).await,
         }
     }
@@ -416,7 +419,7 @@ impl Storage {
         cap: u32,
     ) -> Result<u32, StoreError> {
         match self {
-            Storage::Sled(s) => s.add_kyber_prekeys(device, new, last_resort, cap).await,
+            Storage::Sled(s) => s.watched(s.add_kyber_prekeys(device, new, last_resort, cap).await),
             Storage::Postgres(p) => {
                 Box::pin(p.add_kyber_prekeys(device, new, last_resort, cap)).await
             }
@@ -425,7 +428,7 @@ impl Storage {
 
     pub async fn pop_prekeys(&self, device: DeviceRef) -> Result<Popped, StoreError> {
         match self {
-            Storage::Sled(s) => s.pop_prekeys(device).await,
+            Storage::Sled(s) => s.watched(s.pop_prekeys(device).await),
             Storage::Postgres(p) => Box::pin(p.pop_prekeys(device)).await,
         }
     }
@@ -440,7 +443,7 @@ impl Storage {
         cap: u32,
     ) -> Result<Message, StoreError> {
         match self {
-            Storage::Sled(s) => s.enqueue(recipient, message, cap).await,
+            Storage::Sled(s) => s.watched(s.enqueue(recipient, message, cap).await),
             Storage::Postgres(p) => Box::pin(p.enqueue(recipient, message, cap)).await,
         }
     }
@@ -457,7 +460,7 @@ impl Storage {
         cap: u32,
     ) -> Result<Vec<Message>, StoreError> {
         match self {
-            Storage::Sled(s) => s.enqueue_all(recipient, skip, outgoing, cap).await,
+            Storage::Sled(s) => s.watched(s.enqueue_all(recipient, skip, outgoing, cap).await),
             Storage::Postgres(p) => Box::pin(p.enqueue_all(recipient, skip, outgoing, cap)).await,
         }
     }
@@ -469,7 +472,7 @@ impl Storage {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         match self {
-            Storage::Sled(s) => s.messages(recipient, after, limit),
+            Storage::Sled(s) => s.watched(s.messages(recipient, after, limit)),
             Storage::Postgres(p) => Box::pin(p.messages(recipient, after, limit)).await,
         }
     }
@@ -482,10 +485,24 @@ impl Storage {
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
         match self {
-            Storage::Sled(s) => s.messages_page(recipient, after, limit, max_bytes),
+            Storage::Sled(s) => s.watched(s.messages_page(recipient, after, limit, max_bytes)),
             Storage::Postgres(p) => {
                 Box::pin(p.messages_page(recipient, after, limit, max_bytes)).await
             }
+        }
+    }
+
+    /// The ids of `recipient`'s queued messages after `after`, oldest first, at most `limit`:
+    /// what a socket re-reading its queue needs, without the messages themselves.
+    pub async fn queued_ids(
+        &self,
+        recipient: DeviceRef,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.queued_ids(recipient, after, limit),
+            Storage::Postgres(p) => Box::pin(p.queued_ids(recipient, after, limit)).await,
         }
     }
 
@@ -495,7 +512,7 @@ impl Storage {
         id: u64,
     ) -> Result<Option<Message>, StoreError> {
         match self {
-            Storage::Sled(s) => s.message(recipient, id),
+            Storage::Sled(s) => s.watched(s.message(recipient, id)),
             Storage::Postgres(p) => Box::pin(p.message(recipient, id)).await,
         }
     }
@@ -507,21 +524,21 @@ impl Storage {
         ids: &[u64],
     ) -> Result<Vec<DeleteOutcome>, StoreError> {
         match self {
-            Storage::Sled(s) => s.delete_messages(recipient, ids).await,
+            Storage::Sled(s) => s.watched(s.delete_messages(recipient, ids).await),
             Storage::Postgres(p) => Box::pin(p.delete_messages(recipient, ids)).await,
         }
     }
 
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Storage::Sled(s) => s.sweep_expired(cutoff_ms).await,
+            Storage::Sled(s) => s.watched(s.sweep_expired(cutoff_ms).await),
             Storage::Postgres(p) => Box::pin(p.sweep_expired(cutoff_ms)).await,
         }
     }
 
     pub async fn queue_len(&self, recipient: DeviceRef) -> Result<u32, StoreError> {
         match self {
-            Storage::Sled(s) => s.queue_len(recipient),
+            Storage::Sled(s) => s.watched(s.queue_len(recipient)),
             Storage::Postgres(p) => Box::pin(p.queue_len(recipient)).await,
         }
     }
@@ -531,14 +548,14 @@ impl Storage {
     /// Counts the totals if this backend keeps them (sled counts once per process).
     pub async fn count_totals(&self) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.count_totals().await,
+            Storage::Sled(s) => s.watched(s.count_totals().await),
             Storage::Postgres(_) => Ok(()),
         }
     }
 
     pub async fn totals(&self) -> Result<Totals, StoreError> {
         match self {
-            Storage::Sled(s) => s.totals(),
+            Storage::Sled(s) => s.watched(s.totals()),
             Storage::Postgres(p) => Box::pin(p.totals()).await,
         }
     }
@@ -546,7 +563,7 @@ impl Storage {
     /// Writes every record in the backup format (one instant of the whole store).
     pub async fn backup(&self, out: &mut (dyn Write + Send)) -> Result<BackupSummary, StoreError> {
         match self {
-            Storage::Sled(s) => s.backup(out).await,
+            Storage::Sled(s) => s.watched(s.backup(out).await),
             Storage::Postgres(p) => p.backup(out).await,
         }
     }
@@ -581,6 +598,14 @@ impl Storage {
         }
     }
 
+    /// Why storage has failed for good, if it has (sled's fail-stop); never on PostgreSQL.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Storage::Sled(s) => s.failure(),
+            Storage::Postgres(_) => None,
+        }
+    }
+
     /// Resolves with the reason once storage has failed for good (sled's fail-stop: the binary
     /// then exits for its supervisor to restart it); never for a backend that recovers.
     pub async fn failed(&self) -> String {
@@ -591,10 +616,11 @@ impl Storage {
         }
     }
 
-    /// Writes out what is pending before the process exits (sled: a final flush).
-    pub async fn close(&self) -> Result<(), StoreError> {
+    /// Writes out what is pending before the process exits (sled: a final flush), waiting at
+    /// most `within`: a flush stuck on a full or stalled disk fails storage instead.
+    pub async fn close(&self, within: std::time::Duration) -> Result<(), StoreError> {
         match self {
-            Storage::Sled(s) => s.flush(),
+            Storage::Sled(s) => s.close(within).await,
             // Every acknowledged write is committed already.
             Storage::Postgres(_) => Ok(()),
         }

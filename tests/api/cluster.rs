@@ -373,3 +373,57 @@ async fn wait_for_health(node: &BinaryApi) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Bytes the process has read so far, from every file and socket (`/proc/<pid>/io`).
+fn bytes_read(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/<pid>/io")
+}
+
+/// A socket's re-read of its queue (here forced by cutting the listening connections, after
+/// which every session re-reads) reads ids, not the queue: an idle socket over 9 MB of queued
+/// messages used to pull all of them from the database at every re-read.
+#[tokio::test]
+async fn a_resync_reads_the_queue_s_ids_not_its_messages() {
+    let Some(c) = instances(1, &[]).await else {
+        return;
+    };
+    let node = &c.nodes[0];
+    let alice = node.user_with_device("alice", 11, 0, 0).await;
+    let bob = node.user_with_device("bob", 4242, 0, 0).await;
+    let big = "x".repeat(60_000);
+    for _ in 0..150 {
+        let (status, body) = send(node, &alice, "bob", &big).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let queued = 150 * big.len() as u64;
+    let mut ws = ws_connect(&node.ws_url("/messages/4242/ws"), &bob.token).await;
+    assert_eq!(read_backlog(&mut ws).await.len(), 150);
+    let before = bytes_read(node.pid());
+    for _ in 0..3 {
+        assert!(c.cut_listeners().await >= 1, "the instance listens");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until it listens again (a second later) and has re-read.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while c.listeners().await == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "listening again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let read = bytes_read(node.pid()) - before;
+    assert!(
+        read < queued / 4,
+        "three re-reads of a {queued}-byte queue read {read} bytes"
+    );
+    // Nothing was sent twice meanwhile.
+    let next = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    assert!(
+        !matches!(next, Ok(Some(Ok(Frame::Text(_))))),
+        "a message again: {next:?}"
+    );
+}

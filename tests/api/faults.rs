@@ -86,6 +86,14 @@ impl Tmpfs {
         self.dir.path()
     }
 
+    /// Writes a file of `bytes` (real pages: tmpfs keeps written zeros), for the test to delete
+    /// when it wants space back.
+    fn filler(&self, name: &str, bytes: u64) -> PathBuf {
+        let filler = self.path().join(name);
+        std::fs::write(&filler, vec![0u8; bytes as usize]).expect("write filler");
+        filler
+    }
+
     /// Fills the disk with a file of its own until `leave` bytes are free.
     fn fill(&self, leave: u64) -> PathBuf {
         let out = Command::new("df")
@@ -98,10 +106,7 @@ impl Tmpfs {
             .last()
             .and_then(|l| l.trim().parse().ok())
             .expect("df --output=avail");
-        let filler = self.path().join("filler");
-        let bytes = vec![0u8; avail.saturating_sub(leave) as usize];
-        std::fs::write(&filler, bytes).expect("write filler");
-        filler
+        self.filler("filler", avail.saturating_sub(leave))
     }
 }
 
@@ -115,15 +120,16 @@ fn send_body(to: &TestUser, text: &str) -> Value {
     json!({"recipient": to.username, "message": message_text(to.reg_id, text)})
 }
 
-/// Sends until the server refuses: the ids it acknowledged, and how it refused (`None` when
-/// the connection failed).
+/// Sends messages of about `size` bytes until the server refuses: the ids it acknowledged, and
+/// how it refused (`None` when the connection failed).
 async fn send_until_refused(
     server: &Binary,
     from: &TestUser,
     to: &TestUser,
+    size: usize,
 ) -> (Vec<u64>, Option<(StatusCode, Value)>) {
     let path = format!("/messages/{}", from.reg_id);
-    let padding = "x".repeat(4000);
+    let padding = "x".repeat(size);
     let mut acked = Vec::new();
     for i in 0..5000 {
         let body = send_body(to, &format!("{i} {padding}"));
@@ -159,8 +165,38 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let bob = server.user_with_device("bob", 22, 0, 0).await;
     let filler = disk.fill(1 << 20);
 
-    let (acked, refused) = send_until_refused(&server, &alice, &bob).await;
+    let acked = fill_until_stopped(&mut server, &alice, &bob, 4000).await;
     assert!(!acked.is_empty(), "no send fitted in the space left");
+    drop(server);
+
+    // Space is back: the restarted server has every acknowledged message and takes new ones.
+    std::fs::remove_file(filler).expect("remove filler");
+    let server = Binary::start(&data, &[]).await;
+    let path = format!("/messages/{}?limit=1000", bob.reg_id);
+    let (status, queue) = server.call("GET", &path, Some(&bob.token), None).await;
+    assert_eq!(status, StatusCode::OK, "{queue}");
+    let stored = message_ids(&queue);
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    let body = send_body(&bob, "after");
+    let path = format!("/messages/{}", alice.reg_id);
+    let (status, res) = server
+        .call("POST", &path, Some(&alice.token), Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+}
+
+/// Sends messages of `size` bytes until the server refuses, then checks that it failed stop: a
+/// refusal is a 503 `unavailable`, `/health` answers 503 (or the process is gone already), the
+/// process exits with status 1 by itself, and the log has the reason at ERROR. The ids it
+/// acknowledged.
+async fn fill_until_stopped(
+    server: &mut Binary,
+    from: &TestUser,
+    to: &TestUser,
+    size: usize,
+) -> Vec<u64> {
+    let (acked, refused) = send_until_refused(server, from, to, size).await;
     if let Some((status, body)) = refused {
         assert_eq!(
             (status, body["code"].as_str()),
@@ -183,28 +219,110 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let status = server.wait_exit().await;
     let status = status.unwrap_or_else(|| panic!("no exit after the failure:\n{}", server.logs()));
     assert_eq!(status.code(), Some(1), "{}", server.logs());
-    assert!(
-        server.logs().contains("storage failed"),
-        "{}",
-        server.logs()
-    );
+    let logs = server.logs();
+    let failed = logs
+        .lines()
+        .any(|l| l.contains(" ERROR ") && l.contains("storage failed"));
+    assert!(failed, "no ERROR line with the reason:\n{logs}");
+    acked
+}
+
+/// Large enough that a leaf page of a few of them is over sled's blob threshold (a quarter of its
+/// 512 KiB segment): the page goes to a file of its own, written during the insert, so a full
+/// disk shows there rather than in the next flush.
+const LARGE_MESSAGE: usize = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_by_large_messages_stops_the_server_and_drains_after_a_restart() {
+    let name = "a_disk_filled_by_large_messages_stops_the_server_and_drains_after_a_restart";
+    let disk = match Tmpfs::mount("40m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED {name}: {why}");
+            return;
+        }
+    };
+    // Written before the start, so that the test decides when (some) space comes back.
+    let filler = disk.filler("filler", 2 << 20);
+    let data = disk.path().join("data");
+    let flags = ["--reserve-mb", "8"];
+    let mut server = Binary::start(&data, &flags).await;
+    assert!(data.join("reserve").is_file(), "{}", server.logs());
+    let alice = server.user_with_device("alice", 11, 0, 0).await;
+    let bob = server.user_with_device("bob", 22, 0, 0).await;
+
+    let acked = fill_until_stopped(&mut server, &alice, &bob, LARGE_MESSAGE).await;
+    assert!(!acked.is_empty(), "no send fitted in the space left");
+    assert!(!data.join("reserve").exists(), "{}", server.logs());
     drop(server);
 
-    // Space is back: the restarted server has every acknowledged message and takes new ones.
+    // A little space is back: the restarted server serves every acknowledged message, and the
+    // queue drains.
     std::fs::remove_file(filler).expect("remove filler");
-    let server = Binary::start(&data, &[]).await;
-    let path = format!("/messages/{}?limit=1000", bob.reg_id);
-    let (status, queue) = server.call("GET", &path, Some(&bob.token), None).await;
-    assert_eq!(status, StatusCode::OK, "{queue}");
-    let stored = message_ids(&queue);
+    let server = Binary::start(&data, &flags).await;
+    let stored = drain(&server, &bob).await;
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
-    let body = send_body(&bob, "after");
+    let (status, body) = server.call("GET", "/health", None, None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    server.stop().await;
+}
+
+/// The same failure without a full disk (and so where mounting is not allowed): a file in the
+/// place of sled's `blobs/` dir makes it refuse the large pages, as a full disk does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_the_disk_refuses_stops_the_server_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Binary::start(&data, &[]).await;
+    let alice = server.user_with_device("alice", 11, 0, 0).await;
+    let bob = server.user_with_device("bob", 22, 0, 0).await;
     let path = format!("/messages/{}", alice.reg_id);
-    let (status, res) = server
-        .call("POST", &path, Some(&alice.token), Some(&body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{res}");
+    let body = send_body(&bob, &"x".repeat(LARGE_MESSAGE));
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (status, m) = server
+            .call("POST", &path, Some(&alice.token), Some(&body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{m}");
+        acked.push(m["id"].as_u64().expect("id"));
+    }
+    // Moved aside, not deleted: the pages written so far are in there.
+    let blobs = data.join("db").join("blobs");
+    let aside = data.join("db").join("blobs.aside");
+    std::fs::rename(&blobs, &aside).expect("move blobs aside");
+    std::fs::write(&blobs, b"not a directory").expect("write blobs file");
+
+    acked.extend(fill_until_stopped(&mut server, &alice, &bob, LARGE_MESSAGE).await);
+    drop(server);
+
+    std::fs::remove_file(&blobs).expect("remove blobs file");
+    std::fs::rename(&aside, &blobs).expect("move blobs back");
+    let server = Binary::start(&data, &[]).await;
+    let stored = drain(&server, &bob).await;
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    server.stop().await;
+}
+
+/// Fetches and deletes `user`'s queue page by page until it is empty; the ids it held.
+async fn drain(server: &Binary, user: &TestUser) -> Vec<u64> {
+    let path = format!("/messages/{}", user.reg_id);
+    let mut seen = Vec::new();
+    loop {
+        let (status, page) = server.call("GET", &path, Some(&user.token), None).await;
+        assert_eq!(status, StatusCode::OK, "{page}\n{}", server.logs());
+        let ids = message_ids(&page);
+        if ids.is_empty() {
+            return seen;
+        }
+        let (status, res) = server
+            .call("DELETE", &path, Some(&user.token), Some(&json!(ids)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{res}\n{}", server.logs());
+        assert_eq!(res, json!(vec!["success"; ids.len()]), "{}", server.logs());
+        seen.extend(ids);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

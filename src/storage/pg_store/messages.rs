@@ -94,6 +94,34 @@ impl PgStore {
         .await
     }
 
+    /// Ids of one device's queue after `after` (see `Storage::queued_ids`): the index alone.
+    pub async fn queued_ids(
+        &self,
+        recipient: DeviceRef,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.timed(async {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .client()
+                .await?
+                .fetch_all(
+                    "SELECT id FROM messages WHERE user_id = $1 AND device_id = $2 AND id > $3 \
+                     ORDER BY id LIMIT $4",
+                    &[
+                        &db_id(recipient.user),
+                        &device_id(recipient.device),
+                        &db_id(after),
+                        &limit,
+                    ],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| to_u64(r.get(0))).collect())
+        })
+        .await
+    }
+
     /// One queued message of one device, if it is still there.
     pub async fn message(
         &self,

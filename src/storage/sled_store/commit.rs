@@ -2,7 +2,9 @@
 //! is running is answered by the next one, so durable writes cost a share of an fsync each.
 //!
 //! Fail-stop: after an I/O error sled's state is suspect (a flush retried once space is back
-//! can block forever), so the first failed or stalled flush marks storage failed for good.
+//! can block forever), so the first failed or stalled flush marks storage failed for good, as
+//! does any other I/O error of sled's (`SledStore::watched`: a large value is written during its
+//! insert, not by the flush).
 //! From then on every write answers `Unavailable` at once, without touching sled, and the
 //! failure is announced (`Health::failed`) so that the binary can log it and exit non-zero for
 //! its supervisor to restart it; sled's recovery at the next start keeps everything a flush
@@ -100,24 +102,28 @@ impl Committer {
     /// Waits until everything written before the call is on disk; a failed or stalled flush is
     /// `Unavailable` (the write may or may not be on disk, and was not acknowledged).
     pub async fn wait(&self) -> Result<(), StoreError> {
+        self.wait_within(self.timeout).await
+    }
+
+    /// `wait` with another bound: the final flush of a stop gets what is left of the stop's
+    /// deadline. A flush that outlasts it fails storage like any stalled flush.
+    pub async fn wait_within(&self, timeout: Duration) -> Result<(), StoreError> {
         self.check()?;
         let (tx, rx) = oneshot::channel();
         let stopped = || self.fail("the group-commit thread stopped".into());
         if self.queue.send(tx).is_err() {
             return Err(stopped());
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(reason))) => Err(StoreError::Unavailable(reason)),
             Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(self.fail(format!(
-                "a flush to disk did not finish within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(self.fail(format!("a flush to disk did not finish within {timeout:?}"))),
         }
     }
 
-    fn fail(&self, reason: String) -> StoreError {
+    /// Marks storage failed for `reason` (the first reason wins); the error to return.
+    pub fn fail(&self, reason: String) -> StoreError {
         self.health.fail(reason.clone());
         StoreError::Unavailable(reason)
     }

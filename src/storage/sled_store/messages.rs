@@ -253,6 +253,29 @@ impl SledStore {
         Ok(page)
     }
 
+    /// Ids of `recipient`'s queue after `after` (see `Storage::queued_ids`): keys only.
+    pub fn queued_ids(
+        &self,
+        recipient: DeviceRef,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let Some(slot) = self.slot(recipient)? else {
+            return Ok(Vec::new());
+        };
+        let start = keys::message(slot, after.saturating_add(1));
+        let end = keys::message(slot, u64::MAX);
+        let mut ids = Vec::new();
+        for key in self.messages.range(start..=end).keys().take(limit) {
+            let key = key?;
+            let id: [u8; 8] = key[8..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("a message key of the wrong length".into()))?;
+            ids.push(u64::from_be_bytes(id));
+        }
+        Ok(ids)
+    }
+
     /// One queued message of `recipient`, if it is still there.
     pub fn message(&self, recipient: DeviceRef, id: u64) -> Result<Option<Message>, StoreError> {
         let Some(recipient) = self.slot(recipient)? else {
@@ -413,6 +436,15 @@ mod tests {
             Some(first)
         );
         assert_eq!(s.message(primary(2), first.id).unwrap(), None);
+        let ids: Vec<u64> = s
+            .messages(primary(1), 0, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(s.queued_ids(primary(1), 0, 10).unwrap(), ids);
+        assert_eq!(s.queued_ids(primary(1), ids[1], 2).unwrap(), ids[2..4]);
+        assert!(s.queued_ids(primary(2), 0, 10).unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -18,8 +18,9 @@
 //! Durability: sled writes to disk on its own only every 500 ms. Every verb whose result is
 //! acknowledged to a client awaits `Committer::wait` before returning, which shares one
 //! `fsync` between all writers that arrived while the previous flush ran (group commit). A
-//! flush that fails or stalls fails storage for good: writes are refused from then on and the
-//! binary exits for its supervisor to restart it (fail-stop, see `commit`).
+//! flush that fails or stalls, or any I/O error of sled's, fails storage for good: writes are
+//! refused from then on and the binary exits for its supervisor to restart it (fail-stop, see
+//! `commit`).
 
 mod backup;
 mod commit;
@@ -109,7 +110,9 @@ pub fn holds_database(dir: &Path) -> bool {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match e {
-            // The disk failed us (full, gone): the caller may retry once the server is back.
+            // The disk failed us (full, gone). Storage fails for good with it (`Storage`
+            // passes every sled result through `SledStore::watched`); the client may retry
+            // once the server is back.
             sled::Error::Io(e) => StoreError::Unavailable(format!("I/O error: {e}")),
             sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
             e => StoreError::Db(Box::new(e)),
@@ -237,6 +240,24 @@ impl SledStore {
         Ok(())
     }
 
+    /// Waits (at most `within`) until everything written so far is on disk; used at shutdown.
+    /// A flush stuck on a full or stalled disk fails storage instead of holding the stop.
+    pub async fn close(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        self.committer.wait_within(within).await
+    }
+
+    /// Passes a verb's result through, failing storage for good on `Unavailable`: an I/O
+    /// error of sled's is as final as a failed flush. A value over sled's blob threshold (a
+    /// large message) is written to a file of its own during the insert, so a full disk shows
+    /// there, not in the next flush; and the insert that failed leaves a log buffer behind
+    /// that never reaches disk, so every later flush would wait for it forever.
+    pub fn watched<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Unavailable(reason)) => Err(self.committer.fail(reason)),
+            other => other,
+        }
+    }
+
     /// Why storage failed (an I/O error or a stalled flush), if it did; for `/health`.
     pub fn failure(&self) -> Option<String> {
         self.committer.health().failure()
@@ -361,6 +382,97 @@ mod tests {
             check_layout(&db, &meta),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// Runs the test `name` of this module again, alone in a process of its own, and checks
+    /// that it passed; `false` in that process, where the test then does its work. A sled left
+    /// stuck on purpose keeps sled's I/O threads, which every database of a process shares,
+    /// waiting, and the other tests of the process would hang on them.
+    fn in_own_process(name: &str) -> bool {
+        use std::io::Read;
+        const CHILD: &str = "SIGNAL_SERVER_STUCK_SLED_TEST";
+        if std::env::var_os(CHILD).is_some() {
+            return false;
+        }
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&format!("{module}::{name}"), "--exact", "--test-threads=1"])
+            .env(CHILD, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        let stdout = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name}: {status:?}\n{out}"
+        );
+        // A name that matches no test passes too: check that it ran.
+        assert!(
+            stdout.is_some() && out.contains("1 passed"),
+            "{name}: {out}"
+        );
+        true
+    }
+
+    /// A store whose next flush never finishes: sled writes a page over its blob threshold to a
+    /// file of its own in `blobs/`; with a file in that directory's place the write fails, and
+    /// the log buffer the insert had reserved never reaches disk, so every later flush waits
+    /// for it. The insert's result, not passed through `watched`.
+    fn stuck_store() -> (tempfile::TempDir, SledStore, Result<(), StoreError>) {
+        let (dir, s) = temp();
+        let blobs = dir.path().join("blobs");
+        std::fs::remove_dir_all(&blobs).unwrap();
+        std::fs::write(&blobs, b"not a directory").unwrap();
+        let large = s.messages.insert("large", vec![7u8; 1 << 20]);
+        (dir, s, large.map(drop).map_err(StoreError::from))
+    }
+
+    #[tokio::test]
+    async fn a_stuck_flush_does_not_hold_the_close_and_fails_storage() {
+        if in_own_process("a_stuck_flush_does_not_hold_the_close_and_fails_storage") {
+            return;
+        }
+        let (_dir, s, large) = stuck_store();
+        assert!(large.is_err());
+        assert!(s.failure().is_none());
+
+        let bound = std::time::Duration::from_millis(200);
+        let closed = tokio::time::timeout(bound * 50, s.close(bound)).await;
+        let closed = closed.expect("the close waited for the stuck flush");
+        assert!(
+            matches!(closed, Err(StoreError::Unavailable(_))),
+            "{closed:?}"
+        );
+        assert!(s.failure().is_some());
+        // Dropping the last handle of a tree flushes it, which would wait forever here.
+        std::mem::forget(s);
+    }
+
+    #[tokio::test]
+    async fn a_large_value_the_disk_refuses_fails_storage() {
+        if in_own_process("a_large_value_the_disk_refuses_fails_storage") {
+            return;
+        }
+        let (_dir, s, large) = stuck_store();
+        let refused = s.watched(large);
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+        assert!(s.failure().is_some());
+        // Refused at once from now on, without touching sled.
+        assert!(matches!(s.writing().await, Err(StoreError::Unavailable(_))));
+        std::mem::forget(s);
     }
 
     #[tokio::test]

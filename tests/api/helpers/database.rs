@@ -117,6 +117,24 @@ pub async fn terminate_listeners(data_dir: &Path) -> u64 {
     cut
 }
 
+/// How many sessions on the data dir's database `LISTEN` for signals. Only on PostgreSQL.
+pub async fn count_listeners(data_dir: &Path) -> u64 {
+    let url = remembered_database(data_dir).expect("a data dir with a test database");
+    let (client, driver) = connect(&url).await;
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .expect("count the listeners")
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    n as u64
+}
+
 /// Whether a session other than the caller's is inside a transaction on the data dir's database
 /// (a restore under way). Only on PostgreSQL.
 pub async fn transaction_open(data_dir: &Path) -> bool {

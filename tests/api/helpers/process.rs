@@ -59,9 +59,12 @@ pub fn binary_command(data_dir: &Path) -> Command {
     cmd
 }
 
-/// The test server's flags: port 0, fast hashing, no rate limits, then `extra`.
+/// The test server's flags: port 0, fast hashing, no rate limits, then `extra`; and a disk
+/// reserve of 1 MiB (a flag in `extra` overrides it), so that the reserve file is there as in
+/// production without every start writing the default 64 MiB.
 pub fn serve_flags<'a>(cmd: &'a mut Command, extra: &[&str]) -> &'a mut Command {
-    cmd.args(["--listen", "127.0.0.1:0", "--pbkdf2-iterations", "1000"])
+    cmd.env("SIGNAL_SERVER_RESERVE_MB", "1")
+        .args(["--listen", "127.0.0.1:0", "--pbkdf2-iterations", "1000"])
         .arg("--no-rate-limit")
         .args(extra)
 }
@@ -467,6 +470,11 @@ impl Instances {
     /// until each reconnects are lost to it. Answers how many were cut.
     pub async fn cut_listeners(&self) -> u64 {
         super::terminate_listeners(self._dirs[0].path()).await
+    }
+
+    /// How many of the instances' listening connections are up.
+    pub async fn listeners(&self) -> u64 {
+        super::count_listeners(self._dirs[0].path()).await
     }
 }
 

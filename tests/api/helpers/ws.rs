@@ -142,10 +142,17 @@ pub async fn wait_closed(ws: &mut Ws) {
 /// Waits (bounded) for the server to close the socket, skipping pings and any data frame, and
 /// answers the close frame's code (`None` for a close without one, or a dropped connection).
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    close_code_within(ws, Duration::from_secs(60)).await
+}
+
+/// `close_code` within `bound`: a close that comes with the step that causes it, not with a
+/// socket's periodic re-check (every 30 s).
+pub async fn close_code_within(ws: &mut Ws, bound: Duration) -> Option<u16> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(60), ws.next()).await;
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
         match next.expect("the server did not close the socket in time") {
             None | Some(Err(_)) => return None,
             Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),

@@ -175,7 +175,7 @@ async fn an_unlinked_device_is_extra_and_a_reinstalled_phone_is_stale() {
         same(&got, &bob, PreKey, "hello, both");
     }
 
-    // alice unlinks the desktop mid-conversation: its registrationId names no device any more.
+    // alice unlinks the desktop mid-conversation: its token (bound to it) dies with it.
     phone.unlink(2).await.must("unlink");
     let listed = phone.devices().await.must("GET /v2/devices");
     assert_eq!(device_ids(listed.iter().map(|d| d.device_id)), [1]);
@@ -186,7 +186,7 @@ async fn an_unlinked_device_is_extra_and_a_reinstalled_phone_is_stale() {
     let refusal = client::refusal(&e).unwrap_or_else(|| panic!("{e}"));
     assert_eq!(
         (refusal.status, refusal.code.as_str()),
-        (403, "device_changed")
+        (401, "not_authenticated")
     );
 
     // bob still names both devices: 409, and nothing is queued for the phone either.

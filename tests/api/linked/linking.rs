@@ -530,11 +530,19 @@ async fn the_old_device_delete_removes_every_device_of_the_account() {
         .await
         .expect("new primary");
     assert_eq!(listed_ids(&s, &alice).await, [1]);
-    assert_eq!(s.link_device(&alice, 12, 0, 0).await.0, 2);
+    let (id, again) = s.link_device(&alice, 12, 0, 0).await;
+    assert_eq!(id, 2);
     assert_eq!(
-        counts(&s, &second).await,
+        counts(&s, &again).await,
         (0, 0),
         "nothing of the old device 2"
+    );
+    let answer = s.get("/prekeys/12", &second.token).await;
+    assert_error(
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "not_authenticated",
+        "the old device 2's token, its id and registrationId given again",
     );
     let m = send(&s, &bob, &alice, "to the new primary").await;
     assert_eq!(queue(&s, &alice).await, vec![m]);

@@ -37,6 +37,10 @@ async fn a_queue_pages_oldest_first_within_its_byte_budget() {
     );
     assert_eq!(s.message(one(a + 1), sent[0].id).await.unwrap(), None);
     assert_eq!(s.messages(one(a), u64::MAX, 10).await.unwrap(), []);
+    let ids: Vec<u64> = sent.iter().map(|m| m.id).collect();
+    assert_eq!(s.queued_ids(one(a), 0, 10).await.unwrap(), ids);
+    assert_eq!(s.queued_ids(one(a), ids[1], 2).await.unwrap(), ids[2..4]);
+    assert!(s.queued_ids(one(a + 1), 0, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
