@@ -80,7 +80,7 @@ impl Storage {
     /// The record stored under `key`, if any.
     pub async fn remembered(&self, key: &SendKey) -> Result<Option<Remembered>, StoreError> {
         match self {
-            Storage::Sled(s) => s.remembered(key).await,
+            Storage::Sled(s) => s.watched(s.remembered(key).await),
             Storage::Postgres(p) => Box::pin(p.remembered(key)).await,
         }
     }
@@ -95,7 +95,7 @@ impl Storage {
         remember: &Remember<'_>,
     ) -> Result<Sent<Message>, StoreError> {
         match self {
-            Storage::Sled(s) => s.enqueue_once(recipient, message, cap, remember).await,
+            Storage::Sled(s) => s.watched(s.enqueue_once(recipient, message, cap, remember).await),
             Storage::Postgres(p) => {
                 Box::pin(p.enqueue_once(recipient, message, cap, remember)).await
             }
@@ -114,8 +114,8 @@ impl Storage {
     ) -> Result<Sent<Vec<Message>>, StoreError> {
         match self {
             Storage::Sled(s) => {
-                s.enqueue_all_once(recipient, skip, outgoing, cap, remember)
-                    .await
+                let sent = s.enqueue_all_once(recipient, skip, outgoing, cap, remember);
+                s.watched(sent.await)
             }
             Storage::Postgres(p) => {
                 Box::pin(p.enqueue_all_once(recipient, skip, outgoing, cap, remember)).await
@@ -126,7 +126,7 @@ impl Storage {
     /// Removes up to `SWEEP_LIMIT` records made before `cutoff_ms`; tells how many.
     pub async fn sweep_idempotency(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         match self {
-            Storage::Sled(s) => s.sweep_idempotency(cutoff_ms).await,
+            Storage::Sled(s) => s.watched(s.sweep_idempotency(cutoff_ms).await),
             Storage::Postgres(p) => Box::pin(p.sweep_idempotency(cutoff_ms)).await,
         }
     }
