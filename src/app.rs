@@ -28,6 +28,8 @@ pub struct State {
     pub metrics: Metrics,
     pub cors: Arc<Cors>,
     pub bodies: BodyLimits,
+    /// Keyed sends running on this instance (see `idempotency`).
+    pub in_flight: Arc<crate::idempotency::InFlight>,
 }
 
 #[derive(Clone)]
@@ -61,6 +63,7 @@ impl App {
             metrics: Metrics::default(),
             cors: Arc::new(cors),
             bodies: BodyLimits::from_config(&config),
+            in_flight: Arc::default(),
             storage,
             config,
         })))

@@ -46,6 +46,10 @@ pub enum ApiError {
     RecipientIdentityChanged,
     ReachedMaxPrekeys,
     QueueFull,
+    /// An `Idempotency-Key` used before with another body.
+    IdempotencyKeyReused,
+    /// A send with this `Idempotency-Key` is still running.
+    RequestInProgress,
     Throttled {
         retry_after_secs: u64,
     },
@@ -92,7 +96,10 @@ impl ApiError {
             | ApiError::LinkedDevice
             | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::StaleDevices(_) => StatusCode::GONE,
-            ApiError::MismatchedDevices { .. } => StatusCode::CONFLICT,
+            ApiError::MismatchedDevices { .. } | ApiError::RequestInProgress => {
+                StatusCode::CONFLICT
+            }
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotAuthenticated => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull | ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -127,6 +134,8 @@ impl ApiError {
             ApiError::RecipientIdentityChanged => "recipient_identity_changed",
             ApiError::ReachedMaxPrekeys => "reached_max_prekeys",
             ApiError::QueueFull => "queue_full",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RequestInProgress => "request_in_progress",
             ApiError::Throttled { .. } => "throttled",
             ApiError::RegistrationClosed => "registration_closed",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -175,6 +184,12 @@ impl ApiError {
             }
             ApiError::ReachedMaxPrekeys => "The upload would exceed the maximum number of prekeys.",
             ApiError::QueueFull => "The recipient's message queue is full.",
+            ApiError::IdempotencyKeyReused => {
+                "This Idempotency-Key was used with another request body."
+            }
+            ApiError::RequestInProgress => {
+                "A request with this Idempotency-Key is still in progress; retry later."
+            }
             ApiError::Throttled { .. } => "Too many requests; retry later.",
             ApiError::RegistrationClosed => "Registration is closed on this server.",
             ApiError::PayloadTooLarge => "The request body is too large.",

@@ -12,6 +12,7 @@
 //! - `routes`: every route, and rejections turned into JSON errors; `access`: the access log.
 //! - `handlers`: one module per resource (users, devices, keys, messages, ws).
 //! - `body`, `validate`, `requests`: reading bodies and parsing them into typed requests.
+//! - `idempotency`: the `Idempotency-Key` of sends, and keyed sends in flight here.
 //! - `models`: domain records and the wire shapes of responses.
 //! - `error`: `ApiError`, the one error type, and its JSON shape.
 //! - `auth`: JWTs and the token check; `password`: PBKDF2 hashing and strength rules.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod failure;
 pub mod handlers;
 pub mod hub;
+pub mod idempotency;
 pub mod mail;
 pub mod metrics;
 pub mod models;

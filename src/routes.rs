@@ -158,6 +158,14 @@ fn authorization() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infa
         .unify()
 }
 
+/// The raw `Idempotency-Key` header of a send, if any (checked by the handler).
+fn idempotency_key() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("idempotency-key")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
 /// The body, read later by the handler (after the device checks) with the size limit.
 fn body(app: &App) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     let limits = app.bodies.clone();
@@ -455,6 +463,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
+        .and(idempotency_key())
         .and(body(a))
         .then(messages::send)
         .map(reply);
@@ -529,6 +538,7 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_app(a))
         .and(auth(a))
+        .and(idempotency_key())
         .and(body(a))
         .then(messages::send_all)
         .map(reply);

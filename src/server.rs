@@ -144,7 +144,8 @@ pub async fn serve_metrics(listener: TcpListener, app: App) {
 /// Open connections the metrics address allows (a scraper or two).
 const METRICS_CONNECTIONS: usize = 16;
 
-/// Background upkeep: expired messages and reset tokens, idle rate-limit keys.
+/// Background upkeep: expired messages, reset tokens and idempotency records (a bounded number
+/// per round), idle rate-limit keys.
 async fn sweep(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -158,6 +159,12 @@ async fn sweep(app: App) {
         }
         if let Err(e) = app.storage.sweep_reset_tokens(now_ms / 1000).await {
             log::error!("reset token sweep failed: {e}");
+        }
+        let kept = now_ms.saturating_sub(crate::storage::idempotency::KEEP_MS);
+        match app.storage.sweep_idempotency(kept).await {
+            Ok(0) => {}
+            Ok(n) => log::debug!("deleted {n} idempotency records older than a day"),
+            Err(e) => log::error!("idempotency sweep failed: {e}"),
         }
         app.limits.sweep();
     }

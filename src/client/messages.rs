@@ -71,9 +71,21 @@ impl Client {
         recipient: &str,
         messages: &[DeviceMessage],
     ) -> Result<SentAll, Error> {
+        self.send_all_keyed(reg_id, recipient, messages, None).await
+    }
+
+    /// `send_all` with an `Idempotency-Key` (1 to 64 printable ASCII characters): sent again
+    /// with the same key and messages, it is answered as the first time and queued once.
+    pub async fn send_all_keyed(
+        &self,
+        reg_id: u32,
+        recipient: &str,
+        messages: &[DeviceMessage],
+        key: Option<&str>,
+    ) -> Result<SentAll, Error> {
         let body = json!({"recipient": recipient, "messages": messages});
         let path = format!("/v2/messages/{reg_id}");
-        self.call(Method::POST, &path, Some(&body), StatusCode::CREATED)
+        self.call_keyed((Method::POST, &path), &body, StatusCode::CREATED, key)
             .await
     }
 
@@ -85,9 +97,21 @@ impl Client {
         recipient: &str,
         message: &str,
     ) -> Result<QueuedMessage, Error> {
+        self.send_keyed(reg_id, recipient, message, None).await
+    }
+
+    /// `send` with an `Idempotency-Key` (1 to 64 printable ASCII characters): sent again with
+    /// the same key and message, it is answered as the first time and queued once.
+    pub async fn send_keyed(
+        &self,
+        reg_id: u32,
+        recipient: &str,
+        message: &str,
+        key: Option<&str>,
+    ) -> Result<QueuedMessage, Error> {
         let body = json!({"recipient": recipient, "message": message});
         let path = format!("/messages/{reg_id}");
-        self.call(Method::POST, &path, Some(&body), StatusCode::CREATED)
+        self.call_keyed((Method::POST, &path), &body, StatusCode::CREATED, key)
             .await
     }
 

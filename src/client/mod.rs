@@ -169,11 +169,19 @@ impl Client {
         want: StatusCode,
     ) -> Result<T, Error> {
         let answer = self.exchange(method, path, body).await?;
-        let answer = expect(answer, want)?;
-        serde_json::from_slice(&answer.body).map_err(|e| Error::Decode {
-            status: answer.status.as_u16(),
-            detail: e.to_string(),
-        })
+        decode(expect(answer, want)?)
+    }
+
+    /// As `call`, with an `Idempotency-Key` when `key` is given.
+    async fn call_keyed<T: DeserializeOwned>(
+        &self,
+        (method, path): (Method, &str),
+        body: &impl Serialize,
+        want: StatusCode,
+        key: Option<&str>,
+    ) -> Result<T, Error> {
+        let answer = self.exchange_keyed(method, path, Some(body), key).await?;
+        decode(expect(answer, want)?)
     }
 
     /// As `call`, for answers without a body (204) or whose body is not needed.
@@ -195,15 +203,30 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<RawAnswer, Error> {
+        self.exchange_keyed(method, path, body, None).await
+    }
+
+    /// As `exchange`, with an `Idempotency-Key` when `key` is given (kept on the retries, so a
+    /// retried send is queued once).
+    async fn exchange_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        key: Option<&str>,
+    ) -> Result<RawAnswer, Error> {
         let bytes = match body {
             Some(body) => serde_json::to_vec(body).map_err(Error::transport)?,
             None => Vec::new(),
         };
-        let headers: &[(&str, &str)] = if body.is_some() {
-            &[("content-type", "application/json")]
-        } else {
-            &[]
-        };
+        let mut headers = Vec::with_capacity(2);
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        if let Some(key) = key {
+            headers.push(("idempotency-key", key));
+        }
+        let headers = headers.as_slice();
         let mut attempts = 0;
         loop {
             self.report(&method, path, None, &[]);
@@ -226,6 +249,14 @@ impl Client {
             trace(method, path, status, body);
         }
     }
+}
+
+/// The body of a wanted answer, as `T`.
+fn decode<T: DeserializeOwned>(answer: RawAnswer) -> Result<T, Error> {
+    serde_json::from_slice(&answer.body).map_err(|e| Error::Decode {
+        status: answer.status.as_u16(),
+        detail: e.to_string(),
+    })
 }
 
 /// The answer if it has the status `want`, else the refusal it carries.

@@ -11,6 +11,7 @@
 //! future, and every handler's, that large on sled too (measured: an enqueue's future 4.8 KB
 //! instead of 0.4 KB).
 
+pub mod idempotency;
 pub mod pg_store;
 pub mod sled_store;
 

@@ -26,39 +26,51 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let user = db_id(recipient);
-            let devices: Vec<Device> = lock_devices(&tx, user)
-                .await?
-                .into_iter()
-                .map(|(d, _)| d)
-                .collect();
-            if devices.is_empty() {
-                return Err(StoreError::NoDevice);
-            }
-            check_devices(&devices, skip, outgoing).map_err(StoreError::DevicesChanged)?;
-            if outgoing.is_empty() {
-                return Ok(Vec::new());
-            }
-            check_caps(&tx, user, outgoing, cap).await?;
-            let ids = draw_ids(&tx, outgoing.len()).await?;
-            let stored: Vec<Message> = outgoing
-                .iter()
-                .zip(ids)
-                .map(|(o, id)| Message {
-                    id,
-                    recipient_address: devices.iter().find(|d| d.id() == o.device).map_or_else(
-                        || o.message.recipient_address.clone(),
-                        |d| d.address.clone(),
-                    ),
-                    ..o.message.clone()
-                })
-                .collect();
-            insert_all(&tx, user, outgoing, &stored).await?;
+            let stored = queue_all(&tx, recipient, skip, outgoing, cap).await?;
             tx.commit().await?;
             Ok(stored)
         })
         .await
     }
+}
+
+/// In `tx`: the checks and writes of `enqueue_all`, holding the account's device rows.
+pub(super) async fn queue_all(
+    tx: &impl Cached,
+    recipient: u64,
+    skip: Option<u32>,
+    outgoing: &[Outgoing],
+    cap: u32,
+) -> Result<Vec<Message>, StoreError> {
+    let user = db_id(recipient);
+    let devices: Vec<Device> = lock_devices(tx, user)
+        .await?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    if devices.is_empty() {
+        return Err(StoreError::NoDevice);
+    }
+    check_devices(&devices, skip, outgoing).map_err(StoreError::DevicesChanged)?;
+    if outgoing.is_empty() {
+        return Ok(Vec::new());
+    }
+    check_caps(tx, user, outgoing, cap).await?;
+    let ids = draw_ids(tx, outgoing.len()).await?;
+    let stored: Vec<Message> = outgoing
+        .iter()
+        .zip(ids)
+        .map(|(o, id)| Message {
+            id,
+            recipient_address: devices.iter().find(|d| d.id() == o.device).map_or_else(
+                || o.message.recipient_address.clone(),
+                |d| d.address.clone(),
+            ),
+            ..o.message.clone()
+        })
+        .collect();
+    insert_all(tx, user, outgoing, &stored).await?;
+    Ok(stored)
 }
 
 /// Under the device locks: `QueueFull` if any queue would hold more than `cap` messages with

@@ -37,40 +37,9 @@ impl PgStore {
         self.retrying(move || async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let (user, device) = (db_id(recipient.user), device_id(recipient.device));
-            lock_device(&tx, recipient).await?;
-            let queued: i64 = tx
-                .fetch_one(
-                    "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-                    &[&user, &device],
-                )
-                .await?
-                .get(0);
-            if queued >= i64::from(cap) {
-                return Err(StoreError::QueueFull);
-            }
-            let m = message;
-            let row = tx
-                .fetch_one(
-                    "INSERT INTO messages (user_id, device_id, sender_address, \
-                     sender_registration_id, content, recipient_address, timestamp) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                    &[
-                        &user,
-                        &device,
-                        &m.sender_address,
-                        &i64::from(m.sender_registration_id),
-                        &m.content,
-                        &m.recipient_address,
-                        &db_id(m.timestamp),
-                    ],
-                )
-                .await?;
+            let queued = queue_one(&tx, recipient, message, cap).await?;
             tx.commit().await?;
-            Ok(Message {
-                id: to_u64(row.get(0)),
-                ..m.clone()
-            })
+            Ok(queued)
         })
         .await
     }
@@ -274,6 +243,48 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// In `tx`: queues `m` for one device unless its queue holds `cap` messages already, under the
+/// device's lock (`NoDevice` if it is gone). Returns it with its id.
+pub(super) async fn queue_one(
+    tx: &impl Cached,
+    recipient: DeviceRef,
+    m: &Message,
+    cap: u32,
+) -> Result<Message, StoreError> {
+    let (user, device) = (db_id(recipient.user), device_id(recipient.device));
+    lock_device(tx, recipient).await?;
+    let queued: i64 = tx
+        .fetch_one(
+            "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
+            &[&user, &device],
+        )
+        .await?
+        .get(0);
+    if queued >= i64::from(cap) {
+        return Err(StoreError::QueueFull);
+    }
+    let row = tx
+        .fetch_one(
+            "INSERT INTO messages (user_id, device_id, sender_address, \
+             sender_registration_id, content, recipient_address, timestamp) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &user,
+                &device,
+                &m.sender_address,
+                &i64::from(m.sender_registration_id),
+                &m.content,
+                &m.recipient_address,
+                &db_id(m.timestamp),
+            ],
+        )
+        .await?;
+    Ok(Message {
+        id: to_u64(row.get(0)),
+        ..m.clone()
+    })
 }
 
 pub(super) fn message(row: &Row) -> Result<Message, StoreError> {

@@ -36,6 +36,7 @@
 mod backup;
 mod devices;
 mod fanout;
+mod idempotency;
 mod keys;
 mod messages;
 mod schema;
@@ -306,7 +307,13 @@ impl From<tokio_postgres::Error> for StoreError {
                 _ => {}
             }
         }
-        if *code == SqlState::FOREIGN_KEY_VIOLATION && db.constraint() == Some(schema::DEVICE_USER)
+        // A device for a user that is gone; a keyed send from a device that is gone (its
+        // token with it).
+        if *code == SqlState::FOREIGN_KEY_VIOLATION
+            && matches!(
+                db.constraint(),
+                Some(schema::DEVICE_USER | schema::IDEMPOTENCY_SENDER)
+            )
         {
             return StoreError::NoUser;
         }

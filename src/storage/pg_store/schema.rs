@@ -18,6 +18,9 @@ pub(super) const PRIMARY_KEY: &str = "devices_one_primary";
 /// A device for a user that is gone.
 pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
 
+/// An idempotency record for a sending device that is gone.
+pub(super) const IDEMPOTENCY_SENDER: &str = "idempotency_sender_fkey";
+
 /// Any number: the advisory lock that serialises migrations between instances.
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c5f_6462;
 
@@ -138,6 +141,27 @@ UPDATE devices SET device_id = substring(address FROM '\.([0-9]{1,9})$')::intege
 -- sockets compare it): new at every insert, also by instances of the version before.
 CREATE SEQUENCE device_incarnations;
 ALTER TABLE devices ADD COLUMN incarnation bigint NOT NULL DEFAULT nextval('device_incarnations');
+"#,
+    r#"
+-- The answers of sends made with an Idempotency-Key (route 1: POST /messages, 2: POST
+-- /v2/messages), inserted in the send's transaction: the primary key lets one send per key
+-- commit, whichever instance runs it. They go with the sending device.
+CREATE TABLE idempotency (
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    route smallint NOT NULL,
+    key text NOT NULL,
+    -- ms since the epoch; the sweep removes rows a day old
+    created_at bigint NOT NULL,
+    -- sha256 of the request body
+    body_hash bytea NOT NULL,
+    status smallint NOT NULL,
+    answer bytea NOT NULL,
+    PRIMARY KEY (user_id, device_id, route, key),
+    CONSTRAINT idempotency_sender_fkey FOREIGN KEY (user_id, device_id) REFERENCES devices
+        ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE INDEX idempotency_created ON idempotency (created_at);
 "#,
 ];
 

@@ -65,6 +65,7 @@ impl SledStore {
         // not come back with the new device. With no device, nothing else can be queued for this
         // user meanwhile (a send checks for the device).
         self.remove_all_linked(user_id)?;
+        self.clear_idempotency(user_id)?;
         self.clear_queue(user_id)?;
         let stale_ec = self.prefix_keys(&self.prekeys, user_id)?;
         let stale_kyber = self.prefix_keys(&self.kyber_prekeys, user_id)?;
@@ -126,7 +127,7 @@ impl SledStore {
         Ok(existed)
     }
 
-    /// Removes the keys and queued messages kept under a device's slot.
+    /// Removes the keys, queued messages and idempotency records kept under a device's slot.
     pub(super) fn clear_slot(&self, slot: u64) -> Result<(), StoreError> {
         // Key by key, counting what `remove` returned: a pop racing this removal must not be
         // subtracted twice.
@@ -140,6 +141,7 @@ impl SledStore {
                 }
             }
         }
+        self.clear_idempotency(slot)?;
         self.clear_queue(slot)
     }
 

@@ -45,7 +45,7 @@ impl SledStore {
             show_keys,
             value_ok,
         };
-        let trees: [(&sled::Tree, Shape); 12] = [
+        let trees: [(&sled::Tree, Shape); 14] = [
             (&self.meta, shape(super::META, None, true, |_| true)),
             (
                 &self.users,
@@ -95,6 +95,19 @@ impl SledStore {
                 shape(super::RESET_TOKENS, None, false, |v| v.len() == 20),
             ),
             (&self.invites, shape(super::INVITES, None, false, id_value)),
+            (
+                &self.idempotency,
+                shape(
+                    super::IDEMPOTENCY,
+                    None,
+                    false,
+                    super::idempotency::is_record,
+                ),
+            ),
+            (
+                &self.idempotency_times,
+                shape(super::IDEMPOTENCY_TIMES, None, false, |v| v.is_empty()),
+            ),
         ];
         let mut report = FsckReport {
             lines: Vec::new(),

@@ -62,6 +62,23 @@ pub fn reset_grant(user_id: u64, expires_at: u64, token_version: u32) -> [u8; 20
     v
 }
 
+/// `slot (u64 BE) ‖ route (u8) ‖ key`: an idempotency record of the device kept under `slot`.
+pub fn idempotency(slot: u64, route: u8, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.extend_from_slice(&slot.to_be_bytes());
+    k.push(route);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// `created ms (u64 BE) ‖ record key`: a record's place in the sweep's order (oldest first).
+pub fn idempotency_time(created_ms: u64, record: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + record.len());
+    k.extend_from_slice(&created_ms.to_be_bytes());
+    k.extend_from_slice(record);
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +103,16 @@ mod tests {
         assert_eq!(decode_u64(&user(42)), Some(42));
         assert_eq!(decode_u32(&7u32.to_be_bytes()), Some(7));
         assert_eq!(decode_u64(&[1, 2]), None);
+    }
+
+    #[test]
+    fn idempotency_keys_stay_under_their_slot_and_sort_by_time() {
+        let record = idempotency(5, 2, "k-1");
+        assert!(record.starts_with(&user(5)));
+        assert_eq!(&record[8..], b"\x02k-1");
+        assert!(idempotency(5, 2, "~") < idempotency(6, 1, ""));
+        assert!(idempotency_time(9, &record) < idempotency_time(10, &idempotency(1, 1, "")));
+        assert_eq!(decode_u64(&idempotency_time(9, &record)), Some(9));
+        assert_eq!(&idempotency_time(9, &record)[8..], record.as_slice());
     }
 }

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 
 use sled::Transactional;
 
+use super::idempotency::{decode_record, encode_record, Keyed};
 use super::totals::Count;
 use super::{decode, encode, keys, SledStore, StoreError};
 use crate::models::{DeviceRef, Message, Outgoing};
 use crate::storage::check_devices;
+use crate::storage::idempotency::Remembered;
 
 /// What deleting one message id did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,9 @@ pub enum DeleteOutcome {
     NotOwner,
     NotFound,
 }
+
+/// A message as `write_queued` writes it: id, index value, key in the queue, encoded record.
+pub(super) type Queued = (u64, [u8; 16], [u8; 16], Vec<u8>);
 
 impl SledStore {
     /// Queues a message for a device unless its queue holds `cap` messages already. The
@@ -74,18 +79,21 @@ impl SledStore {
         cap: u32,
     ) -> Result<Vec<Message>, StoreError> {
         let _writing = self.writing().await?;
-        let messages = self.enqueue_all_locked(recipient, skip, outgoing, cap)?;
+        let (messages, _) = self.enqueue_all_locked(recipient, skip, outgoing, cap, None)?;
         self.sync().await?;
         Ok(messages)
     }
 
-    fn enqueue_all_locked(
+    /// Checks and writes a send to every device of an account under its lock; with `keyed`,
+    /// stores its record too, unless one is there already (returned, and nothing written).
+    pub(super) fn enqueue_all_locked(
         &self,
         recipient: u64,
         skip: Option<u32>,
         outgoing: Vec<Outgoing>,
         cap: u32,
-    ) -> Result<Vec<Message>, StoreError> {
+        keyed: Option<&Keyed>,
+    ) -> Result<(Vec<Message>, Option<Remembered>), StoreError> {
         let _user = self.user_lock(recipient);
         let (devices, slots): (Vec<_>, Vec<_>) = self.device_slots(recipient)?.into_iter().unzip();
         if devices.is_empty() {
@@ -106,8 +114,8 @@ impl SledStore {
             }
             taken.push(slots[t]);
         }
-        let written = self.write_all(outgoing, &targets, &devices, &slots);
-        if written.is_err() {
+        let written = self.write_all(outgoing, &targets, &devices, &slots, keyed);
+        if !matches!(written, Ok((_, None))) {
             release(&taken);
         }
         written
@@ -120,7 +128,8 @@ impl SledStore {
         targets: &[usize],
         devices: &[crate::models::Device],
         slots: &[u64],
-    ) -> Result<Vec<Message>, StoreError> {
+        keyed: Option<&Keyed>,
+    ) -> Result<(Vec<Message>, Option<Remembered>), StoreError> {
         let mut messages = Vec::with_capacity(outgoing.len());
         let mut records = Vec::with_capacity(outgoing.len());
         for (o, &t) in outgoing.into_iter().zip(targets) {
@@ -131,19 +140,50 @@ impl SledStore {
             records.push((m.id, index, keys::message(slots[t], m.id), encode(&m)));
             messages.push(m);
         }
-        (&self.messages, &self.message_index).transaction(|(queue, index)| {
-            for (id, value, key, record) in &records {
+        let keyed = keyed.map(|k| (k, k.remember.record(&messages)));
+        let found = self.write_queued(&records, keyed.as_ref().map(|(k, r)| (*k, r)))?;
+        if found.is_none() {
+            self.count(Count::QueuedMessages, messages.len() as i64);
+        }
+        Ok((messages, found))
+    }
+
+    /// Writes queued messages (id, index value, key, record) in one transaction, with a keyed
+    /// send's record unless one is under its key already: that one is returned, and nothing is
+    /// written.
+    pub(super) fn write_queued(
+        &self,
+        records: &[Queued],
+        keyed: Option<(&Keyed, &Remembered)>,
+    ) -> Result<Option<Remembered>, StoreError> {
+        let trees = (
+            &self.messages,
+            &self.message_index,
+            &self.idempotency,
+            &self.idempotency_times,
+        );
+        let found = trees.transaction(|(queue, index, remembered, times)| {
+            if let Some((keyed, record)) = keyed {
+                if let Some(found) = remembered.get(&keyed.record_key)? {
+                    return Ok(Some(found));
+                }
+                remembered.insert(keyed.record_key.as_slice(), encode_record(record))?;
+                times.insert(
+                    keys::idempotency_time(record.created_ms, &keyed.record_key),
+                    &[],
+                )?;
+            }
+            for (id, value, key, record) in records {
                 index.insert(&id.to_be_bytes(), value)?;
                 queue.insert(key, record.as_slice())?;
             }
-            Ok(())
+            Ok(None)
         })?;
-        self.count(Count::QueuedMessages, messages.len() as i64);
-        Ok(messages)
+        found.map(|v| decode_record(&v)).transpose()
     }
 
     /// Takes one place in the queue under `recipient` (a slot), or fails with `QueueFull`.
-    fn take_place(&self, recipient: u64, cap: u32) -> Result<(), StoreError> {
+    pub(super) fn take_place(&self, recipient: u64, cap: u32) -> Result<(), StoreError> {
         let mut lens = self.lock_lens();
         let len = match lens.get(&recipient) {
             Some(len) => *len,
@@ -157,7 +197,7 @@ impl SledStore {
         Ok(())
     }
 
-    fn adjust_queue_len(&self, recipient: u64, delta: i64) {
+    pub(super) fn adjust_queue_len(&self, recipient: u64, delta: i64) {
         let mut lens = self.lock_lens();
         if let Some(len) = lens.get_mut(&recipient) {
             *len = (i64::from(*len) + delta).max(0) as u32;

@@ -26,6 +26,7 @@ mod backup;
 mod commit;
 mod devices;
 mod fsck;
+mod idempotency;
 pub mod keys;
 mod linked;
 mod messages;
@@ -63,7 +64,8 @@ pub use users::ResetGrant;
 /// The on-disk layout version; bump it when a record or key layout changes. Version 2 added
 /// linked devices (the `linked_devices` tree); a version 1 database is version 2 with none, so
 /// opening one only writes the new number (and a build that knows only version 1 then refuses
-/// the data dir instead of ignoring linked devices).
+/// the data dir instead of ignoring linked devices). The idempotency trees came later without a
+/// bump: a build that ignores them reads everything else right (see `idempotency`).
 const SCHEMA_VERSION: u32 = 2;
 
 /// `"schema_version"` → u32 BE.
@@ -93,6 +95,11 @@ const MESSAGE_INDEX: &str = "message_index";
 const RESET_TOKENS: &str = "reset_tokens";
 /// sha256(invite token) → creation time (s, u64 BE).
 const INVITES: &str = "invites";
+/// sender's slot ‖ route (u8) ‖ Idempotency-Key → created ms (u64 BE) ‖ sha256(body) ‖
+/// status (u16 BE) ‖ answer body: the answers of keyed sends (see `idempotency`).
+const IDEMPOTENCY: &str = "idempotency";
+/// created ms (u64 BE) ‖ `IDEMPOTENCY` key → empty: the records by age, for the sweep.
+const IDEMPOTENCY_TIMES: &str = "idempotency_times";
 
 /// Whether `dir` holds a sled database (the server creates one on its first start): operator
 /// commands refuse a dir without one instead of creating an empty database there.
@@ -161,6 +168,8 @@ pub struct SledStore {
     message_index: sled::Tree,
     reset_tokens: sled::Tree,
     invites: sled::Tree,
+    idempotency: sled::Tree,
+    idempotency_times: sled::Tree,
     meta: sled::Tree,
     committer: Arc<Committer>,
     /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
@@ -205,6 +214,8 @@ impl SledStore {
             message_index: db.open_tree(MESSAGE_INDEX)?,
             reset_tokens: db.open_tree(RESET_TOKENS)?,
             invites: db.open_tree(INVITES)?,
+            idempotency: db.open_tree(IDEMPOTENCY)?,
+            idempotency_times: db.open_tree(IDEMPOTENCY_TIMES)?,
             meta,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             queue_lens: Arc::default(),

@@ -1,9 +1,10 @@
-//! Messages over HTTP, as docs/API.md's "Messages" describes them: sending (`send`), reading
-//! (`fetch`) and deleting (`delete`) queued messages. Live delivery is `crate::websocket`; the
-//! helpers here serve both.
+//! Messages over HTTP, as docs/API.md's "Messages" describes them: sending (`send`, and with an
+//! `Idempotency-Key`: `idempotent`), reading (`fetch`) and deleting (`delete`) queued messages.
+//! Live delivery is `crate::websocket`; the helpers here serve both.
 
 mod delete;
 mod fetch;
+mod idempotent;
 mod send;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

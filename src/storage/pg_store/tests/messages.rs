@@ -133,3 +133,24 @@ async fn nothing_stays_queued_for_a_device_deleted_during_sends_on_two_instances
     assert_eq!(s1.queue_len(one(a)).await.unwrap(), 0);
     assert_eq!(s1.totals().await.unwrap().queued_messages, 0);
 }
+
+#[tokio::test]
+async fn a_keyed_send_is_stored_once() {
+    let Some((s, _)) = store().await else { return };
+    crate::storage::idempotency::conformance::a_keyed_send_is_stored_once(
+        &crate::storage::Storage::Postgres(s),
+    )
+    .await;
+}
+
+/// Two stores on one database are two instances: the second commit under a key waits for the
+/// first, finds its row, and rolls its messages back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keyed_sends_racing_on_two_instances_queue_one() {
+    let Some((s1, url)) = store().await else {
+        return;
+    };
+    let s2 = PgStore::connect(&url).await.unwrap();
+    let stores = [s1, s2].map(crate::storage::Storage::Postgres);
+    crate::storage::idempotency::conformance::racing_keyed_sends_queue_one(&stores).await;
+}

@@ -181,3 +181,87 @@ async fn sslmode_require_insists_on_tls() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+/// The connection lost during COMMIT, which went through (the relay cut while the commit waits
+/// for a slow deferred trigger): the send answered `Unavailable` although it was queued. A
+/// retry under its key finds the stored answer and queues nothing new.
+#[tokio::test]
+async fn a_keyed_send_whose_commit_was_lost_in_transit_is_answered_on_its_retry() {
+    use crate::storage::idempotency::{Remember, SendKey, Sent, ROUTE_SEND};
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        panic!("the test server must be reached over TCP");
+    };
+    let port = config.get_ports()[0];
+    let mut relay = Relay {
+        port: 0,
+        upstream: format!("{host}:{port}"),
+        task: None,
+        frozen: tokio::sync::watch::channel(false).0,
+    };
+    relay.start().await;
+    let relayed = url.replacen(
+        &format!("{host}:{port}"),
+        &format!("127.0.0.1:{}", relay.port),
+        1,
+    );
+    let s = PgStore::connect(&relayed).await.unwrap();
+    let (a, b) = (
+        user_with_device(&s, "a").await,
+        user_with_device(&s, "b").await,
+    );
+    s.client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON idempotency \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+        )
+        .await
+        .unwrap();
+    let key = SendKey {
+        sender: one(a),
+        route: ROUTE_SEND,
+        key: "lost".into(),
+    };
+    let answer = |q: &[Message]| (201, q[0].id.to_be_bytes().to_vec());
+    let remember = Remember {
+        key: &key,
+        body_hash: [1; 32],
+        created_ms: 1,
+        answer: &answer,
+    };
+    let sending = s.enqueue_once(one(b), message("x", 1), 10, &remember);
+    let cut = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        relay.stop().await;
+    };
+    let (sent, ()) = tokio::join!(sending, cut);
+    assert!(
+        matches!(sent, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        sent.map(|_| ())
+    );
+
+    relay.start().await;
+    // As a client would: retried while the database is still unavailable.
+    let mut again = Err(StoreError::Unavailable(String::new()));
+    for _ in 0..20 {
+        again = s.enqueue_once(one(b), message("x", 1), 10, &remember).await;
+        if !matches!(again, Err(StoreError::Unavailable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let Ok(Sent::Answered(found)) = again else {
+        panic!("the retry must find the committed send: {again:?}");
+    };
+    let queued = s.messages(one(b), 0, 10).await.unwrap();
+    assert_eq!(queued.len(), 1, "queued once");
+    assert_eq!(found.body, queued[0].id.to_be_bytes());
+}
