@@ -108,6 +108,11 @@ impl App {
         }
     }
 
+    /// What `idempotency::begin` needs of the state.
+    pub fn sends(&self) -> (&Arc<crate::idempotency::InFlight>, &Storage, u64) {
+        (&self.in_flight, &self.storage, self.max_body())
+    }
+
     pub fn max_body(&self) -> u64 {
         self.config.max_body_bytes
     }

@@ -10,11 +10,11 @@ use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use crate::app::App;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::models::DeviceRef;
 use crate::storage::idempotency::{Remembered, SendKey};
+use crate::storage::Storage;
 
 /// The header's name, as errors name it.
 pub const HEADER: &str = "Idempotency-Key";
@@ -93,28 +93,25 @@ pub enum Begun {
     Run(Vec<u8>, Option<Keyed>),
 }
 
-/// Reads a send's body after its `Idempotency-Key` header (400 if malformed). With a key, from
-/// `sender` on `route`: 409 while a send with it runs here, the stored answer (or 422, for
-/// another body) when one is stored.
+/// Reads a send's body (at most `max_body` bytes) after its `Idempotency-Key` header (400 if
+/// malformed). With a key, from `sender` on `route`: 409 while a send with it runs here
+/// (`in_flight`), the stored answer (or 422, for another body) when one is stored.
 pub async fn begin(
-    app: &App,
+    (in_flight, storage, max_body): (&Arc<InFlight>, &Storage, u64),
     sender: DeviceRef,
     route: u8,
     header: Option<&HeaderValue>,
     body: Body,
 ) -> Result<Begun, ApiError> {
     let key = parse(header)?;
-    let body = body.bytes(app.max_body()).await?;
+    let body = body.bytes(max_body).await?;
     let Some(key) = key else {
         return Ok(Begun::Run(body, None));
     };
     let key = SendKey { sender, route, key };
     let body_hash: [u8; 32] = Sha256::digest(&body).into();
-    let claim = app
-        .in_flight
-        .claim(key)
-        .ok_or(ApiError::RequestInProgress)?;
-    if let Some(found) = app.storage.remembered(&claim.key).await? {
+    let claim = in_flight.claim(key).ok_or(ApiError::RequestInProgress)?;
+    if let Some(found) = storage.remembered(&claim.key).await? {
         return replay(&found, &body_hash).map(Begun::Answered);
     }
     let keyed = Keyed {

@@ -15,11 +15,14 @@
 //! - `idempotency`: the `Idempotency-Key` of sends, and keyed sends in flight here.
 //! - `models`: domain records and the wire shapes of responses.
 //! - `error`: `ApiError`, the one error type, and its JSON shape.
-//! - `auth`: JWTs and the token check; `password`: PBKDF2 hashing and strength rules.
+//! - `auth`: JWTs (the account's, or bound to one device) and the token check; `password`:
+//!   PBKDF2 hashing and strength rules.
 //! - `crypto`: base64, key shapes, XEdDSA verification.
-//! - `ratelimit`, `hub` (live WebSocket delivery), `mail` (password-reset mail),
+//! - `ratelimit`, `hub` (live WebSocket delivery, and closing sockets with a reason), `mail`
+//!   (password-reset mail),
 //!   `metrics` (Prometheus text on its own address).
-//! - `storage`: sled, and only sled lives there.
+//! - `storage`: the two stores (sled, PostgreSQL) behind one set of verbs; nothing else knows
+//!   either.
 //! - `route_table`: every route template with its methods (metrics labels, CORS preflights);
 //!   `cors`: which browser origins may call the API, and the headers that tell them.
 //! - `client` (feature `client`): a typed client for the API, for examples, load and tests.

@@ -25,7 +25,13 @@ pub async fn send(
     body: Body,
 ) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let started = idempotency::begin(&app, sender.of(user.id), ROUTE_SEND, key.as_ref(), body);
+    let started = idempotency::begin(
+        app.sends(),
+        sender.of(user.id),
+        ROUTE_SEND,
+        key.as_ref(),
+        body,
+    );
     let (bytes, keyed) = match started.await? {
         Begun::Answered(answer) => return Ok(answer),
         Begun::Run(bytes, keyed) => (bytes, keyed),
@@ -126,7 +132,13 @@ pub async fn send_all(
     body: Body,
 ) -> Answer {
     let sender = app.own_device(&user, reg_id).await?;
-    let started = idempotency::begin(&app, sender.of(user.id), ROUTE_SEND_ALL, key.as_ref(), body);
+    let started = idempotency::begin(
+        app.sends(),
+        sender.of(user.id),
+        ROUTE_SEND_ALL,
+        key.as_ref(),
+        body,
+    );
     let (bytes, keyed) = match started.await? {
         Begun::Answered(answer) => return Ok(answer),
         Begun::Run(bytes, keyed) => (bytes, keyed),
