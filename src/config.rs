@@ -252,7 +252,7 @@ pub enum Command {
 pub enum UsersCommand {
     /// List every account: id, username, email, device address, queued messages.
     List,
-    /// Delete an account with its device, keys and queued messages.
+    /// Delete an account with its devices, keys and queued messages.
     Delete { username: String },
     /// Set a new password, read from standard input; revokes the user's tokens.
     SetPassword {

@@ -149,10 +149,11 @@ fn check_tree(tree: &sled::Tree, shape: &Shape) -> (String, bool) {
         }
         last_good = Some(k);
     }
+    let records = if ok == 1 { "record" } else { "records" };
     if bad.is_empty() {
-        return (format!("{}\tok, {ok} records", shape.name), false);
+        return (format!("{}\tok, {ok} {records}", shape.name), false);
     }
-    let mut line = format!("{}\tDAMAGED: {ok} records ok", shape.name);
+    let mut line = format!("{}\tDAMAGED: {ok} {records} ok", shape.name);
     list_bad(&mut line, shape, &bad);
     (line, true)
 }
