@@ -300,3 +300,72 @@ fn public_url(text: &str) -> Result<String, String> {
         _ => Err("expected an absolute URL such as https://signal.example.org".into()),
     }
 }
+
+impl Config {
+    /// One line for the start log, what an operator greps for: the store (the data dir, or the
+    /// database's name and hosts, never its password), the registration mode, and the API and
+    /// metrics addresses.
+    pub fn summary(&self, api: SocketAddr) -> String {
+        let store = match &self.database_url {
+            Some(url) => match url.parse::<tokio_postgres::Config>() {
+                Ok(pg) => {
+                    let hosts: Vec<String> = pg
+                        .get_hosts()
+                        .iter()
+                        .map(|h| match h {
+                            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                            #[cfg(unix)]
+                            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                        })
+                        .collect();
+                    format!(
+                        "postgresql database {} on {}",
+                        pg.get_dbname().unwrap_or("(default)"),
+                        hosts.join(",")
+                    )
+                }
+                Err(_) => "postgresql".to_string(),
+            },
+            None => format!("sled in {}", self.data_dir.display()),
+        };
+        let registration = self
+            .registration
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string());
+        let metrics = self
+            .metrics_listen
+            .map_or_else(|| "off".to_string(), |a| format!("http://{a}"));
+        format!("serving: store {store}; registration {registration}; api http://{api}; metrics {metrics}")
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn the_start_summary_names_the_store_without_its_password() {
+        let config = Config::parse_from([
+            "signal-server",
+            "--database-url",
+            "postgres://signal:s3cret@db.internal:5432/signal",
+            "--registration",
+            "invite",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+        ]);
+        let line = config.summary("127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            line,
+            "serving: store postgresql database signal on db.internal; registration invite; \
+             api http://127.0.0.1:8000; metrics http://127.0.0.1:9100"
+        );
+        let sled = Config::parse_from(["signal-server", "--data-dir", "/var/lib/s"]);
+        let line = sled.summary("127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            line,
+            "serving: store sled in /var/lib/s; registration open; api http://127.0.0.1:8000; \
+             metrics off"
+        );
+    }
+}

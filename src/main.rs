@@ -27,6 +27,7 @@ async fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
     let addr = listener.local_addr().unwrap_or(listen);
     log::info!("listening on http://{addr}");
+    log::info!("{}", app.config.summary(addr));
     server::notify_systemd("READY=1");
     let storage = app.storage.clone();
     server::run(listener, app, async {

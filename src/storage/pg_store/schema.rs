@@ -174,8 +174,12 @@ pub(super) async fn migrate(store: &PgStore) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-        .await?;
+    // Quiet: "relation already exists, skipping" on every start is no news.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning; \
+         CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
+    )
+    .await?;
     let found: i32 = tx
         .query_opt("SELECT version FROM schema_version", &[])
         .await?

@@ -201,3 +201,31 @@ async fn listen_takes_a_host_name_and_public_url_is_checked() {
         "{err}"
     );
 }
+
+/// The start log has one line an operator can grep: the store, the registration mode and the
+/// addresses (the API's is the one bound, not `:0`); never a database password.
+#[tokio::test]
+async fn the_start_log_names_the_store_the_registration_mode_and_the_addresses() {
+    let dir = crate::helpers::fresh_data_dir().await;
+    let mut server = Binary::start(dir.path(), &["--registration", "closed"]).await;
+    let store = server.wait_log("serving: store ").await;
+    let want = if crate::helpers::on_postgres() {
+        "postgresql"
+    } else {
+        "sled"
+    };
+    assert_eq!(store, want);
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("serving: store "))
+        .expect("the line");
+    assert!(
+        line.contains("; registration closed; api http://127.0.0.1:"),
+        "{line}"
+    );
+    assert!(!line.contains(":0;"), "the bound port: {line}");
+    assert!(line.ends_with("metrics off"), "{line}");
+    assert!(!logs.contains("already exists, skipping"), "{logs}");
+    server.stop().await;
+}
