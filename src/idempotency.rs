@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -89,8 +90,8 @@ impl Keyed {
 pub enum Begun {
     /// Answered already (stored, or refused as a repeat): nothing to do.
     Answered(Response),
-    /// To be run: its raw body, and its key if it has one.
-    Run(Vec<u8>, Option<Keyed>),
+    /// To be run: its body's JSON, and its key if it has one.
+    Run(Value, Option<Keyed>),
 }
 
 /// Reads a send's body (at most `max_body` bytes) after its `Idempotency-Key` header (400 if
@@ -106,7 +107,7 @@ pub async fn begin(
     let key = parse(header)?;
     let body = body.bytes(max_body).await?;
     let Some(key) = key else {
-        return Ok(Begun::Run(body, None));
+        return Ok(Begun::Run(json(&body)?, None));
     };
     let key = SendKey { sender, route, key };
     let body_hash: [u8; 32] = Sha256::digest(&body).into();
@@ -119,7 +120,13 @@ pub async fn begin(
         body_hash,
         created_ms: crate::auth::now_millis(),
     };
-    Ok(Begun::Run(body, Some(keyed)))
+    Ok(Begun::Run(json(&body)?, Some(keyed)))
+}
+
+/// The body's JSON, read after the key's checks (a repeat with another body is 422 even when
+/// that body is not JSON).
+fn json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|_| ApiError::MalformedJson)
 }
 
 /// A stored answer, for a repeat with the body hashed to `body_hash`: 422 for another body.

@@ -32,11 +32,10 @@ pub async fn send(
         key.as_ref(),
         body,
     );
-    let (bytes, keyed) = match started.await? {
+    let (value, keyed) = match started.await? {
         Begun::Answered(answer) => return Ok(answer),
-        Begun::Run(bytes, keyed) => (bytes, keyed),
+        Begun::Run(value, keyed) => (value, keyed),
     };
-    let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = Send::parse(&value, app.config.max_message_bytes)?;
     let recipient = app
         .storage
@@ -139,11 +138,10 @@ pub async fn send_all(
         key.as_ref(),
         body,
     );
-    let (bytes, keyed) = match started.await? {
+    let (value, keyed) = match started.await? {
         Begun::Answered(answer) => return Ok(answer),
-        Begun::Run(bytes, keyed) => (bytes, keyed),
+        Begun::Run(value, keyed) => (value, keyed),
     };
-    let value = serde_json::from_slice(&bytes).map_err(|_| ApiError::MalformedJson)?;
     let req = SendAll::parse(&value, app.config.max_message_bytes)?;
     let recipient = app
         .storage

@@ -58,20 +58,18 @@ impl SledStore {
     /// The device's stamp (see `Storage::device_stamp`): a linked device's slot, new at every
     /// link; the primary's slot is its user id at every creation, so its registrationId goes in.
     pub fn device_stamp(&self, device: DeviceRef) -> Result<Option<u64>, StoreError> {
-        if let Some(primary) = self.device(device.user)? {
-            if primary.id() == device.device {
-                return Ok(Some(
-                    device.user ^ (u64::from(primary.registration_id) << 40),
-                ));
-            }
-        }
-        match self
+        // Linked first: a bound token is most often a linked device's, and no linked device
+        // has the primary's id, so the primary's record is decoded only for the primary.
+        if let Some(v) = self
             .linked_devices
             .get(keys::linked(device.user, device.device))?
         {
-            Some(v) => Ok(Some(decode::<LinkedDevice>(&v)?.slot)),
-            None => Ok(None),
+            return Ok(Some(decode::<LinkedDevice>(&v)?.slot));
         }
+        Ok(self
+            .device(device.user)?
+            .filter(|primary| primary.id() == device.device)
+            .map(|primary| device.user ^ (u64::from(primary.registration_id) << 40)))
     }
 
     /// The slot of a device the caller needs to exist.

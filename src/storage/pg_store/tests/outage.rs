@@ -104,11 +104,10 @@ impl Relay {
     }
 }
 
-#[tokio::test]
-async fn a_database_that_stalls_or_goes_down_is_unavailable_within_5_s_and_used_again_when_back() {
-    let Some(url) = fresh_database().await else {
-        return;
-    };
+/// A fresh database reached through a relay the test can freeze or cut: the relay, running,
+/// and the database's URL through it.
+async fn relayed_database() -> Option<(Relay, String)> {
+    let url = fresh_database().await?;
     let config: tokio_postgres::Config = url.parse().unwrap();
     let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
         panic!("the test server must be reached over TCP");
@@ -126,6 +125,14 @@ async fn a_database_that_stalls_or_goes_down_is_unavailable_within_5_s_and_used_
         &format!("127.0.0.1:{}", relay.port),
         1,
     );
+    Some((relay, relayed))
+}
+
+#[tokio::test]
+async fn a_database_that_stalls_or_goes_down_is_unavailable_within_5_s_and_used_again_when_back() {
+    let Some((mut relay, relayed)) = relayed_database().await else {
+        return;
+    };
     let s = PgStore::connect(&relayed).await.unwrap();
     let a = s.create_user("a", "", "h".into(), None).await.unwrap();
 
@@ -188,26 +195,9 @@ async fn sslmode_require_insists_on_tls() {
 #[tokio::test]
 async fn a_keyed_send_whose_commit_was_lost_in_transit_is_answered_on_its_retry() {
     use crate::storage::idempotency::{Remember, SendKey, Sent, ROUTE_SEND};
-    let Some(url) = fresh_database().await else {
+    let Some((mut relay, relayed)) = relayed_database().await else {
         return;
     };
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
-        panic!("the test server must be reached over TCP");
-    };
-    let port = config.get_ports()[0];
-    let mut relay = Relay {
-        port: 0,
-        upstream: format!("{host}:{port}"),
-        task: None,
-        frozen: tokio::sync::watch::channel(false).0,
-    };
-    relay.start().await;
-    let relayed = url.replacen(
-        &format!("{host}:{port}"),
-        &format!("127.0.0.1:{}", relay.port),
-        1,
-    );
     let s = PgStore::connect(&relayed).await.unwrap();
     let (a, b) = (
         user_with_device(&s, "a").await,
