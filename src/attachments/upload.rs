@@ -184,6 +184,10 @@ impl Writing<'_> {
     /// Makes what was written durable and moves the record's offset to it.
     async fn step(&mut self, writer: &mut BlobWriter) -> Result<(), Stop> {
         let to = writer.sync().await.map_err(|e| Stop::Drop(blob_error(e)))?;
+        if to == self.durable {
+            // Nothing new (the body ended right after a step, or was empty).
+            return Ok(());
+        }
         let now = now_millis();
         self.lease.until_ms = now + LEASE_MS;
         let advanced = self
