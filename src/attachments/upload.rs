@@ -172,6 +172,10 @@ impl Writing<'_> {
                 Err(Stop::Drop(e) | Stop::Lost(e)) => Err(e),
             },
             Stop::Drop(e) => {
+                // Cutting the blob back is a write too: not once the lease may be another's.
+                if self.renew().await.is_err() {
+                    return Err(e);
+                }
                 if let Err(d) = writer.discard().await {
                     log::warn!("dropping an attachment's unsynced bytes failed: {d}");
                 }
@@ -183,6 +187,8 @@ impl Writing<'_> {
 
     /// Makes what was written durable and moves the record's offset to it.
     async fn step(&mut self, writer: &mut BlobWriter) -> Result<(), Stop> {
+        // The buffered bytes are written now: only while the lease surely holds.
+        self.renew().await.map_err(Stop::Lost)?;
         let to = writer.sync().await.map_err(|e| Stop::Drop(blob_error(e)))?;
         if to == self.durable {
             // Nothing new (the body ended right after a step, or was empty).
