@@ -243,6 +243,9 @@ impl SledStore {
                 Ok(u) if u.is_complete() => {
                     leases.remove(&step.id);
                 }
+                Ok(_) if step.release => {
+                    leases.remove(&step.id);
+                }
                 Ok(_) => {
                     leases.insert(step.id, step.lease);
                 }
