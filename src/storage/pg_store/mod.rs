@@ -308,12 +308,12 @@ impl From<tokio_postgres::Error> for StoreError {
                 _ => {}
             }
         }
-        // A device for a user that is gone; a keyed send from a device that is gone (its
-        // token with it).
+        // A device or an attachment for a user that is gone; a keyed send from a device that
+        // is gone (its token with it).
         if *code == SqlState::FOREIGN_KEY_VIOLATION
             && matches!(
                 db.constraint(),
-                Some(schema::DEVICE_USER | schema::IDEMPOTENCY_SENDER)
+                Some(schema::DEVICE_USER | schema::IDEMPOTENCY_SENDER | schema::ATTACHMENT_OWNER)
             )
         {
             return StoreError::NoUser;
