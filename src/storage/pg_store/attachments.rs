@@ -121,13 +121,13 @@ impl PgStore {
         &self,
         step: Advance,
     ) -> Result<Result<Upload, UploadRefused>, StoreError> {
-        // The last step completes the upload and gives the lease back.
+        // The step that completes the upload, or a request's last, gives the lease back.
         let sql = format!(
             r#"UPDATE attachments SET "offset" = $4::bigint,
             completed_ms = CASE WHEN $4::bigint = length THEN $6::bigint END,
             expires_ms = CASE WHEN $4::bigint = length THEN $7::bigint ELSE expires_ms END,
-            lease_holder = CASE WHEN $4::bigint = length THEN NULL ELSE lease_holder END,
-            lease_until_ms = CASE WHEN $4::bigint = length THEN NULL ELSE $5::bigint END
+            lease_holder = CASE WHEN $4::bigint = length OR $8 THEN NULL ELSE lease_holder END,
+            lease_until_ms = CASE WHEN $4::bigint = length OR $8 THEN NULL ELSE $5::bigint END
             WHERE id = $1 AND lease_holder = $2 AND "offset" = $3 AND completed_ms IS NULL
             AND $4::bigint <= length
             RETURNING {COLUMNS}"#
@@ -147,6 +147,7 @@ impl PgStore {
                         // As the sled store keeps it (0 there means unfinished).
                         &db_id(step.now_ms.max(1)),
                         &db_id(step.expires_ms),
+                        &step.release,
                     ],
                 )
                 .await?;

@@ -47,6 +47,7 @@ fn step(n: u8, holder: u64, from: u64, to: u64, now_ms: u64) -> Advance {
         to,
         now_ms,
         expires_ms: now_ms + 30 * DAY,
+        release: false,
     }
 }
 
@@ -275,6 +276,14 @@ async fn a_lease_run_out_lets_another_request_take_the_upload_and_the_first_lose
     );
     s.release_upload(&id(1), H2).await.unwrap();
     assert!(claim(5, H3, 3_100).await.is_ok());
+
+    // A request's last step gives the lease back with the offset it writes.
+    let last = Advance {
+        release: true,
+        ..step(1, H3, 5, 7, 3_200)
+    };
+    s.advance_upload(last).await.unwrap().unwrap();
+    assert!(claim(7, H1, 3_300).await.is_ok());
 }
 
 #[tokio::test]
