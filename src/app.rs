@@ -30,6 +30,8 @@ pub struct State {
     pub bodies: BodyLimits,
     /// Keyed sends running on this instance (see `idempotency`).
     pub in_flight: Arc<crate::idempotency::InFlight>,
+    /// Where attachment bytes live.
+    pub blobs: crate::attachments::Blobs,
 }
 
 #[derive(Clone)]
@@ -54,6 +56,7 @@ impl App {
             config.public_url.as_deref(),
         )?;
         let cors = Cors::new(&config.cors_origin)?;
+        let blobs = crate::attachments::open_blobs(&config)?;
         Ok(App(Arc::new(State {
             tokens: Tokens::new(&secret, config.token_ttl, config.refresh_max_age),
             hasher: Hasher::new(config.pbkdf2_iterations, config.hash_queue),
@@ -64,6 +67,7 @@ impl App {
             cors: Arc::new(cors),
             bodies: BodyLimits::from_config(&config),
             in_flight: Arc::default(),
+            blobs,
             storage,
             config,
         })))

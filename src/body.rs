@@ -21,7 +21,8 @@ use warp::Buf;
 use crate::config::Config;
 use crate::error::ApiError;
 
-type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+/// A body's chunks as they arrive.
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
 /// What every body is read under.
 #[derive(Clone)]
@@ -73,6 +74,17 @@ impl Body {
             chunks: Box::pin(chunks),
             limits,
         }
+    }
+
+    /// `Content-Length`, if the client sent one.
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// The chunks as they arrive, neither buffered nor capped (attachment uploads, which stream
+    /// them to the blob store and check their length themselves).
+    pub fn into_chunks(self) -> Chunks {
+        self.chunks
     }
 
     /// The whole body, if it is at most `limit` bytes and arrives within the body timeout.

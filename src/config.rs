@@ -208,6 +208,37 @@ pub struct Config {
     )]
     pub cors_origin: Vec<String>,
 
+    /// Directory of attachment blobs. Default: `attachments` in the data dir. Several instances
+    /// on one database need a directory they all reach, or --attachments-s3.
+    #[arg(long, env = "SIGNAL_SERVER_ATTACHMENTS_DIR", value_name = "DIR")]
+    pub attachments_dir: Option<PathBuf>,
+
+    /// Keep attachment blobs in an S3-compatible bucket instead, as s3://bucket[/prefix];
+    /// credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
+    #[arg(long, env = "SIGNAL_SERVER_ATTACHMENTS_S3", value_name = "URL")]
+    pub attachments_s3: Option<String>,
+
+    /// The S3 endpoint of a store other than AWS (MinIO, Garage, SeaweedFS, Ceph, R2), e.g.
+    /// http://127.0.0.1:9000 (path-style requests).
+    #[arg(
+        long,
+        env = "SIGNAL_SERVER_ATTACHMENTS_S3_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub attachments_s3_endpoint: Option<String>,
+
+    /// Largest attachment (its Upload-Length), in bytes.
+    #[arg(long, env = "SIGNAL_SERVER_MAX_ATTACHMENT_BYTES", default_value_t = 100 << 20)]
+    pub max_attachment_bytes: u64,
+
+    /// Bytes of attachments one account may hold, unfinished uploads at their full length.
+    #[arg(long, env = "SIGNAL_SERVER_ATTACHMENT_QUOTA", default_value_t = 2 << 30)]
+    pub attachment_quota: u64,
+
+    /// Seconds a complete attachment is kept after its upload finished (default 30 days).
+    #[arg(long, env = "SIGNAL_SERVER_ATTACHMENT_TTL", default_value_t = 30 * 24 * 3600)]
+    pub attachment_ttl: u64,
+
     /// An operator command instead of running the server. Commands reach a running server
     /// through its admin socket (`<data-dir>/admin.sock`); with no server running they open the
     /// data dir themselves.

@@ -22,7 +22,9 @@ use crate::error::ApiError;
 /// Headers every preflight allows, whatever the browser asked for.
 const ALWAYS_ALLOWED: &str = "authorization, content-type";
 /// Response headers that scripts may read besides the safelisted ones.
-const EXPOSED: &str = "retry-after, www-authenticate";
+const EXPOSED: &str = "retry-after, www-authenticate, location, upload-offset, upload-length, \
+                       upload-expires, tus-resumable, tus-version, tus-extension, tus-max-size, \
+                       content-range, etag";
 /// How long a browser may cache a preflight, in seconds (one day; Chromium caps it at 2 h).
 const MAX_AGE: &str = "86400";
 /// At most this many requested header names are echoed in a preflight answer.

@@ -65,6 +65,23 @@ pub enum ApiError {
     Unavailable,
     /// A browser page of an origin outside `--cors-origin` tried to open a WebSocket.
     OriginNotAllowed,
+    /// An attachment request without `Tus-Resumable: 1.0.0`.
+    UnsupportedVersion,
+    /// An attachment that does not exist for the caller (unknown, expired, deleted, another
+    /// account's upload, unfinished on download).
+    NoSuchAttachment,
+    /// A PATCH at another offset than the upload's (or while another PATCH writes it).
+    OffsetMismatch,
+    /// A PATCH of a complete upload.
+    UploadComplete,
+    /// A PATCH whose body does not match its `Upload-Checksum`.
+    ChecksumMismatch,
+    /// The account's attachments would go over `--attachment-quota`.
+    AttachmentQuota,
+    /// A `Range` outside the attachment (its length).
+    RangeNotSatisfiable(u64),
+    /// The blob store has no room left.
+    InsufficientStorage,
     Internal(String),
 }
 
@@ -94,7 +111,17 @@ impl ApiError {
             | ApiError::TooManyDevices
             | ApiError::PrimaryDevice
             | ApiError::LinkedDevice
-            | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            | ApiError::OriginNotAllowed
+            | ApiError::AttachmentQuota => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedVersion => StatusCode::PRECONDITION_FAILED,
+            ApiError::NoSuchAttachment => StatusCode::NOT_FOUND,
+            ApiError::OffsetMismatch | ApiError::UploadComplete => StatusCode::CONFLICT,
+            // TUS's own status for a checksum mismatch.
+            ApiError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::StaleDevices(_) => StatusCode::GONE,
             ApiError::MismatchedDevices { .. } | ApiError::RequestInProgress => {
                 StatusCode::CONFLICT
@@ -146,6 +173,14 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable => "unavailable",
             ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::UnsupportedVersion => "unsupported_version",
+            ApiError::NoSuchAttachment => "no_such_attachment",
+            ApiError::OffsetMismatch => "offset_mismatch",
+            ApiError::UploadComplete => "upload_complete",
+            ApiError::ChecksumMismatch => "checksum_mismatch",
+            ApiError::AttachmentQuota => "attachment_quota",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -200,6 +235,20 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "Unsupported media type.",
             ApiError::Unavailable => "The server is temporarily unavailable; retry later.",
             ApiError::OriginNotAllowed => "Pages of this origin may not use this server.",
+            ApiError::UnsupportedVersion => "This server speaks TUS 1.0.0 (Tus-Resumable: 1.0.0).",
+            ApiError::NoSuchAttachment => "No such attachment (it may have expired).",
+            ApiError::OffsetMismatch => {
+                "Upload-Offset is not the upload's offset; ask HEAD for it and resume there."
+            }
+            ApiError::UploadComplete => "The upload is complete and cannot change.",
+            ApiError::ChecksumMismatch => {
+                "The body does not match Upload-Checksum; none of it was kept."
+            }
+            ApiError::AttachmentQuota => "The account's attachments would exceed its quota.",
+            ApiError::RangeNotSatisfiable(_) => "The range is outside the attachment.",
+            ApiError::InsufficientStorage => {
+                "The server has no room for this upload now; resume it later."
+            }
             ApiError::Internal(_) => "Internal server error.",
         }
     }
@@ -265,6 +314,17 @@ impl Reply for ApiError {
             // Overload and storage faults pass; a client should come back soon, not hammer.
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.into());
+            }
+            ApiError::UnsupportedVersion => {
+                headers.insert("tus-version", header::HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::RangeNotSatisfiable(length) => {
+                if let Ok(v) = header::HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            ApiError::InsufficientStorage => {
+                headers.insert(header::RETRY_AFTER, 60u64.into());
             }
             // The rest of the body may still be on its way: the connection cannot be reused.
             ApiError::RequestTimeout => {

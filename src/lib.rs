@@ -10,7 +10,7 @@
 //!   and idle timeouts, shutdown deadline.
 //! - `app`: the shared state handed to every handler.
 //! - `routes`: every route, and rejections turned into JSON errors; `access`: the access log.
-//! - `handlers`: one module per resource (users, devices, keys, messages, ws).
+//! - `handlers`: one module per resource (users, devices, keys, messages, ws, attachments).
 //! - `body`, `validate`, `requests`: reading bodies and parsing them into typed requests.
 //! - `idempotency`: the `Idempotency-Key` of sends, and keyed sends in flight here.
 //! - `models`: domain records and the wire shapes of responses.
@@ -23,6 +23,8 @@
 //!   `metrics` (Prometheus text on its own address).
 //! - `storage`: the two stores (sled, PostgreSQL) behind one set of verbs; nothing else knows
 //!   either.
+//! - `attachments`: encrypted blobs over TUS: the blob stores (a directory, S3), writing a
+//!   body under an upload's lease, the sweep of what expired.
 //! - `route_table`: every route template with its methods (metrics labels, CORS preflights);
 //!   `cors`: which browser origins may call the API, and the headers that tell them.
 //! - `client` (feature `client`): a typed client for the API, for examples, load and tests.
@@ -30,6 +32,7 @@
 pub mod access;
 pub mod admin;
 pub mod app;
+pub mod attachments;
 pub mod auth;
 pub mod body;
 #[cfg(feature = "client")]

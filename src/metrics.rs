@@ -35,6 +35,10 @@ pub struct Metrics {
     sum_nanos: Vec<AtomicU64>,
     /// Connections closed at once for `--max-connections-per-ip` (counted by `net::per_ip`).
     pub refused_connections: Arc<AtomicU64>,
+    /// Attachment totals as the sweep last counted them (`None` until it has).
+    attachments: std::sync::Mutex<Option<crate::storage::attachments::AttachmentTotals>>,
+    /// Attachments and blobs the sweeps removed.
+    attachments_swept: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -46,6 +50,8 @@ impl Default for Metrics {
             counts: atomics(ROUTE_SLOTS),
             sum_nanos: atomics(ROUTE_SLOTS),
             refused_connections: Arc::default(),
+            attachments: std::sync::Mutex::default(),
+            attachments_swept: AtomicU64::new(0),
         }
     }
 }
@@ -89,6 +95,19 @@ impl Metrics {
         }
         self.counts[route].fetch_add(1, Relaxed);
         self.sum_nanos[route].fetch_add(elapsed.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts what an attachment sweep removed.
+    pub fn attachment_sweep(&self, removed: usize) {
+        self.attachments_swept.fetch_add(removed as u64, Relaxed);
+    }
+
+    /// Keeps the attachment totals the sweep counted, for the next scrapes.
+    pub fn attachment_totals(&self, totals: crate::storage::attachments::AttachmentTotals) {
+        *self
+            .attachments
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(totals);
     }
 
     /// The Prometheus text exposition of everything, with the stored totals (none while they
@@ -166,6 +185,38 @@ impl Metrics {
                 t.kyber_prekeys,
             );
         }
+        let attachments = *self
+            .attachments
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(a) = attachments {
+            gauge(
+                &mut out,
+                "signal_server_attachment_bytes",
+                "Attachment bytes stored (as of the last sweep, once a minute).",
+                a.bytes,
+            );
+            gauge(
+                &mut out,
+                "signal_server_attachments",
+                "Complete attachments (as of the last sweep).",
+                a.complete,
+            );
+            gauge(
+                &mut out,
+                "signal_server_attachment_uploads_in_progress",
+                "Unfinished uploads (as of the last sweep).",
+                a.unfinished,
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP signal_server_attachments_swept_total Expired attachments and blobs without \
+             a record that sweeps removed.\n\
+             # TYPE signal_server_attachments_swept_total counter\n\
+             signal_server_attachments_swept_total {}\n",
+            self.attachments_swept.load(Relaxed)
+        );
         gauge(
             &mut out,
             "signal_server_websocket_connections",

@@ -48,6 +48,7 @@ pub struct RateLimits {
     send: Limit<u64>,
     anonymous: Limit<IpAddr>,
     password_check: Limit<u64>,
+    attachment_create: Limit<u64>,
 }
 
 impl RateLimits {
@@ -62,6 +63,7 @@ impl RateLimits {
             send: Limit::new(200, Duration::from_millis(50)),
             anonymous: Limit::new(20, Duration::from_secs(6)),
             password_check: Limit::new(5, Duration::from_secs(60)),
+            attachment_create: Limit::new(50, Duration::from_millis(1200)),
         }
     }
 
@@ -97,6 +99,14 @@ impl RateLimits {
         Ok(())
     }
 
+    /// An upload created by `account`: a burst of 50, then one every 1.2 s.
+    pub fn attachment_create(&self, account: u64) -> Result<(), ApiError> {
+        if self.enabled {
+            self.attachment_create.check(&account)?;
+        }
+        Ok(())
+    }
+
     /// Forgets keys whose budget is full again, so memory stays bounded.
     pub fn sweep(&self) {
         self.bundle_pair.sweep();
@@ -104,6 +114,7 @@ impl RateLimits {
         self.send.sweep();
         self.anonymous.sweep();
         self.password_check.sweep();
+        self.attachment_create.sweep();
     }
 }
 

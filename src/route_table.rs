@@ -33,6 +33,8 @@ pub const ROUTES: &[Route] = &[
     route("/v2/devices/:deviceId", &["DELETE"]),
     route("/v2/prekeybundle/:username/:regId", &["GET"]),
     route("/v2/messages/:regId", &["POST"]),
+    route("/attachments", &["POST", "OPTIONS"]),
+    route("/attachments/:id", &["GET", "HEAD", "PATCH", "DELETE"]),
     route("/", &["GET"]),
 ];
 
@@ -82,6 +84,8 @@ fn template_of(path: &str) -> Option<&'static str> {
         ["v2", "devices", d] if id(d) => "/v2/devices/:deviceId",
         ["v2", "prekeybundle", _, r] if id(r) => "/v2/prekeybundle/:username/:regId",
         ["v2", "messages", r] if id(r) => "/v2/messages/:regId",
+        ["attachments"] => "/attachments",
+        ["attachments", _] => "/attachments/:id",
         [] => "/",
         _ => return None,
     };
@@ -100,6 +104,7 @@ mod tests {
                 .replace(":regId", "7")
                 .replace(":deviceId", "2")
                 .replace(":username", "alice")
+                .replace(":id", "AAAAAAAAAAAAAAAAAAAAAA")
                 .replace('*', "1");
             assert_eq!(find(&path).map(|r| r.template), Some(route.template));
             assert_eq!(

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::{devices, keys, messages, users, ws, Answer};
+use crate::handlers::{attachments, devices, keys, messages, users, ws, Answer};
 
 impl warp::reject::Reject for ApiError {}
 
@@ -33,6 +33,8 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .or(v2_routes(&app))
         .unify()
         .or(crate::cors::preflight(&app.cors))
+        .unify()
+        .or(attachment_routes(&app))
         .unify()
         .recover(recover)
         .unify();
@@ -551,6 +553,89 @@ fn v2_routes(app: &App) -> BoxedFilter<(Response,)> {
         .or(send)
         .unify()
         .boxed()
+}
+
+/// The TUS routes under `/attachments` (after the CORS preflight, which answers a browser's
+/// OPTIONS first). Their every answer, errors included, carries `Tus-Resumable`.
+fn attachment_routes(app: &App) -> BoxedFilter<(Response,)> {
+    let a = app;
+    let headers = || warp::header::headers_cloned();
+    // OPTIONS /attachments
+    let options = warp::path::end()
+        .and(warp::options())
+        .and(with_app(a))
+        .then(attachments::options)
+        .map(reply);
+    // POST /attachments
+    let create = warp::path::end()
+        .and(warp::post())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(headers())
+        .and(body(a))
+        .then(attachments::create)
+        .map(reply);
+    let id = || warp::path::param::<String>().and(warp::path::end());
+    // OPTIONS /attachments/<id>
+    let options_id = id()
+        .and(warp::options())
+        .and(with_app(a))
+        .then(|_: String, app: App| attachments::options(app))
+        .map(reply);
+    // HEAD /attachments/<id>
+    let head = id()
+        .and(warp::head())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(headers())
+        .then(|id, app, caller, h| attachments::head(app, caller, id, h))
+        .map(reply);
+    // PATCH /attachments/<id>
+    let patch = id()
+        .and(warp::patch())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(headers())
+        .and(body(a))
+        .then(|id, app, caller, h, body| attachments::patch(app, caller, id, h, body))
+        .map(reply);
+    // DELETE /attachments/<id>
+    let delete = id()
+        .and(warp::delete())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(headers())
+        .then(|id, app, caller, h| attachments::delete(app, caller, id, h))
+        .map(reply);
+    // GET /attachments/<id>
+    let download = id()
+        .and(warp::get())
+        .and(with_app(a))
+        .and(auth(a))
+        .and(headers())
+        .then(|id, app, caller, h| attachments::download(app, caller, id, h))
+        .map(reply);
+    let routes = options
+        .or(create)
+        .unify()
+        .or(options_id)
+        .unify()
+        .or(head)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(download)
+        .unify()
+        .recover(recover)
+        .unify()
+        .map(|mut res: Response| {
+            res.headers_mut()
+                .insert("tus-resumable", HeaderValue::from_static("1.0.0"));
+            res
+        });
+    warp::path("attachments").and(routes).boxed()
 }
 
 /// Turns every rejection into the one JSON error shape.

@@ -144,10 +144,11 @@ pub async fn serve_metrics(listener: TcpListener, app: App) {
 /// Open connections the metrics address allows (a scraper or two).
 const METRICS_CONNECTIONS: usize = 16;
 
-/// Background upkeep: expired messages, reset tokens and idempotency records (a bounded number
-/// per round), idle rate-limit keys.
+/// Background upkeep: expired messages, reset tokens, idempotency records and attachments (a
+/// bounded number per round), idle rate-limit keys.
 async fn sweep(app: App) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut rounds: u64 = 0;
     loop {
         tick.tick().await;
         let now_ms = crate::auth::now_millis();
@@ -167,6 +168,14 @@ async fn sweep(app: App) {
             Err(e) => log::error!("idempotency sweep failed: {e}"),
         }
         app.limits.sweep();
+        // Blobs without a record are looked for once an hour (a listing of the blob store).
+        let leftovers = rounds % 60 == 0;
+        rounds += 1;
+        crate::attachments::sweep::round(&app, leftovers).await;
+        match app.storage.attachment_totals().await {
+            Ok(totals) => app.metrics.attachment_totals(totals),
+            Err(e) => log::error!("counting attachments failed: {e}"),
+        }
     }
 }
 

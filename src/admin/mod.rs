@@ -67,8 +67,7 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
         }
         Command::Users(UsersCommand::Delete { username }) => {
             let user = find(app, &username).await?;
-            app.storage.delete_user(user.id).await?;
-            app.hub.close_account(user.id);
+            crate::handlers::users::delete_account(app, user.id).await?;
             w(
                 out,
                 format!("deleted user {} (id {})", user.username, user.id),

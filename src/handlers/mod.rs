@@ -1,6 +1,7 @@
 //! Handlers: thin functions from typed input to a reply. Each checks what the route's caller may
 //! do, makes one or two storage calls, and answers in the API's shapes.
 
+pub mod attachments;
 pub mod devices;
 pub mod keys;
 pub mod messages;

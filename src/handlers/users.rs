@@ -133,14 +133,23 @@ pub async fn delete_me(app: App, user: Caller, body: Body) -> Answer {
     let [current] = requests::strings(&value, ["current_password"])?;
     let _claim = check_current_password(&app, &user, current).await?;
     let user_id = user.id;
-    detached(async move {
-        app.storage.delete_user(user_id).await?;
-        app.hub.close_account(user_id);
-        Ok(())
-    })
-    .await?;
+    detached(async move { delete_account(&app, user_id).await }).await?;
     log::info!("user {user_id} deleted");
     no_content()
+}
+
+/// Deletes an account with everything it holds, closes its sockets, and removes its attachment
+/// blobs (any left, say by a crash, are swept as blobs without a record).
+pub async fn delete_account(app: &App, user_id: u64) -> Result<(), ApiError> {
+    let attachments = app.storage.uploads_of(user_id).await?;
+    app.storage.delete_user(user_id).await?;
+    app.hub.close_account(user_id);
+    for id in attachments {
+        if let Err(e) = app.blobs.delete(&id).await {
+            log::warn!("a deleted account's attachment blob was not removed (the sweep will): {e}");
+        }
+    }
+    Ok(())
 }
 
 /// POST /auth/password

@@ -11,6 +11,7 @@
 //! future, and every handler's, that large on sled too (measured: an enqueue's future 4.8 KB
 //! instead of 0.4 KB).
 
+pub mod attachments;
 pub mod idempotency;
 pub mod pg_store;
 pub mod sled_store;
@@ -241,6 +242,8 @@ impl Storage {
         }
     }
 
+    /// Removes the account with its devices, keys, queues and attachment records (the blob
+    /// store keeps the blobs until they are deleted or swept as left over).
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => s.watched(s.delete_user(user_id).await),

@@ -33,6 +33,7 @@
 //! that is the sled store's `to_lowercase()`; for a non-ASCII email it follows the database's
 //! locale (`C.UTF-8` or any UTF-8 one lowers as Rust does for nearly every letter).
 
+mod attachments;
 mod backup;
 mod devices;
 mod fanout;

@@ -22,6 +22,7 @@
 //! refused from then on and the binary exits for its supervisor to restart it (fail-stop, see
 //! `commit`).
 
+mod attachments;
 mod backup;
 mod commit;
 mod devices;
@@ -64,8 +65,8 @@ pub use users::ResetGrant;
 /// The on-disk layout version; bump it when a record or key layout changes. Version 2 added
 /// linked devices (the `linked_devices` tree); a version 1 database is version 2 with none, so
 /// opening one only writes the new number (and a build that knows only version 1 then refuses
-/// the data dir instead of ignoring linked devices). The idempotency trees came later without a
-/// bump: a build that ignores them reads everything else right (see `idempotency`).
+/// the data dir instead of ignoring linked devices). The idempotency and attachment trees came later
+/// without a bump: a build that ignores them reads everything else right.
 const SCHEMA_VERSION: u32 = 2;
 
 /// `"schema_version"` → u32 BE.
@@ -100,6 +101,14 @@ const INVITES: &str = "invites";
 const IDEMPOTENCY: &str = "idempotency";
 /// created ms (u64 BE) ‖ `IDEMPOTENCY` key → empty: the records by age, for the sweep.
 const IDEMPOTENCY_TIMES: &str = "idempotency_times";
+/// attachment id (16) → the upload's record (see `attachments`).
+const ATTACHMENTS: &str = "attachments";
+/// owner ‖ attachment id → empty: an account's uploads.
+const ATTACHMENT_OWNERS: &str = "attachment_owners";
+/// expires ms (u64 BE) ‖ attachment id → empty: the uploads by expiry, for the sweep.
+const ATTACHMENT_EXPIRY: &str = "attachment_expiry";
+/// owner → unfinished uploads (u32 BE) ‖ bytes (u64 BE): what the limits check.
+const ATTACHMENT_USAGE: &str = "attachment_usage";
 
 /// Whether `dir` holds a sled database (the server creates one on its first start): operator
 /// commands refuse a dir without one instead of creating an empty database there.
@@ -170,6 +179,16 @@ pub struct SledStore {
     invites: sled::Tree,
     idempotency: sled::Tree,
     idempotency_times: sled::Tree,
+    attachments: sled::Tree,
+    attachment_owners: sled::Tree,
+    attachment_expiry: sled::Tree,
+    attachment_usage: sled::Tree,
+    /// Which request may write an upload (see `storage::attachments`).
+    leases: Arc<
+        std::sync::Mutex<
+            HashMap<crate::storage::attachments::AttachmentId, crate::storage::attachments::Lease>,
+        >,
+    >,
     meta: sled::Tree,
     committer: Arc<Committer>,
     /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
@@ -216,6 +235,11 @@ impl SledStore {
             invites: db.open_tree(INVITES)?,
             idempotency: db.open_tree(IDEMPOTENCY)?,
             idempotency_times: db.open_tree(IDEMPOTENCY_TIMES)?,
+            attachments: db.open_tree(ATTACHMENTS)?,
+            attachment_owners: db.open_tree(ATTACHMENT_OWNERS)?,
+            attachment_expiry: db.open_tree(ATTACHMENT_EXPIRY)?,
+            attachment_usage: db.open_tree(ATTACHMENT_USAGE)?,
+            leases: Arc::default(),
             meta,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             queue_lens: Arc::default(),

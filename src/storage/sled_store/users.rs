@@ -133,6 +133,7 @@ impl SledStore {
         })?;
         self.count(Count::Users, -1);
         self.remove_device_data(user_id)?;
+        self.remove_uploads_of(user_id)?;
         self.sync().await
     }
 

@@ -1,0 +1,110 @@
+//! Where attachment bytes live: a directory (the default, `<data-dir>/attachments`) or an
+//! S3-compatible object store. Both are written the same way, by one writer per upload at a
+//! time (the record's lease, see `storage::attachments`): `writer` from the upload's durable
+//! offset, `write` as the body arrives, `sync` to make what was written durable (only then may
+//! the record's offset move), `discard` to drop what was written since the last `sync`.
+//! Bytes past a record's offset are never read: a crash leaves at most such bytes behind, and
+//! the next writer starts over from the offset.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use warp::hyper::body::Bytes;
+
+use super::dir::{DirBlobs, DirWriter};
+use crate::storage::attachments::AttachmentId;
+
+/// A blob's bytes, streamed.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The disk (or the object store) has no room: the client may resume later.
+    #[error("no space left: {0}")]
+    Full(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for BlobError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            BlobError::Full(e.to_string())
+        } else {
+            BlobError::Io(e.to_string())
+        }
+    }
+}
+
+pub enum Blobs {
+    Dir(DirBlobs),
+}
+
+impl Blobs {
+    /// A writer of `id` going on from `offset` (its record's durable offset; anything after
+    /// it from an earlier writer is dropped).
+    pub async fn writer(&self, id: &AttachmentId, offset: u64) -> Result<BlobWriter, BlobError> {
+        match self {
+            Blobs::Dir(d) => d.writer(id, offset).await.map(BlobWriter::Dir),
+        }
+    }
+
+    /// Bytes `start..end` of a blob whose record says they are durable.
+    pub async fn read(
+        &self,
+        id: &AttachmentId,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream, BlobError> {
+        match self {
+            Blobs::Dir(d) => d.read(id, start, end).await,
+        }
+    }
+
+    /// Removes a blob (nothing if there is none).
+    pub async fn delete(&self, id: &AttachmentId) -> Result<(), BlobError> {
+        match self {
+            Blobs::Dir(d) => d.delete(id).await,
+        }
+    }
+
+    /// The ids of every blob there is (for the sweep of blobs left without a record, and fsck).
+    pub async fn ids(&self) -> Result<Vec<AttachmentId>, BlobError> {
+        match self {
+            Blobs::Dir(d) => d.ids().await,
+        }
+    }
+
+    /// Where the blobs are, for the start log (never a credential).
+    pub fn describe(&self) -> String {
+        match self {
+            Blobs::Dir(d) => d.describe(),
+        }
+    }
+}
+
+pub enum BlobWriter {
+    Dir(DirWriter),
+}
+
+impl BlobWriter {
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), BlobError> {
+        match self {
+            BlobWriter::Dir(w) => w.write(bytes).await,
+        }
+    }
+
+    /// Makes everything written so far durable; returns the offset it reaches.
+    pub async fn sync(&mut self) -> Result<u64, BlobError> {
+        match self {
+            BlobWriter::Dir(w) => w.sync().await,
+        }
+    }
+
+    /// Drops what was written since the last `sync` (or since the start).
+    pub async fn discard(&mut self) -> Result<(), BlobError> {
+        match self {
+            BlobWriter::Dir(w) => w.discard().await,
+        }
+    }
+}

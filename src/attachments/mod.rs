@@ -1,0 +1,88 @@
+//! Attachments: encrypted blobs uploaded over TUS 1.0.0 (`handlers::attachments`), their bytes
+//! in a blob store (`blobs`: a directory or S3), their records in storage
+//! (`storage::attachments`). `upload` streams a request body into the blob store under the
+//! upload's lease; `sweep` removes what expired and blobs left without a record.
+
+pub mod blobs;
+mod dir;
+pub mod sweep;
+pub mod upload;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::config::Config;
+use crate::storage::attachments::{AttachmentId, UploadLimits};
+pub use blobs::{BlobError, Blobs};
+
+/// Unfinished uploads one account may have at a time.
+pub const MAX_UNFINISHED: u32 = 10;
+/// How long an unfinished upload is kept after its creation.
+pub const UNFINISHED_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// `id` as it appears in paths: base64url without padding (22 characters).
+pub fn encode_id(id: &AttachmentId) -> String {
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+/// The id of a path segment, if it is one (exactly 22 characters of base64url).
+pub fn parse_id(text: &str) -> Option<AttachmentId> {
+    if text.len() != 22 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    // 22 characters carry 132 bits: the last 4 must be zero, or two texts would name one id.
+    (encode_id(&bytes.clone().try_into().ok()?) == text)
+        .then(|| bytes.try_into().ok())
+        .flatten()
+}
+
+/// A fresh id: 16 random bytes.
+pub fn new_id() -> AttachmentId {
+    rand::random()
+}
+
+/// What one account may hold (`--attachment-quota`, `MAX_UNFINISHED`).
+pub fn limits(config: &Config) -> UploadLimits {
+    UploadLimits {
+        max_unfinished: MAX_UNFINISHED,
+        quota_bytes: config.attachment_quota,
+    }
+}
+
+/// The blob store the configuration names: `--attachments-dir`, else `attachments` in the data
+/// dir. Uploads leave twice `--reserve-mb` free on its disk (they are refused as if it were
+/// full before that), so that attachments never fill the database's disk.
+pub fn open_blobs(config: &Config) -> Result<Blobs, String> {
+    if config.attachments_s3.is_some() {
+        return Err("--attachments-s3 is not supported by this build".into());
+    }
+    let dir = config
+        .attachments_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("attachments"));
+    // Twice the database's disk reserve stays free for it (`--reserve-mb`), whether or not the
+    // blobs share its disk.
+    let keep_free = config.reserve_mb.saturating_mul(2 << 20);
+    dir::DirBlobs::open(&dir, keep_free)
+        .map(Blobs::Dir)
+        .map_err(|e| format!("attachments directory {}: {e}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_22_characters_and_read_back_only_in_their_one_spelling() {
+        let id = new_id();
+        let text = encode_id(&id);
+        assert_eq!(text.len(), 22);
+        assert_eq!(parse_id(&text), Some(id));
+        assert_eq!(parse_id(&text[..21]), None);
+        assert_eq!(parse_id("AAAAAAAAAAAAAAAAAAAAAA"), Some([0; 16]));
+        // The same 128 bits with a nonzero tail: another spelling, refused.
+        assert_eq!(parse_id("AAAAAAAAAAAAAAAAAAAAAB"), None);
+        assert_eq!(parse_id("AAAAAAAAAAAAAAAAAAAAA+"), None);
+    }
+}

@@ -1,0 +1,373 @@
+//! Attachment records (see `storage::attachments`): the record by id, an index by owner (an
+//! account's uploads, for deleting them with it), an index by expiry (the sweep), and each
+//! account's usage (unfinished uploads, bytes) so the limits need no scan. Every write touches
+//! them together in one transaction. Leases live in memory: one process writes a sled database.
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::{abort, keys, SledStore, StoreError, TxResult};
+use crate::storage::attachments::{
+    Advance, AttachmentId, AttachmentTotals, Lease, Upload, UploadLimits, UploadRefused,
+};
+
+/// `owner ‖ length ‖ offset ‖ created ms ‖ expires ms ‖ completed ms (0: unfinished)`, u64 BE.
+fn encode(u: &Upload) -> [u8; 48] {
+    let mut v = [0u8; 48];
+    let fields = [
+        u.owner,
+        u.length,
+        u.offset,
+        u.created_ms,
+        u.expires_ms,
+        u.completed_ms.unwrap_or(0),
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        v[i * 8..i * 8 + 8].copy_from_slice(&f.to_be_bytes());
+    }
+    v
+}
+
+pub(super) fn decode(id: &[u8], v: &[u8]) -> Result<Upload, StoreError> {
+    let bad = || StoreError::Corrupt("an attachment record is damaged".into());
+    let id: AttachmentId = id.try_into().map_err(|_| bad())?;
+    if v.len() != 48 {
+        return Err(bad());
+    }
+    let f = |i: usize| keys::decode_u64(&v[i * 8..]).unwrap_or(0);
+    Ok(Upload {
+        id,
+        owner: f(0),
+        length: f(1),
+        offset: f(2),
+        created_ms: f(3),
+        expires_ms: f(4),
+        completed_ms: Some(f(5)).filter(|&c| c != 0),
+    })
+}
+
+fn owner_key(owner: u64, id: &AttachmentId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&owner.to_be_bytes());
+    k[8..].copy_from_slice(id);
+    k
+}
+
+fn expiry_key(expires_ms: u64, id: &AttachmentId) -> [u8; 24] {
+    owner_key(expires_ms, id)
+}
+
+/// An account's usage: unfinished uploads (u32 BE) ‖ bytes (u64 BE).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Usage {
+    unfinished: u32,
+    bytes: u64,
+}
+
+impl Usage {
+    fn read(tree: &TransactionalTree, owner: u64) -> TxResult<Usage> {
+        let Some(v) = tree.get(keys::user(owner))? else {
+            return Ok(Usage::default());
+        };
+        match (keys::decode_u32(&v), v.get(4..).and_then(keys::decode_u64)) {
+            (Some(unfinished), Some(bytes)) => Ok(Usage { unfinished, bytes }),
+            _ => abort(StoreError::Corrupt(
+                "an attachment usage record is damaged".into(),
+            )),
+        }
+    }
+
+    fn write(self, tree: &TransactionalTree, owner: u64) -> TxResult<()> {
+        if self == Usage::default() {
+            tree.remove(&keys::user(owner))?;
+        } else {
+            let mut v = [0u8; 12];
+            v[..4].copy_from_slice(&self.unfinished.to_be_bytes());
+            v[4..].copy_from_slice(&self.bytes.to_be_bytes());
+            tree.insert(&keys::user(owner), &v)?;
+        }
+        Ok(())
+    }
+}
+
+/// A refusal carried out of a transaction (it aborts; nothing is written).
+enum Outcome<T> {
+    Done(T),
+    Refused(UploadRefused),
+}
+
+fn refuse<T>(r: UploadRefused) -> TxResult<Outcome<T>> {
+    Ok(Outcome::Refused(r))
+}
+
+fn outcome<T>(r: Result<Outcome<T>, StoreError>) -> Result<Result<T, UploadRefused>, StoreError> {
+    r.map(|o| match o {
+        Outcome::Done(v) => Ok(v),
+        Outcome::Refused(r) => Err(r),
+    })
+}
+
+impl SledStore {
+    fn attachment_trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree) {
+        (
+            &self.attachments,
+            &self.attachment_owners,
+            &self.attachment_expiry,
+            &self.attachment_usage,
+        )
+    }
+
+    pub async fn create_upload(
+        &self,
+        upload: &Upload,
+        limits: UploadLimits,
+    ) -> Result<Result<(), UploadRefused>, StoreError> {
+        let _writing = self.writing().await?;
+        let id = upload.id;
+        let done = (
+            &self.users,
+            &self.attachments,
+            &self.attachment_owners,
+            &self.attachment_expiry,
+            &self.attachment_usage,
+        )
+            .transaction(|(users, records, owners, expiry, usage)| {
+                if users.get(keys::user(upload.owner))?.is_none() {
+                    return abort(StoreError::NoUser);
+                }
+                if records.get(id)?.is_some() {
+                    return abort(StoreError::Db("an attachment id came up twice".into()));
+                }
+                let mut used = Usage::read(usage, upload.owner)?;
+                if used.unfinished >= limits.max_unfinished {
+                    return refuse(UploadRefused::TooManyUnfinished);
+                }
+                match used.bytes.checked_add(upload.length) {
+                    Some(b) if b <= limits.quota_bytes => used.bytes = b,
+                    _ => return refuse(UploadRefused::Quota),
+                }
+                used.unfinished += 1;
+                used.write(usage, upload.owner)?;
+                records.insert(&id, &encode(upload)[..])?;
+                owners.insert(&owner_key(upload.owner, &id), &[])?;
+                expiry.insert(&expiry_key(upload.expires_ms, &id), &[])?;
+                Ok(Outcome::Done(()))
+            })
+            .map_err(StoreError::from);
+        let done = outcome(done)?;
+        if done.is_ok() {
+            self.sync().await?;
+        }
+        Ok(done)
+    }
+
+    pub fn upload(&self, id: &AttachmentId) -> Result<Option<Upload>, StoreError> {
+        match self.attachments.get(id)? {
+            Some(v) => decode(id, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn claim_upload(
+        &self,
+        id: &AttachmentId,
+        owner: u64,
+        offset: u64,
+        lease: Lease,
+        now_ms: u64,
+    ) -> Result<Result<Upload, UploadRefused>, StoreError> {
+        let mut leases = self.leases();
+        let Some(upload) = self.upload(id)?.filter(|u| u.owner == owner) else {
+            return Ok(Err(UploadRefused::NoSuchUpload));
+        };
+        if upload.is_expired(now_ms) {
+            return Ok(Err(UploadRefused::NoSuchUpload));
+        }
+        if upload.is_complete() {
+            return Ok(Err(UploadRefused::Complete));
+        }
+        let taken = leases
+            .get(id)
+            .is_some_and(|l| l.holder != lease.holder && l.until_ms > now_ms);
+        if taken || upload.offset != offset {
+            return Ok(Err(UploadRefused::OffsetMismatch(upload.offset)));
+        }
+        leases.insert(*id, lease);
+        Ok(Ok(upload))
+    }
+
+    pub async fn advance_upload(
+        &self,
+        step: Advance,
+    ) -> Result<Result<Upload, UploadRefused>, StoreError> {
+        let _writing = self.writing().await?;
+        // Held across the write: a claim cannot slip in between the check and the write.
+        let written = {
+            let mut leases = self.leases();
+            if leases.get(&step.id).map(|l| l.holder) != Some(step.lease.holder) {
+                return Ok(Err(UploadRefused::LeaseLost));
+            }
+            let (records, _, expiry, usage) = self.attachment_trees();
+            let done = (records, expiry, usage)
+                .transaction(|(records, expiry, usage)| {
+                    let Some(v) = records.get(step.id)? else {
+                        return refuse(UploadRefused::LeaseLost);
+                    };
+                    let mut upload =
+                        decode(&step.id, &v).map_err(ConflictableTransactionError::Abort)?;
+                    if upload.offset != step.from || upload.is_complete() || step.to > upload.length
+                    {
+                        return refuse(UploadRefused::LeaseLost);
+                    }
+                    upload.offset = step.to;
+                    if step.to == upload.length {
+                        expiry.remove(&expiry_key(upload.expires_ms, &step.id))?;
+                        upload.completed_ms = Some(step.now_ms.max(1));
+                        upload.expires_ms = step.expires_ms;
+                        expiry.insert(&expiry_key(upload.expires_ms, &step.id), &[])?;
+                        let mut used = Usage::read(usage, upload.owner)?;
+                        used.unfinished = used.unfinished.saturating_sub(1);
+                        used.write(usage, upload.owner)?;
+                    }
+                    records.insert(&step.id, &encode(&upload)[..])?;
+                    Ok(Outcome::Done(upload))
+                })
+                .map_err(StoreError::from);
+            let done = outcome(done)?;
+            match &done {
+                Ok(u) if u.is_complete() => {
+                    leases.remove(&step.id);
+                }
+                Ok(_) => {
+                    leases.insert(step.id, step.lease);
+                }
+                Err(_) => {}
+            }
+            done
+        };
+        if written.is_ok() {
+            self.sync().await?;
+        }
+        Ok(written)
+    }
+
+    pub fn release_upload(&self, id: &AttachmentId, holder: u64) {
+        let mut leases = self.leases();
+        if leases.get(id).is_some_and(|l| l.holder == holder) {
+            leases.remove(id);
+        }
+    }
+
+    pub async fn delete_upload(
+        &self,
+        id: &AttachmentId,
+        owner: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let _writing = self.writing().await?;
+        let (records, owners, expiry, usage) = self.attachment_trees();
+        let removed = (records, owners, expiry, usage)
+            .transaction(|(records, owners, expiry, usage)| {
+                let Some(v) = records.get(id)? else {
+                    return Ok(false);
+                };
+                let upload = decode(id, &v).map_err(ConflictableTransactionError::Abort)?;
+                if owner.is_some_and(|o| o != upload.owner) {
+                    return Ok(false);
+                }
+                forget(&upload, records, owners, expiry, usage)?;
+                Ok(true)
+            })
+            .map_err(StoreError::from)?;
+        if removed {
+            self.leases().remove(id);
+            self.sync().await?;
+        }
+        Ok(removed)
+    }
+
+    pub fn uploads_of(&self, owner: u64) -> Result<Vec<AttachmentId>, StoreError> {
+        let mut ids = Vec::new();
+        for key in self.attachment_owners.scan_prefix(keys::user(owner)).keys() {
+            let key = key?;
+            if let Ok(id) = AttachmentId::try_from(&key[8..]) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Removes the records of `owner`'s uploads (with the account; the sweep removes the blobs).
+    pub(super) fn remove_uploads_of(&self, owner: u64) -> Result<(), StoreError> {
+        for id in self.uploads_of(owner)? {
+            let (records, owners, expiry, usage) = self.attachment_trees();
+            (records, owners, expiry, usage).transaction(|(records, owners, expiry, usage)| {
+                if let Some(v) = records.get(id)? {
+                    let upload = decode(&id, &v).map_err(ConflictableTransactionError::Abort)?;
+                    forget(&upload, records, owners, expiry, usage)?;
+                }
+                Ok(())
+            })?;
+            self.leases().remove(&id);
+        }
+        Ok(())
+    }
+
+    pub fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<Upload>, StoreError> {
+        let mut found = Vec::new();
+        for key in self
+            .attachment_expiry
+            .range(..keys::user(now_ms.saturating_add(1)))
+        {
+            let (key, _) = key?;
+            if found.len() >= limit {
+                break;
+            }
+            if let Some(upload) = self.upload(&key[8..].try_into().unwrap_or_default())? {
+                if upload.is_expired(now_ms) {
+                    found.push(upload);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn attachment_totals(&self) -> Result<AttachmentTotals, StoreError> {
+        let mut totals = AttachmentTotals::default();
+        for entry in self.attachments.iter() {
+            let (id, v) = entry?;
+            let upload = decode(&id, &v)?;
+            if upload.is_complete() {
+                totals.complete += 1;
+            } else {
+                totals.unfinished += 1;
+            }
+            totals.bytes += upload.offset;
+        }
+        Ok(totals)
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AttachmentId, Lease>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Removes `upload`'s record, its index entries and its share of the owner's usage.
+fn forget(
+    upload: &Upload,
+    records: &TransactionalTree,
+    owners: &TransactionalTree,
+    expiry: &TransactionalTree,
+    usage: &TransactionalTree,
+) -> TxResult<()> {
+    records.remove(&upload.id)?;
+    owners.remove(&owner_key(upload.owner, &upload.id))?;
+    expiry.remove(&expiry_key(upload.expires_ms, &upload.id))?;
+    let mut used = Usage::read(usage, upload.owner)?;
+    used.bytes = used.bytes.saturating_sub(upload.length);
+    if !upload.is_complete() {
+        used.unfinished = used.unfinished.saturating_sub(1);
+    }
+    used.write(usage, upload.owner)
+}
