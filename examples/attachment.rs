@@ -125,7 +125,7 @@ async fn run(args: Args) -> Result<()> {
     let bob_http = http::Client::new(&api.base)?.with_token(&bob.token);
     let iv = bob_http.download_range(&got_pointer.id, 0, 15).await?;
     println!(
-        "{}: got the pointer from {}; the blob's first 16 bytes (the IV) by Range: {}",
+        "{}: got the pointer from {}; the blob's IV (its first 16 bytes, by Range) starts {}",
         bob.username,
         received.sender,
         hex8(&iv)

@@ -96,9 +96,8 @@ async fn attachment_routes_through_the_typed_client() {
     // `upload` in one call, with a chunk size that does not divide the length.
     let id = alice.upload(&blob, 70 * KIB).await.unwrap();
     assert_eq!(bob.download(&id).await.unwrap(), blob);
-    // An empty attachment is complete at creation.
-    let empty = alice.upload(&[], 70 * KIB).await.unwrap();
-    assert_eq!(bob.download(&empty).await.unwrap(), Vec::<u8>::new());
+    // An empty one is refused at creation (Upload-Length is 1 or more), not retried.
+    assert_eq!(refusal(alice.upload(&[], 70 * KIB).await).0, 400);
 }
 
 #[tokio::test]

@@ -67,10 +67,7 @@ async fn an_attachment_travels_sealed_and_opens_to_the_same_bytes() {
         ..pointer.clone()
     };
     let refused = bob.fetch_attachment(&swapped).await;
-    let message = refused
-        .err()
-        .expect("a swapped blob is refused")
-        .to_string();
+    let message = refused.expect_err("a swapped blob is refused").to_string();
     assert!(
         message.contains(&OpenError::DigestMismatch.to_string()),
         "{message}"
@@ -86,7 +83,7 @@ async fn an_attachment_travels_sealed_and_opens_to_the_same_bytes() {
         .delete_upload(&pointer.id)
         .await
         .unwrap();
-    let gone = bob.fetch_attachment(&pointer).await.err().expect("deleted");
+    let gone = bob.fetch_attachment(&pointer).await.expect_err("deleted");
     assert!(gone.to_string().contains("no_such_attachment"), "{gone}");
     drop(server);
 }
