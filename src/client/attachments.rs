@@ -2,9 +2,10 @@
 //! checksum `sha256`, termination) and downloaded whole or by range. The client never looks
 //! inside a blob: encrypting it is the caller's business (see `examples/attachment.rs`).
 //!
-//! Every request but `GET` carries `Tus-Resumable: 1.0.0`. [`Client::upload`] is the resumable
-//! upload: after a dropped connection or a lost race it asks the server (`HEAD`) how much it
-//! holds and goes on from there, so no acknowledged byte is sent twice.
+//! Every request but `GET` carries `Tus-Resumable: 1.0.0`. [`Client::upload`] and
+//! [`Client::resume_upload`] are the resumable upload: after a dropped connection, a lost race
+//! or a busy server they ask the server (`HEAD`) how much it holds and go on from there, so no
+//! acknowledged byte is sent twice.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::crypto::b64;
 pub const TUS_VERSION: &str = "1.0.0";
 /// The body type of a PATCH and of a creation-with-upload.
 const CHUNK_TYPE: &str = "application/offset+octet-stream";
-/// How many failed requests (no answer, or a lost offset) `upload` survives in a row before it
+/// How many failed requests (see `resumable`) `upload` survives in a row before it
 /// gives up; each one is followed by a `HEAD` and a resume.
 const UPLOAD_RETRIES: u32 = 5;
 /// The pause before resuming after the first failure; doubled after each further one.
@@ -127,10 +128,10 @@ impl Client {
     }
 
     /// Uploads `bytes` in chunks of `chunk_size` (checksummed) and answers the attachment's id.
-    /// A request that gets no answer, or a 409/460 (another writer moved the offset, a chunk
-    /// was damaged on the way), is not an end: the server's offset is read back with `HEAD`
-    /// and the upload goes on from it, up to `UPLOAD_RETRIES` failures in a row. Other
-    /// refusals end it at once.
+    /// A request that gets no answer, or a 409/460/503 (another request moved the offset or
+    /// still holds the upload, a chunk was damaged on the way, the server is busy), is not an
+    /// end: the server's offset is read back with `HEAD` and the upload goes on from it, up to
+    /// `UPLOAD_RETRIES` failures in a row. Other refusals end it at once.
     pub async fn upload(&self, bytes: &[u8], chunk_size: usize) -> Result<String, Error> {
         let mut failures = 0;
         let upload = loop {
@@ -277,11 +278,12 @@ fn head_code(status: StatusCode) -> String {
 }
 
 /// Failures `upload` recovers from by asking the server where it stands: no answer, a moved
-/// offset, a chunk damaged on the way.
+/// offset (or an upload another request still holds), a chunk damaged on the way, a server
+/// briefly out of room to read bodies (503, `Retry-After: 1`).
 fn resumable(e: &Error) -> bool {
     match e {
         Error::Transport(_) => true,
-        Error::Refused(r) => matches!(r.status, 409 | 460) && r.code != "upload_complete",
+        Error::Refused(r) => matches!(r.status, 409 | 460 | 503) && r.code != "upload_complete",
         Error::Decode { .. } => false,
     }
 }
@@ -347,8 +349,10 @@ mod tests {
         assert!(resumable(&Error::Transport("reset".into())));
         assert!(resumable(&refused(409, "offset_mismatch")));
         assert!(resumable(&refused(460, "checksum_mismatch")));
+        assert!(resumable(&refused(503, "unavailable")));
         assert!(!resumable(&refused(409, "upload_complete")));
         assert!(!resumable(&refused(404, "no_such_attachment")));
         assert!(!resumable(&refused(413, "payload_too_large")));
+        assert!(!resumable(&refused(507, "insufficient_storage")));
     }
 }
