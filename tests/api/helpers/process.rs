@@ -56,6 +56,10 @@ pub fn binary_command(data_dir: &Path) -> Command {
     if let Some(url) = super::remembered_database(data_dir) {
         cmd.arg("--database-url").arg(url);
     }
+    if let Some((url, endpoint)) = super::remembered_s3(data_dir) {
+        cmd.arg("--attachments-s3").arg(url);
+        cmd.arg("--attachments-s3-endpoint").arg(endpoint);
+    }
     cmd
 }
 
