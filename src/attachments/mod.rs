@@ -68,12 +68,17 @@ pub async fn open_blobs(config: &Config) -> Result<Blobs, String> {
     s3::S3Blobs::open(&settings).await.map(Blobs::S3)
 }
 
+/// The directory store. Uploads leave twice `--reserve-mb` free on its disk (they are refused as
+/// if it were full before that), so that attachments never fill the database's disk.
 fn open_dir(config: &Config) -> Result<Blobs, String> {
     let dir = config
         .attachments_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("attachments"));
-    dir::DirBlobs::open(&dir)
+    // Twice the database's disk reserve stays free for it (`--reserve-mb`), whether or not the
+    // blobs share its disk.
+    let keep_free = config.reserve_mb.saturating_mul(2 << 20);
+    dir::DirBlobs::open(&dir, keep_free)
         .map(Blobs::Dir)
         .map_err(|e| format!("attachments directory {}: {e}", dir.display()))
 }

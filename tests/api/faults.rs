@@ -62,13 +62,13 @@ async fn a_refused_second_device_create_keeps_queue_keys_and_device() {
 // ---------------------------------------------------------------------------------------------
 
 /// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (e.g. `16m`); `Err` says why not (not root, no permission).
-    fn mount(size: &str) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(size: &str) -> Result<Tmpfs, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -82,7 +82,7 @@ impl Tmpfs {
         Ok(Tmpfs { dir })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -95,7 +95,7 @@ impl Tmpfs {
     }
 
     /// Fills the disk with a file of its own until `leave` bytes are free.
-    fn fill(&self, leave: u64) -> PathBuf {
+    pub(crate) fn fill(&self, leave: u64) -> PathBuf {
         let out = Command::new("df")
             .args(["--output=avail", "-B1"])
             .arg(self.path())
