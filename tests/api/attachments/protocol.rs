@@ -599,3 +599,25 @@ async fn every_attachment_route_answers_with_a_trailing_slash_too() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_attachment_requests_by_route_without_ids() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let path = upload(&s, &alice.token, &[1; 10], 10).await;
+    download(&s, &alice.token, &path).await;
+    let metrics = s.app.metrics.render(None, 0);
+    for line in [
+        r#"route="/attachments",method="POST",status="201"} 1"#,
+        r#"route="/attachments/:id",method="PATCH",status="204"} 1"#,
+        r#"route="/attachments/:id",method="GET",status="200"} 1"#,
+        "signal_server_attachments_swept_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(id_of(&path)),
+        "an attachment id in the metrics"
+    );
+    s.stop().await;
+}
