@@ -437,6 +437,7 @@ async fn a_deleted_upload_is_gone_for_everyone_with_its_blob() {
     );
 
     for p in [&path, &unfinished] {
+        assert!(blob_exists(&s, p).await, "no blob for {p}");
         let a = tus(&s, "DELETE", p, Some(&alice.token), &[], None).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         assert!(a.body.is_empty());
@@ -454,7 +455,7 @@ async fn a_deleted_upload_is_gone_for_everyone_with_its_blob() {
             "no_such_attachment",
             "PATCH after DELETE",
         );
-        assert!(!blob_exists(&s, p), "the blob of {p} is still on disk");
+        assert!(!blob_exists(&s, p).await, "the blob of {p} is still stored");
     }
     s.stop().await;
 }
@@ -478,7 +479,7 @@ async fn deleting_an_account_deletes_its_attachments() {
         "no_such_attachment",
         "a deleted account's attachment",
     );
-    assert!(!blob_exists(&s, &path));
+    assert!(!blob_exists(&s, &path).await);
     s.stop().await;
 }
 
@@ -560,16 +561,11 @@ async fn a_browser_on_another_origin_may_upload() {
     s.stop().await;
 }
 
-/// Whether the blob of the attachment at `path` is in the server's directory blob store (always
-/// `false` on S3, where the sweep tests cover it).
-pub fn blob_exists(s: &TestServer, path: &str) -> bool {
-    let id = id_of(path);
-    s.dir
-        .path()
-        .join("attachments")
-        .join(&id[..2])
-        .join(id)
-        .exists()
+/// Whether the blob store (a directory or S3) holds the blob of the attachment at `path`.
+pub async fn blob_exists(s: &TestServer, path: &str) -> bool {
+    let ids = s.app.blobs.ids().await.expect("blob ids");
+    ids.iter()
+        .any(|id| signal_server::attachments::encode_id(id) == id_of(path))
 }
 
 #[tokio::test]
