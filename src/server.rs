@@ -169,7 +169,7 @@ async fn sweep(app: App) {
         }
         app.limits.sweep();
         // Blobs without a record are looked for once an hour (a listing of the blob store).
-        let leftovers = rounds % 60 == 0;
+        let leftovers = rounds.is_multiple_of(60);
         rounds += 1;
         crate::attachments::sweep::round(&app, leftovers).await;
         match app.storage.attachment_totals().await {
