@@ -139,6 +139,18 @@ fn path(dir: &Path) -> &str {
     dir.to_str().unwrap()
 }
 
+/// Copies directory `from` to `to` (replacing it), as an operator copies a blob store.
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a {from:?} {to:?}");
+}
+
 /// The counts a successful `restore` printed (`restored {...}`).
 fn restore_summary(run: &Run) -> Value {
     assert!(run.success(), "restore failed: {run:?}");
