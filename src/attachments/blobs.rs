@@ -75,6 +75,15 @@ impl Blobs {
         }
     }
 
+    /// How many bytes the blob of `id` holds (`None`: there is none), for fsck, which finds a
+    /// blob shorter than its record's offset (bytes past the offset are a stopped writer's,
+    /// never read, and cut off by the next writer).
+    pub async fn len(&self, id: &AttachmentId) -> Result<Option<u64>, BlobError> {
+        match self {
+            Blobs::Dir(d) => d.len(id).await,
+        }
+    }
+
     /// Where the blobs are, for the start log (never a credential).
     pub fn describe(&self) -> String {
         match self {

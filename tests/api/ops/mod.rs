@@ -1,11 +1,12 @@
 //! Operations: operator commands (always the real binary, reaching a running server over
 //! `<data-dir>/admin.sock` or opening a stopped data dir itself), backups and restores,
-//! invite-only and closed registration, the per-IP limit behind a trusted proxy, and the
+//! attachments in `stats`, `fsck` and backups, invite-only and closed registration, the per-IP limit behind a trusted proxy, and the
 //! Prometheus metrics and access log.
 //!
 //! Tests that run the binary against an in-process server use a multi-thread runtime and run
 //! the command off the runtime threads (`helpers::operator`), so the server keeps answering.
 
+mod attachments;
 mod backup;
 mod linked_backup;
 mod metrics;
