@@ -173,7 +173,7 @@ fn remove(path: &Path) -> std::io::Result<()> {
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -22,6 +22,9 @@ const READ_CHUNK: usize = 256 << 10;
 
 pub struct DirBlobs {
     root: PathBuf,
+    /// Bytes of the filesystem no upload may take (room the database keeps when it shares the
+    /// disk): a write that would leave less is refused as if the disk were full.
+    keep_free: u64,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -35,7 +38,7 @@ async fn blocking<T: Send + 'static>(
 
 impl DirBlobs {
     /// The store in `root`, made (owner-only) if missing.
-    pub fn open(root: &Path) -> std::io::Result<DirBlobs> {
+    pub fn open(root: &Path, keep_free: u64) -> std::io::Result<DirBlobs> {
         std::fs::create_dir_all(root)?;
         #[cfg(unix)]
         {
@@ -44,6 +47,7 @@ impl DirBlobs {
         }
         Ok(DirBlobs {
             root: root.to_path_buf(),
+            keep_free,
         })
     }
 
@@ -83,6 +87,8 @@ impl DirBlobs {
         })
         .await?;
         Ok(DirWriter {
+            root: self.root.clone(),
+            keep_free: self.keep_free,
             file: Arc::new(file),
             unsynced_dirs: fresh,
             buf: Vec::with_capacity(BUFFER),
@@ -168,6 +174,8 @@ impl DirBlobs {
 }
 
 pub struct DirWriter {
+    root: PathBuf,
+    keep_free: u64,
     file: Arc<File>,
     /// Directories to `fsync` at the first `sync` (a new file's, a new shard's).
     unsynced_dirs: Vec<PathBuf>,
@@ -192,7 +200,24 @@ impl DirWriter {
         }
         let buf = std::mem::take(&mut self.buf);
         let (file, at) = (self.file.clone(), self.flushed);
-        let buf = blocking(move || file.write_all_at(&buf, at).map(|()| buf)).await?;
+        let (root, keep_free) = (self.root.clone(), self.keep_free);
+        let buf = blocking(move || {
+            if keep_free > 0 {
+                let free = crate::reserve::free_bytes(&root)?;
+                if free < keep_free.saturating_add(buf.len() as u64) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+            }
+            file.write_all_at(&buf, at).map(|()| buf)
+        })
+        .await;
+        let buf = match buf {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.buf = Vec::with_capacity(BUFFER);
+                return Err(e);
+            }
+        };
         self.flushed += buf.len() as u64;
         self.buf = buf;
         self.buf.clear();

@@ -53,7 +53,8 @@ pub fn limits(config: &Config) -> UploadLimits {
 }
 
 /// The blob store the configuration names: `--attachments-dir`, else `attachments` in the data
-/// dir.
+/// dir. Uploads leave twice `--reserve-mb` free on its disk (they are refused as if it were
+/// full before that), so that attachments never fill the database's disk.
 pub fn open_blobs(config: &Config) -> Result<Blobs, String> {
     if config.attachments_s3.is_some() {
         return Err("--attachments-s3 is not supported by this build".into());
@@ -62,7 +63,10 @@ pub fn open_blobs(config: &Config) -> Result<Blobs, String> {
         .attachments_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("attachments"));
-    dir::DirBlobs::open(&dir)
+    // Twice the database's disk reserve stays free for it (`--reserve-mb`), whether or not the
+    // blobs share its disk.
+    let keep_free = config.reserve_mb.saturating_mul(2 << 20);
+    dir::DirBlobs::open(&dir, keep_free)
         .map(Blobs::Dir)
         .map_err(|e| format!("attachments directory {}: {e}", dir.display()))
 }

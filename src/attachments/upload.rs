@@ -153,7 +153,7 @@ impl Writing<'_> {
             }
             let unsynced = self.upload.offset + received - self.durable;
             if hasher.is_none() && unsynced >= SYNC_EVERY {
-                if let Err(e) = self.step(&mut writer).await {
+                if let Err(e) = self.step(&mut writer, false).await {
                     break e;
                 }
             }
@@ -164,7 +164,7 @@ impl Writing<'_> {
             stop => stop,
         };
         match stop {
-            Stop::Keep => match self.step(&mut writer).await {
+            Stop::Keep => match self.step(&mut writer, true).await {
                 Ok(()) | Err(Stop::Keep) => Ok(Written {
                     offset: self.durable,
                     cut,
@@ -172,6 +172,10 @@ impl Writing<'_> {
                 Err(Stop::Drop(e) | Stop::Lost(e)) => Err(e),
             },
             Stop::Drop(e) => {
+                // Cutting the blob back is a write too: not once the lease may be another's.
+                if self.renew().await.is_err() {
+                    return Err(e);
+                }
                 if let Err(d) = writer.discard().await {
                     log::warn!("dropping an attachment's unsynced bytes failed: {d}");
                 }
@@ -182,7 +186,10 @@ impl Writing<'_> {
     }
 
     /// Makes what was written durable and moves the record's offset to it.
-    async fn step(&mut self, writer: &mut BlobWriter) -> Result<(), Stop> {
+    /// `last`: the request's last step, which gives the lease back with the offset.
+    async fn step(&mut self, writer: &mut BlobWriter, last: bool) -> Result<(), Stop> {
+        // The buffered bytes are written now: only while the lease surely holds.
+        self.renew().await.map_err(Stop::Lost)?;
         let to = writer.sync().await.map_err(|e| Stop::Drop(blob_error(e)))?;
         if to == self.durable {
             // Nothing new (the body ended right after a step, or was empty).
@@ -200,6 +207,7 @@ impl Writing<'_> {
                 to,
                 now_ms: now,
                 expires_ms: now.saturating_add(self.app.config.attachment_ttl.saturating_mul(1000)),
+                release: last,
             })
             .await
             .map_err(|e| Stop::Lost(e.into()))?
@@ -224,6 +232,7 @@ impl Writing<'_> {
                 to: self.durable,
                 now_ms: now,
                 expires_ms: 0,
+                release: false,
             })
             .await?
             .map_err(refused)

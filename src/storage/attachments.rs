@@ -70,6 +70,9 @@ pub struct Advance {
     pub now_ms: u64,
     /// The expiry of the complete attachment (used only when `to` completes it).
     pub expires_ms: u64,
+    /// The request's last step: the lease is given back in the same write, so that the moment
+    /// a client can see the new offset it can also write from it.
+    pub release: bool,
 }
 
 /// Why an attachment verb refused.

@@ -16,6 +16,10 @@
 //!   both pass the account's most devices.
 //! - Message ids come from a sequence, drawn under the device lock and committed before it is
 //!   released: one queue's visible ids only grow, so paging by "after this id" misses nothing.
+//! - An account's attachment uploads are created holding its user row (`FOR NO KEY UPDATE`), so
+//!   their count and bytes are checked against what every earlier creation committed. One
+//!   request writes an upload at a time: its lease is in the row, taken and moved by
+//!   compare-and-swap `UPDATE`s (`attachments`).
 //! - All-or-nothing writes are one transaction; deadlocks and serialization failures are
 //!   retried a few times (`retrying`).
 //!
@@ -308,12 +312,12 @@ impl From<tokio_postgres::Error> for StoreError {
                 _ => {}
             }
         }
-        // A device for a user that is gone; a keyed send from a device that is gone (its
-        // token with it).
+        // A device or an attachment for a user that is gone; a keyed send from a device that
+        // is gone (its token with it).
         if *code == SqlState::FOREIGN_KEY_VIOLATION
             && matches!(
                 db.constraint(),
-                Some(schema::DEVICE_USER | schema::IDEMPOTENCY_SENDER)
+                Some(schema::DEVICE_USER | schema::IDEMPOTENCY_SENDER | schema::ATTACHMENT_OWNER)
             )
         {
             return StoreError::NoUser;

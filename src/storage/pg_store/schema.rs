@@ -20,6 +20,8 @@ pub(super) const DEVICE_USER: &str = "devices_user_id_fkey";
 
 /// An idempotency record for a sending device that is gone.
 pub(super) const IDEMPOTENCY_SENDER: &str = "idempotency_sender_fkey";
+/// An attachment record for a user that is gone.
+pub(super) const ATTACHMENT_OWNER: &str = "attachments_owner_fkey";
 
 /// Any number: the advisory lock that serialises migrations between instances.
 const MIGRATION_LOCK: i64 = 0x5167_6e61_6c5f_6462;
@@ -162,6 +164,27 @@ CREATE TABLE idempotency (
         ON DELETE CASCADE ON UPDATE CASCADE
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
+"#,
+    r#"
+-- Attachment records (the blobs live in the blob store). Times are ms since the epoch. A
+-- request writing an upload holds its lease (`lease_holder` until `lease_until_ms`), taken and
+-- moved by compare-and-swap updates of the row. They go with their owner's account.
+CREATE TABLE attachments (
+    id bytea PRIMARY KEY CHECK (octet_length(id) = 16),
+    owner bigint NOT NULL,
+    length bigint NOT NULL,
+    "offset" bigint NOT NULL CHECK ("offset" BETWEEN 0 AND length),
+    created_ms bigint NOT NULL,
+    expires_ms bigint NOT NULL,
+    -- NULL while unfinished
+    completed_ms bigint,
+    lease_holder bigint,
+    lease_until_ms bigint,
+    CONSTRAINT attachments_owner_fkey FOREIGN KEY (owner) REFERENCES users ON DELETE CASCADE
+);
+CREATE INDEX attachments_owner ON attachments (owner);
+-- The sweep's order: by expiry, then id.
+CREATE INDEX attachments_expiry ON attachments (expires_ms, id);
 "#,
 ];
 

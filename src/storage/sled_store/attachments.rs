@@ -90,6 +90,15 @@ impl Usage {
     }
 }
 
+/// The trees of attachment records, and the leases of uploads being written.
+pub(super) struct Trees {
+    pub records: sled::Tree,
+    pub owners: sled::Tree,
+    pub expiry: sled::Tree,
+    pub usage: sled::Tree,
+    pub leases: std::sync::Mutex<std::collections::HashMap<AttachmentId, Lease>>,
+}
+
 /// A refusal carried out of a transaction (it aborts; nothing is written).
 enum Outcome<T> {
     Done(T),
@@ -109,12 +118,8 @@ fn outcome<T>(r: Result<Outcome<T>, StoreError>) -> Result<Result<T, UploadRefus
 
 impl SledStore {
     fn attachment_trees(&self) -> (&sled::Tree, &sled::Tree, &sled::Tree, &sled::Tree) {
-        (
-            &self.attachments,
-            &self.attachment_owners,
-            &self.attachment_expiry,
-            &self.attachment_usage,
-        )
+        let t = &self.attachments;
+        (&t.records, &t.owners, &t.expiry, &t.usage)
     }
 
     pub async fn create_upload(
@@ -126,10 +131,10 @@ impl SledStore {
         let id = upload.id;
         let done = (
             &self.users,
-            &self.attachments,
-            &self.attachment_owners,
-            &self.attachment_expiry,
-            &self.attachment_usage,
+            &self.attachments.records,
+            &self.attachments.owners,
+            &self.attachments.expiry,
+            &self.attachments.usage,
         )
             .transaction(|(users, records, owners, expiry, usage)| {
                 if users.get(keys::user(upload.owner))?.is_none() {
@@ -162,7 +167,7 @@ impl SledStore {
     }
 
     pub fn upload(&self, id: &AttachmentId) -> Result<Option<Upload>, StoreError> {
-        match self.attachments.get(id)? {
+        match self.attachments.records.get(id)? {
             Some(v) => decode(id, &v).map(Some),
             None => Ok(None),
         }
@@ -238,6 +243,9 @@ impl SledStore {
                 Ok(u) if u.is_complete() => {
                     leases.remove(&step.id);
                 }
+                Ok(_) if step.release => {
+                    leases.remove(&step.id);
+                }
                 Ok(_) => {
                     leases.insert(step.id, step.lease);
                 }
@@ -287,7 +295,12 @@ impl SledStore {
 
     pub fn uploads_of(&self, owner: u64) -> Result<Vec<AttachmentId>, StoreError> {
         let mut ids = Vec::new();
-        for key in self.attachment_owners.scan_prefix(keys::user(owner)).keys() {
+        for key in self
+            .attachments
+            .owners
+            .scan_prefix(keys::user(owner))
+            .keys()
+        {
             let key = key?;
             if let Ok(id) = AttachmentId::try_from(&key[8..]) {
                 ids.push(id);
@@ -315,7 +328,8 @@ impl SledStore {
     pub fn expired_uploads(&self, now_ms: u64, limit: usize) -> Result<Vec<Upload>, StoreError> {
         let mut found = Vec::new();
         for key in self
-            .attachment_expiry
+            .attachments
+            .expiry
             .range(..keys::user(now_ms.saturating_add(1)))
         {
             let (key, _) = key?;
@@ -352,7 +366,7 @@ impl SledStore {
 
     pub fn attachment_totals(&self) -> Result<AttachmentTotals, StoreError> {
         let mut totals = AttachmentTotals::default();
-        for entry in self.attachments.iter() {
+        for entry in self.attachments.records.iter() {
             let (id, v) = entry?;
             let upload = decode(&id, &v)?;
             if upload.is_complete() {
@@ -366,7 +380,8 @@ impl SledStore {
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AttachmentId, Lease>> {
-        self.leases
+        self.attachments
+            .leases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -181,16 +181,8 @@ pub struct SledStore {
     invites: sled::Tree,
     idempotency: sled::Tree,
     idempotency_times: sled::Tree,
-    attachments: sled::Tree,
-    attachment_owners: sled::Tree,
-    attachment_expiry: sled::Tree,
-    attachment_usage: sled::Tree,
-    /// Which request may write an upload (see `storage::attachments`).
-    leases: Arc<
-        std::sync::Mutex<
-            HashMap<crate::storage::attachments::AttachmentId, crate::storage::attachments::Lease>,
-        >,
-    >,
+    /// Attachment records, their indexes and leases (see `attachments`).
+    attachments: Arc<attachments::Trees>,
     meta: sled::Tree,
     committer: Arc<Committer>,
     /// Writers hold it shared; a backup holds it exclusively, so that it sees every tree at the
@@ -237,11 +229,13 @@ impl SledStore {
             invites: db.open_tree(INVITES)?,
             idempotency: db.open_tree(IDEMPOTENCY)?,
             idempotency_times: db.open_tree(IDEMPOTENCY_TIMES)?,
-            attachments: db.open_tree(ATTACHMENTS)?,
-            attachment_owners: db.open_tree(ATTACHMENT_OWNERS)?,
-            attachment_expiry: db.open_tree(ATTACHMENT_EXPIRY)?,
-            attachment_usage: db.open_tree(ATTACHMENT_USAGE)?,
-            leases: Arc::default(),
+            attachments: Arc::new(attachments::Trees {
+                records: db.open_tree(ATTACHMENTS)?,
+                owners: db.open_tree(ATTACHMENT_OWNERS)?,
+                expiry: db.open_tree(ATTACHMENT_EXPIRY)?,
+                usage: db.open_tree(ATTACHMENT_USAGE)?,
+                leases: std::sync::Mutex::default(),
+            }),
             meta,
             gate: Arc::new(tokio::sync::RwLock::new(())),
             queue_lens: Arc::default(),

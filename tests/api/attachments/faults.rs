@@ -131,7 +131,15 @@ async fn a_full_disk_mid_upload_answers_507_keeps_what_was_acknowledged_and_resu
     };
     let dir = tmpfs.path().join("blobs");
     let dir_flag = dir.display().to_string();
-    let s = TestServer::start_with(&["--no-rate-limit", "--attachments-dir", &dir_flag]).await;
+    // No room kept for the database: the disk itself refuses the write.
+    let flags = [
+        "--no-rate-limit",
+        "--attachments-dir",
+        &dir_flag,
+        "--reserve-mb",
+        "0",
+    ];
+    let s = TestServer::start_with(&flags).await;
     if s.app.config.attachments_s3.is_some() {
         eprintln!("SKIPPED a_full_disk_…: the blobs are in S3");
         return;
@@ -171,4 +179,66 @@ async fn a_full_disk_mid_upload_answers_507_keeps_what_was_acknowledged_and_resu
     );
     assert!(download(&s, &alice.token, &path).await.body == data);
     s.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_leave_the_room_the_database_keeps_free() {
+    let tmpfs = match crate::faults::Tmpfs::mount("16m") {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIPPED uploads_leave_the_room_the_database_keeps_free: {why}");
+            return;
+        }
+    };
+    let dir_flag = tmpfs.path().join("blobs").display().to_string();
+    // 2 MiB kept free: of 16 MiB, about 14 go to uploads.
+    let flags = [
+        "--no-rate-limit",
+        "--attachments-dir",
+        &dir_flag,
+        "--reserve-mb",
+        "1",
+    ];
+    let s = TestServer::start_with(&flags).await;
+    if s.app.config.attachments_s3.is_some() {
+        eprintln!("SKIPPED uploads_leave_the_room_…: the blobs are in S3");
+        return;
+    }
+    let alice = s.user("alice").await;
+    let data = bytes(15 << 20, 14);
+    let path = create(&s, &alice.token, data.len() as u64).await;
+    let mut at = 0;
+    let refused = loop {
+        let a = patch(
+            &s,
+            &alice.token,
+            &path,
+            at as u64,
+            &data[at..at + (1 << 20)],
+        )
+        .await;
+        if a.status != StatusCode::NO_CONTENT {
+            break a;
+        }
+        at += 1 << 20;
+        assert!(at < data.len(), "the whole upload went through");
+    };
+    refused.refused(507, "insufficient_storage", "an upload into the kept room");
+    assert_eq!(offset_of(&s, &alice.token, &path).await, at as u64);
+    let free = free_bytes(tmpfs.path());
+    assert!(free >= 2 << 20, "only {free} bytes left free");
+    s.stop().await;
+}
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df --output=avail")
 }

@@ -6,6 +6,7 @@
 mod access;
 mod crash;
 mod faults;
+mod instances;
 mod limits;
 mod protocol;
 

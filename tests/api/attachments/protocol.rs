@@ -571,3 +571,31 @@ pub fn blob_exists(s: &TestServer, path: &str) -> bool {
         .join(id)
         .exists()
 }
+
+#[tokio::test]
+async fn every_attachment_route_answers_with_a_trailing_slash_too() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let t = Some(alice.token.as_str());
+    let a = tus(
+        &s,
+        "POST",
+        "/attachments/",
+        t,
+        &[("upload-length", "4".into())],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let path = format!("{}/", a.header("location").unwrap());
+    assert_eq!(offset_of(&s, &alice.token, &path).await, 0);
+    assert_eq!(patch(&s, &alice.token, &path, 0, b"abcd").await.offset(), 4);
+    assert_eq!(download(&s, &alice.token, &path).await.body, b"abcd");
+    let options = tus(&s, "OPTIONS", "/attachments/", None, &[], None).await;
+    assert_eq!(options.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        tus(&s, "DELETE", &path, t, &[], None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    s.stop().await;
+}

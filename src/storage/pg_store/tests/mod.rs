@@ -4,6 +4,7 @@
 //! is set (as `.ci/run` does), where that is a failure.
 
 mod accounts;
+mod attachments;
 mod backup;
 mod devices;
 mod keys;
