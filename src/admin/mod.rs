@@ -149,23 +149,22 @@ async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<()> {
     let report = app.storage.fsck().await?;
     let mut lines = report.lines;
     // Attachments are walked through the store's verbs: a damaged database may stop the walk.
-    let blobs = match crate::attachments::fsck::check(app).await {
-        Ok(checked) => checked,
-        Err(e) => crate::attachments::fsck::Checked {
-            lines: vec![format!("attachments\tnot checked: {e}")],
-            damaged: true,
-        },
+    let checked = crate::attachments::fsck::check(app).await;
+    let what = match (report.damaged, &checked) {
+        (true, _) => Some("the database is damaged"),
+        (false, Err(_)) => Some("attachments could not be checked"),
+        (false, Ok(c)) if c.damaged => Some("attachments are missing bytes their records promise"),
+        (false, Ok(_)) => None,
     };
-    lines.extend(blobs.lines);
+    match checked {
+        Ok(c) => lines.extend(c.lines),
+        Err(e) => lines.push(format!("attachments\tnot checked: {e}")),
+    }
     let text = lines.join("\n");
-    let what = match (report.damaged, blobs.damaged) {
-        (true, _) => "the database is damaged",
-        (false, true) => "attachments are missing bytes their records promise",
-        (false, false) => {
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'\n');
-            return Ok(());
-        }
+    let Some(what) = what else {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+        return Ok(());
     };
     Err(format!("{what}:\n{text}\n(see \"When things go wrong\" in docs/SELF_HOSTING.md)").into())
 }

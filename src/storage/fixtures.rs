@@ -167,9 +167,9 @@ pub async fn upload(s: &Storage, owner: u64, seed: u8, length: u64, written: u64
             to: written,
             now_ms: now + 1,
             expires_ms: now + 30 * 86_400_000,
+            release: true,
         };
         s.advance_upload(step).await.unwrap().unwrap();
-        s.release_upload(&upload.id, lease.holder).await.unwrap();
     }
     s.upload(&upload.id).await.unwrap().unwrap()
 }

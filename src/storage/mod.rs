@@ -169,8 +169,6 @@ pub fn linked_address(primary_address: &str, id: u32) -> String {
     format!("{name}.{id}")
 }
 
-// One per process, behind the app's `Arc`: boxing the sled arm would only add a pointer hop.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Storage {
     /// The default: a sled database in the data dir, one process.

@@ -16,7 +16,9 @@ use std::io::{BufRead, Write};
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::{db_id, device_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore};
+use super::{
+    attachments, db_id, device_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore,
+};
 use crate::crypto::b64;
 use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;
@@ -55,7 +57,7 @@ impl PgStore {
             messages: stream(&tx, &mut w, MESSAGES, message_record).await?,
             invites: stream(&tx, &mut w, INVITES, invite_record).await?,
             reset_tokens: stream(&tx, &mut w, RESET_TOKENS, reset_token_record).await?,
-            attachments: stream(&tx, &mut w, ATTACHMENTS, attachment_record).await?,
+            attachments: stream(&tx, &mut w, &attachments_sql(), attachment_record).await?,
         };
         w.end()?;
         tx.commit().await?;
@@ -168,10 +170,6 @@ const RESET_TOKENS: &str = "SELECT t.token_hash, t.user_id, t.expires_at, t.toke
      FROM reset_tokens t WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.user_id) \
      ORDER BY t.token_hash";
 
-/// By id, as sled orders them (`bytea` compares byte by byte).
-const ATTACHMENTS: &str = r#"SELECT id, owner, length, "offset", created_ms, expires_ms,
-     completed_ms FROM attachments ORDER BY id"#;
-
 fn user_record(row: &Row) -> Result<Record, StoreError> {
     let u = users::user(row)?;
     Ok(Record::User(UserRecord {
@@ -256,20 +254,16 @@ fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
     })
 }
 
+/// By id, as sled orders them (`bytea` compares byte by byte).
+fn attachments_sql() -> String {
+    format!(
+        "SELECT {} FROM attachments ORDER BY id",
+        attachments::COLUMNS
+    )
+}
+
 fn attachment_record(row: &Row) -> Result<Record, StoreError> {
-    let id: AttachmentId = row
-        .get::<_, &[u8]>(0)
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("an attachment id is not 16 bytes".into()))?;
-    let upload = Upload {
-        id,
-        owner: to_u64(row.get(1)),
-        length: to_u64(row.get(2)),
-        offset: to_u64(row.get(3)),
-        created_ms: to_u64(row.get(4)),
-        expires_ms: to_u64(row.get(5)),
-        completed_ms: row.get::<_, Option<i64>>(6).map(to_u64),
-    };
+    let upload = attachments::upload(row)?;
     Ok(Record::Attachment(AttachmentRecord::of(&upload)))
 }
 

@@ -425,7 +425,7 @@ impl SledStore {
     /// Upload records by id, but for those an interrupted account deletion left behind.
     fn back_up_attachments(&self, w: &mut Writer) -> Result<u64, StoreError> {
         let mut n = 0;
-        for entry in self.attachments.iter() {
+        for entry in self.attachments.records.iter() {
             let (k, v) = entry?;
             let upload = super::attachments::decode(&k, &v)?;
             if !self.users.contains_key(keys::user(upload.owner))? {

@@ -109,19 +109,19 @@ impl SledStore {
                 shape(super::IDEMPOTENCY_TIMES, None, false, |v| v.is_empty()),
             ),
             (
-                &self.attachments,
+                &self.attachments.records,
                 shape(super::ATTACHMENTS, Some(16), true, |v| v.len() == 48),
             ),
             (
-                &self.attachment_owners,
+                &self.attachments.owners,
                 shape(super::ATTACHMENT_OWNERS, Some(24), true, |v| v.is_empty()),
             ),
             (
-                &self.attachment_expiry,
+                &self.attachments.expiry,
                 shape(super::ATTACHMENT_EXPIRY, Some(24), true, |v| v.is_empty()),
             ),
             (
-                &self.attachment_usage,
+                &self.attachments.usage,
                 shape(super::ATTACHMENT_USAGE, Some(8), true, |v| v.len() == 12),
             ),
         ];
@@ -253,6 +253,7 @@ mod tests {
             "attachment_usage\tok, 2 records"
         );
         s.attachments
+            .records
             .insert([9u8; 16], b"short".as_slice())
             .unwrap();
         let report = s.fsck();

@@ -111,7 +111,7 @@ impl SledStore {
             &self.messages,
             &self.invites,
             &self.reset_tokens,
-            &self.attachments,
+            &self.attachments.records,
         ] {
             if tree.first()?.is_some() {
                 return Ok(true);
@@ -273,7 +273,7 @@ impl RestoreTarget for &SledStore {
     }
 
     async fn has_upload(&mut self, id: &AttachmentId) -> Result<bool, StoreError> {
-        Ok(self.attachments.contains_key(id)?)
+        Ok(self.attachments.records.contains_key(id)?)
     }
 
     async fn put_upload(&mut self, upload: &Upload) -> Result<(), StoreError> {
