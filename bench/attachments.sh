@@ -32,9 +32,9 @@ for _ in $(seq 100); do
 done
 [[ -n "$URL" ]] || { cat "$WORK/server.log"; exit 1; }
 json='-H content-type:application/json'
-curl -sf $json -d '{"username":"bench","password":"bench-Horse-Staple-9","email":""}' "$URL/auth/users" >/dev/null
-TOKEN=$(curl -sf $json -d '{"username":"bench","password":"bench-Horse-Staple-9"}' "$URL/auth/jwt/create" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access"])')
+curl -sf $json -d '{"username":"bench","password":"tangerine-Voyage-42"}' "$URL/auth/users" >/dev/null
+TOKEN=$(curl -sf $json -d '{"username":"bench","password":"tangerine-Voyage-42"}' "$URL/auth/jwt/create" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 AUTH="Authorization: Bearer $TOKEN"
 TUS="Tus-Resumable: 1.0.0"
 
@@ -67,12 +67,14 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
 idle=$(rss)
 paths=(); for i in $(seq 10); do paths+=("$(create)"); done
 peak=$idle
-for p in "${paths[@]}"; do upload "$p" & done
-while [[ $(jobs -rp | wc -l) -gt 0 ]]; do
+uploaders=()
+for p in "${paths[@]}"; do upload "$p" & uploaders+=($!); done
+running() { for u in "${uploaders[@]}"; do kill -0 "$u" 2>/dev/null && return 0; done; return 1; }
+while running; do
   r=$(rss); (( r > peak )) && peak=$r
   sleep 0.05
 done
-wait
+wait "${uploaders[@]}"
 
 {
   echo "dd conv=fsync, $MIB MiB:  $(stats "${dd_rates[@]}")"

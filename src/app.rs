@@ -56,7 +56,7 @@ impl App {
             config.public_url.as_deref(),
         )?;
         let cors = Cors::new(&config.cors_origin)?;
-        let blobs = crate::attachments::open_blobs(&config)?;
+        let blobs = crate::attachments::open_blobs(&config).await?;
         Ok(App(Arc::new(State {
             tokens: Tokens::new(&secret, config.token_ttl, config.refresh_max_age),
             hasher: Hasher::new(config.pbkdf2_iterations, config.hash_queue),

@@ -2,9 +2,10 @@
 //! (`libsignal-protocol-syft`) doing the cryptography: PQXDH (X3DH + Kyber) to start a session
 //! from a prekey bundle, then the Double Ratchet for every message.
 //!
-//! Shared by `examples/chat.rs`, `examples/linked.rs` and `tests/api/interop/` (all include it
-//! with `#[path]`). A `Client` is one device of one account; `linked_devices.rs` adds the
-//! accounts with several devices (`/v2/...`). Keys and sessions live in libsignal's in-memory
+//! Shared by `examples/chat.rs`, `examples/linked.rs`, `examples/attachment.rs` and
+//! `tests/api/interop/` (all include it with `#[path]`). A `Client` is one device of one account;
+//! `linked_devices.rs` adds the accounts with several devices (`/v2/...`), `attachments.rs`
+//! encrypted attachments and their pointers. Keys and sessions live in libsignal's in-memory
 //! store, so a client lasts as long as the process. The requests go through the typed client
 //! (`signal_server::client`); answers of the one-device routes are handed to the callers as JSON
 //! values, as the server sent them.
@@ -12,6 +13,8 @@
 //! libsignal's store traits are `?Send`, so everything here runs on one task (never spawn it).
 #![allow(dead_code)]
 
+#[path = "attachments.rs"]
+pub mod attachments;
 #[path = "linked_devices.rs"]
 mod linked_devices;
 

@@ -12,6 +12,7 @@ use futures_util::Stream;
 use warp::hyper::body::Bytes;
 
 use super::dir::{DirBlobs, DirWriter};
+use super::s3::{S3Blobs, S3Writer};
 use crate::storage::attachments::AttachmentId;
 
 /// A blob's bytes, streamed.
@@ -38,6 +39,7 @@ impl From<std::io::Error> for BlobError {
 
 pub enum Blobs {
     Dir(DirBlobs),
+    S3(S3Blobs),
 }
 
 impl Blobs {
@@ -46,6 +48,7 @@ impl Blobs {
     pub async fn writer(&self, id: &AttachmentId, offset: u64) -> Result<BlobWriter, BlobError> {
         match self {
             Blobs::Dir(d) => d.writer(id, offset).await.map(BlobWriter::Dir),
+            Blobs::S3(s) => s.writer(id, offset).await.map(BlobWriter::S3),
         }
     }
 
@@ -58,6 +61,7 @@ impl Blobs {
     ) -> Result<ByteStream, BlobError> {
         match self {
             Blobs::Dir(d) => d.read(id, start, end).await,
+            Blobs::S3(s) => s.read(id, start, end).await,
         }
     }
 
@@ -65,6 +69,7 @@ impl Blobs {
     pub async fn delete(&self, id: &AttachmentId) -> Result<(), BlobError> {
         match self {
             Blobs::Dir(d) => d.delete(id).await,
+            Blobs::S3(s) => s.delete(id).await,
         }
     }
 
@@ -72,15 +77,17 @@ impl Blobs {
     pub async fn ids(&self) -> Result<Vec<AttachmentId>, BlobError> {
         match self {
             Blobs::Dir(d) => d.ids().await,
+            Blobs::S3(s) => s.ids().await,
         }
     }
 
-    /// How many bytes the blob of `id` holds (`None`: there is none), for fsck, which finds a
-    /// blob shorter than its record's offset (bytes past the offset are a stopped writer's,
-    /// never read, and cut off by the next writer).
+    /// How many bytes of the blob of `id` can be read from its start (`None`: there is no blob),
+    /// for fsck, which finds a blob shorter than its record's offset. Bytes past the offset are
+    /// a stopped writer's, never read and overwritten by the next writer.
     pub async fn len(&self, id: &AttachmentId) -> Result<Option<u64>, BlobError> {
         match self {
             Blobs::Dir(d) => d.len(id).await,
+            Blobs::S3(s) => s.len(id).await,
         }
     }
 
@@ -88,18 +95,21 @@ impl Blobs {
     pub fn describe(&self) -> String {
         match self {
             Blobs::Dir(d) => d.describe(),
+            Blobs::S3(s) => s.describe(),
         }
     }
 }
 
 pub enum BlobWriter {
     Dir(DirWriter),
+    S3(S3Writer),
 }
 
 impl BlobWriter {
     pub async fn write(&mut self, bytes: Bytes) -> Result<(), BlobError> {
         match self {
             BlobWriter::Dir(w) => w.write(bytes).await,
+            BlobWriter::S3(w) => w.write(bytes).await,
         }
     }
 
@@ -107,6 +117,7 @@ impl BlobWriter {
     pub async fn sync(&mut self) -> Result<u64, BlobError> {
         match self {
             BlobWriter::Dir(w) => w.sync().await,
+            BlobWriter::S3(w) => w.sync().await,
         }
     }
 
@@ -114,6 +125,7 @@ impl BlobWriter {
     pub async fn discard(&mut self) -> Result<(), BlobError> {
         match self {
             BlobWriter::Dir(w) => w.discard().await,
+            BlobWriter::S3(w) => w.discard().await,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod blobs;
 mod dir;
 pub mod fsck;
+mod s3;
 pub mod sweep;
 pub mod upload;
 
@@ -52,13 +53,26 @@ pub fn limits(config: &Config) -> UploadLimits {
     }
 }
 
-/// The blob store the configuration names: `--attachments-dir`, else `attachments` in the data
-/// dir. Uploads leave twice `--reserve-mb` free on its disk (they are refused as if it were
-/// full before that), so that attachments never fill the database's disk.
-pub fn open_blobs(config: &Config) -> Result<Blobs, String> {
-    if config.attachments_s3.is_some() {
-        return Err("--attachments-s3 is not supported by this build".into());
+/// The blob store the configuration names: `--attachments-s3` (checked by one request), else
+/// `--attachments-dir`, else `attachments` in the data dir.
+pub async fn open_blobs(config: &Config) -> Result<Blobs, String> {
+    let endpoint = config.attachments_s3_endpoint.as_deref();
+    let Some(url) = &config.attachments_s3 else {
+        if endpoint.is_some() {
+            return Err("--attachments-s3-endpoint needs --attachments-s3".into());
+        }
+        return open_dir(config);
+    };
+    if config.attachments_dir.is_some() {
+        return Err("--attachments-dir and --attachments-s3 name two blob stores: give one".into());
     }
+    let settings = s3::Settings::new(url, endpoint, |name| std::env::var(name).ok())?;
+    s3::S3Blobs::open(&settings).await.map(Blobs::S3)
+}
+
+/// The directory store. Uploads leave twice `--reserve-mb` free on its disk (they are refused as
+/// if it were full before that), so that attachments never fill the database's disk.
+fn open_dir(config: &Config) -> Result<Blobs, String> {
     let dir = config
         .attachments_dir
         .clone()

@@ -68,6 +68,22 @@ impl Error {
         }))
     }
 
+    /// The refusal of an answer that has no body (a `HEAD`): `code` stands for the status.
+    pub(crate) fn refused_without_body(
+        status: u16,
+        code: String,
+        retry_after: Option<u64>,
+    ) -> Error {
+        Error::Refused(Box::new(Refusal {
+            status,
+            code,
+            message: String::new(),
+            errors: None,
+            retry_after,
+            body: String::new(),
+        }))
+    }
+
     pub(crate) fn transport(e: impl fmt::Display) -> Error {
         Error::Transport(e.to_string())
     }

@@ -3,9 +3,11 @@
 //! typed methods would never send (hostile-input tests). Used by the examples, the load
 //! generator and the tests; the server binary links none of it.
 //!
-//! Routes are grouped as in `docs/API.md`: `accounts`, `devices`, `keys`, `messages`, `ws`.
+//! Routes are grouped as in `docs/API.md`: `accounts`, `devices`, `keys`, `messages`, `ws`,
+//! `attachments`.
 
 mod accounts;
+mod attachments;
 mod devices;
 mod error;
 mod keys;
@@ -22,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use accounts::{NewUser, Token, UserInfo};
+pub use attachments::{Upload, TUS_VERSION};
 pub use devices::{DeviceInfo, LinkDevice, Linked, ListedDevice, NewDevice};
 pub use error::{Error, Refusal};
 pub use keys::{Bundle, Bundles, Counts, DeviceBundle, KyberUpload, PreKey, SignedPreKey, Stored};
@@ -226,7 +229,18 @@ impl Client {
         if let Some(key) = key {
             headers.push(("idempotency-key", key));
         }
-        let headers = headers.as_slice();
+        self.exchange_bytes(method, path, bytes, &headers).await
+    }
+
+    /// One request with `bytes` as the body and `headers`, retried on short `Retry-After`s as
+    /// configured, reported to the trace.
+    async fn exchange_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<RawAnswer, Error> {
         let mut attempts = 0;
         loop {
             self.report(&method, path, None, &[]);

@@ -24,6 +24,7 @@ mod messages;
 mod ops;
 mod outage;
 mod process;
+mod resumable;
 mod revocation;
 mod routing;
 mod stress;

@@ -1,6 +1,8 @@
 // A web client in miniature, run by a real browser from another origin than the API: every
 // call below is a cross-origin fetch (with preflights for JSON bodies and Authorization) or a
-// cross-origin WebSocket. The outcome goes to `window.result` for the driver (run.mjs).
+// cross-origin WebSocket, and an attachment goes up with tus-js-client (`window.tus`, loaded by
+// the page before this script), which reads the TUS answer headers the server exposes. The
+// outcome goes to `window.result` for the driver (run.mjs).
 
 const api = new URL(location.href).searchParams.get('api');
 const steps = [];
@@ -109,6 +111,8 @@ async function main() {
   r = await call('DELETE', `/messages/${regId}`, { token, body: [first] });
   check(r.status === 200 && r.json[0] === 'success', 'delete');
 
+  await attachment(token);
+
   // Errors are readable from JavaScript: body and exposed headers.
   r = await call('GET', '/auth/users/me');
   check(r.status === 401 && r.json.code === 'not_authenticated', '401 body');
@@ -122,6 +126,91 @@ async function main() {
   const retry = Number(r.headers.get('Retry-After'));
   check(retry > 0, `429 Retry-After readable (got ${r.headers.get('Retry-After')})`);
   steps.push(`Retry-After: ${retry}`);
+}
+
+const MIB = 1024 * 1024;
+
+async function sha256(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Runs a tus-js-client upload to its end: resolves on success, rejects on error. */
+function finish(upload) {
+  return new Promise((ok, fail) => {
+    upload.options.onSuccess = ok;
+    upload.options.onError = fail;
+    upload.start();
+  });
+}
+
+/**
+ * An attachment as a web app uploads one: tus-js-client in 1 MiB chunks, aborted in the middle
+ * (as when the tab loses its network), found again in localStorage and resumed from the
+ * server's offset (HEAD), then downloaded (whole and by range) and deleted.
+ */
+async function attachment(token) {
+  const size = 5 * MIB + 123;
+  const bytes = new Uint8Array(size);
+  for (let i = 0; i < size; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+  const file = new File([bytes], 'picture.jpg', { type: 'image/jpeg' });
+  const options = {
+    endpoint: `${api}/attachments`,
+    chunkSize: MIB,
+    headers: { Authorization: `Bearer ${token}` },
+    // Accepted and discarded by the server (it may hold a file name).
+    metadata: { filename: file.name, filetype: file.type },
+    retryDelays: [],
+  };
+
+  // The first try stops once 2.5 MiB went out: in the middle of the third PATCH.
+  const first = new tus.Upload(file, options);
+  const stopped = await new Promise((ok, fail) => {
+    first.options.onProgress = (sent) => {
+      if (sent >= 2.5 * MIB && !first.stopped) {
+        first.stopped = true;
+        first.abort().then(() => ok(sent), fail);
+      }
+    };
+    finish(first).then(() => fail(new Error('the upload ended before it was interrupted')), fail);
+  });
+  check(/\/attachments\/[A-Za-z0-9_-]{22}$/.test(first.url || ''), `Location read: ${first.url}`);
+  steps.push(`tus: created ${first.url.slice(api.length)}, aborted after ${stopped} bytes sent`);
+
+  // A new Upload finds the unfinished one and asks where it stands before sending the rest.
+  const seen = [];
+  const resumed = new tus.Upload(file, {
+    ...options,
+    onAfterResponse: (req, res) => {
+      seen.push(`${req.getMethod()} -> ${res.getStatus()} offset ${res.getHeader('Upload-Offset')}`);
+    },
+  });
+  const previous = await resumed.findPreviousUploads();
+  check(previous.some((p) => p.uploadUrl === first.url), 'the unfinished upload is in localStorage');
+  resumed.resumeFromPreviousUpload(previous.find((p) => p.uploadUrl === first.url));
+  await finish(resumed);
+  const head = seen[0] || '';
+  const held = Number((head.match(/offset (\d+)/) || [])[1]);
+  check(/^HEAD -> 200/.test(head) && held >= 2 * MIB && held <= stopped, `resumed from HEAD: ${seen.join(', ')}`);
+  check(!seen.some((s) => s.startsWith('POST')), 'resumed without a new upload');
+  steps.push(`tus: resumed from ${held} (${seen.length} requests)`);
+
+  const auth = { Authorization: `Bearer ${token}` };
+  let res = await fetch(first.url, { headers: auth });
+  const got = new Uint8Array(await res.arrayBuffer());
+  check(res.status === 200 && got.length === size, `download: ${res.status}, ${got.length} bytes`);
+  check(await sha256(got) === await sha256(bytes), 'the download is the file');
+  res = await fetch(first.url, { headers: { ...auth, Range: 'bytes=100-199' } });
+  const part = new Uint8Array(await res.arrayBuffer());
+  check(res.status === 206 && res.headers.get('Content-Range') === `bytes 100-199/${size}`, `range: ${res.status} ${res.headers.get('Content-Range')}`);
+  check(part.every((b, i) => b === bytes[100 + i]), 'the range is the file\'s bytes 100-199');
+  steps.push(`GET ${first.url.slice(api.length)}: SHA-256 matches, Range answered 206`);
+
+  await tus.Upload.terminate(first.url, options);
+  res = await fetch(first.url, { headers: auth });
+  const body = await res.json();
+  check(res.status === 404 && body.code === 'no_such_attachment', `after DELETE: ${res.status} ${body.code}`);
+  steps.push('tus: terminated; GET -> 404');
 }
 
 main().then(

@@ -4,29 +4,28 @@
 //
 //   cargo build && (cd tests/browser && npm ci && node run.mjs)
 //
-// The server is the debug binary (`$SIGNAL_SERVER_BIN`, else `$CARGO_TARGET_DIR/debug/...`,
-// else `target/debug/signal-server`), started on port 0 in a temp data dir with rate limits on.
+// The server is the debug binary (see ../support/server.mjs), started on port 0 in a temp data
+// dir with rate limits on. The page also uploads an attachment with tus-js-client (served from
+// this package's node_modules), interrupts and resumes it, and downloads it again.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { BOUND_MS, root, startServer } from '../support/server.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, '../..');
-const BIN = process.env.SIGNAL_SERVER_BIN
-  || join(resolve(root, process.env.CARGO_TARGET_DIR || 'target'), 'debug/signal-server');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-/** Upper bound for anything to happen (a start, a page run); never a timing check. */
-const BOUND_MS = 60_000;
 
-/** Serves the page, its script and the libsignal key vectors on 127.0.0.1:0. */
+/**
+ * Serves the page, its scripts (tus-js-client's browser bundle too) and the libsignal key
+ * vectors on 127.0.0.1:0.
+ */
 async function servePage() {
   const files = {
-    '/': ['text/html', '<!doctype html><title>signal-server CORS</title><script type="module" src="/page.js"></script>'],
+    '/': ['text/html', '<!doctype html><title>signal-server CORS</title><script src="/tus.min.js"></script><script type="module" src="/page.js"></script>'],
+    '/tus.min.js': ['text/javascript', readFileSync(join(here, 'node_modules/tus-js-client/dist/tus.min.js'))],
     '/page.js': ['text/javascript', readFileSync(join(here, 'page.js'))],
     '/vectors.json': ['application/json', readFileSync(join(root, 'tests/data/libsignal_vectors.json'))],
   };
@@ -37,28 +36,6 @@ async function servePage() {
   });
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   return { server, origin: `http://127.0.0.1:${server.address().port}` };
-}
-
-/** Starts signal-server with `flags`; resolves once it logs `listening on http://ADDR`. */
-function startServer(flags) {
-  const dir = mkdtempSync(join(tmpdir(), 'signal-server-browser-'));
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SIGNAL_SERVER_')));
-  const child = spawn(BIN, ['--data-dir', dir, '--listen', '127.0.0.1:0', '--pbkdf2-iterations', '1000', '--metrics-listen', '127.0.0.1:0', ...flags], {
-    env: { ...env, RUST_LOG: 'info', RUST_LOG_STYLE: 'never' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  const stop = () => { child.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); };
-  return new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`no "listening on" line:\n${log}`)), BOUND_MS);
-    child.on('error', (e) => { clearTimeout(timer); fail(e); });
-    child.on('exit', (code) => { clearTimeout(timer); fail(new Error(`signal-server exited (${code}):\n${log}`)); });
-    child.stderr.on('data', (chunk) => {
-      log += chunk;
-      const m = log.match(/listening on (http:\/\/\S+)/);
-      if (m) { clearTimeout(timer); ok({ base: m[1], stop, log: () => log }); }
-    });
-  });
 }
 
 /** Loads the page against `base`; answers the page's result and what the browser complained of. */
@@ -74,7 +51,11 @@ async function runPage(browser, pageOrigin, base) {
     }
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e}`));
-  page.on('requestfailed', (r) => problems.push(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+  page.on('requestfailed', (r) => {
+    // The page aborts an upload on purpose (then resumes it): its cancelled PATCH is expected.
+    const aborted = r.method() === 'PATCH' && r.url().startsWith(`${base}/attachments/`) && r.failure()?.errorText === 'net::ERR_ABORTED';
+    if (!aborted) problems.push(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`);
+  });
   try {
     await page.goto(`${pageOrigin}/?api=${encodeURIComponent(base)}`);
     await page.waitForFunction(() => window.result !== undefined, null, { timeout: BOUND_MS });

@@ -62,25 +62,21 @@ async fn offset_when(s: &TestServer, token: &str, path: &str, done: impl Fn(u64)
 async fn of_two_patches_at_one_offset_one_wins_and_the_bytes_never_mix() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
-    let mine = bytes(200_000, 10);
-    let theirs = bytes(200_000, 11);
-    let path = create(&s, &alice.token, 200_000).await;
+    let len = 10 << 20;
+    let mine = bytes(len, 10);
+    let theirs = bytes(len, 11);
+    let path = create(&s, &alice.token, len as u64).await;
 
-    let mut first = start_patch(&s, &alice.token, &path, 0, mine.len(), &mine[..100_000]).await;
-    // Wait until the first holds the upload: an empty PATCH is refused from then on (before,
-    // it would take and give back the upload, writing nothing).
-    let deadline = Instant::now() + RAW_BOUND;
-    while patch(&s, &alice.token, &path, 0, &[]).await.status != StatusCode::CONFLICT {
-        assert!(
-            Instant::now() < deadline,
-            "the first PATCH never took the upload"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A second PATCH while the first is still sending: refused, and none of it kept.
-    let second = patch(&s, &alice.token, &path, 0, &theirs).await;
+    // The first sends past its first durable step (8 MiB) and holds on: once HEAD shows that
+    // step, the first surely holds the upload.
+    let sent = 9 << 20;
+    let mut first = start_patch(&s, &alice.token, &path, 0, len, &mine[..sent]).await;
+    let held = offset_when(&s, &alice.token, &path, |o| o > 0).await;
+    // A second PATCH at that very offset while the first is still sending: refused, and none
+    // of it kept.
+    let second = patch(&s, &alice.token, &path, held, &theirs[held as usize..]).await;
     second.refused(409, "offset_mismatch", "a PATCH racing another");
-    first.write_all(&mine[100_000..]).await.unwrap();
+    first.write_all(&mine[sent..]).await.unwrap();
     assert!(
         status_of(&mut first).await.contains("204"),
         "the first PATCH failed"

@@ -2,7 +2,9 @@
 //! server keeps its data in sled in its data dir. With it (a PostgreSQL server the caller
 //! started, e.g. with `tools/pg-test-cluster.sh`), each new data dir gets a fresh database of its
 //! own on that server, remembered in the data dir so that a restart on the same dir finds its
-//! data again.
+//! data again. Likewise for blobs: with `SIGNAL_SERVER_TEST_S3_ENDPOINT` (an S3-protocol server,
+//! e.g. from `tools/s3-test-server.sh`) a server given no blob store keeps its attachments under
+//! a prefix of its own in that server's bucket, remembered in the data dir.
 
 use std::path::Path;
 
@@ -33,6 +35,33 @@ pub fn share_database(data_dir: &Path, url: &str) {
 /// The database a data dir's in-process server used, for the binary started on the same dir.
 pub fn remembered_database(data_dir: &Path) -> Option<String> {
     std::fs::read_to_string(data_dir.join(REMEMBERED)).ok()
+}
+
+/// The variables naming the S3-protocol server and its bucket.
+const S3_ENDPOINT_ENV: &str = "SIGNAL_SERVER_TEST_S3_ENDPOINT";
+const S3_BUCKET_ENV: &str = "SIGNAL_SERVER_TEST_S3_BUCKET";
+
+/// Where a data dir remembers its blobs' `s3://bucket/prefix`.
+const REMEMBERED_S3: &str = "test-s3-url";
+
+/// The blob store for the server on `data_dir`, as `--attachments-s3` and its endpoint: none
+/// (the data dir's) without an S3 server; with one, the prefix this dir had before or a new one.
+pub fn s3_for(data_dir: &Path) -> Option<(String, String)> {
+    let endpoint = std::env::var(S3_ENDPOINT_ENV).ok()?;
+    if let Some(remembered) = remembered_s3(data_dir) {
+        return Some(remembered);
+    }
+    let bucket = std::env::var(S3_BUCKET_ENV)
+        .unwrap_or_else(|_| panic!("{S3_ENDPOINT_ENV} is set but {S3_BUCKET_ENV} is not"));
+    let url = format!("s3://{bucket}/t-{:016x}", rand::random::<u64>());
+    std::fs::write(data_dir.join(REMEMBERED_S3), &url).expect("remember the test prefix");
+    Some((url, endpoint))
+}
+
+/// The blob store a data dir's in-process server used, for the binary started on the same dir.
+pub fn remembered_s3(data_dir: &Path) -> Option<(String, String)> {
+    let url = std::fs::read_to_string(data_dir.join(REMEMBERED_S3)).ok()?;
+    Some((url, std::env::var(S3_ENDPOINT_ENV).ok()?))
 }
 
 /// The database URL for the server on `data_dir`: none on sled; on PostgreSQL the one this dir

@@ -1,9 +1,11 @@
 //! Everything the API suite shares: the server in-process (`server`), the built binary
 //! (`process`), WebSockets (`ws`), key material and device calls (`keys`), assertions on answers
-//! (`assert`), raw TCP for hostile clients (`raw`), the steps operations and fault tests share (`traffic`) and the store the servers
+//! (`assert`), raw TCP for hostile clients (`raw`), a proxy that drops connections mid-request
+//! (`cut`), the steps operations and fault tests share (`traffic`) and the store the servers
 //! use (`database`).
 
 mod assert;
+mod cut;
 mod database;
 mod keys;
 mod process;
@@ -13,6 +15,7 @@ mod traffic;
 mod ws;
 
 pub use assert::*;
+pub use cut::*;
 pub use database::*;
 pub use keys::*;
 pub use process::*;

@@ -56,6 +56,10 @@ pub fn binary_command(data_dir: &Path) -> Command {
     if let Some(url) = super::remembered_database(data_dir) {
         cmd.arg("--database-url").arg(url);
     }
+    if let Some((url, endpoint)) = super::remembered_s3(data_dir) {
+        cmd.arg("--attachments-s3").arg(url);
+        cmd.arg("--attachments-s3-endpoint").arg(endpoint);
+    }
     cmd
 }
 
@@ -232,8 +236,13 @@ impl std::ops::Deref for Binary {
 }
 
 impl Binary {
-    /// The server on `data_dir` with the test flags and `extra`, listening.
+    /// The server on `data_dir` with the test flags and `extra`, listening. Unless `extra` names
+    /// a blob store, its blobs are on the suite's S3 server if there is one, as an in-process
+    /// server's are (so a `kill -9` test runs on S3 too).
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Binary {
+        if !extra.iter().any(|f| f.starts_with("--attachments-")) {
+            super::s3_for(data_dir);
+        }
         let mut cmd = binary_command(data_dir);
         serve_flags(&mut cmd, extra);
         Binary::spawn(cmd).await

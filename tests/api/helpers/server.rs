@@ -50,10 +50,17 @@ impl TestServer {
     }
 
     /// A server on `config` (sled in its data dir, or a database of its own on the PostgreSQL
-    /// server the suite runs against: see `database`).
+    /// server the suite runs against; blobs in the data dir, or under a prefix of its own on the
+    /// S3 server the suite runs against: see `database`).
     pub async fn start_config(mut config: Config, dir: tempfile::TempDir) -> TestServer {
         if config.database_url.is_none() {
             config.database_url = super::database_for(dir.path()).await;
+        }
+        if config.attachments_s3.is_none() && config.attachments_dir.is_none() {
+            if let Some((url, endpoint)) = super::s3_for(dir.path()) {
+                config.attachments_s3 = Some(url);
+                config.attachments_s3_endpoint = Some(endpoint);
+            }
         }
         let app = App::open(config).await.expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

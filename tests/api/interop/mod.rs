@@ -7,15 +7,19 @@
 //!
 //! Every test starts the built binary on a temp data dir (`crate::helpers::Binary`; on PostgreSQL
 //! when `SIGNAL_SERVER_TEST_DATABASE_URL` is set, like the rest of the suite) and drives it
-//! with the client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs` and
-//! `examples/linked.rs`):
+//! with the client in `examples/support/libsignal_client.rs` (shared with `examples/chat.rs`,
+//! `examples/linked.rs` and `examples/attachment.rs`):
 //! - `one_device`: device creation with libsignal keys, bundle fetch, PQXDH, Double Ratchet
 //!   messages over REST and the live WebSocket, one-time prekeys consumed, and the last-resort
 //!   Kyber key once they run out;
 //! - `linked`: accounts with several devices: a linked device, a session with each device of a
 //!   peer, one send for all of them, sync copies to the sender's own account, and the 409/410 a
-//!   sender gets (and recovers from) when a device is unlinked or reinstalled.
+//!   sender gets (and recovers from) when a device is unlinked or reinstalled;
+//! - `attachment`: an encrypted attachment (sealed as Signal's apps seal them, uploaded with
+//!   TUS and resumed after an interruption) whose pointer travels in a Double Ratchet message
+//!   and opens to the same bytes; the cipher's own tests run here too (`client::attachments`).
 
+mod attachment;
 #[path = "../../../examples/support/libsignal_client.rs"]
 mod client;
 mod linked;

@@ -6,8 +6,8 @@
 //! Tests that run the binary against an in-process server use a multi-thread runtime and run
 //! the command off the runtime threads (`helpers::operator`), so the server keeps answering.
 
-mod attachments;
 mod backup;
+mod blob_store;
 mod linked_backup;
 mod metrics;
 mod migrate;

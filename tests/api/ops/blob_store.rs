@@ -2,6 +2,9 @@
 //! cut short, and a blob without a record; a backup carries the records, not the blobs, so a
 //! restore without the blob store's copy serves 404 (and fsck lists what is missing) and one
 //! with it serves every attachment and resumes every upload.
+//!
+//! They read and write the directory store's files (`<data-dir>/attachments`), so the module is
+//! not named `attachments`: the suite's run with blobs on S3 (`attachments::`) leaves it out.
 
 use std::path::{Path, PathBuf};
 
