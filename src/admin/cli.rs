@@ -169,6 +169,8 @@ fn restore_limits(config: &Config) -> crate::storage::RestoreLimits {
         max_prekeys: config.max_prekeys,
         max_queued_messages: config.max_queued_messages,
         max_devices: config.max_devices,
+        max_attachment_bytes: config.max_attachment_bytes,
+        uploads: crate::attachments::limits(config),
     }
 }
 

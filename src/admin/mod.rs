@@ -123,6 +123,15 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
             let t = app.storage.totals().await?;
             w(out, format!("users\t{}\ndevices\t{}\nqueued_messages\t{}\nprekeys\t{}\nkyber_prekeys\t{}\ninvites\t{}\nwebsocket_connections\t{}",
                 t.users, t.devices, t.queued_messages, t.prekeys, t.kyber_prekeys, t.invites, app.hub.connections()));
+            // Named as in /metrics; a scan on sled, as there.
+            let a = app.storage.attachment_totals().await?;
+            w(
+                out,
+                format!(
+                    "attachments\t{}\nattachment_uploads_in_progress\t{}\nattachment_bytes\t{}",
+                    a.complete, a.unfinished, a.bytes
+                ),
+            );
         }
         Command::Backup { .. } => {
             app.storage.backup(out).await?;
@@ -133,20 +142,31 @@ pub async fn execute(app: &App, command: Command, out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
-/// Reads every record; the report goes to `out` when all is well, and is the error otherwise
-/// (so that the command exits non-zero and prints it).
+/// Reads every record, and checks attachment records and blobs against each other; the report
+/// goes to `out` when all is well, and is the error otherwise (so that the command exits
+/// non-zero and prints it).
 async fn fsck(app: &App, out: &mut Vec<u8>) -> Result<()> {
     let report = app.storage.fsck().await?;
-    let text = report.lines.join("\n");
-    if report.damaged {
-        return Err(format!(
-            "the database is damaged:\n{text}\n(see \"When things go wrong\" in docs/SELF_HOSTING.md)"
-        )
-        .into());
+    let mut lines = report.lines;
+    // Attachments are walked through the store's verbs: a damaged database may stop the walk.
+    let checked = crate::attachments::fsck::check(app).await;
+    let what = match (report.damaged, &checked) {
+        (true, _) => Some("the database is damaged"),
+        (false, Err(_)) => Some("attachments could not be checked"),
+        (false, Ok(c)) if c.damaged => Some("attachments are missing bytes their records promise"),
+        (false, Ok(_)) => None,
+    };
+    match checked {
+        Ok(c) => lines.extend(c.lines),
+        Err(e) => lines.push(format!("attachments\tnot checked: {e}")),
     }
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'\n');
-    Ok(())
+    let text = lines.join("\n");
+    let Some(what) = what else {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+        return Ok(());
+    };
+    Err(format!("{what}:\n{text}\n(see \"When things go wrong\" in docs/SELF_HOSTING.md)").into())
 }
 
 async fn find(app: &App, username: &str) -> Result<crate::models::User> {

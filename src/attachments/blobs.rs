@@ -81,6 +81,16 @@ impl Blobs {
         }
     }
 
+    /// How many bytes of the blob of `id` can be read from its start (`None`: there is no blob),
+    /// for fsck, which finds a blob shorter than its record's offset. Bytes past the offset are
+    /// a stopped writer's, never read and overwritten by the next writer.
+    pub async fn len(&self, id: &AttachmentId) -> Result<Option<u64>, BlobError> {
+        match self {
+            Blobs::Dir(d) => d.len(id).await,
+            Blobs::S3(s) => s.len(id).await,
+        }
+    }
+
     /// Where the blobs are, for the start log (never a credential).
     pub fn describe(&self) -> String {
         match self {

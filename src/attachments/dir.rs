@@ -137,6 +137,16 @@ impl DirBlobs {
         .await
     }
 
+    pub async fn len(&self, id: &AttachmentId) -> Result<Option<u64>, BlobError> {
+        let path = self.path(id);
+        blocking(move || match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
     pub async fn ids(&self) -> Result<Vec<AttachmentId>, BlobError> {
         let root = self.root.clone();
         blocking(move || {

@@ -1,10 +1,12 @@
 //! Attachments: encrypted blobs uploaded over TUS 1.0.0 (`handlers::attachments`), their bytes
 //! in a blob store (`blobs`: a directory or S3), their records in storage
 //! (`storage::attachments`). `upload` streams a request body into the blob store under the
-//! upload's lease; `sweep` removes what expired and blobs left without a record.
+//! upload's lease; `sweep` removes what expired and blobs left without a record; `fsck` checks
+//! records and blobs against each other for the operator.
 
 pub mod blobs;
 mod dir;
+pub mod fsck;
 mod s3;
 pub mod sweep;
 pub mod upload;

@@ -286,6 +286,11 @@ impl S3Blobs {
             .map_err(io)
     }
 
+    pub async fn len(&self, id: &AttachmentId) -> Result<Option<u64>, BlobError> {
+        let segments = self.segments(id).await?;
+        Ok((!segments.is_empty()).then(|| chained_len(&segments)))
+    }
+
     pub async fn ids(&self) -> Result<Vec<AttachmentId>, BlobError> {
         let listed = self
             .store
@@ -336,6 +341,16 @@ fn chain(
         at = next;
     }
     Ok(parts)
+}
+
+/// How far the chain from offset 0 reaches: the bytes `read` can serve (objects off the chain
+/// are left out, as `read` leaves them out).
+fn chained_len(segments: &BTreeMap<u64, u64>) -> u64 {
+    let mut at = 0;
+    while let Some(&size) = segments.get(&at).filter(|size| **size > 0) {
+        at += size;
+    }
+    at
 }
 
 pub struct S3Writer {

@@ -9,7 +9,7 @@ use warp::reply::{Reply, Response};
 use super::{detached, Answer};
 use crate::app::App;
 use crate::attachments::upload::{self, refused, Patch};
-use crate::attachments::{encode_id, new_id, parse_id, UNFINISHED_TTL_MS};
+use crate::attachments::{encode_id, new_id, parse_id, BlobError, UNFINISHED_TTL_MS};
 use crate::auth::{now_millis, Caller};
 use crate::body::Body;
 use crate::error::ApiError;
@@ -299,11 +299,10 @@ pub async fn download(app: App, _caller: Caller, id: String, headers: HeaderMap)
         None => None,
     };
     let (start, end) = range.unwrap_or((0, length));
-    let stream = app
-        .blobs
-        .read(&id, start, end)
-        .await
-        .map_err(|e| ApiError::Internal(format!("blob store: {e}")))?;
+    let stream = match app.blobs.read(&id, start, end).await {
+        Ok(stream) => stream,
+        Err(e) => return Err(unreadable(&app, &id, e).await),
+    };
     let mut res = warp::reply::stream(stream).into_response();
     if range.is_some() {
         *res.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -328,6 +327,18 @@ pub async fn download(app: App, _caller: Caller, id: String, headers: HeaderMap)
         set(&mut res, "etag", etag);
     }
     Ok(res)
+}
+
+/// A blob that cannot be read: 404 when there is none (its record outlived it, as after a
+/// restore without the blob store), as for an attachment that expired; 500 otherwise.
+async fn unreadable(app: &App, id: &AttachmentId, e: BlobError) -> ApiError {
+    match app.blobs.len(id).await {
+        Ok(None) => {
+            log::warn!("an attachment's blob is missing (signal-server fsck lists them)");
+            ApiError::NoSuchAttachment
+        }
+        _ => ApiError::Internal(format!("blob store: {e}")),
+    }
 }
 
 /// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as `start..end`; `None` for what is not

@@ -1,6 +1,7 @@
 //! Records for the storage unit tests of both backends (the keys are the right size, not real
 //! keys), and the accounts several of them start from.
 
+use super::attachments::{Advance, Lease, Upload, UploadLimits};
 use super::{RestoreLimits, Storage};
 use crate::models::{Device, DeviceRef, Message, Outgoing, PreKey, SignedPreKey};
 
@@ -53,6 +54,11 @@ pub fn limits() -> RestoreLimits {
         max_prekeys: 100,
         max_queued_messages: 10,
         max_devices: 6,
+        max_attachment_bytes: 1 << 20,
+        uploads: UploadLimits {
+            max_unfinished: 3,
+            quota_bytes: 4 << 20,
+        },
     }
 }
 
@@ -125,4 +131,45 @@ pub fn old_style(address: &str) -> Message {
         recipient_address: address.into(),
         ..message(r#"{"registrationId":7}"#, 5)
     }
+}
+
+/// An upload of `owner`, id `[seed; 16]`, of `length` bytes of which `written` are in (all of
+/// them: complete), made through the verbs of `Storage` as the API makes one; as stored.
+pub async fn upload(s: &Storage, owner: u64, seed: u8, length: u64, written: u64) -> Upload {
+    let now = crate::auth::now_millis();
+    let upload = Upload {
+        id: [seed; 16],
+        owner,
+        length,
+        offset: 0,
+        created_ms: now,
+        expires_ms: now + 86_400_000,
+        completed_ms: None,
+    };
+    let roomy = UploadLimits {
+        max_unfinished: 100,
+        quota_bytes: u64::MAX,
+    };
+    s.create_upload(&upload, roomy).await.unwrap().unwrap();
+    if written > 0 {
+        let lease = Lease {
+            holder: u64::from(seed),
+            until_ms: now + 60_000,
+        };
+        s.claim_upload(&upload.id, owner, 0, lease, now)
+            .await
+            .unwrap()
+            .unwrap();
+        let step = Advance {
+            id: upload.id,
+            lease,
+            from: 0,
+            to: written,
+            now_ms: now + 1,
+            expires_ms: now + 30 * 86_400_000,
+            release: true,
+        };
+        s.advance_upload(step).await.unwrap().unwrap();
+    }
+    s.upload(&upload.id).await.unwrap().unwrap()
 }

@@ -268,6 +268,10 @@ fn the_chain_is_followed_from_zero() {
     assert_eq!(chain(&segments, 20, 25).unwrap(), [(15, 5..10)]);
     assert!(chain(&segments, 0, 26).is_err());
     assert!(chain(&BTreeMap::from([(0, 0)]), 0, 1).is_err());
+    // What fsck compares with a record's offset: as far as `chain` can read.
+    assert_eq!(chained_len(&segments), 25);
+    assert_eq!(chained_len(&BTreeMap::from([(3, 10)])), 0);
+    assert_eq!(chained_len(&BTreeMap::from([(0, 0)])), 0);
     assert_eq!(segment_name(0x1234), "0000000000001234");
     assert_eq!(parse_start("0000000000001234"), Some(0x1234));
     assert_eq!(parse_start("000000000000123G"), None);

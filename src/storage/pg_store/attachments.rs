@@ -21,7 +21,8 @@ use crate::storage::attachments::{
 };
 use crate::storage::StoreError;
 
-const COLUMNS: &str = r#"id, owner, length, "offset", created_ms, expires_ms, completed_ms"#;
+pub(super) const COLUMNS: &str =
+    r#"id, owner, length, "offset", created_ms, expires_ms, completed_ms"#;
 
 /// The account lock; no row: the account is gone.
 const LOCK_OWNER: &str = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE";
@@ -318,7 +319,7 @@ fn attachment_id(id: &[u8]) -> Result<AttachmentId, StoreError> {
 }
 
 /// A row of `COLUMNS`.
-fn upload(row: &Row) -> Result<Upload, StoreError> {
+pub(super) fn upload(row: &Row) -> Result<Upload, StoreError> {
     Ok(Upload {
         id: attachment_id(row.get(0))?,
         owner: to_u64(row.get(1)),

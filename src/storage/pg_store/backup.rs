@@ -9,18 +9,23 @@
 //!
 //! Devices are rows of their own, keyed by the id in their address: a linked device's keys and
 //! queue are restored under that id, with nothing in the file that depends on either store.
+//! Attachment rows are restored without a lease (no request writes them yet).
 
 use std::io::{BufRead, Write};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::{db_id, device_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore};
+use super::{
+    attachments, db_id, device_id, devices, keys, messages, to_u32, to_u64, users, Cached, PgStore,
+};
 use crate::crypto::b64;
 use crate::models::{Device, DeviceRef, Message, PreKey, SignedPreKey, User};
 use crate::requests::KeyKind;
+use crate::storage::attachments::{AttachmentId, Upload};
 use crate::storage::sled_store::{
-    key_out, read_backup, DeviceRecord, MessageRecord, Record, RestoreTarget, UserRecord, Writer,
+    key_out, read_backup, AttachmentRecord, DeviceRecord, MessageRecord, Record, RestoreTarget,
+    UserRecord, Writer,
 };
 use crate::storage::{BackupSummary, ResetGrant, RestoreLimits, StoreError};
 
@@ -28,7 +33,8 @@ use crate::storage::{BackupSummary, ResetGrant, RestoreLimits, StoreError};
 const BATCH: i32 = 1000;
 
 /// The tables a backup carries; a restore needs them all empty.
-const DATA_TABLES: &str = "users, devices, prekeys, kyber_prekeys, messages, reset_tokens, invites";
+const DATA_TABLES: &str =
+    "users, devices, prekeys, kyber_prekeys, messages, reset_tokens, invites, attachments";
 
 impl PgStore {
     /// Writes every record to `out`, from one snapshot of the database.
@@ -51,6 +57,7 @@ impl PgStore {
             messages: stream(&tx, &mut w, MESSAGES, message_record).await?,
             invites: stream(&tx, &mut w, INVITES, invite_record).await?,
             reset_tokens: stream(&tx, &mut w, RESET_TOKENS, reset_token_record).await?,
+            attachments: stream(&tx, &mut w, &attachments_sql(), attachment_record).await?,
         };
         w.end()?;
         tx.commit().await?;
@@ -247,6 +254,19 @@ fn reset_token_record(row: &Row) -> Result<Record, StoreError> {
     })
 }
 
+/// By id, as sled orders them (`bytea` compares byte by byte).
+fn attachments_sql() -> String {
+    format!(
+        "SELECT {} FROM attachments ORDER BY id",
+        attachments::COLUMNS
+    )
+}
+
+fn attachment_record(row: &Row) -> Result<Record, StoreError> {
+    let upload = attachments::upload(row)?;
+    Ok(Record::Attachment(AttachmentRecord::of(&upload)))
+}
+
 /// A restore's writes, into its one transaction.
 struct PgTarget<'a> {
     tx: &'a Transaction<'a>,
@@ -419,6 +439,30 @@ impl RestoreTarget for PgTarget<'_> {
                     &db_id(grant.user_id),
                     &db_id(grant.expires_at),
                     &i64::from(grant.token_version),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn has_upload(&mut self, id: &AttachmentId) -> Result<bool, StoreError> {
+        self.exists("SELECT 1 FROM attachments WHERE id = $1", &[&id.as_slice()])
+            .await
+    }
+
+    async fn put_upload(&mut self, u: &Upload) -> Result<(), StoreError> {
+        self.tx
+            .exec(
+                r#"INSERT INTO attachments (id, owner, length, "offset", created_ms, expires_ms,
+                 completed_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+                &[
+                    &u.id.as_slice(),
+                    &db_id(u.owner),
+                    &db_id(u.length),
+                    &db_id(u.offset),
+                    &db_id(u.created_ms),
+                    &db_id(u.expires_ms),
+                    &u.completed_ms.map(db_id),
                 ],
             )
             .await?;

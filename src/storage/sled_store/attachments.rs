@@ -345,6 +345,25 @@ impl SledStore {
         Ok(found)
     }
 
+    /// Puts a record as it is (a restore's: checked by the restore's rules, not against limits)
+    /// with its index entries and its share of the owner's usage, in one transaction.
+    pub(super) fn put_upload_record(&self, upload: &Upload) -> Result<(), StoreError> {
+        let (records, owners, expiry, usage) = self.attachment_trees();
+        (records, owners, expiry, usage).transaction(|(records, owners, expiry, usage)| {
+            let mut used = Usage::read(usage, upload.owner)?;
+            used.bytes = used.bytes.saturating_add(upload.length);
+            if !upload.is_complete() {
+                used.unfinished = used.unfinished.saturating_add(1);
+            }
+            used.write(usage, upload.owner)?;
+            records.insert(&upload.id, &encode(upload)[..])?;
+            owners.insert(&owner_key(upload.owner, &upload.id), &[])?;
+            expiry.insert(&expiry_key(upload.expires_ms, &upload.id), &[])?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     pub fn attachment_totals(&self) -> Result<AttachmentTotals, StoreError> {
         let mut totals = AttachmentTotals::default();
         for entry in self.attachments.records.iter() {
@@ -385,4 +404,98 @@ fn forget(
         used.unfinished = used.unfinished.saturating_sub(1);
     }
     used.write(usage, upload.owner)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::backup::tests::linked_store;
+    use super::*;
+    use crate::storage::fixtures::{limits, upload};
+    use crate::storage::Storage;
+
+    /// `linked_store` with uploads: alice's complete one and one under way, bob's just created.
+    pub(in crate::storage::sled_store) async fn store_with_uploads(
+    ) -> (tempfile::TempDir, SledStore) {
+        let (dir, s) = linked_store().await;
+        let store = Storage::Sled(s.clone());
+        upload(&store, 1, 1, 1000, 1000).await;
+        upload(&store, 1, 2, 1000, 400).await;
+        upload(&store, 2, 3, 50, 0).await;
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn attachments_come_back_with_their_indexes_and_usage() {
+        let (_dir, a) = store_with_uploads().await;
+        let mut first = Vec::new();
+        let sum = a.backup(&mut first).await.unwrap();
+        assert_eq!(sum.attachments, 3);
+        let text = String::from_utf8(first).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains(r#""version":3"#), "{}", lines[0]);
+        // Last before the end record, by id, each naming its owner and its state.
+        let n = lines.len();
+        let expected = [
+            (1, r#""offset":1000,"#, true),
+            (1, r#""offset":400,"#, false),
+            (2, r#""offset":0,"#, false),
+        ];
+        for (line, (owner, offset, complete)) in lines[n - 4..n - 1].iter().zip(expected) {
+            assert!(line.starts_with(r#"{"type":"attachment","id":""#), "{line}");
+            assert!(line.contains(&format!(r#""owner":{owner},"#)), "{line}");
+            assert!(line.contains(offset), "{line}");
+            assert_eq!(line.contains(r#""completed":"#), complete, "{line}");
+        }
+
+        let (_dir2, b) = super::super::temp();
+        assert_eq!(
+            b.restore(&mut text.as_bytes(), &limits()).await.unwrap(),
+            sum
+        );
+        let mut second = Vec::new();
+        b.backup(&mut second).await.unwrap();
+        assert_eq!(text, String::from_utf8(second).unwrap());
+        for seed in 1..=3u8 {
+            assert_eq!(
+                b.upload(&[seed; 16]).unwrap(),
+                a.upload(&[seed; 16]).unwrap()
+            );
+        }
+        assert_eq!(
+            b.attachment_totals().unwrap(),
+            a.attachment_totals().unwrap()
+        );
+        // The indexes: by owner, by expiry.
+        assert_eq!(b.uploads_of(1).unwrap(), [[1; 16], [2; 16]]);
+        assert_eq!(b.expired_uploads(u64::MAX - 1, 10).unwrap().len(), 3);
+        // The usage: alice holds 2,000 bytes and one unfinished upload.
+        let store = Storage::Sled(b.clone());
+        let two = UploadLimits {
+            max_unfinished: 2,
+            quota_bytes: 3000,
+        };
+        let mut next = b.upload(&[2; 16]).unwrap().unwrap();
+        for (seed, length, answer) in [
+            (4, 900, Ok(())),
+            (5, 1, Err(UploadRefused::TooManyUnfinished)),
+        ] {
+            next.id = [seed; 16];
+            next.length = length;
+            next.offset = 0;
+            assert_eq!(store.create_upload(&next, two).await.unwrap(), answer);
+        }
+        let roomy = UploadLimits {
+            max_unfinished: 10,
+            ..two
+        };
+        next.length = 101;
+        assert_eq!(
+            store.create_upload(&next, roomy).await.unwrap(),
+            Err(UploadRefused::Quota)
+        );
+        // An account's deletion takes its records, found through the owner index.
+        b.delete_user(1).await.unwrap();
+        assert_eq!(b.upload(&[1; 16]).unwrap(), None);
+        assert!(b.upload(&[3; 16]).unwrap().is_some());
+    }
 }

@@ -10,6 +10,11 @@
 //! primary). A version 1 file is a version 2 file without either, so a restore reads both.
 //! Records come in the order a restore needs: users, then each user's devices (the primary
 //! first, then linked devices by id), then keys and messages device by device in that order.
+//!
+//! Version 3 added attachments: one record per upload (its owner, length, durable offset and
+//! times), after every other record. A record is not its blob: the blob store (a directory or a
+//! bucket) is backed up on its own, after this file, so that every record's bytes are there. A
+//! version 2 file is a version 3 file without attachment records, so a restore reads it.
 
 use std::io::Write;
 
@@ -17,11 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use super::linked::LinkedDevice;
 use super::{decode, keys, SledStore, StoreError};
+use crate::attachments::encode_id;
 use crate::crypto::b64;
 use crate::models::{Device, Message, SignedPreKey, User};
+use crate::storage::attachments::Upload;
 
 pub const FORMAT: &str = "signal-server-backup";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +79,23 @@ pub(crate) struct MessageRecord {
     pub timestamp: u64,
 }
 
+/// An upload's record (since version 3); times are ms since the epoch.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AttachmentRecord {
+    /// base64url without padding, as in its path (`attachments::encode_id`).
+    pub id: String,
+    pub owner: u64,
+    pub length: u64,
+    /// Bytes durably in the blob store.
+    pub offset: u64,
+    pub created: u64,
+    pub expires: u64,
+    /// Absent while unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+}
+
 /// One line of a backup: `{"type": "<variant>", ...its fields}`.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -106,6 +130,7 @@ pub(crate) enum Record {
         expires: u64,
         version: u32,
     },
+    Attachment(AttachmentRecord),
     /// Counts of what came before, checked on restore: a cut-off file is refused.
     End {
         records: u64,
@@ -126,6 +151,20 @@ impl DeviceRecord {
             identity_key: b64::encode(&d.identity_key),
             signed_pre_key: key_out(&d.signed_prekey),
             last_resort_kyber_pre_key: d.last_resort_kyber.as_ref().map(key_out),
+        }
+    }
+}
+
+impl AttachmentRecord {
+    pub(crate) fn of(u: &Upload) -> AttachmentRecord {
+        AttachmentRecord {
+            id: encode_id(&u.id),
+            owner: u.owner,
+            length: u.length,
+            offset: u.offset,
+            created: u.created_ms,
+            expires: u.expires_ms,
+            completed: u.completed_ms,
         }
     }
 }
@@ -156,6 +195,7 @@ pub struct BackupSummary {
     pub messages: u64,
     pub invites: u64,
     pub reset_tokens: u64,
+    pub attachments: u64,
 }
 
 pub(crate) fn key_out(k: &SignedPreKey) -> KeyRecord {
@@ -230,6 +270,7 @@ impl SledStore {
             messages: self.back_up_messages(&mut w)?,
             invites: self.back_up_invites(&mut w)?,
             reset_tokens: self.back_up_reset_tokens(&mut w)?,
+            attachments: self.back_up_attachments(&mut w)?,
         };
         w.end()?;
         Ok(sum)
@@ -380,13 +421,28 @@ impl SledStore {
         }
         Ok(n)
     }
+
+    /// Upload records by id, but for those an interrupted account deletion left behind.
+    fn back_up_attachments(&self, w: &mut Writer) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for entry in self.attachments.records.iter() {
+            let (k, v) = entry?;
+            let upload = super::attachments::decode(&k, &v)?;
+            if !self.users.contains_key(keys::user(upload.owner))? {
+                continue;
+            }
+            w.put(&Record::Attachment(AttachmentRecord::of(&upload)))?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
     use crate::models::{DeviceRef, PreKey};
-    use crate::storage::fixtures::{limits, linked_accounts, old_style, primary, HASH};
+    use crate::storage::fixtures::{limits, linked_accounts, old_style, primary, upload, HASH};
     use crate::storage::Storage;
 
     #[tokio::test]
@@ -484,6 +540,7 @@ pub(super) mod tests {
             expires_at: u64::MAX,
         };
         a.put_reset_token(&[7; 32], &grant).await.unwrap();
+        upload(&Storage::Sled(a.clone()), u.id, 1, 10, 10).await;
         a.delete_user(u.id).await.unwrap();
         let mut out = Vec::new();
         let sum = a.backup(&mut out).await.unwrap();
@@ -575,7 +632,7 @@ pub(super) mod tests {
         // Without linked devices, version 2 writes the records version 1 wrote.
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("linked") && !text.contains(r#""device":"#));
-        let v1 = text.replace(r#""version":2"#, r#""version":1"#);
+        let v1 = text.replace(r#""version":3"#, r#""version":1"#);
         let (_dir2, b) = super::super::temp();
         assert_eq!(b.restore(&mut v1.as_bytes(), &limits()).await.unwrap(), sum);
         assert_eq!(b.devices(2).unwrap().len(), 1);

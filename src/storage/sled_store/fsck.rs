@@ -45,7 +45,7 @@ impl SledStore {
             show_keys,
             value_ok,
         };
-        let trees: [(&sled::Tree, Shape); 14] = [
+        let trees: [(&sled::Tree, Shape); 18] = [
             (&self.meta, shape(super::META, None, true, |_| true)),
             (
                 &self.users,
@@ -107,6 +107,22 @@ impl SledStore {
             (
                 &self.idempotency_times,
                 shape(super::IDEMPOTENCY_TIMES, None, false, |v| v.is_empty()),
+            ),
+            (
+                &self.attachments.records,
+                shape(super::ATTACHMENTS, Some(16), true, |v| v.len() == 48),
+            ),
+            (
+                &self.attachments.owners,
+                shape(super::ATTACHMENT_OWNERS, Some(24), true, |v| v.is_empty()),
+            ),
+            (
+                &self.attachments.expiry,
+                shape(super::ATTACHMENT_EXPIRY, Some(24), true, |v| v.is_empty()),
+            ),
+            (
+                &self.attachments.usage,
+                shape(super::ATTACHMENT_USAGE, Some(8), true, |v| v.len() == 12),
             ),
         ];
         let mut report = FsckReport {
@@ -175,6 +191,10 @@ fn show(shape: &Shape, key: &[u8]) -> String {
         return format!("<{} bytes>", key.len());
     }
     match shape.key_len {
+        // An attachment's id, as in its path and its blob's name.
+        Some(16) if shape.name == super::ATTACHMENTS => {
+            crate::attachments::encode_id(&key.try_into().unwrap_or_default())
+        }
         Some(8) => keys::decode_u64(key).map_or_else(|| hex(key), |id| id.to_string()),
         Some(_) => {
             let user = keys::decode_u64(key).unwrap_or_default();
@@ -219,6 +239,29 @@ mod tests {
         assert_eq!(
             line(&report, "linked_devices"),
             "linked_devices\tDAMAGED: 2 records ok, 1 undecodable: 1/00000004"
+        );
+    }
+
+    #[tokio::test]
+    async fn attachment_records_are_read_and_a_damaged_one_is_named_by_its_id() {
+        let (_dir, s) = super::super::attachments::tests::store_with_uploads().await;
+        let report = s.fsck();
+        assert!(!report.damaged, "{:?}", report.lines);
+        assert_eq!(line(&report, "attachments"), "attachments\tok, 3 records");
+        assert_eq!(
+            line(&report, "attachment_usage"),
+            "attachment_usage\tok, 2 records"
+        );
+        s.attachments
+            .records
+            .insert([9u8; 16], b"short".as_slice())
+            .unwrap();
+        let report = s.fsck();
+        assert!(report.damaged);
+        let id = crate::attachments::encode_id(&[9; 16]);
+        assert_eq!(
+            line(&report, "attachments"),
+            format!("attachments\tDAMAGED: 3 records ok, 1 undecodable: {id}")
         );
     }
 }

@@ -49,7 +49,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use super::StoreError;
 pub use backup::BackupSummary;
 /// The backup format and the restore's rules, shared with the PostgreSQL store.
-pub(crate) use backup::{key_out, DeviceRecord, MessageRecord, Record, UserRecord, Writer};
+pub(crate) use backup::{
+    key_out, AttachmentRecord, DeviceRecord, MessageRecord, Record, UserRecord, Writer,
+};
 use commit::Committer;
 pub use devices::Stock;
 pub use fsck::FsckReport;

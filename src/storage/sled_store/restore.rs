@@ -13,6 +13,7 @@ use super::restore_rules::{RestoreLimits, RestoreTarget, Restoring};
 use super::{encode, keys, ResetGrant, SledStore, StorageOptions, StoreError};
 use crate::models::{Device, DeviceRef, Message, SignedPreKey, User};
 use crate::requests::KeyKind;
+use crate::storage::attachments::{AttachmentId, Upload};
 
 /// Restores `input` into the database directory `db`, which must not exist or hold no records.
 pub async fn restore_dir(
@@ -110,6 +111,7 @@ impl SledStore {
             &self.messages,
             &self.invites,
             &self.reset_tokens,
+            &self.attachments.records,
         ] {
             if tree.first()?.is_some() {
                 return Ok(true);
@@ -269,6 +271,14 @@ impl RestoreTarget for &SledStore {
         self.reset_tokens.insert(hash, &value)?;
         Ok(())
     }
+
+    async fn has_upload(&mut self, id: &AttachmentId) -> Result<bool, StoreError> {
+        Ok(self.attachments.records.contains_key(id)?)
+    }
+
+    async fn put_upload(&mut self, upload: &Upload) -> Result<(), StoreError> {
+        self.put_upload_record(upload)
+    }
 }
 
 /// Lines of at most `max` bytes, read without ever holding more than `max + 1` bytes of one:
@@ -325,12 +335,19 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::attachments::encode_id;
     use crate::storage::fixtures::limits;
+    use crate::storage::sled_store::attachments::tests::store_with_uploads;
     use crate::storage::sled_store::backup::tests::linked_store;
 
     /// A multi-device backup (`linked_store`) as records, without its end record.
     async fn records() -> Vec<Value> {
         let (_dir, s) = linked_store().await;
+        records_of(&s).await
+    }
+
+    /// `s`'s backup as records, without its end record.
+    async fn records_of(s: &SledStore) -> Vec<Value> {
         let mut out = Vec::new();
         s.backup(&mut out).await.unwrap();
         let mut records: Vec<Value> = String::from_utf8(out)
@@ -454,6 +471,117 @@ mod tests {
             let err = s.restore(&mut text(&crafted).as_bytes(), &limits()).await;
             let err = err.expect_err(why).to_string();
             assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_2_backup_restores_and_may_not_hold_attachments() {
+        let (_dir, a) = store_with_uploads().await;
+        let mut out = Vec::new();
+        a.backup(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v2 = text.replace(r#""version":3"#, r#""version":2"#);
+        let (_dir2, b) = super::super::temp();
+        let err = b.restore(&mut v2.as_bytes(), &limits()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a version 2 backup with an attachment"),
+            "{err}"
+        );
+        // Without them, it is what version 2 wrote.
+        let lines: Vec<&str> = v2
+            .lines()
+            .filter(|l| !l.contains(r#""type":"attachment""#))
+            .collect();
+        let end = format!(r#"{{"type":"end","records":{}}}"#, lines.len() - 1);
+        let v2 = lines[..lines.len() - 1].join("\n") + "\n" + &end + "\n";
+        let (_dir3, c) = super::super::temp();
+        let sum = c.restore(&mut v2.as_bytes(), &limits()).await.unwrap();
+        assert_eq!((sum.devices, sum.attachments), (4, 0));
+    }
+
+    /// The record of attachment `[seed; 16]`.
+    fn attachment(records: &mut [Value], seed: u8) -> &mut Value {
+        let id = encode_id(&[seed; 16]);
+        records.iter_mut().find(|r| r["id"] == id.as_str()).unwrap()
+    }
+
+    /// Copies of attachment `[seed; 16]`'s record under the ids `[n; 16]` for `n` in `seeds`.
+    fn copies(records: &mut Vec<Value>, seed: u8, seeds: std::ops::Range<u8>) {
+        let model = attachment(records, seed).clone();
+        for n in seeds {
+            let mut copy = model.clone();
+            copy["id"] = json!(encode_id(&[n; 16]));
+            records.push(copy);
+        }
+    }
+
+    #[tokio::test]
+    async fn attachments_are_checked_as_the_server_checks_uploads() {
+        let (_dir, s) = store_with_uploads().await;
+        let good = records_of(&s).await;
+        // `limits()`: 1 MiB at most, 3 unfinished uploads and 4 MiB per account.
+        let cases: [(&str, Edit); 11] = [
+            ("not 22 characters of base64url", |r| {
+                attachment(r, 1)["id"] = json!("AAAA")
+            }),
+            ("of user 9, who was not restored", |r| {
+                attachment(r, 3)["owner"] = json!(9)
+            }),
+            ("twice", |r| copies(r, 1, 1..2)),
+            ("offset 1001 is past its length 1000", |r| {
+                attachment(r, 2)["offset"] = json!(1001)
+            }),
+            ("complete, but its offset 999 is not its length 1000", |r| {
+                attachment(r, 1)["offset"] = json!(999)
+            }),
+            ("all 1000 bytes are in, but it is not complete", |r| {
+                attachment(r, 2)["offset"] = json!(1000)
+            }),
+            ("length 1048577 is not between 1 and 1048576", |r| {
+                attachment(r, 2)["length"] = json!((1 << 20) + 1)
+            }),
+            ("a time is not between 1 and 2^63 - 1 ms", |r| {
+                attachment(r, 1)["completed"] = json!(0)
+            }),
+            ("user 1 has more than 3 unfinished uploads", |r| {
+                copies(r, 2, 10..13)
+            }),
+            (
+                "the attachments of user 2 take more than 4194304 bytes",
+                |r| {
+                    let bob = attachment(r, 3);
+                    bob["length"] = json!(1 << 20);
+                    bob["offset"] = json!(1 << 20);
+                    bob["completed"] = bob["created"].clone();
+                    copies(r, 3, 10..14)
+                },
+            ),
+            ("a version 2 backup with an attachment", |r| {
+                r[0]["version"] = json!(2)
+            }),
+        ];
+        for (why, edit) in cases {
+            let mut crafted = good.clone();
+            edit(&mut crafted);
+            let (_dir, s) = crate::storage::sled_store::temp();
+            let err = s.restore(&mut text(&crafted).as_bytes(), &limits()).await;
+            let err = err.expect_err(why).to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        // Up to the limits, they restore; a refused one leaves no database behind.
+        let mut full = good.clone();
+        copies(&mut full, 2, 10..12);
+        let data = tempfile::tempdir().unwrap();
+        let sum = restore_into(data.path(), &text(&full)).await.unwrap();
+        assert_eq!(sum.attachments, 5);
+        let mut crafted = good.clone();
+        attachment(&mut crafted, 3)["owner"] = json!(9);
+        let data = tempfile::tempdir().unwrap();
+        let err = restore_into(data.path(), &text(&crafted)).await;
+        assert!(err.unwrap_err().to_string().contains("not restored"));
+        for name in ["db", "db.restoring"] {
+            assert!(!data.path().join(name).exists(), "{name} was left behind");
         }
     }
 }

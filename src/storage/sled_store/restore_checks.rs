@@ -3,12 +3,14 @@
 //! record is turned into the domain type storage keeps; and a linked device against the
 //! account's devices before it.
 
-use super::backup::{DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord};
+use super::backup::{AttachmentRecord, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord};
 use super::StoreError;
+use crate::attachments::parse_id;
 use crate::crypto::{b64, SIGNATURE_LEN};
 use crate::models::LINKED_IDS;
 use crate::models::{Device, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind, MAX_KEY_ID, MAX_REGISTRATION_ID};
+use crate::storage::attachments::Upload;
 
 /// Every id in a backup (users, messages) is below this: new ids continue above the largest
 /// restored one, and 2^62 leaves 3 · 2^62 ids for them, so no id can wrap.
@@ -124,6 +126,64 @@ pub(super) fn message_in(r: MessageRecord, max_bytes: usize) -> Result<(u64, Mes
         timestamp: r.timestamp,
     };
     Ok((r.recipient, message))
+}
+
+/// An upload's record as the server writes them: an id of its one spelling, a length from 1 to
+/// `max_length` (`--max-attachment-bytes`), an offset within it that is the length exactly when
+/// the upload is complete, and times a PostgreSQL `bigint` holds (sled reads a completion time
+/// of 0 as "unfinished", so it is refused too). Its owner and limits are checked by the caller.
+pub(super) fn attachment_in(r: AttachmentRecord, max_length: u64) -> Result<Upload, StoreError> {
+    let Some(id) = parse_id(&r.id) else {
+        return bad("an attachment whose id is not 22 characters of base64url".into());
+    };
+    let name = r.id;
+    if r.length == 0 || r.length > max_length {
+        return bad(format!(
+            "attachment {name}: length {} is not between 1 and {max_length} \
+             (--max-attachment-bytes)",
+            r.length
+        ));
+    }
+    if r.offset > r.length {
+        return bad(format!(
+            "attachment {name}: offset {} is past its length {}",
+            r.offset, r.length
+        ));
+    }
+    match r.completed {
+        Some(_) if r.offset != r.length => {
+            return bad(format!(
+                "attachment {name}: complete, but its offset {} is not its length {}",
+                r.offset, r.length
+            ))
+        }
+        None if r.offset == r.length => {
+            return bad(format!(
+                "attachment {name}: all {} bytes are in, but it is not complete",
+                r.length
+            ))
+        }
+        _ => {}
+    }
+    let times = [Some(r.created), Some(r.expires), r.completed];
+    if times
+        .into_iter()
+        .flatten()
+        .any(|t| t == 0 || t > i64::MAX as u64)
+    {
+        return bad(format!(
+            "attachment {name}: a time is not between 1 and 2^63 - 1 ms"
+        ));
+    }
+    Ok(Upload {
+        id,
+        owner: r.owner,
+        length: r.length,
+        offset: r.offset,
+        created_ms: r.created,
+        expires_ms: r.expires,
+        completed_ms: r.completed,
+    })
 }
 
 /// Checks a linked device `id` of `user` against the devices restored before it, as

@@ -9,6 +9,9 @@
 //! before it: its user's primary comes first, its id is in 2..=127 and no other device's of the
 //! account, its registrationId too, and its identity key is the account's.
 //!
+//! An attachment's record names its owner, a user restored before it; the limits on what one
+//! account may hold (unfinished uploads, bytes) apply as at the upload's creation.
+//!
 //! The rules are the same whatever store is being filled: the store only answers lookups and
 //! takes writes (`RestoreTarget`: sled's trees in `restore`, a PostgreSQL transaction in
 //! `pg_store`).
@@ -16,15 +19,18 @@
 use std::collections::HashMap;
 
 use super::backup::{
-    BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord, FORMAT, VERSION,
+    AttachmentRecord, BackupSummary, DeviceRecord, KeyRecord, MessageRecord, Record, UserRecord,
+    FORMAT, VERSION,
 };
 use super::restore_checks::{
-    bad, check_id, check_linked, device_in, message_in, names_a_linked_device, prekey_in,
-    token_hash, user_in, whose,
+    attachment_in, bad, check_id, check_linked, device_in, message_in, names_a_linked_device,
+    prekey_in, token_hash, user_in, whose,
 };
 use super::{ResetGrant, StoreError};
+use crate::attachments::encode_id;
 use crate::models::{Device, DeviceRef, Message, SignedPreKey, User};
 use crate::requests::{self, KeyKind};
+use crate::storage::attachments::{AttachmentId, Upload, UploadLimits};
 
 /// The store a restore fills: lookups of what was restored so far, and the writes of records
 /// that passed every check. Usernames and emails are looked up lowercased.
@@ -67,6 +73,9 @@ pub(crate) trait RestoreTarget {
     async fn put_invite(&mut self, hash: &[u8], created: u64) -> Result<(), StoreError>;
     async fn has_reset_token(&mut self, hash: &[u8]) -> Result<bool, StoreError>;
     async fn put_reset_token(&mut self, hash: &[u8], grant: &ResetGrant) -> Result<(), StoreError>;
+    async fn has_upload(&mut self, id: &AttachmentId) -> Result<bool, StoreError>;
+    /// An upload's record, with whatever the store derives from it (sled's indexes and usage).
+    async fn put_upload(&mut self, upload: &Upload) -> Result<(), StoreError>;
 }
 
 /// The server's limits that a restore applies as the API would.
@@ -77,6 +86,10 @@ pub struct RestoreLimits {
     pub max_queued_messages: u32,
     /// Devices per account, the primary included (`--max-devices`).
     pub max_devices: u32,
+    /// The largest upload (`--max-attachment-bytes`).
+    pub max_attachment_bytes: u64,
+    /// What one account may hold (`--attachment-quota`, `attachments::MAX_UNFINISHED`).
+    pub uploads: UploadLimits,
 }
 
 impl RestoreLimits {
@@ -107,6 +120,8 @@ pub(crate) struct Restoring<'a, T: RestoreTarget> {
     stock: HashMap<DeviceRef, (u32, u32)>,
     /// device → messages queued so far.
     queues: HashMap<DeviceRef, u32>,
+    /// owner → (unfinished uploads, bytes of all uploads) so far.
+    usage: HashMap<u64, (u32, u64)>,
     /// The devices of the user whose records were read last: a user's records come together.
     devices: Option<(u64, Vec<Device>)>,
 }
@@ -124,6 +139,7 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
             ended: false,
             stock: HashMap::new(),
             queues: HashMap::new(),
+            usage: HashMap::new(),
             devices: None,
         }
     }
@@ -141,6 +157,11 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
                 return bad(
                     "a version 1 backup with a linked device (that came with version 2)".into(),
                 )
+            }
+            (Record::Attachment(_), v) if v < 3 => {
+                return bad(format!(
+                    "a version {v} backup with an attachment (that came with version 3)"
+                ))
             }
             _ => {}
         }
@@ -163,6 +184,7 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
                 expires,
                 version,
             } => self.reset_token(&hash, user, expires, version).await?,
+            Record::Attachment(a) => self.attachment(a).await?,
         }
         self.records += 1;
         Ok(())
@@ -416,6 +438,42 @@ impl<'a, T: RestoreTarget> Restoring<'a, T> {
         };
         self.db.put_reset_token(&hash, &grant).await?;
         self.sum.reset_tokens += 1;
+        Ok(())
+    }
+
+    /// An upload's record, of a restored account (a backup leaves out those of deleted ones, so
+    /// one without its owner was edited: refused, not left out, for its blob would then be
+    /// swept as left over), within the limits the creation was checked against: the account's
+    /// unfinished uploads and its bytes, unfinished ones at their full length.
+    async fn attachment(&mut self, r: AttachmentRecord) -> Result<(), StoreError> {
+        let upload = attachment_in(r, self.limits.max_attachment_bytes)?;
+        let (id, owner) = (encode_id(&upload.id), upload.owner);
+        if self.db.user(owner).await?.is_none() {
+            return bad(format!(
+                "attachment {id} of user {owner}, who was not restored"
+            ));
+        }
+        if self.db.has_upload(&upload.id).await? {
+            return bad(format!("attachment {id} twice"));
+        }
+        let limits = self.limits.uploads;
+        let (unfinished, bytes) = self.usage.entry(owner).or_default();
+        *unfinished += u32::from(!upload.is_complete());
+        if *unfinished > limits.max_unfinished {
+            return bad(format!(
+                "user {owner} has more than {} unfinished uploads",
+                limits.max_unfinished
+            ));
+        }
+        *bytes = bytes.saturating_add(upload.length);
+        if *bytes > limits.quota_bytes {
+            return bad(format!(
+                "the attachments of user {owner} take more than {} bytes (--attachment-quota)",
+                limits.quota_bytes
+            ));
+        }
+        self.db.put_upload(&upload).await?;
+        self.sum.attachments += 1;
         Ok(())
     }
 }

@@ -93,7 +93,7 @@ pub async fn fresh_data_dir() -> tempfile::TempDir {
 }
 
 /// The tables whose rows a backup carries.
-const DATA_TABLES: [&str; 7] = [
+const DATA_TABLES: [&str; 8] = [
     "users",
     "devices",
     "prekeys",
@@ -101,10 +101,11 @@ const DATA_TABLES: [&str; 7] = [
     "messages",
     "reset_tokens",
     "invites",
+    "attachments",
 ];
 
-/// The rows of data (users, devices, keys, messages, tokens, invites) the data dir's PostgreSQL
-/// database holds; 0 before its schema was created. Only on PostgreSQL.
+/// The rows of data (users, devices, keys, messages, tokens, invites, attachments) the data
+/// dir's PostgreSQL database holds; 0 before its schema was created. Only on PostgreSQL.
 pub async fn database_rows(data_dir: &Path) -> i64 {
     let url = remembered_database(data_dir).expect("a data dir with a test database");
     let (client, driver) = connect(&url).await;

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{assert_plain, cli_err, cli_ok, data_dir, path, pop_bundle, restore_summary};
+use super::{assert_plain, cli_err, cli_ok, copy_dir, data_dir, path, pop_bundle, restore_summary};
+use crate::attachments;
 use crate::helpers::{
     bare_command, deliver, file_mode, fresh_data_dir, operator_ok, run, stop_closed, TestServer,
     BINARY_BOUND, PASSWORD,
@@ -31,6 +32,8 @@ struct Backup {
     messages: BTreeMap<u64, BTreeSet<u64>>,
     invites: usize,
     reset_tokens: Vec<u64>,
+    /// owner user id → attachment ids
+    attachments: BTreeMap<u64, BTreeSet<String>>,
 }
 
 impl Backup {
@@ -52,7 +55,7 @@ impl Backup {
             match (n, kind) {
                 (0, "header") => {
                     assert_eq!(r["format"], "signal-server-backup", "{line}");
-                    assert_eq!(r["version"], 2, "{line}");
+                    assert_eq!(r["version"], 3, "{line}");
                 }
                 (0, _) => panic!("the first record is not the header: {line}"),
                 (_, "header") => panic!("a second header at line {}", n + 1),
@@ -92,6 +95,13 @@ impl Backup {
                 }
                 (_, "invite") => b.invites += 1,
                 (_, "resetToken") => b.reset_tokens.push(u("user")),
+                (_, "attachment") => {
+                    let id = r["id"].as_str().expect("id").to_string();
+                    assert!(
+                        b.attachments.entry(u("owner")).or_default().insert(id),
+                        "attachment twice: {line}"
+                    );
+                }
                 (_, other) => panic!("unknown record type {other:?}: {line}"),
             }
         }
@@ -121,7 +131,8 @@ impl Backup {
 
     /// Every record that names a user names one that has a user record (and keys a device).
     fn assert_consistent(&self) {
-        for user in self.devices.keys().chain(&self.reset_tokens) {
+        let owners = self.attachments.keys();
+        for user in self.devices.keys().chain(&self.reset_tokens).chain(owners) {
             assert!(
                 self.users.contains_key(user),
                 "record of unknown user {user}"
@@ -180,9 +191,13 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
     let (pre, kyber) = pop_bundle(&s, &alice, &bob).await;
     assert_eq!((pre, kyber), (Some(1), Some(1)), "lowest keyIds first");
     let mut popped_before = vec![(bob.id, pre, kyber)];
-    // An invite and a reset token, so that every record kind is in the backup.
+    // An invite, a reset token and attachments, so that every record kind is in the backup.
     operator_ok(&dir, &["invites", "--count", "1"], None).await;
     operator_ok(&dir, &["users", "reset-token", "carol"], None).await;
+    let picture = attachments::bytes(3000, 1);
+    let sent = attachments::upload(&s, &carol.token, &picture, 1000).await;
+    let under_way = attachments::create(&s, &alice.token, 5000).await;
+    attachments::patch(&s, &alice.token, &under_way, 0, &picture[..1000]).await;
 
     // Writers: sends, bundle pops and new registrations (with devices), until told to stop.
     let s = Arc::new(s);
@@ -272,6 +287,12 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
     }
     assert!(first.invites >= 1, "the invite is missing");
     assert_eq!(
+        first.attachments.values().map(BTreeSet::len).sum::<usize>(),
+        2,
+        "{:?}",
+        first.attachments
+    );
+    assert_eq!(
         first.reset_tokens,
         vec![users[2].id],
         "carol's reset token is missing"
@@ -305,13 +326,18 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
         .ok()
         .expect("the writers still hold the server");
     let users = Arc::try_unwrap(users).ok().expect("users still shared");
+    // The blob store is copied after the backup, so that every record's bytes are in the copy.
+    let blobs = work.path().join("blobs");
+    copy_dir(&s.dir.path().join("attachments"), &blobs);
     stop_closed(s).await;
 
     // Restore into a fresh data dir, then back it up again (both offline, by the binary).
     let fresh = fresh_data_dir().await;
     let run = operator_ok(fresh.path(), &["restore", &file_arg], None).await;
     let summary = restore_summary(&run);
-    let count = |m: &BTreeMap<u64, BTreeSet<u64>>| m.values().map(BTreeSet::len).sum::<usize>();
+    fn count<T>(m: &BTreeMap<u64, BTreeSet<T>>) -> usize {
+        m.values().map(BTreeSet::len).sum()
+    }
     assert_eq!(
         summary,
         json!({
@@ -319,6 +345,7 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
             "prekeys": count(&first.prekeys), "kyber_prekeys": count(&first.kyber),
             "messages": count(&first.messages), "invites": first.invites,
             "reset_tokens": first.reset_tokens.len(),
+            "attachments": count(&first.attachments),
         })
     );
     let again = work.path().join("again.jsonl");
@@ -339,8 +366,13 @@ async fn backup_during_writes_is_consistent_and_restores_to_identical_records() 
         "record counts differ"
     );
 
-    // A server on the restored dir reports the stock and queues the records say.
+    // A server on the restored dir (with the blobs copied back) reports the stock and queues
+    // the records say, and serves the attachments.
+    copy_dir(&blobs, &fresh.path().join("attachments"));
     let r = TestServer::start_in(fresh).await;
+    let carol = r.login("carol", PASSWORD).await;
+    let got = attachments::download(&r, &carol, &sent).await;
+    assert_eq!((got.status, got.body), (StatusCode::OK, picture));
     for (user, reg_id) in &first.devices {
         let name = &first.users[user];
         let token = r.login(name, PASSWORD).await;

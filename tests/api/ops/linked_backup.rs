@@ -81,7 +81,7 @@ async fn a_restored_server_serves_the_linked_devices_queue_and_keys() {
     operator_ok(s.dir.path(), &["backup", &file_arg], None).await;
     stop_closed(s).await;
     let records = records(&file);
-    assert_eq!(records[0]["version"], 2, "{}", records[0]);
+    assert_eq!(records[0]["version"], 3, "{}", records[0]);
     let device = records.iter().find(|r| r["address"] == "alice.2");
     assert_eq!(device.expect("the linked device's record")["linked"], true);
     let keys_of_2 = records

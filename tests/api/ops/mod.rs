@@ -1,12 +1,13 @@
 //! Operations: operator commands (always the real binary, reaching a running server over
 //! `<data-dir>/admin.sock` or opening a stopped data dir itself), backups and restores,
-//! invite-only and closed registration, the per-IP limit behind a trusted proxy, and the
+//! attachments in `stats`, `fsck` and backups, invite-only and closed registration, the per-IP limit behind a trusted proxy, and the
 //! Prometheus metrics and access log.
 //!
 //! Tests that run the binary against an in-process server use a multi-thread runtime and run
 //! the command off the runtime threads (`helpers::operator`), so the server keeps answering.
 
 mod backup;
+mod blob_store;
 mod linked_backup;
 mod metrics;
 mod migrate;
@@ -137,6 +138,18 @@ async fn data_dir() -> tempfile::TempDir {
 
 fn path(dir: &Path) -> &str {
     dir.to_str().unwrap()
+}
+
+/// Copies directory `from` to `to` (replacing it), as an operator copies a blob store.
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a {from:?} {to:?}");
 }
 
 /// The counts a successful `restore` printed (`restored {...}`).

@@ -80,6 +80,9 @@ async fn users_list_and_stats_count_a_live_servers_records() {
         ("kyber_prekeys", 3),
         ("invites", 0),
         ("websocket_connections", 0),
+        ("attachments", 0),
+        ("attachment_uploads_in_progress", 0),
+        ("attachment_bytes", 0),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

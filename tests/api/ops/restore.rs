@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::restore_summary;
+use crate::attachments;
 use crate::helpers::{
     database_rows, fresh_data_dir, message_text, on_postgres, operator_command, run, stop_closed,
     transaction_open, Feed, Run, TestServer, BINARY_BOUND, PASSWORD,
@@ -72,11 +73,13 @@ async fn assert_no_database(dir: &Path) {
 // ---------------------------------------------------------------------------------------------
 
 /// The records of a real backup without its end record: alice (id, device reg 7, 3 EC and 2
-/// Kyber prekeys) with a message from bob queued, and bob (device reg 8).
+/// Kyber prekeys) with a message from bob queued and an attachment of 100 bytes, and bob
+/// (device reg 8).
 async fn real_records() -> Vec<Value> {
     let s = TestServer::start().await;
     let alice = s.user_with_device("alice", 7, 3, 2).await;
     let bob = s.user_with_device("bob", 8, 1, 1).await;
+    attachments::upload(&s, &alice.token, &attachments::bytes(100, 1), 100).await;
     let (status, res) = s
         .post(
             "/messages/8",
@@ -132,7 +135,7 @@ fn user_id(records: &[Value], name: &str) -> u64 {
 /// Gives user `from` the id `to`, in their record and every record that names them.
 fn renumber(records: &mut [Value], from: u64, to: u64) {
     for r in records.iter_mut() {
-        for field in ["id", "user", "recipient"] {
+        for field in ["id", "user", "recipient", "owner"] {
             let is_user_field = field != "id" || r["type"] == "user";
             if is_user_field && r[field].as_u64() == Some(from) {
                 r[field] = json!(to);
@@ -451,6 +454,7 @@ fn cases() -> Vec<Case> {
             why: "a version 1 message not addressed to its recipient's registrationId",
             edit: |r| {
                 r[0]["version"] = json!(1);
+                r.retain(|r| r["type"] != "attachment");
                 first_of(r, "message")["content"] = json!(message_text(999, "hi"))
             },
         },
@@ -505,6 +509,33 @@ fn cases() -> Vec<Case> {
                     r.push(k);
                 }
             },
+        },
+        Case {
+            why: "an attachment of an unknown user",
+            edit: |r| first_of(r, "attachment")["owner"] = json!(424_242),
+        },
+        Case {
+            why: "an attachment id twice",
+            edit: |r| {
+                let a = first_of(r, "attachment").clone();
+                r.push(a)
+            },
+        },
+        Case {
+            why: "an attachment's offset past its length",
+            edit: |r| first_of(r, "attachment")["offset"] = json!(101),
+        },
+        Case {
+            why: "an attachment over --max-attachment-bytes",
+            edit: |r| {
+                let a = first_of(r, "attachment");
+                a["length"] = json!(200 << 20);
+                a["offset"] = json!(200 << 20);
+            },
+        },
+        Case {
+            why: "an attachment in a version 2 backup",
+            edit: |r| r[0]["version"] = json!(2),
         },
         Case {
             why: "no header",

@@ -1,10 +1,13 @@
 //! Backup and restore in the sled store's format: a sled backup restored here backs up to the
-//! same text (linked devices too, and back to sled), a restore is all or nothing into an empty
-//! database, and new ids continue above.
+//! same text (linked devices and attachment records too, and back to sled), a restore is all or
+//! nothing into an empty database, and new ids continue above.
 
 use super::{fresh_database, one, store};
 use crate::models::{Device, Message};
-use crate::storage::fixtures::{at, device, ec, kyber, limits, linked_accounts, primary, HASH};
+use crate::storage::attachments::{UploadLimits, UploadRefused};
+use crate::storage::fixtures::{
+    at, device, ec, kyber, limits, linked_accounts, primary, upload, HASH,
+};
 use crate::storage::sled_store::temp;
 use crate::storage::{restore_dir, BackupSummary, ResetGrant, Storage};
 
@@ -19,8 +22,9 @@ fn to(name: &str, registration_id: u32) -> Message {
     }
 }
 
-/// A sled store with two users (devices, both kinds of keys, queued messages), an invite, a
-/// pending reset, and a deleted account; answers its backup.
+/// A sled store with two users (devices, both kinds of keys, queued messages, attachments: alice
+/// one complete and one under way, bob one just created), an invite, a pending reset, and a
+/// deleted account; answers its backup.
 async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
     let (dir, a) = temp();
     let mut ids = Vec::new();
@@ -52,6 +56,10 @@ async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
         expires_at: 1 << 40,
     };
     a.put_reset_token(&[4; 32], &grant).await.unwrap();
+    let store = Storage::Sled(a.clone());
+    upload(&store, ids[0], 1, 1000, 1000).await;
+    upload(&store, ids[0], 2, 1000, 400).await;
+    upload(&store, ids[1], 3, 50, 0).await;
     let mut out = Vec::new();
     let sum = a.backup(&mut out).await.unwrap();
     (dir, out, sum)
@@ -61,7 +69,10 @@ async fn sled_backup() -> (tempfile::TempDir, Vec<u8>, BackupSummary) {
 async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_above() {
     let Some((pg, _)) = store().await else { return };
     let (_dir, first, sum) = sled_backup().await;
-    assert_eq!((sum.users, sum.messages, sum.reset_tokens), (2, 4, 1));
+    assert_eq!(
+        (sum.users, sum.messages, sum.reset_tokens, sum.attachments),
+        (2, 4, 1, 3)
+    );
     let restored = pg.restore(&mut first.as_slice(), &limits()).await.unwrap();
     assert_eq!(restored, sum);
     let mut second = Vec::new();
@@ -87,6 +98,46 @@ async fn a_sled_backup_restored_here_backs_up_to_the_same_text_and_ids_continue_
         .unwrap();
     let m = pg.enqueue(one(carol.id), to("carol", 7), 10).await.unwrap();
     assert!(m.id > last, "message id {} is not above {last}", m.id);
+}
+
+#[tokio::test]
+async fn attachment_records_come_here_as_sled_kept_them_and_count_against_the_limits() {
+    let Some((pg, _)) = store().await else { return };
+    let (_dir, first, _) = sled_backup().await;
+    pg.restore(&mut first.as_slice(), &limits()).await.unwrap();
+    let alice = pg.user_by_name("alice").await.unwrap().unwrap();
+    let mut mine = pg.uploads_of(alice.id).await.unwrap();
+    mine.sort();
+    assert_eq!(mine, [[1; 16], [2; 16]]);
+    let done = pg.upload(&[1; 16]).await.unwrap().unwrap();
+    assert_eq!((done.offset, done.is_complete()), (1000, true));
+    let half = pg.upload(&[2; 16]).await.unwrap().unwrap();
+    assert_eq!((half.offset, half.is_complete()), (400, false));
+    let totals = pg.attachment_totals().await.unwrap();
+    assert_eq!(
+        (totals.complete, totals.unfinished, totals.bytes),
+        (1, 2, 1400)
+    );
+    // Alice holds 2,000 bytes and one unfinished upload.
+    let two = UploadLimits {
+        max_unfinished: 2,
+        quota_bytes: 3000,
+    };
+    let mut next = half.clone();
+    for (seed, length, answer) in [
+        (4, 900, Ok(())),
+        (5, 1, Err(UploadRefused::TooManyUnfinished)),
+    ] {
+        next.id = [seed; 16];
+        next.length = length;
+        next.offset = 0;
+        assert_eq!(pg.create_upload(&next, two).await.unwrap(), answer);
+    }
+    // The sweep finds them by expiry.
+    assert_eq!(
+        pg.expired_uploads(u64::MAX >> 2, 10).await.unwrap().len(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -123,6 +174,16 @@ async fn a_bad_record_rolls_the_whole_restore_back() {
         .unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
     assert_eq!(pg.totals().await.unwrap(), Default::default());
+    // So is an attachment of an account that is not in the file, the last record of all.
+    let orphan = text.replace(r#""owner":2,"#, r#""owner":9,"#);
+    assert_ne!(orphan, text);
+    let err = pg
+        .restore(&mut orphan.as_bytes(), &limits())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not restored"), "{err}");
+    assert_eq!(pg.totals().await.unwrap(), Default::default());
+    assert_eq!(pg.attachment_totals().await.unwrap(), Default::default());
     // A cut-off file is refused too, and the database still takes the good one.
     let cut: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
     assert!(pg.restore(&mut cut.as_bytes(), &limits()).await.is_err());
