@@ -150,7 +150,7 @@ function finish(upload) {
  * server's offset (HEAD), then downloaded (whole and by range) and deleted.
  */
 async function attachment(token) {
-  const size = 5 * MIB + 123;
+  const size = 20 * MIB + 123;
   const bytes = new Uint8Array(size);
   for (let i = 0; i < size; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
   const file = new File([bytes], 'picture.jpg', { type: 'image/jpeg' });
