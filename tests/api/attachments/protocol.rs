@@ -437,6 +437,7 @@ async fn a_deleted_upload_is_gone_for_everyone_with_its_blob() {
     );
 
     for p in [&path, &unfinished] {
+        assert!(blob_exists(&s, p).await, "no blob for {p}");
         let a = tus(&s, "DELETE", p, Some(&alice.token), &[], None).await;
         assert_eq!(a.status, StatusCode::NO_CONTENT);
         assert!(a.body.is_empty());
@@ -454,7 +455,7 @@ async fn a_deleted_upload_is_gone_for_everyone_with_its_blob() {
             "no_such_attachment",
             "PATCH after DELETE",
         );
-        assert!(!blob_exists(&s, p), "the blob of {p} is still on disk");
+        assert!(!blob_exists(&s, p).await, "the blob of {p} is still stored");
     }
     s.stop().await;
 }
@@ -478,7 +479,7 @@ async fn deleting_an_account_deletes_its_attachments() {
         "no_such_attachment",
         "a deleted account's attachment",
     );
-    assert!(!blob_exists(&s, &path));
+    assert!(!blob_exists(&s, &path).await);
     s.stop().await;
 }
 
@@ -560,16 +561,11 @@ async fn a_browser_on_another_origin_may_upload() {
     s.stop().await;
 }
 
-/// Whether the blob of the attachment at `path` is in the server's directory blob store (always
-/// `false` on S3, where the sweep tests cover it).
-pub fn blob_exists(s: &TestServer, path: &str) -> bool {
-    let id = id_of(path);
-    s.dir
-        .path()
-        .join("attachments")
-        .join(&id[..2])
-        .join(id)
-        .exists()
+/// Whether the blob store (a directory or S3) holds the blob of the attachment at `path`.
+pub async fn blob_exists(s: &TestServer, path: &str) -> bool {
+    let ids = s.app.blobs.ids().await.expect("blob ids");
+    ids.iter()
+        .any(|id| signal_server::attachments::encode_id(id) == id_of(path))
 }
 
 #[tokio::test]
@@ -596,6 +592,28 @@ async fn every_attachment_route_answers_with_a_trailing_slash_too() {
     assert_eq!(
         tus(&s, "DELETE", &path, t, &[], None).await.status,
         StatusCode::NO_CONTENT
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_attachment_requests_by_route_without_ids() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let path = upload(&s, &alice.token, &[1; 10], 10).await;
+    download(&s, &alice.token, &path).await;
+    let metrics = s.app.metrics.render(None, 0);
+    for line in [
+        r#"route="/attachments",method="POST",status="201"} 1"#,
+        r#"route="/attachments/:id",method="PATCH",status="204"} 1"#,
+        r#"route="/attachments/:id",method="GET",status="200"} 1"#,
+        "signal_server_attachments_swept_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(id_of(&path)),
+        "an attachment id in the metrics"
     );
     s.stop().await;
 }
