@@ -61,7 +61,7 @@ impl Reserve {
             return Ok(true);
         }
         remove(&self.path())?;
-        if free_bytes(&self.dir)? < self.bytes.saturating_mul(2) {
+        if crate::datadir::free_bytes(&self.dir)? < self.bytes.saturating_mul(2) {
             return Ok(false);
         }
         let partial = self.dir.join(PARTIAL);
@@ -172,22 +172,6 @@ fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
-pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `path` is a valid C string and `stat` a plain struct statvfs fills in.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The field types differ between platforms (u32 on some 32-bit ones).
-    #[allow(clippy::useless_conversion)]
-    let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
-    Ok(blocks.saturating_mul(size))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +204,7 @@ mod tests {
     #[test]
     fn no_reserve_when_it_would_take_half_the_free_space() {
         let dir = tempfile::tempdir().unwrap();
-        let free_mib = free_bytes(dir.path()).unwrap() >> 20;
+        let free_mib = crate::datadir::free_bytes(dir.path()).unwrap() >> 20;
         let reserve = Reserve::new(dir.path(), free_mib / 2 + 1).unwrap();
         assert!(!reserve.make().unwrap());
         assert!(!reserve.path().exists());

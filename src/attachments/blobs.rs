@@ -6,36 +6,12 @@
 //! Bytes past a record's offset are never read: a crash leaves at most such bytes behind, and
 //! the next writer starts over from the offset.
 
-use std::pin::Pin;
-
-use futures_util::Stream;
 use warp::hyper::body::Bytes;
 
+pub use super::blob_io::{BlobError, ByteStream};
 use super::dir::{DirBlobs, DirWriter};
 use super::s3::{S3Blobs, S3Writer};
 use crate::storage::attachments::AttachmentId;
-
-/// A blob's bytes, streamed.
-pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    /// The disk (or the object store) has no room: the client may resume later.
-    #[error("no space left: {0}")]
-    Full(String),
-    #[error("{0}")]
-    Io(String),
-}
-
-impl From<std::io::Error> for BlobError {
-    fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-            BlobError::Full(e.to_string())
-        } else {
-            BlobError::Io(e.to_string())
-        }
-    }
-}
 
 pub enum Blobs {
     Dir(DirBlobs),

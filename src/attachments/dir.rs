@@ -11,8 +11,8 @@ use std::sync::Arc;
 use futures_util::stream;
 use warp::hyper::body::Bytes;
 
-use super::blobs::{BlobError, ByteStream};
-use super::{encode_id, parse_id};
+use super::blob_io::{BlobError, ByteStream};
+use super::ids::{encode_id, parse_id};
 use crate::storage::attachments::AttachmentId;
 
 /// Bytes a writer collects before writing them out.
@@ -203,7 +203,7 @@ impl DirWriter {
         let (root, keep_free) = (self.root.clone(), self.keep_free);
         let buf = blocking(move || {
             if keep_free > 0 {
-                let free = crate::reserve::free_bytes(&root)?;
+                let free = crate::datadir::free_bytes(&root)?;
                 if free < keep_free.saturating_add(buf.len() as u64) {
                     return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
                 }

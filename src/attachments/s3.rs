@@ -22,8 +22,8 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayloadMut, RetryConfig};
 use warp::hyper::body::Bytes;
 
-use super::blobs::{BlobError, ByteStream};
-use super::{encode_id, parse_id};
+use super::blob_io::{BlobError, ByteStream};
+use super::ids::{encode_id, parse_id};
 use crate::storage::attachments::AttachmentId;
 
 /// Bytes a writer collects before PUTting them as a segment: its memory, and the most a
