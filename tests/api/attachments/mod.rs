@@ -1,13 +1,15 @@
 //! Attachments over TUS 1.0.0 (docs/API.md, "Attachments"): the protocol and its refusals
 //! (`protocol`), who may do what (`access`), limits (`limits`), bodies cut off, racing or
-//! refused by a full disk (`faults`), and a crash mid-upload (`crash`). Every test runs on the
-//! store and blob store the suite is pointed at (sled or PostgreSQL; a directory or S3).
+//! refused by a full disk (`faults`), a crash mid-upload (`crash`), and `fsck` and `stats`
+//! (`operations`). Every test runs on the store and blob store the suite is pointed at (sled or
+//! PostgreSQL; a directory or S3).
 
 mod access;
 mod crash;
 mod faults;
 mod instances;
 mod limits;
+mod operations;
 mod protocol;
 
 use reqwest::header::HeaderMap;
