@@ -219,14 +219,9 @@ impl S3Blobs {
 
     /// The segments of `id` as start → size (objects whose name is not an offset are left out).
     async fn segments(&self, id: &AttachmentId) -> Result<BTreeMap<u64, u64>, BlobError> {
-        let dir = self.dir(id);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(io)?;
-        Ok(objects
+        Ok(self
+            .objects(id)
+            .await?
             .iter()
             .filter_map(|o| Some((parse_start(o.location.filename()?)?, o.size)))
             .collect())
@@ -269,14 +264,14 @@ impl S3Blobs {
         Ok(Box::pin(SyncStream(Mutex::new(chunks.boxed()))))
     }
 
-    pub async fn delete(&self, id: &AttachmentId) -> Result<(), BlobError> {
+    /// Every object under `id`'s directory.
+    async fn objects(&self, id: &AttachmentId) -> Result<Vec<object_store::ObjectMeta>, BlobError> {
         let dir = self.dir(id);
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(io)?;
+        self.store.list(Some(&dir)).try_collect().await.map_err(io)
+    }
+
+    pub async fn delete(&self, id: &AttachmentId) -> Result<(), BlobError> {
+        let objects = self.objects(id).await?;
         let store = &self.store;
         stream::iter(objects)
             .map(|o| async move { store.delete(&o.location).await })

@@ -84,31 +84,7 @@ fn octets(headers: &HeaderMap) -> Result<(), ApiError> {
 /// An HTTP date (`Upload-Expires`).
 fn http_date(ms: u64) -> HeaderValue {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    HeaderValue::from_str(&httpdate(time)).unwrap_or(HeaderValue::from_static(""))
-}
-
-fn httpdate(t: std::time::SystemTime) -> String {
-    // RFC 9110 IMF-fixdate, from the seconds since the epoch (no calendar crate needed).
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = secs / 86400;
-    let (h, m, s) = (secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let name = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
-    format!("{weekday}, {day:02} {name} {year} {h:02}:{m:02}:{s:02} GMT")
+    HeaderValue::from_str(&httpdate::fmt_http_date(time)).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn set(res: &mut Response, name: &'static str, value: impl Into<HeaderValue>) {
@@ -410,9 +386,10 @@ mod tests {
 
     #[test]
     fn dates_are_imf_fixdate() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
-        assert_eq!(httpdate(t), "Sun, 06 Nov 1994 08:49:37 GMT");
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_251_200);
-        assert_eq!(httpdate(t), "Fri, 01 Mar 2024 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(1_709_251_200_000),
+            "Fri, 01 Mar 2024 00:00:00 GMT"
+        );
     }
 }
