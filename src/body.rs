@@ -31,6 +31,8 @@ pub struct BodyLimits {
     timeout: Duration,
     /// Bytes all bodies being buffered may still take, one permit a byte.
     budget: Arc<Semaphore>,
+    /// The budget's size.
+    capacity: usize,
 }
 
 impl BodyLimits {
@@ -43,7 +45,15 @@ impl BodyLimits {
         BodyLimits {
             timeout: Duration::from_secs(config.body_timeout.max(1)),
             budget: Arc::new(Semaphore::new(bytes)),
+            capacity: bytes,
         }
+    }
+
+    /// A share of the budget for a buffer of `bytes` that is not a body read whole (an
+    /// attachment writer's), at most the whole budget so that one can always run; 503
+    /// `unavailable` when it has not that much left. Given back when dropped.
+    pub fn hold(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.take(bytes.min(self.capacity))
     }
 
     /// `bytes` more of the budget, or 503 `unavailable` when it has not that much left.

@@ -80,7 +80,8 @@ pub struct Config {
     pub body_timeout: u64,
 
     /// Bytes all request bodies being read may hold in memory together (at least
-    /// --max-body-bytes); a body that would go beyond it is refused with 503, to retry shortly.
+    /// --max-body-bytes), attachment uploads' buffers included (1 MiB each, 8 MiB on S3); a body
+    /// that would go beyond it is refused with 503, to retry shortly.
     #[arg(long, env = "SIGNAL_SERVER_BODY_BUFFER_BYTES", default_value_t = 64 << 20)]
     pub body_buffer_bytes: u64,
 

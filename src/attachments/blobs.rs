@@ -67,6 +67,14 @@ impl Blobs {
         }
     }
 
+    /// The most a writer holds in memory (its buffer).
+    pub fn writer_memory(&self) -> usize {
+        match self {
+            Blobs::Dir(_) => super::dir::BUFFER,
+            Blobs::S3(s) => s.segment_bytes(),
+        }
+    }
+
     /// Where the blobs are, for the start log (never a credential).
     pub fn describe(&self) -> String {
         match self {

@@ -16,7 +16,7 @@ use super::ids::{encode_id, parse_id};
 use crate::storage::attachments::AttachmentId;
 
 /// Bytes a writer collects before writing them out.
-const BUFFER: usize = 1 << 20;
+pub(super) const BUFFER: usize = 1 << 20;
 /// Bytes a download reads at a time.
 const READ_CHUNK: usize = 256 << 10;
 

@@ -227,6 +227,11 @@ impl S3Blobs {
             .collect())
     }
 
+    /// The most a writer collects before it PUTs a segment.
+    pub fn segment_bytes(&self) -> usize {
+        self.segment
+    }
+
     pub async fn writer(&self, id: &AttachmentId, offset: u64) -> Result<S3Writer, BlobError> {
         Ok(S3Writer {
             store: self.store.clone(),

@@ -67,6 +67,8 @@ fn blob_error(e: BlobError) -> ApiError {
 /// Writes `body` into the upload; returns the offset reached (durable). Runs to its end even if
 /// the client hangs up (the caller detaches it), so the lease is always given back.
 pub async fn write(app: App, patch: Patch, body: Chunks) -> Result<Written, ApiError> {
+    // The writer's buffer counts against the budget every body being read shares.
+    let _share = app.bodies.hold(app.blobs.writer_memory())?;
     let now = now_millis();
     let mut lease = Lease {
         holder: rand::random(),

@@ -71,3 +71,59 @@ async fn creating_uploads_is_rate_limited_per_account() {
     create(&s, &bob.token, 10).await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_upload_buffer_takes_its_share_of_the_body_budget_and_gives_it_back() {
+    // A budget of 1 MiB: one upload's buffer takes all of it.
+    let s = TestServer::start_with(&["--no-rate-limit", "--body-buffer-bytes", "1048576"]).await;
+    let alice = s.user("alice").await;
+    let first = create(&s, &alice.token, 2000).await;
+    let second = create(&s, &alice.token, 10).await;
+    let mut held = tokio::net::TcpStream::connect(addr(&s)).await.unwrap();
+    let head = format!(
+        "PATCH {first} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: {OCTETS}\r\nContent-Length: 2000\r\n\r\n",
+        alice.token
+    );
+    use tokio::io::AsyncWriteExt;
+    held.write_all(head.as_bytes()).await.unwrap();
+    held.write_all(&[1; 1000]).await.unwrap();
+    // Wait until the first PATCH holds the budget: a small JSON body is refused from then on.
+    let deadline = std::time::Instant::now() + RAW_BOUND;
+    loop {
+        let probe = s
+            .http
+            .post(s.url("/auth/users"))
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        if probe.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget was never taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Another PATCH is refused before anything is written.
+    let refused = patch(&s, &alice.token, &second, 0, &[2; 10]).await;
+    refused.refused(503, "unavailable", "a PATCH beyond the body budget");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(offset_of(&s, &alice.token, &second).await, 0);
+    // The first ends and gives its share back.
+    held.write_all(&[1; 1000]).await.unwrap();
+    let deadline = std::time::Instant::now() + RAW_BOUND;
+    loop {
+        let a = patch(&s, &alice.token, &second, 0, &[2; 10]).await;
+        if a.status == StatusCode::NO_CONTENT {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", a.status);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(offset_of(&s, &alice.token, &first).await, 2000);
+    s.stop().await;
+}
