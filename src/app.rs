@@ -12,8 +12,8 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::models::Device;
 use crate::password::Hasher;
+use crate::principals::Member;
 use crate::ratelimit::RateLimits;
 use crate::storage::{PgStore, Storage, StorageOptions};
 
@@ -74,30 +74,29 @@ impl App {
     }
 
     /// The caller's device with the `<regId>` of the path (any device of the account; with a
-    /// token bound to a device, that device only).
-    pub async fn own_device(&self, caller: &Caller, reg_id: u64) -> Result<Device, ApiError> {
-        let device = self.device_by_reg_id(caller.id, reg_id).await?;
+    /// token bound to a device, that device only). From the caller's cached account; a
+    /// `<regId>` it does not list has the account read again first (a device linked since).
+    pub async fn own_device(&self, caller: &Caller, reg_id: u64) -> Result<Arc<Member>, ApiError> {
+        let device = match caller.principal.by_registration_id(reg_id) {
+            Some(found) => found.clone(),
+            None => {
+                let principal = self
+                    .hub
+                    .principals
+                    .load(&self.storage, caller.id, true)
+                    .await?
+                    .ok_or(ApiError::NotAuthenticated)?;
+                if principal.devices.is_empty() {
+                    return Err(ApiError::NoDevice);
+                }
+                let found = principal.by_registration_id(reg_id);
+                found.cloned().ok_or(ApiError::DeviceChanged)?
+            }
+        };
         match caller.token.bound {
             Some(bound) if bound.device != device.id() => Err(ApiError::DeviceChanged),
             _ => Ok(device),
         }
-    }
-
-    async fn device_by_reg_id(&self, user_id: u64, reg_id: u64) -> Result<Device, ApiError> {
-        // Most calls come from the primary: one read, no listing.
-        if let Some(primary) = self.storage.device(user_id).await? {
-            if u64::from(primary.registration_id) == reg_id {
-                return Ok(primary);
-            }
-        }
-        let devices = self.storage.devices(user_id).await?;
-        if devices.is_empty() {
-            return Err(ApiError::NoDevice);
-        }
-        devices
-            .into_iter()
-            .find(|d| u64::from(d.registration_id) == reg_id)
-            .ok_or(ApiError::DeviceChanged)
     }
 
     /// Refuses a caller whose token is bound to a linked device: what changes the whole account

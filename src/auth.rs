@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::models::User;
+use crate::principals::{Principal, Principals};
 use crate::storage::Storage;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,47 +177,57 @@ impl Tokens {
     }
 }
 
-/// Who is calling: the token's user and what the token says (its device, if bound). Derefs to
-/// the user.
+/// Who is calling: the token's account (as `principals` keeps it) and what the token says (its
+/// device, if bound). Derefs to the user.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub user: User,
+    pub principal: Arc<Principal>,
     pub token: Verified,
 }
 
 impl std::ops::Deref for Caller {
     type Target = User;
     fn deref(&self) -> &User {
-        &self.user
+        &self.principal.user
     }
 }
 
 /// The caller a valid token names: signature and expiry good, the user still exists, the token's
 /// version is the user's current one (password change and reset bump it), and a bound token's
-/// device is still the one it was bound to.
+/// device is still the one it was bound to. The account comes from `principals`; one that does
+/// not account for a token it may be too old for (a newer version, a device it does not list
+/// or with another stamp) is read again once before the token is refused.
 pub async fn user_for_token(
     tokens: &Tokens,
+    principals: &Principals,
     storage: &Storage,
     token: &str,
 ) -> Result<Caller, ApiError> {
     let verified = tokens.verify(token).ok_or(ApiError::NotAuthenticated)?;
-    let user = match storage.user(verified.user_id).await? {
-        Some(user) if user.token_version == verified.ver => user,
-        _ => return Err(ApiError::NotAuthenticated),
-    };
-    if let Some(bound) = verified.bound {
-        let at = crate::models::DeviceRef {
-            user: user.id,
-            device: bound.device,
-        };
-        if storage.device_stamp(at).await? != Some(bound.stamp) {
+    let mut fresh = false;
+    loop {
+        let principal = principals
+            .load(storage, verified.user_id, fresh)
+            .await?
+            .ok_or(ApiError::NotAuthenticated)?;
+        let version = principal.user.token_version;
+        let device_ok = verified.bound.is_none_or(|bound| {
+            principal
+                .device(bound.device)
+                .is_some_and(|d| d.stamp == bound.stamp)
+        });
+        if version == verified.ver && device_ok {
+            return Ok(Caller {
+                principal,
+                token: verified,
+            });
+        }
+        // Versions only grow: an older token is refused without a read.
+        if fresh || version > verified.ver {
             return Err(ApiError::NotAuthenticated);
         }
+        fresh = true;
     }
-    Ok(Caller {
-        user,
-        token: verified,
-    })
 }
 
 /// The token in an `Authorization` header value: `Bearer <jwt>` or `JWT <jwt>`, any case.

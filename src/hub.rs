@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use crate::models::DeviceRef;
+use crate::principals::Principals;
 
 /// Pushes a connection may hold before it counts as too slow.
 const PUSH_BUFFER: usize = 1024;
@@ -116,6 +117,9 @@ pub struct Hub {
     remote: std::sync::OnceLock<mpsc::Sender<Signal>>,
     /// Bumped to make every session re-read its queue (signals from others may have been lost).
     resync: watch::Sender<()>,
+    /// The accounts callers are checked against: forgotten whenever what authorized them may
+    /// have gone (the same events that close sockets), here or on another instance.
+    pub principals: Principals,
 }
 
 impl Default for Hub {
@@ -126,6 +130,7 @@ impl Default for Hub {
             open: Arc::default(),
             remote: std::sync::OnceLock::new(),
             resync: watch::Sender::new(()),
+            principals: Principals::default(),
         }
     }
 }
@@ -220,6 +225,7 @@ impl Hub {
 
     /// Closes the connection of an unlinked device, here or on another instance.
     pub fn close(&self, device: DeviceRef) {
+        self.principals.forget(device.user);
         self.close_here(device.user, Some(device.device));
         self.signal(Signal::Close {
             user: device.user,
@@ -229,6 +235,7 @@ impl Hub {
 
     /// Closes the connections of every device of an account (devices or account deleted).
     pub fn close_account(&self, user: u64) {
+        self.principals.forget(user);
         self.close_here(user, None);
         self.signal(Signal::Close { user, device: None });
     }
@@ -236,6 +243,7 @@ impl Hub {
     /// Closes the sockets of an account opened with a token version other than `version` (the
     /// password changed or was reset), here and on the other instances.
     pub fn revoke(&self, user: u64, version: u32) {
+        self.principals.forget(user);
         self.close_where(CloseReason::TokenRevoked, |d, e| {
             d.user == user && e.version != version
         });
@@ -276,6 +284,7 @@ impl Hub {
     /// Makes every session re-read its queue: signals from the others may have been lost (the
     /// listener reconnected).
     pub fn resync_all(&self) {
+        self.principals.forget_all();
         self.resync.send_replace(());
     }
 
@@ -283,7 +292,10 @@ impl Hub {
     pub fn apply(&self, signal: Signal) {
         match signal {
             Signal::Queued { device, id } => self.deliver_here(device, id),
-            Signal::Close { user, device } => self.close_here(user, device),
+            Signal::Close { user, device } => {
+                self.principals.forget(user);
+                self.close_here(user, device);
+            }
             Signal::Opened { device, at_ms } => {
                 let mut conns = self.lock();
                 // Only an older connection: a newer one here may have raced the signal.
@@ -294,6 +306,7 @@ impl Hub {
                 }
             }
             Signal::Revoked { user, version } => {
+                self.principals.forget(user);
                 self.close_where(CloseReason::TokenRevoked, |d, e| {
                     d.user == user && e.version != version
                 });

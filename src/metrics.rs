@@ -33,6 +33,8 @@ pub struct Metrics {
     buckets: Vec<AtomicU64>,
     counts: Vec<AtomicU64>,
     sum_nanos: Vec<AtomicU64>,
+    /// Database round trips made serving each route (see `round_trips`).
+    round_trips: Vec<AtomicU64>,
     /// Connections closed at once for `--max-connections-per-ip` (counted by `net::per_ip`).
     pub refused_connections: Arc<AtomicU64>,
     /// Attachment totals as the sweep last counted them (`None` until it has).
@@ -49,6 +51,7 @@ impl Default for Metrics {
             buckets: atomics(ROUTE_SLOTS * BUCKETS.len()),
             counts: atomics(ROUTE_SLOTS),
             sum_nanos: atomics(ROUTE_SLOTS),
+            round_trips: atomics(ROUTE_SLOTS),
             refused_connections: Arc::default(),
             attachments: std::sync::Mutex::default(),
             attachments_swept: AtomicU64::new(0),
@@ -81,7 +84,15 @@ fn status_label(slot: usize) -> String {
 }
 
 impl Metrics {
-    pub fn observe(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+    /// Counts one answer, with the database round trips made for it.
+    pub fn observe(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        elapsed: Duration,
+        round_trips: u32,
+    ) {
         let route = route_table::index(path);
         let method = METHODS
             .iter()
@@ -95,6 +106,9 @@ impl Metrics {
         }
         self.counts[route].fetch_add(1, Relaxed);
         self.sum_nanos[route].fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        if round_trips > 0 {
+            self.round_trips[route].fetch_add(u64::from(round_trips), Relaxed);
+        }
     }
 
     /// Counts what an attachment sweep removed.
@@ -156,6 +170,20 @@ impl Metrics {
                 out,
                 "signal_server_http_request_duration_seconds_count{{route=\"{name}\"}} {count}"
             );
+        }
+        out.push_str(
+            "# HELP signal_server_db_round_trips_total Database round trips made answering requests, by route (PostgreSQL).\n",
+        );
+        out.push_str("# TYPE signal_server_db_round_trips_total counter\n");
+        for route in 0..ROUTE_SLOTS {
+            let n = self.round_trips[route].load(Relaxed);
+            if n > 0 {
+                let name = label(route);
+                let _ = writeln!(
+                    out,
+                    "signal_server_db_round_trips_total{{route=\"{name}\"}} {n}"
+                );
+            }
         }
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = write!(

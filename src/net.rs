@@ -256,13 +256,13 @@ where
         let read = large.then(|| Arc::new(AtomicBool::new(false)));
         let body_read = read.clone();
         let answer = self.inner.call(req.map(|inner| Tracked { inner, read }));
-        Box::pin(async move {
+        Box::pin(crate::round_trips::scope(async move {
             let mut res = answer.await?;
             if body_read.is_some_and(|read| !read.load(Ordering::Relaxed)) {
                 close_after(&mut res);
             }
             Ok(res)
-        })
+        }))
     }
 }
 

@@ -76,6 +76,7 @@ fn observed(
                     request.path,
                     request.status,
                     request.elapsed,
+                    crate::round_trips::so_far(),
                 );
                 let client = client_of(&app.config.trusted_proxy, peer, forwarded.as_deref());
                 crate::access::log(&request, client);
@@ -149,7 +150,7 @@ async fn caller(
         .and_then(|h| h.to_str().ok())
         .and_then(crate::auth::bearer);
     let token = from_header.or(fallback).ok_or(ApiError::NotAuthenticated)?;
-    crate::auth::user_for_token(&app.tokens, &app.storage, token).await
+    crate::auth::user_for_token(&app.tokens, &app.hub.principals, &app.storage, token).await
 }
 
 /// The raw `Authorization` header, if any (a value that is not text counts as a bad token, 401).

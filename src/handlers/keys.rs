@@ -94,12 +94,13 @@ async fn recipient(app: &App, username: &str) -> Result<User, ApiError> {
 /// GET /prekeybundle/<username>/<regId>: the recipient's primary device.
 pub async fn bundle(username: String, reg_id: u64, app: App, user: Caller) -> Answer {
     app.own_device(&user, reg_id).await?;
-    let target = recipient(&app, &username).await?;
-    let device = app
+    let name = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
+    let (target, device) = app
         .storage
-        .device(target.id)
+        .recipient(&name)
         .await?
-        .ok_or(ApiError::RecipientNoDevice)?;
+        .ok_or(ApiError::NoRecipient)?;
+    let device = device.ok_or(ApiError::RecipientNoDevice)?;
     app.limits.bundle(user.id, target.id)?;
     let popped = app.storage.pop_prekeys(device.of(target.id)).await?;
     let kyber = popped.kyber.as_ref().or(device.last_resort_kyber.as_ref());

@@ -37,16 +37,12 @@ pub async fn send(
         Begun::Run(value, keyed) => (value, keyed),
     };
     let req = Send::parse(&value, app.config.max_message_bytes)?;
-    let recipient = app
+    let (recipient, device) = app
         .storage
-        .user_by_name(req.recipient)
+        .recipient(req.recipient)
         .await?
         .ok_or(ApiError::NoRecipient)?;
-    let device = app
-        .storage
-        .device(recipient.id)
-        .await?
-        .ok_or(ApiError::RecipientNoDevice)?;
+    let device = device.ok_or(ApiError::RecipientNoDevice)?;
     if u64::from(device.registration_id) != req.registration_id {
         return Err(ApiError::RecipientIdentityChanged);
     }
@@ -54,7 +50,7 @@ pub async fn send(
     app.limits.send(user.id)?;
     let message = Message {
         id: 0,
-        sender_address: sender.address,
+        sender_address: sender.address.clone(),
         sender_registration_id: sender.registration_id,
         content: req.message.to_string(),
         recipient_address: device.address,

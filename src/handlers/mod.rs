@@ -30,8 +30,11 @@ pub fn no_content() -> Answer {
 pub async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::spawn(work).await {
-        Ok(done) => done,
+    match tokio::spawn(crate::round_trips::counted(work)).await {
+        Ok((done, round_trips)) => {
+            crate::round_trips::add(round_trips);
+            done
+        }
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Cancelled: only when the runtime shuts down.
         Err(_) => Err(ApiError::Unavailable),

@@ -90,18 +90,18 @@ pub async fn login(app: App, ip: Option<IpAddr>, body: Body) -> Answer {
 pub async fn refresh(app: App, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [token] = requests::strings(&value, ["token"])?;
-    let caller = auth::user_for_token(&app.tokens, &app.storage, token)
+    let caller = auth::user_for_token(&app.tokens, &app.hub.principals, &app.storage, token)
         .await
         .map_err(|_| ApiError::InvalidToken)?;
     if !app.tokens.refreshable(&caller.token) {
         return Err(ApiError::InvalidToken);
     }
     // A token bound to a device stays bound to it.
-    let (claims, user) = (caller.token, caller.user);
+    let claims = caller.token;
     json(
         StatusCode::OK,
         &TokenOut {
-            token: app.tokens.issue(&user, claims.orig_iat, claims.bound)?,
+            token: app.tokens.issue(&caller, claims.orig_iat, claims.bound)?,
         },
     )
 }
@@ -110,7 +110,7 @@ pub async fn refresh(app: App, body: Body) -> Answer {
 pub async fn verify(app: App, body: Body) -> Answer {
     let value = body.json(app.max_body()).await?;
     let [token] = requests::strings(&value, ["token"])?;
-    auth::user_for_token(&app.tokens, &app.storage, token)
+    auth::user_for_token(&app.tokens, &app.hub.principals, &app.storage, token)
         .await
         .map_err(|_| ApiError::InvalidToken)?;
     json(
@@ -123,7 +123,7 @@ pub async fn verify(app: App, body: Body) -> Answer {
 
 /// GET /auth/users/me
 pub async fn me(user: Caller) -> Answer {
-    json(StatusCode::OK, &UserOut::from(&user.user))
+    json(StatusCode::OK, &UserOut::from(&user.principal.user))
 }
 
 /// DELETE /auth/users/me

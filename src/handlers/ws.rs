@@ -15,7 +15,6 @@ use warp::ws::{Message as Frame, WebSocket, Ws};
 use super::Answer;
 use crate::app::App;
 use crate::auth::{now_secs, Caller};
-use crate::error::ApiError;
 use crate::hub::{CloseReason, Registration, RESYNC_EVERY};
 use crate::models::{DeviceRef, Message, MessageOut};
 
@@ -30,15 +29,8 @@ const BACKLOG_PAGE_BYTES: usize = 1 << 20;
 
 /// GET /messages/<regId>/ws
 pub async fn upgrade(reg_id: u64, app: App, user: Caller, ws: Ws) -> Answer {
-    let device = app.own_device(&user, reg_id).await?.of(user.id);
-    let stamp = match user.token.bound {
-        Some(bound) => bound.stamp,
-        None => app
-            .storage
-            .device_stamp(device)
-            .await?
-            .ok_or(ApiError::DeviceChanged)?,
-    };
+    let own = app.own_device(&user, reg_id).await?;
+    let (device, stamp) = (own.of(user.id), own.stamp);
     let grant = Grant {
         device,
         stamp,

@@ -25,6 +25,7 @@ use std::path::Path;
 use crate::models::{
     Device, DeviceRef, Message, Outgoing, Popped, PreKey, SignedPreKey, User, LINKED_IDS,
 };
+use crate::principals::{Member, Principal};
 pub use pg_store::PgStore;
 pub use sled_store::{
     holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,
@@ -159,6 +160,38 @@ pub fn check_link(devices: &[Device], new: &Device, max_devices: u32) -> Result<
         return Err(StoreError::TooManyDevices);
     }
     free_device_id(devices).ok_or(StoreError::TooManyDevices)
+}
+
+/// `Storage::recipient` on sled.
+fn recipient_of(
+    s: &SledStore,
+    username: &str,
+) -> Result<Option<(User, Option<Device>)>, StoreError> {
+    let Some(user) = s.user_by_name(username)? else {
+        return Ok(None);
+    };
+    let device = s.device(user.id)?;
+    Ok(Some((user, device)))
+}
+
+/// `Storage::principal` on sled: the user, its devices, and their stamps.
+fn principal_of(s: &SledStore, user_id: u64) -> Result<Option<Principal>, StoreError> {
+    let Some(user) = s.user(user_id)? else {
+        return Ok(None);
+    };
+    let mut devices = Vec::new();
+    for d in s.devices(user_id)? {
+        // A device unlinked between the two reads is left out.
+        if let Some(stamp) = s.device_stamp(d.of(user_id))? {
+            devices.push(std::sync::Arc::new(Member {
+                address: d.address,
+                registration_id: d.registration_id,
+                identity_key: d.identity_key,
+                stamp,
+            }));
+        }
+    }
+    Ok(Some(Principal { user, devices }))
 }
 
 /// The address of device `id` of the account whose primary has `primary_address`.
@@ -313,6 +346,27 @@ impl Storage {
         match self {
             Storage::Sled(s) => s.watched(s.devices(user_id)),
             Storage::Postgres(p) => Box::pin(p.devices(user_id)).await,
+        }
+    }
+
+    /// The account with what its devices' own requests need (the primary first), read at one
+    /// moment: what `principals` caches. On PostgreSQL one statement.
+    pub async fn principal(&self, user_id: u64) -> Result<Option<Principal>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.watched(principal_of(s, user_id)),
+            Storage::Postgres(p) => Box::pin(p.principal(user_id)).await,
+        }
+    }
+
+    /// A recipient by username (any case) with its primary device, if it has one. On
+    /// PostgreSQL one statement.
+    pub async fn recipient(
+        &self,
+        username: &str,
+    ) -> Result<Option<(User, Option<Device>)>, StoreError> {
+        match self {
+            Storage::Sled(s) => s.watched(recipient_of(s, username)),
+            Storage::Postgres(p) => Box::pin(p.recipient(username)).await,
         }
     }
 
@@ -590,14 +644,15 @@ impl Storage {
         }
     }
 
-    /// `Ok` while storage can take writes; the reason it cannot otherwise (for `/health`).
+    /// `Ok` while storage can take writes; the reason it cannot otherwise (for `/health`; on
+    /// PostgreSQL an answer of the database less than a second old is reused).
     pub async fn health(&self) -> Result<(), StoreError> {
         match self {
             Storage::Sled(s) => match s.failure() {
                 None => Ok(()),
                 Some(reason) => Err(StoreError::Unavailable(reason)),
             },
-            Storage::Postgres(p) => Box::pin(p.health()).await,
+            Storage::Postgres(p) => Box::pin(p.recent_health()).await,
         }
     }
 

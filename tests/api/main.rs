@@ -7,6 +7,7 @@ mod abuse;
 mod accounts;
 mod attachments;
 mod bundle;
+mod callers;
 mod client;
 mod cluster;
 mod connections;

@@ -270,6 +270,7 @@ async fn create_once(
         client.prepare_cached(LOCK_OWNER),
         client.prepare_cached(CREATE)
     )?;
+    crate::round_trips::add(1);
     let (begin, user, row, commit) = tokio::join!(
         client.batch_execute("BEGIN"),
         client.query_opt(&lock, &params[1..2]),

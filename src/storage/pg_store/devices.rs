@@ -17,12 +17,12 @@ use crate::models::{Device, DeviceRef, PreKey, SignedPreKey};
 use crate::storage::{check_link, linked_address, Stock, StoreError};
 
 /// The columns `device` reads, from `devices d` joined with its last-resort Kyber key `k`.
-const DEVICE_COLUMNS: &str = "d.address, d.registration_id, d.identity_key, \
+pub(super) const DEVICE_COLUMNS: &str = "d.address, d.registration_id, d.identity_key, \
      d.signed_prekey_id, d.signed_prekey, d.signed_prekey_signature, k.key_id, k.public_key, \
      k.signature";
 
 /// `devices d` with its last-resort Kyber key, if it has one.
-const DEVICE_FROM: &str = "devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
+pub(super) const DEVICE_FROM: &str = "devices d LEFT JOIN kyber_prekeys k ON k.last_resort \
      AND (k.user_id, k.device_id) = (d.user_id, d.device_id)";
 
 impl PgStore {
@@ -92,12 +92,12 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let at = device.of(user_id);
             insert(&tx, at, device, true).await?;
             keys::upsert_prekeys_of(&tx, at, prekeys).await?;
             keys::upsert_kyber_of(&tx, at, kyber, false).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(())
         })
         .await
@@ -116,7 +116,7 @@ impl PgStore {
     ) -> Result<Device, StoreError> {
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let user = db_id(user_id);
             lock_account(&tx, user).await?;
             let mut devices = lock_devices(&tx, user).await?;
@@ -135,7 +135,7 @@ impl PgStore {
             insert(&tx, at, &linked, false).await?;
             keys::upsert_prekeys_of(&tx, at, prekeys).await?;
             keys::upsert_kyber_of(&tx, at, kyber, false).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(linked)
         })
         .await
@@ -146,7 +146,7 @@ impl PgStore {
     pub async fn unlink_device(&self, at: DeviceRef) -> Result<(), StoreError> {
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let user = db_id(at.user);
             lock_account(&tx, user).await?;
             let id = device_id(at.device);
@@ -165,7 +165,7 @@ impl PgStore {
                 &[&user, &id],
             )
             .await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(())
         })
         .await
@@ -175,7 +175,7 @@ impl PgStore {
     pub async fn delete_device(&self, user_id: u64) -> Result<(), StoreError> {
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let user = db_id(user_id);
             lock_account(&tx, user).await?;
             if lock_devices(&tx, user).await?.is_empty() {
@@ -183,7 +183,7 @@ impl PgStore {
             }
             tx.exec("DELETE FROM devices WHERE user_id = $1", &[&user])
                 .await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(())
         })
         .await
@@ -299,22 +299,27 @@ pub(super) async fn insert(
 }
 
 pub(super) fn device(row: &Row) -> Result<Device, StoreError> {
-    let last_resort = match row.get::<_, Option<i64>>(6) {
+    device_at(row, 0)
+}
+
+/// A device from `DEVICE_COLUMNS`, the first of them at column `at`.
+pub(super) fn device_at(row: &Row, at: usize) -> Result<Device, StoreError> {
+    let last_resort = match row.get::<_, Option<i64>>(at + 6) {
         Some(key_id) => Some(SignedPreKey {
             key_id: to_u32(key_id, "key id")?,
-            public_key: row.get(7),
-            signature: row.get(8),
+            public_key: row.get(at + 7),
+            signature: row.get(at + 8),
         }),
         None => None,
     };
     Ok(Device {
-        address: row.get(0),
-        registration_id: to_u32(row.get(1), "registration id")?,
-        identity_key: row.get(2),
+        address: row.get(at),
+        registration_id: to_u32(row.get(at + 1), "registration id")?,
+        identity_key: row.get(at + 2),
         signed_prekey: SignedPreKey {
-            key_id: to_u32(row.get(3), "key id")?,
-            public_key: row.get(4),
-            signature: row.get(5),
+            key_id: to_u32(row.get(at + 3), "key id")?,
+            public_key: row.get(at + 4),
+            signature: row.get(at + 5),
         },
         last_resort_kyber: last_resort,
     })

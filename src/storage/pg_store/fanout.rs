@@ -25,9 +25,9 @@ impl PgStore {
         let outgoing = &outgoing;
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let stored = queue_all(&tx, recipient, skip, outgoing, cap).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(stored)
         })
         .await

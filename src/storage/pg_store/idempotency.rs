@@ -30,7 +30,7 @@ impl PgStore {
         let message = &message;
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             if let Some(found) = stored(&tx, remember.key).await? {
                 return Ok(Sent::Answered(found));
             }
@@ -40,7 +40,7 @@ impl PgStore {
                 // Dropping `tx` rolls the messages back.
                 return Ok(Sent::Answered(found));
             }
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(Sent::Queued(queued, record))
         })
         .await
@@ -58,7 +58,7 @@ impl PgStore {
         let outgoing = &outgoing;
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             if let Some(found) = stored(&tx, remember.key).await? {
                 return Ok(Sent::Answered(found));
             }
@@ -67,7 +67,7 @@ impl PgStore {
             if let Some(found) = insert(&tx, remember.key, &record).await? {
                 return Ok(Sent::Answered(found));
             }
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(Sent::Queued(queued, record))
         })
         .await

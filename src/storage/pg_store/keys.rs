@@ -22,10 +22,10 @@ impl PgStore {
         let ids = &ids;
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let count = check_cap(&tx, at, "prekeys WHERE", ids, cap).await?;
             upsert_prekeys_of(&tx, at, new).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(count)
         })
         .await
@@ -44,14 +44,14 @@ impl PgStore {
         let ids = &ids;
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let table = "kyber_prekeys WHERE NOT last_resort AND";
             let count = check_cap(&tx, at, table, ids, cap).await?;
             upsert_kyber_of(&tx, at, new, false).await?;
             if let Some(key) = last_resort {
                 upsert_kyber_of(&tx, at, std::slice::from_ref(key), true).await?;
             }
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(count)
         })
         .await

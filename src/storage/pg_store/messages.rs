@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::keys::lock_device;
-use super::{db_id, device_id, to_u32, to_u64, Cached, PgStore};
+use super::{db_id, device_id, to_u32, to_u64, Cached, Param, PgStore};
 use crate::models::{DeviceRef, Message};
 use crate::storage::{DeleteOutcome, StoreError};
 
@@ -35,11 +36,8 @@ impl PgStore {
     ) -> Result<Message, StoreError> {
         let message = &message;
         self.retrying(move || async move {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await?;
-            let queued = queue_one(&tx, recipient, message, cap).await?;
-            tx.commit().await?;
-            Ok(queued)
+            let client = self.client().await?;
+            enqueue_once(&client, recipient, message, cap).await
         })
         .await
     }
@@ -208,6 +206,17 @@ impl PgStore {
     pub async fn sweep_expired(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let started = std::time::Instant::now();
         let mut removed = 0;
+        // Reservations left by sends that failed between their two transactions.
+        self.retrying(|| async {
+            self.client()
+                .await?
+                .exec(
+                    "DELETE FROM queue_reservations WHERE taken_at < now() - interval '1 minute'",
+                    &[],
+                )
+                .await
+        })
+        .await?;
         loop {
             let n = self
                 .retrying(move || async move {
@@ -245,6 +254,106 @@ impl PgStore {
     }
 }
 
+/// Locks the device row until the transaction ends; no row: the device is gone.
+const LOCK_DEVICE: &str =
+    "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR NO KEY UPDATE";
+
+/// What queue `($1, $2)` holds for its cap: its messages and the room reserved by sends in
+/// flight. A send is done with its reservation well within a minute (statements time out
+/// after 5 s): an older one was left by a send that failed between its transactions.
+macro_rules! queued {
+    () => {
+        "((SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2) + \
+         (SELECT count(*) FROM queue_reservations WHERE user_id = $1 AND device_id = $2 \
+         AND taken_at > now() - interval '1 minute'))"
+    };
+}
+
+/// Reserves room in the queue under key `$3`, with the message's id, unless it holds `$4`.
+const RESERVE: &str = concat!(
+    "INSERT INTO queue_reservations (key, message_id, user_id, device_id) \
+     SELECT $3, nextval('message_ids'), $1, $2 WHERE ",
+    queued!(),
+    " < $4"
+);
+
+/// Swaps reservation `$1` for the message, with the reserved id: its id, or no row.
+const SWAP: &str = "WITH r AS (DELETE FROM queue_reservations WHERE key = $1 \
+     RETURNING message_id, user_id, device_id) \
+     INSERT INTO messages (id, user_id, device_id, sender_address, sender_registration_id, \
+     content, recipient_address, timestamp) \
+     SELECT message_id, user_id, device_id, $2::text, $3::bigint, $4::text, $5::text, $6::bigint \
+     FROM r RETURNING id";
+
+/// One try of `enqueue`, in one round trip: two transactions sent together (tokio-postgres
+/// pipelines what is polled together; the server runs them in order).
+///
+/// 1. Under the device's row lock, the room is counted (the queue's messages and the live
+///    reservations) and, if there is some, reserved with the message's id; this commit does
+///    not wait for the disk (`synchronous_commit = off`: the reservation needs no durability),
+///    so the lock is held for microseconds, not across an fsync that the next send to the
+///    device would wait on.
+/// 2. One statement deletes the reservation and inserts the message with its id, committed
+///    durably before this returns.
+///
+/// The cap stays exact: a send's room is counted from the moment its reservation commits
+/// (under the lock the next sender then takes) until its message replaces it in one commit.
+/// A failed statement rolls its transaction back; all are awaited, so the connection goes
+/// back to the pool outside a transaction.
+async fn enqueue_once(
+    client: &deadpool_postgres::Object,
+    recipient: DeviceRef,
+    m: &Message,
+    cap: u32,
+) -> Result<Message, StoreError> {
+    let (lock, reserve, swap) = tokio::try_join!(
+        client.prepare_cached(LOCK_DEVICE),
+        client.prepare_cached(RESERVE),
+        client.prepare_cached(SWAP)
+    )?;
+    let (user, device) = (db_id(recipient.user), device_id(recipient.device));
+    let key = rand::random::<i64>();
+    let (registration_id, timestamp) = (i64::from(m.sender_registration_id), db_id(m.timestamp));
+    let cap = i64::from(cap);
+    let lock_params: [&Param<'_>; 2] = [&user, &device];
+    let reserve_params: [&Param<'_>; 4] = [&user, &device, &key, &cap];
+    let swap_params: [&Param<'_>; 6] = [
+        &key,
+        &m.sender_address,
+        &registration_id,
+        &m.content,
+        &m.recipient_address,
+        &timestamp,
+    ];
+    crate::round_trips::add(1);
+    let (begin, locked, reserved, commit, row) = tokio::join!(
+        client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+        client.query_opt(&lock, &lock_params),
+        client.execute(&reserve, &reserve_params),
+        client.batch_execute("COMMIT"),
+        client.query_opt(&swap, &swap_params),
+    );
+    begin?;
+    if locked?.is_none() {
+        return Err(StoreError::NoDevice);
+    }
+    let reserved = reserved?;
+    commit?;
+    if reserved == 0 {
+        return Err(StoreError::QueueFull);
+    }
+    match row {
+        Ok(Some(row)) => Ok(Message {
+            id: to_u64(row.get(0)),
+            ..m.clone()
+        }),
+        // The reservation went with its device (deleted in between): so did the message.
+        Ok(None) => Err(StoreError::NoDevice),
+        Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(StoreError::NoDevice),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// In `tx`: queues `m` for one device unless its queue holds `cap` messages already, under the
 /// device's lock (`NoDevice` if it is gone). Returns it with its id.
 pub(super) async fn queue_one(
@@ -256,10 +365,7 @@ pub(super) async fn queue_one(
     let (user, device) = (db_id(recipient.user), device_id(recipient.device));
     lock_device(tx, recipient).await?;
     let queued: i64 = tx
-        .fetch_one(
-            "SELECT count(*) FROM messages WHERE user_id = $1 AND device_id = $2",
-            &[&user, &device],
-        )
+        .fetch_one(concat!("SELECT ", queued!()), &[&user, &device])
         .await?
         .get(0);
     if queued >= i64::from(cap) {

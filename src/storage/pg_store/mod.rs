@@ -7,15 +7,21 @@
 //!   (`FOR UPDATE SKIP LOCKED`), so concurrent takers each get a different key, once.
 //! - Rows owned by a user or device are removed with it by `ON DELETE CASCADE`, in the
 //!   delete's own transaction: nothing is left behind for a later device to find.
-//! - Caps (prekeys, queue) are checked and written in one transaction holding the device row
-//!   (`FOR NO KEY UPDATE`): uploads and sends of one device run one after the other everywhere.
-//!   A send to every device of an account holds all its device rows, locked in id order (so
-//!   sends never deadlock each other). Pops only lower a stock, so they need not wait.
+//! - Caps (prekeys, queue) are checked and written holding the device row (`FOR NO KEY
+//!   UPDATE`): uploads and sends of one device are checked one after the other everywhere. A
+//!   send to one device holds it only until its reservation commits, without waiting for the
+//!   disk; the message then replaces the reservation in a durable commit of its own
+//!   (`messages::enqueue_once`), so sends to one device do not queue behind each other's
+//!   fsync. Uploads, keyed sends and a send to every device of an account (which holds all its
+//!   device rows, locked in id order, so sends never deadlock each other) hold the rows until
+//!   they commit. Pops only lower a stock, so they need not wait.
 //! - Links, unlinks and deletes of an account's devices hold its user row (`FOR NO KEY
 //!   UPDATE`, `devices::lock_account`), then its device rows: two links never take one id nor
 //!   both pass the account's most devices.
-//! - Message ids come from a sequence, drawn under the device lock and committed before it is
-//!   released: one queue's visible ids only grow, so paging by "after this id" misses nothing.
+//! - Message ids come from a sequence, drawn under the device lock: within one queue they grow
+//!   in the order sends are accepted. Two sends to one device finishing together may become
+//!   visible out of that order (as on sled); live delivery pushes each message by its id once
+//!   committed, and a socket's re-read lists the queue's ids, so none is missed.
 //! - An account's attachment uploads are created holding its user row (`FOR NO KEY UPDATE`), so
 //!   their count and bytes are checked against what every earlier creation committed. One
 //!   request writes an upload at a time: its lease is in the row, taken and moved by
@@ -52,6 +58,7 @@ mod users;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +76,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 4;
 /// Connections per process.
 const POOL_SIZE: usize = 16;
+/// How long a health probe's answer is reused.
+const HEALTH_FRESH: Duration = Duration::from_secs(1);
 
 /// A handle on the database; cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -76,6 +85,8 @@ pub struct PgStore {
     pool: Pool,
     /// For the connection that listens to the other instances (`signals`).
     config: Arc<tokio_postgres::Config>,
+    /// When the database last answered a health probe (ms since the epoch).
+    healthy_at: Arc<AtomicU64>,
 }
 
 impl PgStore {
@@ -115,6 +126,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             config: shared,
+            healthy_at: Arc::default(),
         };
         store.timed(schema::migrate(&store)).await?;
         Ok(store)
@@ -167,6 +179,19 @@ impl PgStore {
             Ok(())
         })
         .await
+    }
+
+    /// `health`, but a success less than `HEALTH_FRESH` old is reused: a probe asked often
+    /// (`/health`) costs the database one statement a second, not one each time.
+    pub async fn recent_health(&self) -> Result<(), StoreError> {
+        let now = crate::auth::now_millis();
+        let last = self.healthy_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < HEALTH_FRESH.as_millis() as u64 {
+            return Ok(());
+        }
+        self.health().await?;
+        self.healthy_at.fetch_max(now, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The JWT secret every instance shares: `fresh` is stored if there is none yet (the first
@@ -223,27 +248,45 @@ impl PgStore {
 trait Cached: deadpool_postgres::GenericClient {
     async fn fetch_all(&self, sql: &str, params: &[&Param<'_>]) -> Result<Vec<Row>, StoreError> {
         let statement = self.prepare_cached(sql).await?;
+        crate::round_trips::add(1);
         Ok(self.query(&statement, params).await?)
     }
 
     async fn fetch_one(&self, sql: &str, params: &[&Param<'_>]) -> Result<Row, StoreError> {
         let statement = self.prepare_cached(sql).await?;
+        crate::round_trips::add(1);
         Ok(self.query_one(&statement, params).await?)
     }
 
     async fn fetch_opt(&self, sql: &str, params: &[&Param<'_>]) -> Result<Option<Row>, StoreError> {
         let statement = self.prepare_cached(sql).await?;
+        crate::round_trips::add(1);
         Ok(self.query_opt(&statement, params).await?)
     }
 
     /// Runs a statement; tells how many rows it changed.
     async fn exec(&self, sql: &str, params: &[&Param<'_>]) -> Result<u64, StoreError> {
         let statement = self.prepare_cached(sql).await?;
+        crate::round_trips::add(1);
         Ok(self.execute(&statement, params).await?)
     }
 }
 
 impl<C: deadpool_postgres::GenericClient> Cached for C {}
+
+/// Starts a transaction (its `BEGIN` is one round trip).
+async fn begin(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    crate::round_trips::add(1);
+    Ok(client.transaction().await?)
+}
+
+/// Commits a transaction (one round trip).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    crate::round_trips::add(1);
+    Ok(tx.commit().await?)
+}
 
 /// A statement parameter.
 type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;

@@ -186,6 +186,23 @@ CREATE INDEX attachments_owner ON attachments (owner);
 -- The sweep's order: by expiry, then id.
 CREATE INDEX attachments_expiry ON attachments (expires_ms, id);
 "#,
+    r#"
+-- Room a send has taken in a device's queue, numbered, between its two transactions (see
+-- messages.rs): the first reserves under the device lock and commits without waiting for the
+-- disk; the second swaps the reservation for the message, durably. Unlogged: a crash ends every
+-- send in flight, and their reservations with them. One left by a send that failed between
+-- the two counts for a minute at most (`taken_at`), and the sweep removes it; they go with
+-- their device.
+CREATE UNLOGGED TABLE queue_reservations (
+    key bigint PRIMARY KEY,
+    message_id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    device_id integer NOT NULL,
+    taken_at timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE INDEX queue_reservations_queue ON queue_reservations (user_id, device_id);
+"#,
 ];
 
 /// The schema version this build writes and reads.

@@ -2,9 +2,12 @@
 
 use tokio_postgres::Row;
 
-use super::devices::lock_devices;
+use std::sync::Arc;
+
+use super::devices::{device_at, lock_devices, DEVICE_COLUMNS, DEVICE_FROM};
 use super::{db_id, to_u32, to_u64, Cached, PgStore};
-use crate::models::User;
+use crate::models::{Device, User};
+use crate::principals::{Member, Principal};
 use crate::storage::{ResetGrant, StoreError};
 
 pub(super) const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
@@ -33,7 +36,7 @@ impl PgStore {
         invite: Option<&[u8]>,
     ) -> Result<User, StoreError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        let tx = super::begin(&mut client).await?;
         let taken = tx
             .fetch_opt(
                 "SELECT 1 FROM users WHERE lower(username) = lower($1)",
@@ -61,7 +64,7 @@ impl PgStore {
                 &[&username, &email, &password_hash],
             )
             .await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         user(&row)
     }
 
@@ -82,6 +85,66 @@ impl PgStore {
         }
         self.user_where("lower(email) = lower($1) AND email <> ''", &email)
             .await
+    }
+
+    /// The account with its devices (see `Storage::principal`): one statement.
+    pub async fn principal(&self, user_id: u64) -> Result<Option<Principal>, StoreError> {
+        self.timed(async {
+            let sql = format!(
+                "SELECT {U}, d.address, d.registration_id, d.identity_key, d.incarnation \
+                 FROM users u LEFT JOIN devices d ON d.user_id = u.id WHERE u.id = $1 \
+                 ORDER BY d.is_primary DESC, d.device_id",
+                U = prefixed("u")
+            );
+            let rows = self
+                .client()
+                .await?
+                .fetch_all(&sql, &[&db_id(user_id)])
+                .await?;
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let mut devices = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some(address) = row.get::<_, Option<String>>(5) {
+                    devices.push(Arc::new(Member {
+                        address,
+                        registration_id: to_u32(row.get(6), "registration id")?,
+                        identity_key: row.get(7),
+                        stamp: row.get::<_, i64>(8) as u64,
+                    }));
+                }
+            }
+            Ok(Some(Principal {
+                user: user(first)?,
+                devices,
+            }))
+        })
+        .await
+    }
+
+    /// A user by username with its primary device (see `Storage::recipient`): one statement.
+    pub async fn recipient(
+        &self,
+        username: &str,
+    ) -> Result<Option<(User, Option<Device>)>, StoreError> {
+        self.timed(async {
+            let sql = format!(
+                "SELECT {U}, {DEVICE_COLUMNS} FROM users u LEFT JOIN ({DEVICE_FROM}) \
+                 ON d.user_id = u.id AND d.is_primary WHERE lower(u.username) = lower($1)",
+                U = prefixed("u")
+            );
+            let row = self.client().await?.fetch_opt(&sql, &[&username]).await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let device = match row.get::<_, Option<String>>(5) {
+                Some(_) => Some(device_at(&row, 5)?),
+                None => None,
+            };
+            Ok(Some((user(&row)?, device)))
+        })
+        .await
     }
 
     async fn user_where(
@@ -142,14 +205,14 @@ impl PgStore {
     pub async fn delete_user(&self, user_id: u64) -> Result<(), StoreError> {
         self.retrying(move || async move {
             let mut client = self.client().await?;
-            let tx = client.transaction().await?;
+            let tx = super::begin(&mut client).await?;
             let user = db_id(user_id);
             tx.fetch_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
                 .await?
                 .ok_or(StoreError::NoUser)?;
             lock_devices(&tx, user).await?;
             tx.exec("DELETE FROM users WHERE id = $1", &[&user]).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             Ok(())
         })
         .await
@@ -260,6 +323,15 @@ impl PgStore {
         })
         .await
     }
+}
+
+/// `USER_COLUMNS` of the table named `t`.
+fn prefixed(t: &str) -> String {
+    USER_COLUMNS
+        .split(", ")
+        .map(|c| format!("{t}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(super) fn user(row: &Row) -> Result<User, StoreError> {

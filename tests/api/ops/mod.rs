@@ -16,6 +16,7 @@ mod prometheus;
 mod proxy;
 mod registration;
 mod restore;
+mod round_trips;
 
 use std::collections::HashMap;
 use std::path::Path;
