@@ -67,6 +67,7 @@ start() { # start NAME CMD... -> sets PID URL
   local name=$1; shift
   "$@" >"$WORK/$name.log" 2>&1 &
   PID=$!
+  ln -sf "$WORK/$name.log" "$WORK/$PID.log"
   for _ in $(seq 200); do
     URL=$(grep -o 'listening on http://[0-9.:]*' "$WORK/$name.log" | head -1 | sed 's/listening on //' || true)
     [[ -n "$URL" ]] && return 0
@@ -77,10 +78,17 @@ start() { # start NAME CMD... -> sets PID URL
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-gen() { # gen TAG URL PID ARGS...
-  local tag=$1 url=$2 pid=$3; shift 3
+# gen TAG URL PID ARGS...: one generator run; a failed one is reported with the end of the
+# server's log and the run goes on.
+gen() {
+  local tag=$1 url=$2 pid=$3 rc=0; shift 3
   timeout 600 "$GEN" --url "$url" --server-pid "$pid" --seconds "$SECS" --warmup "$WARMUP" "$@" \
-    | sed -n "s/^RESULT /RESULT target=$tag /p" | tee -a "$OUT" "$RESULTS"
+    >"$WORK/$tag.out" || rc=$?
+  sed -n "s/^RESULT /RESULT target=$tag /p" "$WORK/$tag.out" | tee -a "$OUT" "$RESULTS"
+  if ((rc != 0)); then
+    echo "FAILED target=$tag $*: generator exit $rc; the server's log ends:" | tee -a "$OUT" >&2
+    tail -20 "$WORK/$pid.log" >&2
+  fi
 }
 
 server() { # server TAG BIN SCENARIO [--database-url URL]
