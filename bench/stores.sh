@@ -16,7 +16,7 @@
 # PostgreSQL: a throwaway cluster from tools/pg-test-cluster.sh (fsync on), a fresh database per
 # scenario and one for pgbench (`pgbench -i -s 10`). Knobs (environment):
 #   BENCH_SECONDS (8), BENCH_WARMUP (2), BENCH_PG=0 (sled and the baseline only),
-#   BENCH_SCENARIOS ("fetch send bundle health": any of them, in that order),
+#   BENCH_SCENARIOS ("fetch send bundle health": any of them, run in the order given),
 #   BENCH_BEFORE=DIR (DIR/signal-server, e.g. a release build of an older commit),
 #   BENCH_AFTER=DIR (prebuilt signal-server, loadgen and baseline, in DIR or DIR/examples;
 #     default: cargo build --release), BENCH_LOADGEN=FILE (another generator binary).
