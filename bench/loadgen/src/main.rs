@@ -35,6 +35,9 @@
 //!   N connections POST messages to them in turn. `scenario=ws` is the delivery latency (POST
 //!   sent → frame received, same clock) and the delivery rate; `scenario=ws_send` the POSTs.
 //! - `health`: GET /health.
+//! - `idle-ws`: `--sockets` users each open a WebSocket (`--connections` openings at a time) and
+//!   keep it idle for `--hold` seconds; with `--server-pid` the result gives the server's VmRSS
+//!   and VmHWM at the end of the hold (bench/memory.sh).
 //!
 //! With `--no-setup` (for `examples/baseline.rs`), `fetch` uses `--token` and regId 1 and nothing
 //! is created. With `--server-pid`, each result also gives the CPU use of the server, of the
@@ -43,6 +46,7 @@
 mod cpu;
 mod drain;
 mod http1;
+mod idle;
 mod jobs;
 mod login;
 mod setup;
@@ -69,6 +73,7 @@ pub enum Scenario {
     Login,
     Ws,
     Health,
+    IdleWs,
 }
 
 impl Scenario {
@@ -80,6 +85,7 @@ impl Scenario {
             Scenario::Login => "login",
             Scenario::Ws => "ws",
             Scenario::Health => "health",
+            Scenario::IdleWs => "idle-ws",
         }
     }
 }
@@ -104,6 +110,12 @@ pub struct Opts {
     /// Seconds of load before the measured window (not recorded).
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
+    /// WebSockets `idle-ws` opens (one user each).
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Seconds `idle-ws` keeps its sockets open once all are open.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
     /// Worker threads of the generator's runtime (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -328,6 +340,7 @@ async fn run(opts: Opts) {
         }
         Scenario::Login => login::login(opts.clone(), addr, api.clone()).await,
         Scenario::Ws => ws::ws(opts.clone(), addr, api.clone()).await,
+        Scenario::IdleWs => idle::idle_ws(opts.clone(), api.clone()).await,
     }
 }
 
