@@ -21,20 +21,26 @@ impl warp::reject::Reject for ApiError {}
 
 /// The whole API, with rejections turned into the JSON error shape.
 pub fn api(app: App) -> BoxedFilter<(Response,)> {
-    let api = health(&app)
-        .or(accounts(&app))
+    // Each group is entered only for its first path segment: a request does not build (and
+    // box) the filters of every group before its own. The busiest groups come first.
+    let api = under(&["messages"])
+        .and(message_routes(&app))
+        .or(
+            under(&["prekeybundle", "prekeys", "kyberprekeys", "signedprekey"])
+                .and(key_routes(&app)),
+        )
         .unify()
-        .or(device_routes(&app))
+        .or(under(&["health", ""]).and(health(&app)))
         .unify()
-        .or(key_routes(&app))
+        .or(under(&["auth"]).and(accounts(&app)))
         .unify()
-        .or(message_routes(&app))
+        .or(under(&["device"]).and(device_routes(&app)))
         .unify()
-        .or(v2_routes(&app))
+        .or(under(&["v2"]).and(v2_routes(&app)))
         .unify()
         .or(crate::cors::preflight(&app.cors))
         .unify()
-        .or(attachment_routes(&app))
+        .or(under(&["attachments"]).and(attachment_routes(&app)))
         .unify()
         .recover(recover)
         .unify();
@@ -42,6 +48,24 @@ pub fn api(app: App) -> BoxedFilter<(Response,)> {
         .and(crate::cors::request_origin())
         .map(crate::cors::decorate(&app.cors))
         .boxed()
+}
+
+/// Passes requests whose path starts with one of `first` (`""`: the root), without taking the
+/// segment; rejects the others as not found, for the next group.
+fn under(first: &'static [&'static str]) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::path::peek()
+        .and_then(move |path: warp::path::Peek| {
+            let segment = path.segments().next().unwrap_or("");
+            let ours = first.contains(&segment);
+            async move {
+                if ours {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one()
 }
 
 /// Counts every answer of `inner` for `/metrics` and writes its access log line. Not
