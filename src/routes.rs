@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers::{attachments, devices, keys, messages, users, ws, Answer};
+use crate::handlers::{attachments, devices, keys, messages, users, ws, ws_upgrade, Answer};
 
 impl warp::reject::Reject for ApiError {}
 
@@ -516,7 +516,7 @@ fn message_routes(app: &App) -> BoxedFilter<(Response,)> {
         .and(crate::cors::websocket_origin(&a.cors))
         .and(with_app(a))
         .and(auth_ws(a))
-        .and(warp::ws())
+        .and(ws_upgrade::ws())
         .then(ws::upgrade)
         .map(reply);
     send.or(list)

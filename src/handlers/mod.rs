@@ -7,6 +7,7 @@ pub mod keys;
 pub mod messages;
 pub mod users;
 pub mod ws;
+pub mod ws_upgrade;
 
 use serde::Serialize;
 use warp::http::StatusCode;

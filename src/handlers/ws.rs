@@ -9,9 +9,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Bytes;
 use warp::reply::Reply;
-use warp::ws::{Message as Frame, WebSocket, Ws};
 
+use super::ws_upgrade::{Frame, WebSocket, Ws};
 use super::Answer;
 use crate::app::App;
 use crate::auth::{now_secs, Caller};
@@ -142,8 +144,11 @@ impl Outbox {
     /// A close frame (with the server's reason, if it has one), if the client takes it in time.
     async fn close(mut self) {
         let frame = match self.reason {
-            Some(reason) => Frame::close_with(reason.code(), reason.text()),
-            None => Frame::close(),
+            Some(reason) => Frame::Close(Some(CloseFrame {
+                code: reason.code().into(),
+                reason: reason.text().into(),
+            })),
+            None => Frame::Close(None),
         };
         let _ = tokio::time::timeout(self.timeout, async {
             let _ = self.tx.send(frame).await;
@@ -302,20 +307,20 @@ async fn live(app: &App, grant: &Grant, out: &mut Outbox, feeds: &mut Feeds<'_>,
                 Some(Ok(frame)) => {
                     last_heard = Instant::now();
                     if frame.is_close() { return; }
-                    if let Ok(text) = frame.to_str() {
+                    if let Frame::Text(text) = &frame {
                         // An ack deletes from the device's queue: not from a later device's with
                         // its id, whose unlink signal this instance may have missed.
                         if sent.keep {
                             if let Err(e) = still_granted(app, grant, out).await { break e; }
                         }
-                        handle_client_frame(app, device, text).await;
+                        handle_client_frame(app, device, text.as_str()).await;
                     }
                 }
                 Some(Err(_)) | None => return,
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_LIMIT { return; }
-                if out.send(Frame::ping(Vec::new())).await.is_err() { return; }
+                if out.send(Frame::Ping(Bytes::new())).await.is_err() { return; }
             }
         }
     };

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::helpers::{
-    addr, expect_closed_by_server, health_on, message_text, proc_status_kb, serve_flags,
-    shell_command, ws_open, Binary, TestServer, TestUser, Ws,
+    addr, expect_closed_by_server, health_on, message_text, proc_status_kb, read_backlog,
+    serve_flags, shell_command, ws_connect, ws_open, Binary, TestServer, TestUser, Ws,
 };
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -330,6 +330,63 @@ async fn get_messages_readers_that_never_read_do_not_pin_their_queues_in_memory(
         grown >> 20
     );
     drop(stalled);
+}
+
+/// Opens `users`' live sockets on the binary, each read up to `queue_empty` and pinged until
+/// its pong comes back: the server has read from every one of them.
+async fn idle_sockets(server: &Binary, users: &[TestUser]) -> Vec<Ws> {
+    let mut sockets = Vec::new();
+    for user in users {
+        let url = server.ws_url(&format!("/messages/{}/ws", user.reg_id));
+        let mut ws = ws_connect(&url, &user.token).await;
+        read_backlog(&mut ws).await;
+        ws.send(Frame::Ping(vec![1].into())).await.expect("ping");
+        loop {
+            match timeout(BOUND, ws.next()).await.expect("no pong in time") {
+                Some(Ok(Frame::Pong(_))) => break,
+                Some(Ok(Frame::Ping(_))) => continue,
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        }
+        sockets.push(ws);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn idle_websockets_hold_a_few_kib_each_not_a_128_kib_read_buffer() {
+    const WARM: usize = 20;
+    const IDLE: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--max-connections-per-ip", "0"];
+    let server = binary_with_fd_limit(dir.path(), 1024, &flags).await;
+    let mut users = futures_util::stream::iter(0..WARM + IDLE)
+        .map(|i| {
+            let server = &server;
+            async move {
+                let name = format!("idle{i}");
+                server.user_with_device(&name, i as u32 + 1, 0, 0).await
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let rss = || proc_status_kb(server.pid(), "VmRSS:") * 1024;
+    // The first sockets warm up the server's allocator and task pools.
+    let idle = users.split_off(WARM);
+    let warm = idle_sockets(&server, &users).await;
+    let before = rss();
+    assert!(before > 0, "no VmRSS for the server process");
+    let open = idle_sockets(&server, &idle).await;
+    let per_socket = rss().saturating_sub(before) / IDLE as u64;
+    eprintln!("server RSS before {before} B, {per_socket} B more per idle WebSocket");
+    // tungstenite's default read buffer alone, zero-filled by the first read, is 128 KiB.
+    assert!(
+        per_socket < 48 << 10,
+        "each idle WebSocket grew the server by {} KiB",
+        per_socket >> 10
+    );
+    drop((warm, open));
 }
 
 #[tokio::test]

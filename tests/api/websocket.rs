@@ -255,6 +255,32 @@ async fn ws_ack_deletes_the_acknowledged_messages() {
 }
 
 #[tokio::test]
+async fn ws_reads_frames_far_larger_than_its_read_buffer() {
+    let s = TestServer::start().await;
+    let (alice, bob) = alice_and_bob(&s).await;
+    let [m1, m2] = send_all(&s, &alice, &bob, ["one", "two"]).await;
+    let mut ws = ws_open(&s, &bob).await;
+    assert_eq!(ids(&backlog(&mut ws).await), [m1, m2]);
+    // An ack padded to exactly the frame limit (--max-body-bytes), many times the socket's
+    // 4 KiB read buffer: read whole and applied.
+    let limit = usize::try_from(s.app.max_body()).unwrap();
+    let ack = json!({"type": "ack", "ids": [m1], "pad": ""}).to_string();
+    let pad = "x".repeat(limit - ack.len());
+    let padded = ack.replace(r#""pad":"""#, &format!(r#""pad":"{pad}""#));
+    assert_eq!(padded.len(), limit);
+    ws.send(Frame::text(padded))
+        .await
+        .expect("send the padded ack");
+    wait_for_queue(&s, &bob, &[m2]).await;
+    // A large message still comes live over the same socket.
+    let m3 = send(&s, &alice, &bob, &"y".repeat(60_000)).await;
+    assert_eq!(
+        next_frame(&mut ws).await,
+        json!({"type": "message", "message": m3})
+    );
+}
+
+#[tokio::test]
 async fn ws_redelivers_an_unacknowledged_message_on_the_next_connection() {
     let s = TestServer::start().await;
     let (alice, bob) = alice_and_bob(&s).await;
