@@ -74,8 +74,14 @@ pub use signals::Incoming;
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a transaction that lost a deadlock or a serialization check is run again.
 const ATTEMPTS: u32 = 4;
-/// Connections per process.
-const POOL_SIZE: usize = 16;
+/// Connections per process: four per core of this machine, at least 16 and at most 64. A
+/// request holds one for its round trips only (a fetch one, a send two), so a few per core keep
+/// the database busy without queueing requests behind each other; the bound keeps N instances
+/// within PostgreSQL's `max_connections` (100 by default: size it for N x this + 10).
+fn pool_size() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores * 4).clamp(16, 64)
+}
 /// How long a health probe's answer is reused.
 const HEALTH_FRESH: Duration = Duration::from_secs(1);
 
@@ -114,7 +120,7 @@ impl PgStore {
             _ => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(pool_size())
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .timeouts(Timeouts {
                 wait: Some(TIMEOUT),
