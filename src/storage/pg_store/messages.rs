@@ -14,10 +14,18 @@ use crate::storage::{DeleteOutcome, StoreError};
 const COLUMNS: &str =
     "id, sender_address, sender_registration_id, content, recipient_address, timestamp";
 
-/// The stored size of a message, as a page's byte budget counts it: its text fields and a
-/// fixed 24 bytes for the numbers.
-const SIZE: &str = "octet_length(content) + octet_length(sender_address) \
-                    + octet_length(recipient_address) + 24";
+/// A page of `messages_page`: `$4` messages at most, cut before the one that would take the
+/// stored size over `$5` (at least one). A message's stored size is its text fields and a fixed
+/// 24 bytes for the numbers.
+const PAGE: &str = "SELECT id, sender_address, sender_registration_id, content, \
+     recipient_address, timestamp FROM (SELECT id, sender_address, sender_registration_id, \
+     content, recipient_address, timestamp, \
+     sum(octet_length(content) + octet_length(sender_address) \
+         + octet_length(recipient_address) + 24) OVER (ORDER BY id) AS bytes, \
+     row_number() OVER (ORDER BY id) AS n \
+     FROM messages WHERE user_id = $1 AND device_id = $2 AND id > $3 \
+     ORDER BY id LIMIT $4) AS page \
+     WHERE n = 1 OR bytes <= $5 ORDER BY id";
 
 /// Messages one sweep statement deletes at most.
 const SWEEP_BATCH: i64 = 5000;
@@ -63,33 +71,20 @@ impl PgStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        self.timed(async {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM (SELECT {COLUMNS}, \
-                   sum({SIZE}) OVER (ORDER BY id) AS bytes, row_number() OVER (ORDER BY id) AS n \
-                   FROM messages WHERE user_id = $1 AND device_id = $2 AND id > $3 \
-                   ORDER BY id LIMIT $4) AS page \
-                 WHERE n = 1 OR bytes <= $5 ORDER BY id"
-            );
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
-            let rows = self
-                .client()
-                .await?
-                .fetch_all(
-                    &sql,
-                    &[
-                        &db_id(recipient.user),
-                        &device_id(recipient.device),
-                        &db_id(after),
-                        &limit,
-                        &max_bytes,
-                    ],
-                )
-                .await?;
-            rows.iter().map(message).collect()
-        })
-        .await
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let (user, device, after) = (
+            db_id(recipient.user),
+            device_id(recipient.device),
+            db_id(after),
+        );
+        let rows = self
+            .read(|db| async move {
+                let params: [&Param<'_>; 5] = [&user, &device, &after, &limit, &max_bytes];
+                db.fetch_all(PAGE, &params).await
+            })
+            .await?;
+        rows.iter().map(message).collect()
     }
 
     /// Ids of one device's queue after `after` (see `Storage::queued_ids`): the index alone.
@@ -126,25 +121,18 @@ impl PgStore {
         recipient: DeviceRef,
         id: u64,
     ) -> Result<Option<Message>, StoreError> {
-        self.timed(async {
-            let sql = format!(
-                "SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2"
-            );
-            let row = self
-                .client()
-                .await?
-                .fetch_opt(
-                    &sql,
-                    &[
-                        &db_id(recipient.user),
-                        &device_id(recipient.device),
-                        &db_id(id),
-                    ],
-                )
-                .await?;
-            row.as_ref().map(message).transpose()
-        })
-        .await
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2"
+        );
+        let (user, device, id) = (
+            db_id(recipient.user),
+            device_id(recipient.device),
+            db_id(id),
+        );
+        let row = self
+            .read(|db| async move { db.fetch_opt(&sql, &[&user, &device, &id]).await })
+            .await?;
+        row.as_ref().map(message).transpose()
     }
 
     /// Deletes the given messages of one device's queue, reporting per id (an id repeated is

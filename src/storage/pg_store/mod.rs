@@ -82,6 +82,32 @@ fn pool_size() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     (cores * 4).clamp(16, 64)
 }
+/// Connections shared by reads (`PgStore::reader`): one per core of this machine, 2 to 16.
+fn lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, 16)
+}
+
+/// The shared read connections, taken from the pool on first use.
+struct Lanes {
+    slots: Vec<std::sync::Mutex<Option<Arc<deadpool_postgres::Object>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Lanes {
+    fn new(n: usize) -> Lanes {
+        Lanes {
+            slots: (0..n).map(|_| std::sync::Mutex::default()).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How long a health probe's answer is reused.
 const HEALTH_FRESH: Duration = Duration::from_secs(1);
 
@@ -89,6 +115,8 @@ const HEALTH_FRESH: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Connections shared by single reads (`reader`).
+    lanes: Arc<Lanes>,
     /// For the connection that listens to the other instances (`signals`).
     config: Arc<tokio_postgres::Config>,
     /// When the database last answered a health probe (ms since the epoch).
@@ -120,7 +148,7 @@ impl PgStore {
             _ => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
-            .max_size(pool_size())
+            .max_size(pool_size() + lanes())
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .timeouts(Timeouts {
                 wait: Some(TIMEOUT),
@@ -130,6 +158,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Db(Box::new(e)))?;
         let store = PgStore {
+            lanes: Arc::new(Lanes::new(lanes())),
             pool,
             config: shared,
             healthy_at: Arc::default(),
@@ -141,6 +170,42 @@ impl PgStore {
     /// A pooled connection, or `Unavailable` when none can be had in time.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// A connection for one read statement, shared with other reads: tokio-postgres pipelines
+    /// the statements of concurrent requests on one connection (one write and one read of the
+    /// socket for many, on both sides), where a pooled connection each would cost a round of
+    /// system calls and wake-ups apiece. Never for writes: a commit waits for the disk, and the
+    /// reads behind it on the connection would wait too. A lane whose connection failed (or did
+    /// not answer in time, `forget_reader`) takes a new one from the pool.
+    async fn reader(&self) -> Result<(usize, Arc<deadpool_postgres::Object>), StoreError> {
+        let lane = self.lanes.next.fetch_add(1, Ordering::Relaxed) % self.lanes.slots.len();
+        let slot = &self.lanes.slots[lane];
+        if let Some(client) = lock(slot).as_ref().filter(|c| !c.is_closed()) {
+            return Ok((lane, client.clone()));
+        }
+        let fresh = Arc::new(self.client().await?);
+        *lock(slot) = Some(fresh.clone());
+        Ok((lane, fresh))
+    }
+
+    /// Drops a lane's connection after it failed a read, so the next read takes another.
+    fn forget_reader(&self, lane: usize) {
+        *lock(&self.lanes.slots[lane]) = None;
+    }
+
+    /// Runs one read statement on a shared connection (`reader`), within `TIMEOUT`.
+    async fn read<T, F, Fut>(&self, statement: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<deadpool_postgres::Object>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let (lane, client) = self.timed(self.reader()).await?;
+        let outcome = self.timed(statement(client)).await;
+        if matches!(outcome, Err(StoreError::Unavailable(_))) {
+            self.forget_reader(lane);
+        }
+        outcome
     }
 
     /// Runs a verb within `TIMEOUT`: a database that stopped answering (not only one that

@@ -96,10 +96,9 @@ impl PgStore {
                  ORDER BY d.is_primary DESC, d.device_id",
                 U = prefixed("u")
             );
+            let id = db_id(user_id);
             let rows = self
-                .client()
-                .await?
-                .fetch_all(&sql, &[&db_id(user_id)])
+                .read(|db| async move { db.fetch_all(&sql, &[&id]).await })
                 .await?;
             let Some(first) = rows.first() else {
                 return Ok(None);
@@ -134,7 +133,9 @@ impl PgStore {
                  ON d.user_id = u.id AND d.is_primary WHERE lower(u.username) = lower($1)",
                 U = prefixed("u")
             );
-            let row = self.client().await?.fetch_opt(&sql, &[&username]).await?;
+            let row = self
+                .read(|db| async move { db.fetch_opt(&sql, &[&username]).await })
+                .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -154,7 +155,9 @@ impl PgStore {
     ) -> Result<Option<User>, StoreError> {
         self.timed(async {
             let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
-            let row = self.client().await?.fetch_opt(&sql, &[value]).await?;
+            let row = self
+                .read(|db| async move { db.fetch_opt(&sql, &[value]).await })
+                .await?;
             row.as_ref().map(user).transpose()
         })
         .await
