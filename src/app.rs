@@ -12,8 +12,8 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
+use crate::models::Member;
 use crate::password::Hasher;
-use crate::principals::Member;
 use crate::ratelimit::RateLimits;
 use crate::storage::{PgStore, Storage, StorageOptions};
 

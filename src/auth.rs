@@ -11,8 +11,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::models::Principal;
 use crate::models::User;
-use crate::principals::{Principal, Principals};
+use crate::principals::Principals;
 use crate::storage::Storage;
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! in one go rather than element by element) and the wire shapes the API answers with
 //! (camelCase, base64). Request bodies are parsed into typed values in `requests`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::b64;
@@ -287,5 +289,48 @@ impl<'a> From<&'a Message> for MessageOut<'a> {
             recipient_address: &m.recipient_address,
             timestamp: m.timestamp,
         }
+    }
+}
+
+/// A device as its own requests need it: what stays the same for as long as it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// `<username>.<deviceId>`.
+    pub address: String,
+    pub registration_id: u32,
+    pub identity_key: Vec<u8>,
+    /// See `Storage::device_stamp`.
+    pub stamp: u64,
+}
+
+impl Member {
+    pub fn id(&self) -> u32 {
+        address_device_id(&self.address).unwrap_or(0)
+    }
+
+    pub fn of(&self, user: u64) -> DeviceRef {
+        DeviceRef {
+            user,
+            device: self.id(),
+        }
+    }
+}
+
+/// An account as read at one moment: the user and its devices, the primary first.
+#[derive(Debug)]
+pub struct Principal {
+    pub user: User,
+    pub devices: Vec<Arc<Member>>,
+}
+
+impl Principal {
+    pub fn device(&self, id: u32) -> Option<&Arc<Member>> {
+        self.devices.iter().find(|d| d.id() == id)
+    }
+
+    pub fn by_registration_id(&self, reg_id: u64) -> Option<&Arc<Member>> {
+        self.devices
+            .iter()
+            .find(|d| u64::from(d.registration_id) == reg_id)
     }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::models::{DeviceRef, User};
+use crate::models::Principal;
 use crate::storage::{Storage, StoreError};
 
 /// The longest an entry is used without reading the account again.
@@ -30,49 +30,6 @@ pub const TTL: Duration = Duration::from_secs(5);
 const SHARDS: usize = 16;
 /// Accounts per shard; a full shard is emptied (memory stays bounded, ~300 bytes an entry).
 const SHARD_ENTRIES: usize = 4096;
-
-/// A device as its own requests need it: what stays the same for as long as it exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// `<username>.<deviceId>`.
-    pub address: String,
-    pub registration_id: u32,
-    pub identity_key: Vec<u8>,
-    /// See `Storage::device_stamp`.
-    pub stamp: u64,
-}
-
-impl Member {
-    pub fn id(&self) -> u32 {
-        crate::models::address_device_id(&self.address).unwrap_or(0)
-    }
-
-    pub fn of(&self, user: u64) -> DeviceRef {
-        DeviceRef {
-            user,
-            device: self.id(),
-        }
-    }
-}
-
-/// An account as read at one moment: the user and its devices, the primary first.
-#[derive(Debug)]
-pub struct Principal {
-    pub user: User,
-    pub devices: Vec<Arc<Member>>,
-}
-
-impl Principal {
-    pub fn device(&self, id: u32) -> Option<&Arc<Member>> {
-        self.devices.iter().find(|d| d.id() == id)
-    }
-
-    pub fn by_registration_id(&self, reg_id: u64) -> Option<&Arc<Member>> {
-        self.devices
-            .iter()
-            .find(|d| u64::from(d.registration_id) == reg_id)
-    }
-}
 
 struct Entry {
     principal: Arc<Principal>,

@@ -25,7 +25,7 @@ use std::path::Path;
 use crate::models::{
     Device, DeviceRef, Message, Outgoing, Popped, PreKey, SignedPreKey, User, LINKED_IDS,
 };
-use crate::principals::{Member, Principal};
+use crate::models::{Member, Principal};
 pub use pg_store::PgStore;
 pub use sled_store::{
     holds_database, keys, restore_dir, BackupSummary, DeleteOutcome, FsckReport, ResetGrant,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::devices::{device_at, lock_devices, DEVICE_COLUMNS, DEVICE_FROM};
 use super::{db_id, to_u32, to_u64, Cached, PgStore};
 use crate::models::{Device, User};
-use crate::principals::{Member, Principal};
+use crate::models::{Member, Principal};
 use crate::storage::{ResetGrant, StoreError};
 
 pub(super) const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
