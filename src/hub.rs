@@ -225,7 +225,6 @@ impl Hub {
 
     /// Closes the connection of an unlinked device, here or on another instance.
     pub fn close(&self, device: DeviceRef) {
-        self.principals.forget(device.user);
         self.close_here(device.user, Some(device.device));
         self.signal(Signal::Close {
             user: device.user,
@@ -235,7 +234,6 @@ impl Hub {
 
     /// Closes the connections of every device of an account (devices or account deleted).
     pub fn close_account(&self, user: u64) {
-        self.principals.forget(user);
         self.close_here(user, None);
         self.signal(Signal::Close { user, device: None });
     }
@@ -243,16 +241,24 @@ impl Hub {
     /// Closes the sockets of an account opened with a token version other than `version` (the
     /// password changed or was reset), here and on the other instances.
     pub fn revoke(&self, user: u64, version: u32) {
-        self.principals.forget(user);
-        self.close_where(CloseReason::TokenRevoked, |d, e| {
-            d.user == user && e.version != version
-        });
+        self.revoke_here(user, version);
         self.signal(Signal::Revoked { user, version });
     }
 
+    /// Forgets the account's cached callers and closes the sockets of its devices (`None`: all).
     fn close_here(&self, user: u64, device: Option<u32>) {
+        self.principals.forget(user);
         self.close_where(CloseReason::DeviceRemoved, |d, _| {
             d.user == user && device.is_none_or(|id| id == d.device)
+        });
+    }
+
+    /// Forgets the account's cached callers and closes its sockets opened with a token version
+    /// other than `version`.
+    fn revoke_here(&self, user: u64, version: u32) {
+        self.principals.forget(user);
+        self.close_where(CloseReason::TokenRevoked, |d, e| {
+            d.user == user && e.version != version
         });
     }
 
@@ -292,10 +298,7 @@ impl Hub {
     pub fn apply(&self, signal: Signal) {
         match signal {
             Signal::Queued { device, id } => self.deliver_here(device, id),
-            Signal::Close { user, device } => {
-                self.principals.forget(user);
-                self.close_here(user, device);
-            }
+            Signal::Close { user, device } => self.close_here(user, device),
             Signal::Opened { device, at_ms } => {
                 let mut conns = self.lock();
                 // Only an older connection: a newer one here may have raced the signal.
@@ -305,12 +308,7 @@ impl Hub {
                     }
                 }
             }
-            Signal::Revoked { user, version } => {
-                self.principals.forget(user);
-                self.close_where(CloseReason::TokenRevoked, |d, e| {
-                    d.user == user && e.version != version
-                });
-            }
+            Signal::Revoked { user, version } => self.revoke_here(user, version),
         }
     }
 

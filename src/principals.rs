@@ -53,7 +53,7 @@ impl Default for Principals {
 
 impl Principals {
     /// The cached account, if it was read less than `TTL` ago.
-    pub fn get(&self, user: u64) -> Option<Arc<Principal>> {
+    fn get(&self, user: u64) -> Option<Arc<Principal>> {
         let shard = self.shard(user);
         let entry = shard.get(&user)?;
         (entry.read_at.elapsed() < TTL).then(|| entry.principal.clone())
@@ -82,12 +82,12 @@ impl Principals {
     }
 
     /// Where a read of the accounts begins: pass it to `put`.
-    pub fn epoch(&self) -> u64 {
+    fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// Keeps `principal`, read since `epoch`, unless an account was forgotten meanwhile.
-    pub fn put(&self, epoch: u64, principal: Arc<Principal>) {
+    fn put(&self, epoch: u64, principal: Arc<Principal>) {
         let user = principal.user.id;
         let mut shard = self.shard(user);
         if self.epoch.load(Ordering::Acquire) != epoch {

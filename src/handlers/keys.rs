@@ -7,10 +7,10 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::models::User;
 use crate::models::{
     BundleOut, BundlesOut, CodeOut, DeviceBundleOut, PreKeyCountOut, PreKeyOut, SignedPreKeyOut,
 };
+use crate::models::{Device, User};
 use crate::requests;
 
 /// POST /prekeys/<regId>
@@ -82,11 +82,11 @@ pub async fn upload_signed(reg_id: u64, app: App, user: Caller, body: Body) -> A
     )
 }
 
-/// The account named in a bundle path (percent-decoded, any case).
-async fn recipient(app: &App, username: &str) -> Result<User, ApiError> {
+/// The account named in a bundle path (percent-decoded, any case), with its primary device.
+async fn recipient(app: &App, username: &str) -> Result<(User, Option<Device>), ApiError> {
     let name = percent_encoding::percent_decode_str(username).decode_utf8_lossy();
     app.storage
-        .user_by_name(&name)
+        .recipient(&name)
         .await?
         .ok_or(ApiError::NoRecipient)
 }
@@ -94,12 +94,7 @@ async fn recipient(app: &App, username: &str) -> Result<User, ApiError> {
 /// GET /prekeybundle/<username>/<regId>: the recipient's primary device.
 pub async fn bundle(username: String, reg_id: u64, app: App, user: Caller) -> Answer {
     app.own_device(&user, reg_id).await?;
-    let name = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
-    let (target, device) = app
-        .storage
-        .recipient(&name)
-        .await?
-        .ok_or(ApiError::NoRecipient)?;
+    let (target, device) = recipient(&app, &username).await?;
     let device = device.ok_or(ApiError::RecipientNoDevice)?;
     app.limits.bundle(user.id, target.id)?;
     let popped = app.storage.pop_prekeys(device.of(target.id)).await?;
@@ -121,7 +116,7 @@ pub async fn bundle(username: String, reg_id: u64, app: App, user: Caller) -> An
 /// device when it asks for its own account), each giving one-time keys once.
 pub async fn bundles(username: String, reg_id: u64, app: App, user: Caller) -> Answer {
     let caller = app.own_device(&user, reg_id).await?;
-    let target = recipient(&app, &username).await?;
+    let (target, _) = recipient(&app, &username).await?;
     let mut devices = app.storage.devices(target.id).await?;
     let identity_key = match devices.first() {
         Some(primary) => crate::crypto::b64::encode(&primary.identity_key),

@@ -2,6 +2,7 @@
 //! device lock, so within one queue ids grow in commit order (what paging relies on).
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
@@ -13,6 +14,11 @@ use crate::storage::{DeleteOutcome, StoreError};
 
 const COLUMNS: &str =
     "id, sender_address, sender_registration_id, content, recipient_address, timestamp";
+
+/// One message of one queue (a push).
+static ONE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2")
+});
 
 /// The first two messages after `$3`: when there are fewer, they are the page (one message is
 /// always in a page, whatever its size). About a fifth cheaper for the database than `PAGE`
@@ -139,16 +145,13 @@ impl PgStore {
         recipient: DeviceRef,
         id: u64,
     ) -> Result<Option<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM messages WHERE id = $3 AND user_id = $1 AND device_id = $2"
-        );
         let (user, device, id) = (
             db_id(recipient.user),
             device_id(recipient.device),
             db_id(id),
         );
         let row = self
-            .read(|db| async move { db.fetch_opt(&sql, &[&user, &device, &id]).await })
+            .read(|db| async move { db.fetch_opt(&ONE, &[&user, &device, &id]).await })
             .await?;
         row.as_ref().map(message).transpose()
     }

@@ -2,7 +2,7 @@
 
 use tokio_postgres::Row;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::devices::{device_at, lock_devices, DEVICE_COLUMNS, DEVICE_FROM};
 use super::{db_id, to_u32, to_u64, Cached, PgStore};
@@ -11,6 +11,21 @@ use crate::models::{Member, Principal};
 use crate::storage::{ResetGrant, StoreError};
 
 pub(super) const USER_COLUMNS: &str = "id, username, email, password_hash, token_version";
+
+/// `Storage::principal`: the user (`USER_COLUMNS` of `u`) with each device's member fields.
+const PRINCIPAL: &str = "SELECT u.id, u.username, u.email, u.password_hash, u.token_version, \
+     d.address, d.registration_id, d.identity_key, d.incarnation \
+     FROM users u LEFT JOIN devices d ON d.user_id = u.id WHERE u.id = $1 \
+     ORDER BY d.is_primary DESC, d.device_id";
+
+/// `Storage::recipient`: the user (`USER_COLUMNS` of `u`) with its primary's `DEVICE_COLUMNS`.
+static RECIPIENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT u.id, u.username, u.email, u.password_hash, u.token_version, {DEVICE_COLUMNS} \
+         FROM users u LEFT JOIN ({DEVICE_FROM}) ON d.user_id = u.id AND d.is_primary \
+         WHERE lower(u.username) = lower($1)"
+    )
+});
 
 impl PgStore {
     /// Creates a user; usernames and non-empty emails are unique case-insensitively. With
@@ -89,37 +104,28 @@ impl PgStore {
 
     /// The account with its devices (see `Storage::principal`): one statement.
     pub async fn principal(&self, user_id: u64) -> Result<Option<Principal>, StoreError> {
-        self.timed(async {
-            let sql = format!(
-                "SELECT {U}, d.address, d.registration_id, d.identity_key, d.incarnation \
-                 FROM users u LEFT JOIN devices d ON d.user_id = u.id WHERE u.id = $1 \
-                 ORDER BY d.is_primary DESC, d.device_id",
-                U = prefixed("u")
-            );
-            let id = db_id(user_id);
-            let rows = self
-                .read(|db| async move { db.fetch_all(&sql, &[&id]).await })
-                .await?;
-            let Some(first) = rows.first() else {
-                return Ok(None);
-            };
-            let mut devices = Vec::with_capacity(rows.len());
-            for row in &rows {
-                if let Some(address) = row.get::<_, Option<String>>(5) {
-                    devices.push(Arc::new(Member {
-                        address,
-                        registration_id: to_u32(row.get(6), "registration id")?,
-                        identity_key: row.get(7),
-                        stamp: row.get::<_, i64>(8) as u64,
-                    }));
-                }
+        let id = db_id(user_id);
+        let rows = self
+            .read(|db| async move { db.fetch_all(PRINCIPAL, &[&id]).await })
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut devices = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(address) = row.get::<_, Option<String>>(5) {
+                devices.push(Arc::new(Member {
+                    address,
+                    registration_id: to_u32(row.get(6), "registration id")?,
+                    identity_key: row.get(7),
+                    stamp: row.get::<_, i64>(8) as u64,
+                }));
             }
-            Ok(Some(Principal {
-                user: user(first)?,
-                devices,
-            }))
-        })
-        .await
+        }
+        Ok(Some(Principal {
+            user: user(first)?,
+            devices,
+        }))
     }
 
     /// A user by username with its primary device (see `Storage::recipient`): one statement.
@@ -127,25 +133,17 @@ impl PgStore {
         &self,
         username: &str,
     ) -> Result<Option<(User, Option<Device>)>, StoreError> {
-        self.timed(async {
-            let sql = format!(
-                "SELECT {U}, {DEVICE_COLUMNS} FROM users u LEFT JOIN ({DEVICE_FROM}) \
-                 ON d.user_id = u.id AND d.is_primary WHERE lower(u.username) = lower($1)",
-                U = prefixed("u")
-            );
-            let row = self
-                .read(|db| async move { db.fetch_opt(&sql, &[&username]).await })
-                .await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let device = match row.get::<_, Option<String>>(5) {
-                Some(_) => Some(device_at(&row, 5)?),
-                None => None,
-            };
-            Ok(Some((user(&row)?, device)))
-        })
-        .await
+        let row = self
+            .read(|db| async move { db.fetch_opt(&RECIPIENT, &[&username]).await })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let device = match row.get::<_, Option<String>>(5) {
+            Some(_) => Some(device_at(&row, 5)?),
+            None => None,
+        };
+        Ok(Some((user(&row)?, device)))
     }
 
     async fn user_where(
@@ -153,14 +151,11 @@ impl PgStore {
         condition: &str,
         value: &(dyn tokio_postgres::types::ToSql + Sync),
     ) -> Result<Option<User>, StoreError> {
-        self.timed(async {
-            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
-            let row = self
-                .read(|db| async move { db.fetch_opt(&sql, &[value]).await })
-                .await?;
-            row.as_ref().map(user).transpose()
-        })
-        .await
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
+        let row = self
+            .read(|db| async move { db.fetch_opt(&sql, &[value]).await })
+            .await?;
+        row.as_ref().map(user).transpose()
     }
 
     /// Every user with an id above `after_id`, in id order, at most `limit` (admin listing).
@@ -326,15 +321,6 @@ impl PgStore {
         })
         .await
     }
-}
-
-/// `USER_COLUMNS` of the table named `t`.
-fn prefixed(t: &str) -> String {
-    USER_COLUMNS
-        .split(", ")
-        .map(|c| format!("{t}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub(super) fn user(row: &Row) -> Result<User, StoreError> {

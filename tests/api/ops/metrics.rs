@@ -4,7 +4,7 @@
 //! request, never a secret).
 
 use super::prometheus::{requests_by_route, scrape, Exposition, ROUTE_TEMPLATES};
-use super::{assert_error, pop_bundle};
+use super::{assert_error, pop_bundle, serve_metrics};
 use crate::helpers::{
     binary_command, deliver, message_ids, read_backlog, serve_flags, stop_closed, ws_open, Binary,
     TestServer, TestUser, Ws, BINARY_BOUND,
@@ -28,14 +28,7 @@ struct Metered {
 
 async fn metered() -> Metered {
     let s = TestServer::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let app = s.app.clone();
-    let metrics = tokio::spawn(async move {
-        let _ = signal_server::server::serve_metrics(listener, app).await;
-    });
+    let (metrics_url, metrics) = serve_metrics(&s).await;
 
     let (status, body) = s.call("GET", "/metrics", None, None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");

@@ -26,6 +26,20 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// `requester` pops a bundle of `target`: the one-time EC and Kyber key ids handed out.
+/// Serves the server's `/metrics` on a listener of its own, as `--metrics-listen` does: its URL,
+/// and the task to abort when done.
+async fn serve_metrics(s: &TestServer) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let app = s.app.clone();
+    let task = tokio::spawn(async move {
+        signal_server::server::serve_metrics(listener, app).await;
+    });
+    (url, task)
+}
+
 async fn pop_bundle(
     s: &impl Api,
     requester: &TestUser,

@@ -3,8 +3,8 @@
 //! database that bounds every instance, checked by count, not by time. On sled there is no
 //! database: no route may report a round trip.
 
-use super::pop_bundle;
 use super::prometheus::{scrape, Exposition};
+use super::{pop_bundle, serve_metrics};
 use crate::helpers::{deliver, message_ids, on_postgres, TestServer, TestUser};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -26,14 +26,7 @@ async fn fetch(s: &TestServer, user: &TestUser) {
 #[tokio::test]
 async fn hot_routes_cost_the_database_a_fixed_number_of_round_trips() {
     let s = TestServer::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
-    let app = s.app.clone();
-    let metrics = tokio::spawn(async move {
-        signal_server::server::serve_metrics(listener, app).await;
-    });
+    let (metrics_url, metrics) = serve_metrics(&s).await;
 
     let alice = s.user_with_device("alicetrips", 5111, 30, 30).await;
     let bob = s.user_with_device("bobtrips", 5222, 30, 30).await;
